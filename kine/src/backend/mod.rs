@@ -1,0 +1,117 @@
+//! Durable storage under the MVCC core: an append-only revision log.
+//!
+//! A backend stores what the writer hands it and gives it back at start-up;
+//! it never decides anything. Revisions are assigned by the writer
+//! (`mvcc::writer`), never by the database, so there are no gaps to fill.
+//! A backend knows nothing about gRPC or the etcd wire types.
+
+#![deny(missing_docs)]
+
+pub mod sqlite;
+
+use bytes::Bytes;
+
+use crate::error::Result;
+
+/// One row of the log: the state of `key` written at `mod_revision`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    /// The revision of the write.
+    pub mod_revision: i64,
+    /// The key, as bytes.
+    pub key: Bytes,
+    /// The revision that created the key; 0 marks a delete (tombstone).
+    pub create_revision: i64,
+    /// Puts since creation; 0 for a tombstone.
+    pub version: i64,
+    /// Attached lease, 0 for none.
+    pub lease: i64,
+    /// The value; empty for a tombstone.
+    pub value: Bytes,
+}
+
+/// A lease as stored: its id and granted TTL in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredLease {
+    /// The lease id.
+    pub id: i64,
+    /// The TTL it was granted with, in seconds.
+    pub ttl: i64,
+}
+
+/// What one group commit writes, atomically.
+#[derive(Debug, Default)]
+pub struct CommitBatch {
+    /// New log rows, in revision order.
+    pub records: Vec<LogRecord>,
+    /// The store's revision once this batch is applied.
+    pub current_revision: i64,
+    /// Leases granted in this batch.
+    pub granted_leases: Vec<StoredLease>,
+    /// Leases revoked or expired in this batch.
+    pub revoked_leases: Vec<i64>,
+}
+
+impl CommitBatch {
+    /// Whether the batch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.granted_leases.is_empty() && self.revoked_leases.is_empty()
+    }
+}
+
+/// Identity of this store, fixed when it is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreIdentity {
+    /// etcd's cluster id.
+    pub cluster_id: u64,
+    /// etcd's member id of this server.
+    pub member_id: u64,
+}
+
+/// Everything a backend holds, as read back at start-up.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The revision of the last committed batch (1 for an empty store).
+    pub current_revision: i64,
+    /// The compact revision (-1 before the first compaction, as etcd).
+    pub compact_revision: i64,
+    /// Who this store is.
+    pub identity: StoreIdentity,
+    /// Leases that were granted and not revoked.
+    pub leases: Vec<StoredLease>,
+}
+
+/// The write side of a backend, owned by the single writer thread.
+pub trait LogWriter: Send + 'static {
+    /// Streams every retained log row to `f` in revision order, then returns
+    /// the store's metadata.
+    fn load(&mut self, f: &mut dyn FnMut(LogRecord)) -> Result<Loaded>;
+
+    /// Writes `batch` in one transaction. On `Ok` the batch is durable
+    /// (fsynced unless the backend was opened in a named faster mode);
+    /// on `Err` nothing of it was written.
+    fn commit(&mut self, batch: &CommitBatch) -> Result<()>;
+
+    /// Records a new compact revision, durably.
+    fn set_compact_revision(&mut self, revision: i64) -> Result<()>;
+
+    /// Deletes the given `(mod_revision, key)` rows: revisions compaction
+    /// made unreachable. Called in bounded chunks so writers never stall.
+    fn delete_revisions(&mut self, rows: &[(i64, Bytes)]) -> Result<()>;
+
+    /// The value of `key` at exactly `mod_revision`, if that row exists.
+    fn value_at(&mut self, key: &[u8], mod_revision: i64) -> Result<Option<Bytes>>;
+
+    /// Returns free space to the file system.
+    fn defragment(&mut self) -> Result<()>;
+}
+
+/// The read side of a backend: shared by every reader, safe to call from
+/// any thread (it may block on I/O).
+pub trait LogReader: Send + Sync + 'static {
+    /// The value of `key` at exactly `mod_revision`, if that row exists.
+    fn value_at(&self, key: &[u8], mod_revision: i64) -> Result<Option<Bytes>>;
+
+    /// `(total, in_use)` bytes of the database.
+    fn size(&self) -> Result<(i64, i64)>;
+}

@@ -1,0 +1,404 @@
+//! The embedded SQLite backend: one file, WAL journal, fsync at commit.
+//!
+//! Schema (version 1):
+//! - `kv_log(id INTEGER PRIMARY KEY, key, create_rev, version, lease, value)`:
+//!   the revision log. `id` is `mod_revision << 24 | n`, where `n` counts the
+//!   rows of one revision, so rows sit in revision order in the table's own
+//!   B-tree and a row is found by revision without a second index.
+//! - `meta(name, value)`: current and compact revision, cluster and member id.
+//! - `leases(id, ttl)`.
+//!
+//! Keys and values are BLOBs, compared bytewise; nothing is ever matched
+//! with LIKE.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+
+use super::{CommitBatch, Loaded, LogReader, LogRecord, LogWriter, StoreIdentity, StoredLease};
+use crate::error::{Error, Result};
+
+/// `PRAGMA application_id` of a k3rs database: "k3rs" in ASCII.
+const APPLICATION_ID: i64 = 0x6b33_7273;
+/// The schema this code writes; older ones are migrated forward on open.
+const SCHEMA_VERSION: i64 = 1;
+/// Bits of a row id that number the rows within one revision.
+const ROW_BITS: u32 = 24;
+/// Reader connections: enough for concurrent historic reads on two cores.
+const READER_CONNECTIONS: usize = 4;
+
+/// How much a commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// fsync the WAL at every commit: an acknowledged write survives power loss.
+    #[default]
+    Fsync,
+    /// Opt-in and named as such: no fsync at commit. Survives a process
+    /// crash, not a power loss.
+    NoSyncUnsafe,
+}
+
+/// Where and how to open the database.
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    /// The database file.
+    pub path: PathBuf,
+    /// Commit durability.
+    pub durability: Durability,
+}
+
+fn row_id(mod_revision: i64, n: usize) -> Result<i64> {
+    if n >= 1 << ROW_BITS {
+        return Err(Error::Unimplemented(format!(
+            "k3rs: one revision may write at most {} keys",
+            1u64 << ROW_BITS
+        )));
+    }
+    Ok(mod_revision << ROW_BITS | n as i64)
+}
+
+/// Refuses a file that exists and is not a SQLite database, before SQLite
+/// gets a chance to treat it as one.
+fn check_file_is_sqlite(path: &Path) -> Result<()> {
+    let Ok(mut file) = File::open(path) else { return Ok(()) };
+    let mut header = [0u8; 16];
+    match file.read(&mut header) {
+        Ok(0) => Ok(()),
+        Ok(n) if n == 16 && &header == b"SQLite format 3\0" => Ok(()),
+        _ => Err(Error::Storage(format!(
+            "{} exists and is not a SQLite database; move it away or pick another --endpoint",
+            path.display()
+        ))),
+    }
+}
+
+fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection> {
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| Error::Storage(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    Ok(conn)
+}
+
+/// Opens (creating if needed) the database, returning its writer and reader.
+pub fn open(config: &SqliteConfig) -> Result<(SqliteWriter, SqliteReader)> {
+    check_file_is_sqlite(&config.path)?;
+    if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let conn = open_connection(
+        &config.path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    let foreign = || {
+        Error::Storage(format!(
+            "{} is a SQLite database of another program; refusing to change it",
+            config.path.display()
+        ))
+    };
+    let app_id: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0)).map_err(|e| {
+        Error::Storage(format!("{} is not a readable SQLite database: {e}", config.path.display()))
+    })?;
+    let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+    if app_id != APPLICATION_ID && (app_id != 0 || tables != 0) {
+        return Err(foreign());
+    }
+    let sync = match config.durability {
+        Durability::Fsync => "FULL",
+        Durability::NoSyncUnsafe => "OFF",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = {sync};
+         PRAGMA cache_size = -16384;
+         PRAGMA temp_store = MEMORY;"
+    ))?;
+    let mut writer = SqliteWriter { conn, path: config.path.clone() };
+    writer.migrate()?;
+    let reader = SqliteReader::open(&config.path)?;
+    Ok((writer, reader))
+}
+
+/// The single write connection.
+pub struct SqliteWriter {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl SqliteWriter {
+    fn migrate(&mut self) -> Result<()> {
+        let version: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(Error::Storage(format!(
+                "{} has schema version {version}, newer than this k3rs understands ({SCHEMA_VERSION}); upgrade k3rs",
+                self.path.display()
+            )));
+        }
+        if version == SCHEMA_VERSION {
+            return Ok(());
+        }
+        let identity = StoreIdentity { cluster_id: random_id(), member_id: random_id() };
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(&format!(
+            "CREATE TABLE kv_log (
+                 id INTEGER PRIMARY KEY,
+                 key BLOB NOT NULL,
+                 create_rev INTEGER NOT NULL,
+                 version INTEGER NOT NULL,
+                 lease INTEGER NOT NULL,
+                 value BLOB NOT NULL);
+             CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+             CREATE TABLE leases (id INTEGER PRIMARY KEY, ttl INTEGER NOT NULL);
+             PRAGMA application_id = {APPLICATION_ID};
+             PRAGMA user_version = {SCHEMA_VERSION};"
+        ))?;
+        {
+            let mut put = tx.prepare("INSERT INTO meta (name, value) VALUES (?1, ?2)")?;
+            put.execute(params!["current_revision", 1i64])?;
+            put.execute(params!["compact_revision", -1i64])?;
+            // Ids are u64 on the wire; SQLite stores i64: keep the bits.
+            put.execute(params!["cluster_id", identity.cluster_id as i64])?;
+            put.execute(params!["member_id", identity.member_id as i64])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn meta(&self, name: &str) -> Result<i64> {
+        Ok(self.conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get(0))?)
+    }
+}
+
+/// A random non-zero 64-bit id, from the standard library's per-process
+/// random hash keys and the clock (no extra dependency for eight bytes).
+fn random_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.finish().max(1)
+}
+
+impl LogWriter for SqliteWriter {
+    fn load(&mut self, f: &mut dyn FnMut(LogRecord)) -> Result<Loaded> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, key, create_rev, version, lease, value FROM kv_log ORDER BY id")?;
+        let mut rows = stmt.query([])?;
+        let mut max_revision = 1;
+        while let Some(row) = rows.next()? {
+            let id: i64 = row.get(0)?;
+            let record = LogRecord {
+                mod_revision: id >> ROW_BITS,
+                key: Bytes::from(row.get::<_, Vec<u8>>(1)?),
+                create_revision: row.get(2)?,
+                version: row.get(3)?,
+                lease: row.get(4)?,
+                value: Bytes::from(row.get::<_, Vec<u8>>(5)?),
+            };
+            max_revision = record.mod_revision;
+            f(record);
+        }
+        drop(rows);
+        drop(stmt);
+        let leases = self
+            .conn
+            .prepare("SELECT id, ttl FROM leases ORDER BY id")?
+            .query_map([], |r| Ok(StoredLease { id: r.get(0)?, ttl: r.get(1)? }))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Loaded {
+            current_revision: self.meta("current_revision")?.max(max_revision),
+            compact_revision: self.meta("compact_revision")?,
+            identity: StoreIdentity {
+                cluster_id: self.meta("cluster_id")? as u64,
+                member_id: self.meta("member_id")? as u64,
+            },
+            leases,
+        })
+    }
+
+    fn commit(&mut self, batch: &CommitBatch) -> Result<()> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO kv_log (id, key, create_rev, version, lease, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            let mut n = 0;
+            let mut last_revision = 0;
+            for r in &batch.records {
+                n = if r.mod_revision == last_revision { n + 1 } else { 0 };
+                last_revision = r.mod_revision;
+                insert.execute(params![
+                    row_id(r.mod_revision, n)?,
+                    r.key.as_ref(),
+                    r.create_revision,
+                    r.version,
+                    r.lease,
+                    r.value.as_ref()
+                ])?;
+            }
+            tx.prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'current_revision'")?
+                .execute([batch.current_revision])?;
+            if !batch.granted_leases.is_empty() {
+                let mut grant = tx.prepare_cached("INSERT OR REPLACE INTO leases (id, ttl) VALUES (?1, ?2)")?;
+                for l in &batch.granted_leases {
+                    grant.execute([l.id, l.ttl])?;
+                }
+            }
+            if !batch.revoked_leases.is_empty() {
+                let mut revoke = tx.prepare_cached("DELETE FROM leases WHERE id = ?1")?;
+                for id in &batch.revoked_leases {
+                    revoke.execute([id])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn set_compact_revision(&mut self, revision: i64) -> Result<()> {
+        self.conn.execute("UPDATE meta SET value = ?1 WHERE name = 'compact_revision'", [revision])?;
+        Ok(())
+    }
+
+    fn delete_revisions(&mut self, rows: &[(i64, Bytes)]) -> Result<()> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut delete = tx.prepare_cached("DELETE FROM kv_log WHERE id >= ?1 AND id < ?2 AND key = ?3")?;
+            for (revision, key) in rows {
+                delete.execute(params![revision << ROW_BITS, (revision + 1) << ROW_BITS, key.as_ref()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn value_at(&mut self, key: &[u8], mod_revision: i64) -> Result<Option<Bytes>> {
+        value_at(&self.conn, key, mod_revision)
+    }
+
+    fn defragment(&mut self) -> Result<()> {
+        self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")?;
+        Ok(())
+    }
+}
+
+fn value_at(conn: &Connection, key: &[u8], mod_revision: i64) -> Result<Option<Bytes>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT value FROM kv_log WHERE id >= ?1 AND id < ?2 AND key = ?3 LIMIT 1")?;
+    let value: Option<Vec<u8>> = stmt
+        .query_row(params![mod_revision << ROW_BITS, (mod_revision + 1) << ROW_BITS, key], |r| r.get(0))
+        .optional()?;
+    Ok(value.map(Bytes::from))
+}
+
+/// Read-only connections for historic values and sizes.
+pub struct SqliteReader {
+    pool: Vec<Mutex<Connection>>,
+}
+
+impl SqliteReader {
+    fn open(path: &Path) -> Result<Self> {
+        let pool = (0..READER_CONNECTIONS)
+            .map(|_| {
+                open_connection(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                    .map(Mutex::new)
+            })
+            .collect::<Result<_>>()?;
+        Ok(SqliteReader { pool })
+    }
+
+    fn with_conn<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        // Take a free connection if there is one; otherwise wait on one
+        // chosen by thread, so waiting threads spread over the pool.
+        for slot in &self.pool {
+            if let Ok(conn) = slot.try_lock() {
+                return f(&conn);
+            }
+        }
+        let slot = &self.pool[thread_slot() % self.pool.len()];
+        let conn = slot.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn)
+    }
+}
+
+fn thread_slot() -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::thread::current().id().hash(&mut h);
+    h.finish() as usize
+}
+
+impl LogReader for SqliteReader {
+    fn value_at(&self, key: &[u8], mod_revision: i64) -> Result<Option<Bytes>> {
+        self.with_conn(|conn| value_at(conn, key, mod_revision))
+    }
+
+    fn size(&self) -> Result<(i64, i64)> {
+        self.with_conn(|conn| {
+            let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+            Ok((pages * page_size, (pages - free) * page_size))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &tempfile::TempDir) -> SqliteConfig {
+        SqliteConfig { path: dir.path().join("state.db"), durability: Durability::Fsync }
+    }
+
+    fn record(rev: i64, key: &'static [u8], value: &'static [u8]) -> LogRecord {
+        LogRecord {
+            mod_revision: rev,
+            key: Bytes::from_static(key),
+            create_revision: rev,
+            version: 1,
+            lease: 0,
+            value: Bytes::from_static(value),
+        }
+    }
+
+    #[test]
+    fn commits_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, r) = open(&config(&dir)).unwrap();
+        let batch = CommitBatch {
+            records: vec![record(2, b"a\0\xff", b"1"), record(3, b"b", b"2"), record(3, b"c", b"3")],
+            current_revision: 3,
+            ..Default::default()
+        };
+        w.commit(&batch).unwrap();
+        assert_eq!(r.value_at(b"c", 3).unwrap().as_deref(), Some(&b"3"[..]));
+        assert_eq!(r.value_at(b"c", 2).unwrap(), None);
+        drop((w, r));
+        let (mut w, _r) = open(&config(&dir)).unwrap();
+        let mut seen = Vec::new();
+        let loaded = w.load(&mut |rec| seen.push(rec)).unwrap();
+        assert_eq!(seen, batch.records);
+        assert_eq!(loaded.current_revision, 3);
+        assert_eq!(loaded.compact_revision, -1);
+    }
+
+    #[test]
+    fn refuses_foreign_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        std::fs::write(&path, b"not a database at all, really").unwrap();
+        let err = open(&SqliteConfig { path: path.clone(), durability: Durability::Fsync }).err().unwrap();
+        assert!(err.to_string().contains("not a SQLite database"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"not a database at all, really");
+
+        let other = dir.path().join("other.db");
+        Connection::open(&other).unwrap().execute_batch("CREATE TABLE t (x)").unwrap();
+        let err = open(&SqliteConfig { path: other, durability: Durability::Fsync }).err().unwrap();
+        assert!(err.to_string().contains("another program"), "{err}");
+    }
+}

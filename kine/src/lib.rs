@@ -1,0 +1,32 @@
+//! kine: the etcd v3 API over an embedded store, k3rs's datastore.
+//!
+//! Module map:
+//! - `proto`: the etcd wire types, generated from `proto/`.
+//! - `server`: the gRPC services (the API boundary); thin.
+//! - `mvcc`: etcd's revision model: the in-memory index, the read path, the
+//!   applier and the single writer that commits in groups.
+//! - `backend`: durable storage under `mvcc` (SQLite today).
+//! - `error`: etcd's errors, mapped to gRPC once in `server::status`.
+
+pub mod backend;
+mod crc32c;
+pub mod error;
+pub mod mvcc;
+pub mod proto;
+pub mod server;
+
+pub use error::{Error, Result};
+pub use mvcc::Store;
+pub use server::{ServerConfig, serve};
+
+use backend::sqlite::SqliteConfig;
+
+/// The etcd version reported by default: at least 3.5.13, so kube-apiserver
+/// turns on its watch-progress features.
+pub const DEFAULT_EMULATED_ETCD_VERSION: &str = "3.6.11";
+
+/// Opens a store on SQLite.
+pub fn open_sqlite(config: &SqliteConfig) -> Result<Store> {
+    let (writer, reader) = backend::sqlite::open(config)?;
+    Store::open(Box::new(writer), Box::new(reader))
+}

@@ -1,0 +1,281 @@
+//! The MVCC store: etcd's revision model over an in-memory index and a
+//! durable log.
+//!
+//! Readers take the index's read lock, read at the published revision and
+//! never wait for the disk. Every write goes through the one writer thread
+//! (`writer`), which assigns revisions, commits to the backend and only then
+//! publishes. See ARCHITECTURE.md for the invariants.
+
+pub mod apply;
+pub mod index;
+pub mod read;
+pub mod writer;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::backend::{LogReader, LogWriter, StoreIdentity, StoredLease};
+use crate::error::{Error, Result};
+use crate::proto::{
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest,
+    TxnResponse,
+};
+use index::{Index, Revision};
+use read::ReadView;
+use writer::{Job, WriteOp, WriteReply, Writer};
+
+/// State shared by readers and the writer.
+pub(crate) struct Shared {
+    /// Lock order: `index` before `leases`. Held for memory work only,
+    /// never across I/O that waits for the disk.
+    index: RwLock<Index>,
+    /// The published revision: every write at or below it is durable.
+    /// Written only under the `index` write lock.
+    current: AtomicI64,
+    /// Written only under the `index` write lock, so a reader holding the
+    /// read lock sees a compact revision that matches the index.
+    compact: AtomicI64,
+    identity: StoreIdentity,
+    reader: Box<dyn LogReader>,
+    leases: RwLock<HashMap<i64, StoredLease>>,
+}
+
+impl Shared {
+    fn current_revision(&self) -> i64 {
+        self.current.load(Ordering::Acquire)
+    }
+
+    fn compact_revision(&self) -> i64 {
+        self.compact.load(Ordering::Acquire)
+    }
+
+    /// Caller holds the index lock.
+    fn compact_revision_locked(&self) -> i64 {
+        self.compact_revision()
+    }
+
+    /// Caller holds the index write lock.
+    fn set_compact_revision_locked(&self, revision: i64) {
+        self.compact.store(revision, Ordering::Release);
+    }
+
+    /// Caller holds the index write lock.
+    fn publish(&self, revision: i64) {
+        self.current.store(revision, Ordering::Release);
+    }
+
+    fn lease_exists(&self, id: i64) -> bool {
+        self.leases.read().unwrap_or_else(|p| p.into_inner()).contains_key(&id)
+    }
+
+    fn log_value(&self, key: &[u8], rev: i64) -> Result<Bytes> {
+        self.reader.value_at(key, rev)?.ok_or(Error::Compacted)
+    }
+}
+
+/// A handle on the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl Store {
+    /// Loads the log into memory and starts the writer thread.
+    pub fn open(mut log: Box<dyn LogWriter>, reader: Box<dyn LogReader>) -> Result<Store> {
+        let started = std::time::Instant::now();
+        let mut index = Index::default();
+        let mut last_key_rev: Option<(Bytes, i64)> = None;
+        let loaded = log.load(&mut |record| {
+            let key = record.key.clone();
+            let rev = record.mod_revision;
+            index.push(
+                record.key,
+                Revision {
+                    mod_revision: record.mod_revision,
+                    create_revision: record.create_revision,
+                    version: record.version,
+                    lease: record.lease,
+                    value: Some(record.value),
+                },
+            );
+            index.release_old_values(&key);
+            last_key_rev = Some((key, rev));
+        })?;
+        // Rows a compaction had not yet deleted when the process stopped.
+        let leftover = if loaded.compact_revision > 0 { index.compact(loaded.compact_revision) } else { Vec::new() };
+        tracing::info!(
+            revision = loaded.current_revision,
+            compact_revision = loaded.compact_revision,
+            keys = index.key_count(),
+            revisions = index.revision_count(),
+            leftover_compacted = leftover.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "store loaded"
+        );
+        let shared = Arc::new(Shared {
+            index: RwLock::new(index),
+            current: AtomicI64::new(loaded.current_revision),
+            compact: AtomicI64::new(loaded.compact_revision),
+            identity: loaded.identity,
+            reader,
+            leases: RwLock::new(loaded.leases.into_iter().map(|l| (l.id, l)).collect()),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = Writer::new(shared.clone(), log, rx, leftover);
+        std::thread::Builder::new()
+            .name("k3rs-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| Error::Storage(format!("cannot start the writer thread: {e}")))?;
+        Ok(Store { shared, jobs: tx })
+    }
+
+    /// The published revision.
+    pub fn current_revision(&self) -> i64 {
+        self.shared.current_revision()
+    }
+
+    /// The compact revision (-1 before any compaction).
+    pub fn compact_revision(&self) -> i64 {
+        self.shared.compact_revision()
+    }
+
+    /// Cluster and member ids.
+    pub fn identity(&self) -> StoreIdentity {
+        self.shared.identity
+    }
+
+    /// `(total, in_use)` bytes of the database.
+    pub fn db_size(&self) -> Result<(i64, i64)> {
+        self.shared.reader.size()
+    }
+
+    /// Range, at the published revision or an older one. Never waits for the
+    /// writer; reads the log only for values of superseded revisions.
+    pub async fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
+        if req.key.is_empty() {
+            return Err(Error::EmptyKey);
+        }
+        let shared = &self.shared;
+        let partial = {
+            let index = shared.index.read().unwrap_or_else(|p| p.into_inner());
+            let view = ReadView { current: shared.current_revision(), compact: shared.compact_revision() };
+            read::range(&index, req, view, &mut |k, r| shared.log_value(k, r))?
+        };
+        if partial.missing.is_empty() {
+            return Ok(partial.response);
+        }
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || read::fill_missing(partial, &mut |k, r| shared.log_value(k, r)))
+            .await
+            .map_err(|e| Error::Storage(e.to_string()))?
+    }
+
+    async fn write(&self, op: WriteOp) -> Result<WriteReply> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs.send(Job::Write(op, tx)).map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// Put (checked with `apply::check_put` first).
+    pub async fn put(&self, req: PutRequest) -> Result<PutResponse> {
+        apply::check_put(&req)?;
+        match self.write(WriteOp::Put(req)).await? {
+            WriteReply::Put(r) => Ok(r),
+            _ => unreachable!("the writer answers a put with a put"),
+        }
+    }
+
+    /// DeleteRange.
+    pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+        if req.key.is_empty() {
+            return Err(Error::EmptyKey);
+        }
+        match self.write(WriteOp::DeleteRange(req)).await? {
+            WriteReply::DeleteRange(r) => Ok(r),
+            _ => unreachable!("the writer answers a delete with a delete"),
+        }
+    }
+
+    /// Txn. Goes through the writer even when read-only, so its compares
+    /// and reads see one consistent state.
+    pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
+        apply::check_txn(&req)?;
+        match self.write(WriteOp::Txn(req)).await? {
+            WriteReply::Txn(r) => Ok(r),
+            _ => unreachable!("the writer answers a txn with a txn"),
+        }
+    }
+
+    /// Compact; returns the current revision. With `physical`, answers once
+    /// the compacted rows are gone from the log.
+    pub async fn compact(&self, revision: i64, physical: bool) -> Result<i64> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs.send(Job::Compact { revision, physical, reply }).map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// Returns free space to the file system.
+    pub async fn defragment(&self) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs.send(Job::Defragment(reply)).map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// Finishes queued writes and stops the writer.
+    pub async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.jobs.send(Job::Shutdown(reply)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// etcd's HashKV: a CRC-32C over every retained revision at or below
+    /// `revision` (0: the current one), with keys and values. Equal stores
+    /// hash equal; it is not comparable with etcd's own hash, which covers
+    /// bbolt's encoding.
+    pub async fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64)> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let (rows, compact, at) = {
+                let index = shared.index.read().unwrap_or_else(|p| p.into_inner());
+                let current = shared.current_revision();
+                let compact = shared.compact_revision();
+                let at = if revision <= 0 { current } else { revision };
+                if at > current {
+                    return Err(Error::FutureRevision);
+                }
+                if at < compact {
+                    return Err(Error::Compacted);
+                }
+                let mut rows = Vec::new();
+                let all = index::KeyRange::new(Bytes::from_static(b"\0"), Bytes::from_static(b"\0"));
+                index.visit(&all, |key, h| {
+                    for r in h.revisions().iter().take_while(|r| r.mod_revision <= at) {
+                        rows.push((key.clone(), r.clone()));
+                    }
+                    true
+                });
+                (rows, compact, at)
+            };
+            let mut crc = crate::crc32c::Crc32c::new();
+            for (key, r) in rows {
+                let value = match r.value.clone() {
+                    Some(v) => v,
+                    None => shared.log_value(&key, r.mod_revision)?,
+                };
+                crc.update(&r.mod_revision.to_be_bytes());
+                crc.update(&key);
+                crc.update(&[r.is_tombstone() as u8]);
+                crc.update(&value);
+            }
+            Ok((crc.finish(), compact, at))
+        })
+        .await
+        .map_err(|e| Error::Storage(e.to_string()))?
+    }
+}

@@ -1,0 +1,270 @@
+//! The commit pipeline: one thread owns revision assignment and the log.
+//!
+//! It takes every queued request, evaluates each in order against the index
+//! (later requests see earlier ones), writes them all in one transaction,
+//! waits for the fsync once, then publishes the new revision and answers
+//! every request of the batch. While one batch is on its way to the disk
+//! the next one fills, so the batch size follows the load with no timer.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::Shared;
+use super::apply::{self, WriteCtx};
+use crate::backend::{CommitBatch, LogWriter};
+use crate::error::{Error, Result};
+use crate::proto::{DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse};
+
+/// Most requests in one commit: bounds the latency of a batch's first
+/// request when thousands are queued.
+const MAX_BATCH_REQUESTS: usize = 4096;
+/// Most value bytes in one commit, for the same reason.
+const MAX_BATCH_BYTES: usize = 32 << 20;
+/// Log rows a compaction deletes per transaction between write batches.
+const COMPACTION_CHUNK: usize = 10_000;
+
+/// A write request for the writer.
+#[derive(Debug)]
+pub enum WriteOp {
+    /// Put.
+    Put(PutRequest),
+    /// DeleteRange.
+    DeleteRange(DeleteRangeRequest),
+    /// Txn.
+    Txn(TxnRequest),
+}
+
+/// The answer to a `WriteOp`, of the same kind.
+#[derive(Debug)]
+pub enum WriteReply {
+    /// For `Put`.
+    Put(PutResponse),
+    /// For `DeleteRange`.
+    DeleteRange(DeleteRangeResponse),
+    /// For `Txn`.
+    Txn(TxnResponse),
+}
+
+/// Work queued for the writer thread.
+pub enum Job {
+    /// A KV write (or read-only txn), answered after its commit.
+    Write(WriteOp, oneshot::Sender<Result<WriteReply>>),
+    /// Compact at a revision; `physical` answers once the rows are gone.
+    Compact { revision: i64, physical: bool, reply: oneshot::Sender<Result<i64>> },
+    /// Reclaim free space.
+    Defragment(oneshot::Sender<Result<()>>),
+    /// Finish what is queued, then stop.
+    Shutdown(oneshot::Sender<()>),
+}
+
+impl WriteOp {
+    /// Roughly the bytes this op adds to a commit.
+    fn size(&self) -> usize {
+        use prost::Message;
+        match self {
+            WriteOp::Put(p) => p.encoded_len(),
+            WriteOp::DeleteRange(d) => d.encoded_len(),
+            WriteOp::Txn(t) => t.encoded_len(),
+        }
+    }
+}
+
+/// The writer thread's own state.
+pub struct Writer {
+    shared: Arc<Shared>,
+    log: Box<dyn LogWriter>,
+    jobs: mpsc::UnboundedReceiver<Job>,
+    /// The newest revision assigned (equal to the published one between batches).
+    head: i64,
+    /// Log rows compaction made unreachable, still to delete.
+    compacted_rows: VecDeque<(i64, Bytes)>,
+    /// Physical compactions waiting for `compacted_rows` to drain.
+    physical_waiters: Vec<(oneshot::Sender<Result<i64>>, i64)>,
+}
+
+impl Writer {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        log: Box<dyn LogWriter>,
+        jobs: mpsc::UnboundedReceiver<Job>,
+        leftover: Vec<(i64, Bytes)>,
+    ) -> Self {
+        let head = shared.current_revision();
+        Writer { shared, log, jobs, head, compacted_rows: leftover.into(), physical_waiters: Vec::new() }
+    }
+
+    /// Runs until shutdown or until every `Store` handle is gone.
+    pub fn run(mut self) {
+        loop {
+            let first = if self.compacted_rows.is_empty() {
+                match self.jobs.blocking_recv() {
+                    Some(job) => job,
+                    None => return,
+                }
+            } else {
+                match self.jobs.try_recv() {
+                    Ok(job) => job,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        self.delete_compacted_chunk();
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => return,
+                }
+            };
+            let mut writes = Vec::new();
+            let mut bytes = 0;
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Write(op, reply) => {
+                        bytes += op.size();
+                        writes.push((op, reply));
+                    }
+                    other => {
+                        self.commit_writes(std::mem::take(&mut writes));
+                        if !self.run_control(other) {
+                            return;
+                        }
+                    }
+                }
+                if writes.len() < MAX_BATCH_REQUESTS && bytes < MAX_BATCH_BYTES {
+                    next = self.jobs.try_recv().ok();
+                }
+            }
+            self.commit_writes(writes);
+            if !self.compacted_rows.is_empty() {
+                self.delete_compacted_chunk();
+            }
+        }
+    }
+
+    /// Evaluates, commits and answers one batch of writes.
+    fn commit_writes(&mut self, writes: Vec<(WriteOp, oneshot::Sender<Result<WriteReply>>)>) {
+        if writes.is_empty() {
+            return;
+        }
+        let published = self.head;
+        let mut batch = CommitBatch::default();
+        let mut replies = Vec::with_capacity(writes.len());
+        {
+            let shared = &*self.shared;
+            let mut index = shared.index.write().unwrap_or_else(|p| p.into_inner());
+            let compact = shared.compact_revision_locked();
+            let leases = |id: i64| shared.lease_exists(id);
+            for (op, reply) in writes {
+                let log = &mut self.log;
+                let mut log_value =
+                    |key: &[u8], rev: i64| log.value_at(key, rev)?.ok_or(Error::Compacted);
+                let mut ctx = WriteCtx {
+                    index: &mut index,
+                    base: self.head,
+                    compact,
+                    first_record: batch.records.len(),
+                    records: &mut batch.records,
+                    lease_exists: &leases,
+                    log_value: &mut log_value,
+                };
+                let result = match &op {
+                    WriteOp::Put(p) => apply::put(&mut ctx, p).map(WriteReply::Put),
+                    WriteOp::DeleteRange(d) => apply::delete_range(&mut ctx, d).map(WriteReply::DeleteRange),
+                    WriteOp::Txn(t) => apply::txn(&mut ctx, t).map(WriteReply::Txn),
+                };
+                let wrote = ctx.wrote();
+                if result.is_err() {
+                    ctx.rollback();
+                } else if wrote {
+                    self.head += 1;
+                }
+                replies.push((reply, result, wrote));
+            }
+        }
+        batch.current_revision = self.head;
+        let committed = if batch.is_empty() { Ok(()) } else { self.log.commit(&batch) };
+        {
+            let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
+            match &committed {
+                Ok(()) => {
+                    for record in &batch.records {
+                        index.release_old_values(&record.key);
+                    }
+                    self.shared.publish(self.head);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "commit failed; the batch's writes are refused");
+                    for record in &batch.records {
+                        index.truncate_above(&record.key, published);
+                    }
+                    self.head = published;
+                }
+            }
+        }
+        for (reply, result, wrote) in replies {
+            let result = match (&committed, wrote) {
+                (Err(e), true) => Err(e.clone()),
+                _ => result,
+            };
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Runs a non-write job; false means stop.
+    fn run_control(&mut self, job: Job) -> bool {
+        match job {
+            Job::Write(..) => unreachable!("writes are batched by the caller"),
+            Job::Compact { revision, physical, reply } => match self.compact(revision) {
+                Ok(()) if physical && !self.compacted_rows.is_empty() => {
+                    self.physical_waiters.push((reply, self.head));
+                }
+                result => {
+                    let _ = reply.send(result.map(|()| self.head));
+                }
+            },
+            Job::Defragment(reply) => {
+                let _ = reply.send(self.log.defragment());
+            }
+            Job::Shutdown(reply) => {
+                let _ = reply.send(());
+                return false;
+            }
+        }
+        true
+    }
+
+    fn compact(&mut self, revision: i64) -> Result<()> {
+        if revision <= self.shared.compact_revision() {
+            return Err(Error::Compacted);
+        }
+        if revision > self.head {
+            return Err(Error::FutureRevision);
+        }
+        self.log.set_compact_revision(revision)?;
+        let removed = {
+            let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
+            self.shared.set_compact_revision_locked(revision);
+            index.compact(revision)
+        };
+        tracing::debug!(revision, rows = removed.len(), "compacted");
+        self.compacted_rows.extend(removed);
+        Ok(())
+    }
+
+    fn delete_compacted_chunk(&mut self) {
+        let n = self.compacted_rows.len().min(COMPACTION_CHUNK);
+        let chunk: Vec<_> = self.compacted_rows.drain(..n).collect();
+        if let Err(e) = self.log.delete_revisions(&chunk) {
+            // Leftover rows are unreachable and compacted again at start-up.
+            tracing::warn!(error = %e, "deleting compacted revisions failed; will retry");
+            self.compacted_rows.extend(chunk);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            return;
+        }
+        if self.compacted_rows.is_empty() {
+            for (reply, head) in self.physical_waiters.drain(..) {
+                let _ = reply.send(Ok(head));
+            }
+        }
+    }
+}

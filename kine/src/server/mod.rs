@@ -1,0 +1,96 @@
+//! The etcd v3 gRPC surface (API boundary): one module per service, each a
+//! thin layer of checks, a store call, error mapping and the header.
+//! No SQL here, and no tonic below here.
+
+pub mod cluster;
+pub mod kv;
+pub mod maintenance;
+pub mod status;
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::mvcc::Store;
+use crate::proto::ResponseHeader;
+use crate::proto::cluster_server::ClusterServer;
+use crate::proto::kv_server::KvServer;
+use crate::proto::maintenance_server::MaintenanceServer;
+
+/// A single member is always its own leader at term 1.
+pub const RAFT_TERM: u64 = 1;
+/// gRPC decode limit: the largest request plus etcd's 512 KiB of overhead,
+/// so a request just over the limit gets etcd's "request is too large".
+pub const MAX_RECV_BYTES: usize = kv::MAX_REQUEST_BYTES + 512 * 1024;
+
+/// What the gRPC server says about itself.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The etcd version `Status` reports; Kubernetes gates features on it.
+    pub emulated_etcd_version: String,
+    /// Member name in `MemberList`.
+    pub name: String,
+    /// Client URLs in `MemberList`.
+    pub advertise_client_urls: Vec<String>,
+}
+
+/// Fills the identity fields of response headers.
+#[derive(Clone)]
+pub(crate) struct Header {
+    store: Store,
+}
+
+impl Header {
+    /// Fills a header whose revision the store already set.
+    pub(crate) fn fill(&self, header: &mut Option<ResponseHeader>) {
+        let h = header.get_or_insert_with(Default::default);
+        let id = self.store.identity();
+        h.cluster_id = id.cluster_id;
+        h.member_id = id.member_id;
+        h.raft_term = RAFT_TERM;
+    }
+
+    /// Fills a header at `revision`.
+    pub(crate) fn fill_at(&self, header: &mut Option<ResponseHeader>, revision: i64) {
+        header.get_or_insert_with(Default::default).revision = revision;
+        self.fill(header);
+    }
+}
+
+/// Serves the etcd API on `listener` until `shutdown` resolves, then stops
+/// accepting, lets in-flight requests finish and returns.
+pub async fn serve(
+    listener: TcpListener,
+    store: Store,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let header = Header { store: store.clone() };
+    let kv = kv::KvService { store: store.clone(), header: header.clone() };
+    let maintenance = maintenance::MaintenanceService {
+        store: store.clone(),
+        header: header.clone(),
+        version: config.emulated_etcd_version.clone(),
+        alarms: Mutex::new(Vec::new()),
+    };
+    let cluster = cluster::ClusterService {
+        store: store.clone(),
+        header,
+        name: config.name.clone(),
+        client_urls: config.advertise_client_urls.clone(),
+        peer_urls: vec!["http://localhost:2380".into()],
+    };
+    tonic::transport::Server::builder()
+        // etcd's server keepalive policy: clients ping every 30 s.
+        .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_nodelay(true)
+        .add_service(KvServer::new(kv).max_decoding_message_size(MAX_RECV_BYTES).max_encoding_message_size(usize::MAX))
+        .add_service(MaintenanceServer::new(maintenance).max_decoding_message_size(MAX_RECV_BYTES))
+        .add_service(ClusterServer::new(cluster).max_decoding_message_size(MAX_RECV_BYTES))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
