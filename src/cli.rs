@@ -54,6 +54,10 @@ pub struct DatastoreArgs {
     #[arg(long, env = "KINE_EMULATED_ETCD_VERSION", default_value = kine::DEFAULT_EMULATED_ETCD_VERSION)]
     pub emulated_etcd_version: String,
 
+    /// Interval of periodic watch progress notifications (e.g. 5s, 10m).
+    #[arg(long, env = "KINE_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub watch_progress_notify_interval: std::time::Duration,
+
     /// UNSAFE: do not fsync at commit. Acknowledged writes survive a crash of
     /// k3rs but can be lost on power loss or a kernel crash.
     #[arg(long, env = "K3RS_UNSAFE_NO_FSYNC")]
@@ -92,6 +96,24 @@ pub struct DatastoreConfig {
 /// Parses argv and the environment.
 pub fn parse() -> Cli {
     Cli::parse()
+}
+
+/// Parses durations like `500ms`, `5s`, `10m`, `1h`.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("{s:?} is not a duration like 5s or 10m"))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" | "" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        _ => return Err(format!("{s:?} has an unknown unit; use ms, s, m or h")),
+    };
+    if ms == 0 {
+        return Err("the interval must be above zero".into());
+    }
+    Ok(std::time::Duration::from_millis(ms))
 }
 
 fn default_data_dir() -> PathBuf {
@@ -160,6 +182,7 @@ impl DatastoreArgs {
                 emulated_etcd_version: self.emulated_etcd_version,
                 name,
                 advertise_client_urls: vec![client_url],
+                watch_progress_notify_interval: self.watch_progress_notify_interval,
             },
             log_format: self.log_format,
             debug: self.debug,

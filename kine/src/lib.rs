@@ -14,6 +14,7 @@ pub mod error;
 pub mod mvcc;
 pub mod proto;
 pub mod server;
+pub mod watch;
 
 pub use error::{Error, Result};
 pub use mvcc::Store;

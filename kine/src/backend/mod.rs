@@ -9,6 +9,8 @@
 
 pub mod sqlite;
 
+pub(crate) use sqlite::random_id;
+
 use bytes::Bytes;
 
 use crate::error::Result;
@@ -18,6 +20,8 @@ use crate::error::Result;
 pub struct LogRecord {
     /// The revision of the write.
     pub mod_revision: i64,
+    /// Position among the rows of its revision (write order).
+    pub sub: u32,
     /// The key, as bytes.
     pub key: Bytes,
     /// The revision that created the key; 0 marks a delete (tombstone).

@@ -175,7 +175,7 @@ impl SqliteWriter {
 
 /// A random non-zero 64-bit id, from the standard library's per-process
 /// random hash keys and the clock (no extra dependency for eight bytes).
-fn random_id() -> u64 {
+pub(crate) fn random_id() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
@@ -193,6 +193,7 @@ impl LogWriter for SqliteWriter {
             let id: i64 = row.get(0)?;
             let record = LogRecord {
                 mod_revision: id >> ROW_BITS,
+                sub: (id & ((1 << ROW_BITS) - 1)) as u32,
                 key: Bytes::from(row.get::<_, Vec<u8>>(1)?),
                 create_revision: row.get(2)?,
                 version: row.get(3)?,
@@ -226,13 +227,9 @@ impl LogWriter for SqliteWriter {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO kv_log (id, key, create_rev, version, lease, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
-            let mut n = 0;
-            let mut last_revision = 0;
             for r in &batch.records {
-                n = if r.mod_revision == last_revision { n + 1 } else { 0 };
-                last_revision = r.mod_revision;
                 insert.execute(params![
-                    row_id(r.mod_revision, n)?,
+                    row_id(r.mod_revision, r.sub as usize)?,
                     r.key.as_ref(),
                     r.create_revision,
                     r.version,
@@ -358,6 +355,7 @@ mod tests {
     fn record(rev: i64, key: &'static [u8], value: &'static [u8]) -> LogRecord {
         LogRecord {
             mod_revision: rev,
+            sub: 0,
             key: Bytes::from_static(key),
             create_revision: rev,
             version: 1,
@@ -371,7 +369,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut w, r) = open(&config(&dir)).unwrap();
         let batch = CommitBatch {
-            records: vec![record(2, b"a\0\xff", b"1"), record(3, b"b", b"2"), record(3, b"c", b"3")],
+            records: vec![record(2, b"a\0\xff", b"1"), record(3, b"b", b"2"), LogRecord { sub: 1, ..record(3, b"c", b"3") }],
             current_revision: 3,
             ..Default::default()
         };

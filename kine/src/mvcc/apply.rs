@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use bytes::Bytes;
 
 use super::index::{Index, KeyRange, Revision};
+use super::lease::LeaseTable;
 use super::read::{self, ReadView};
 use crate::backend::LogRecord;
 use crate::error::{Error, Result};
@@ -37,8 +38,10 @@ pub struct WriteCtx<'a> {
     pub records: &'a mut Vec<LogRecord>,
     /// Where this request's rows start in `records`.
     pub first_record: usize,
-    /// Whether a lease exists.
-    pub lease_exists: &'a dyn Fn(i64) -> bool,
+    /// The next write's position within this revision.
+    pub next_sub: u32,
+    /// Live leases, and the keys attached to each.
+    pub leases: &'a mut LeaseTable,
     /// Reads a historic value from the log.
     pub log_value: &'a mut dyn FnMut(&[u8], i64) -> Result<Bytes>,
 }
@@ -66,21 +69,25 @@ impl WriteCtx<'_> {
 
     /// Undoes this request's writes (it failed half-way).
     pub fn rollback(&mut self) {
-        for record in self.records.drain(self.first_record..) {
-            self.index.truncate_above(&record.key, self.base);
-        }
+        let records: Vec<LogRecord> = self.records.drain(self.first_record..).collect();
+        undo(self.index, self.leases, &records, self.base);
     }
 
-    fn write(&mut self, key: Bytes, revision: Revision) {
+    fn write(&mut self, key: Bytes, mut revision: Revision) {
         let rev = self.revision();
+        let old_lease = self.index.get(&key).and_then(|h| h.latest()).map_or(0, |l| l.lease);
+        self.leases.reattach(&key, old_lease, revision.lease);
         // Two writes to one key in one revision happen only through sibling
         // nested txns (etcd allows it); the later one is the key's state.
         if self.index.get(&key).and_then(|h| h.latest()).is_some_and(|l| l.mod_revision == rev) {
             self.index.truncate_above(&key, rev - 1);
             self.records.retain(|r| !(r.mod_revision == rev && r.key == key));
         }
+        revision.sub = self.next_sub;
+        self.next_sub += 1;
         self.records.push(LogRecord {
             mod_revision: rev,
+            sub: revision.sub,
             key: key.clone(),
             create_revision: revision.create_revision,
             version: revision.version,
@@ -202,7 +209,7 @@ pub fn put(ctx: &mut WriteCtx, req: &PutRequest) -> Result<PutResponse> {
         return Err(Error::KeyNotFound);
     }
     let lease = if req.ignore_lease { prev.as_ref().map_or(0, |p| p.lease) } else { req.lease };
-    if lease != 0 && !(ctx.lease_exists)(lease) {
+    if lease != 0 && !ctx.leases.contains(lease) {
         return Err(Error::LeaseNotFound);
     }
     let prev_kv = match (&prev, req.prev_kv) {
@@ -233,7 +240,7 @@ pub fn put(ctx: &mut WriteCtx, req: &PutRequest) -> Result<PutResponse> {
     };
     ctx.write(
         req.key.clone(),
-        Revision { mod_revision: rev, create_revision, version, lease, value: Some(value) },
+        Revision { mod_revision: rev, create_revision, version, lease, sub: 0, value: Some(value) },
     );
     Ok(PutResponse { header: Some(ResponseHeader { revision: rev, ..Default::default() }), prev_kv })
 }
@@ -265,7 +272,7 @@ pub fn delete_range(ctx: &mut WriteCtx, req: &DeleteRangeRequest) -> Result<Dele
     let rev = ctx.revision();
     let deleted = doomed.len() as i64;
     for (key, _) in doomed {
-        ctx.write(key, Revision { mod_revision: rev, create_revision: 0, version: 0, lease: 0, value: Some(Bytes::new()) });
+        ctx.write(key, Revision::tombstone(rev));
     }
     let revision = if ctx.wrote() { rev } else { ctx.base };
     Ok(DeleteRangeResponse { header: Some(ResponseHeader { revision, ..Default::default() }), deleted, prev_kvs })
@@ -305,7 +312,7 @@ fn check_path_puts(ctx: &WriteCtx, req: &TxnRequest, path: &[bool], next: &mut u
                 if (p.ignore_value || p.ignore_lease) && prev.is_none() {
                     return Err(Error::KeyNotFound);
                 }
-                if p.lease != 0 && !(ctx.lease_exists)(p.lease) {
+                if p.lease != 0 && !ctx.leases.contains(p.lease) {
                     return Err(Error::LeaseNotFound);
                 }
             }
@@ -396,4 +403,26 @@ fn compare_one(c: &Compare, r: Option<&Revision>) -> bool {
         Ok(CompareResult::Less) => ordering.is_lt(),
         Err(_) => true,
     }
+}
+
+/// Takes back `records` (written above `base`) from the index and moves
+/// their keys back to the leases they had before.
+pub fn undo(index: &mut Index, leases: &mut LeaseTable, records: &[LogRecord], base: i64) {
+    for record in records.iter().rev() {
+        index.truncate_above(&record.key, base);
+        let restored = index.get(&record.key).and_then(|h| h.latest()).map_or(0, |l| l.lease);
+        leases.reattach(&record.key, record.lease, restored);
+    }
+}
+
+/// Revokes a lease: deletes every attached key in this request's revision.
+pub fn revoke_lease(ctx: &mut WriteCtx, id: i64) -> Result<i64> {
+    let Some(lease) = ctx.leases.get(id) else { return Err(Error::LeaseNotFound) };
+    let keys: Vec<Bytes> = lease.keys.iter().cloned().collect();
+    let rev = ctx.revision();
+    for key in keys {
+        ctx.write(key, Revision::tombstone(rev));
+    }
+    ctx.leases.remove(id);
+    Ok(if ctx.wrote() { rev } else { ctx.base })
 }

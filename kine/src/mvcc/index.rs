@@ -28,12 +28,19 @@ pub struct Revision {
     pub version: i64,
     /// Attached lease, 0 for none.
     pub lease: i64,
+    /// Position among the writes of its revision (write order of a txn).
+    pub sub: u32,
     /// The value, kept in memory for a key's newest revisions only;
     /// `None` means "read it from the log".
     pub value: Option<Bytes>,
 }
 
 impl Revision {
+    /// A delete at `mod_revision`.
+    pub fn tombstone(mod_revision: i64) -> Self {
+        Revision { mod_revision, create_revision: 0, version: 0, lease: 0, sub: 0, value: Some(Bytes::new()) }
+    }
+
     /// Whether this revision is a delete.
     pub fn is_tombstone(&self) -> bool {
         self.create_revision == 0
@@ -234,7 +241,7 @@ mod tests {
     use super::*;
 
     fn rev(mod_revision: i64, create_revision: i64, version: i64) -> Revision {
-        Revision { mod_revision, create_revision, version, lease: 0, value: Some(Bytes::from_static(b"v")) }
+        Revision { mod_revision, create_revision, version, lease: 0, sub: 0, value: Some(Bytes::from_static(b"v")) }
     }
 
     fn example() -> Index {

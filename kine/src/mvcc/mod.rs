@@ -8,23 +8,24 @@
 
 pub mod apply;
 pub mod index;
+pub mod lease;
 pub mod read;
 pub mod writer;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::backend::{LogReader, LogWriter, StoreIdentity, StoredLease};
+use crate::backend::{LogReader, LogWriter, StoreIdentity};
 use crate::error::{Error, Result};
 use crate::proto::{
-    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest,
-    TxnResponse,
+    DeleteRangeRequest, DeleteRangeResponse, Event, LeaseGrantResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, TxnRequest, TxnResponse,
 };
-use index::{Index, Revision};
+use index::{Index, KeyRange, Revision};
+use lease::{Lease, LeaseTable};
 use read::ReadView;
 use writer::{Job, WriteOp, WriteReply, Writer};
 
@@ -41,7 +42,22 @@ pub(crate) struct Shared {
     compact: AtomicI64,
     identity: StoreIdentity,
     reader: Box<dyn LogReader>,
-    leases: RwLock<HashMap<i64, StoredLease>>,
+    /// Lock order: after `index`. The writer holds both while it evaluates.
+    leases: Mutex<LeaseTable>,
+    /// Called with every committed batch, in revision order, by the writer.
+    subscribers: RwLock<Vec<Subscriber>>,
+}
+
+/// A callback fed every committed batch.
+pub type Subscriber = Box<dyn Fn(Arc<Committed>) + Send + Sync>;
+
+/// What one group commit changed, for watchers.
+#[derive(Debug)]
+pub struct Committed {
+    /// The newest revision of the batch.
+    pub revision: i64,
+    /// Its events in revision order, then write order; each with `prev_kv`.
+    pub events: Vec<Event>,
 }
 
 impl Shared {
@@ -68,8 +84,8 @@ impl Shared {
         self.current.store(revision, Ordering::Release);
     }
 
-    fn lease_exists(&self, id: i64) -> bool {
-        self.leases.read().unwrap_or_else(|p| p.into_inner()).contains_key(&id)
+    fn leases(&self) -> std::sync::MutexGuard<'_, LeaseTable> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn log_value(&self, key: &[u8], rev: i64) -> Result<Bytes> {
@@ -89,10 +105,8 @@ impl Store {
     pub fn open(mut log: Box<dyn LogWriter>, reader: Box<dyn LogReader>) -> Result<Store> {
         let started = std::time::Instant::now();
         let mut index = Index::default();
-        let mut last_key_rev: Option<(Bytes, i64)> = None;
         let loaded = log.load(&mut |record| {
             let key = record.key.clone();
-            let rev = record.mod_revision;
             index.push(
                 record.key,
                 Revision {
@@ -100,11 +114,11 @@ impl Store {
                     create_revision: record.create_revision,
                     version: record.version,
                     lease: record.lease,
+                    sub: record.sub,
                     value: Some(record.value),
                 },
             );
             index.release_old_values(&key);
-            last_key_rev = Some((key, rev));
         })?;
         // Rows a compaction had not yet deleted when the process stopped.
         let leftover = if loaded.compact_revision > 0 { index.compact(loaded.compact_revision) } else { Vec::new() };
@@ -117,13 +131,26 @@ impl Store {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "store loaded"
         );
+        // Every lease gets its full TTL again after a restart (etcd's rule).
+        let mut leases = LeaseTable::default();
+        for stored in &loaded.leases {
+            leases.insert(stored.id, Lease::new(stored.ttl));
+        }
+        let all = KeyRange::new(Bytes::from_static(b"\0"), Bytes::from_static(b"\0"));
+        index.visit(&all, |key, h| {
+            if let Some(latest) = h.latest().filter(|l| !l.is_tombstone() && l.lease != 0) {
+                leases.reattach(key, 0, latest.lease);
+            }
+            true
+        });
         let shared = Arc::new(Shared {
             index: RwLock::new(index),
             current: AtomicI64::new(loaded.current_revision),
             compact: AtomicI64::new(loaded.compact_revision),
             identity: loaded.identity,
             reader,
-            leases: RwLock::new(loaded.leases.into_iter().map(|l| (l.id, l)).collect()),
+            leases: Mutex::new(leases),
+            subscribers: RwLock::new(Vec::new()),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = Writer::new(shared.clone(), log, rx, leftover);
@@ -224,6 +251,117 @@ impl Store {
         let (reply, rx) = oneshot::channel();
         self.jobs.send(Job::Defragment(reply)).map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// Registers a callback for every committed batch (the watch hub).
+    pub fn subscribe(&self, subscriber: Subscriber) {
+        self.shared.subscribers.write().unwrap_or_else(|p| p.into_inner()).push(subscriber);
+    }
+
+    /// The events of `range` at revisions `from..=to`, in order, each with
+    /// its `prev_kv` (left out where compacted). `Compacted` if `from` is
+    /// below the compact revision.
+    pub async fn history(&self, range: KeyRange, from: i64, to: i64) -> Result<Vec<Event>> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut found: Vec<(Bytes, Revision, Option<Revision>)> = Vec::new();
+            {
+                let index = shared.index.read().unwrap_or_else(|p| p.into_inner());
+                if from < shared.compact_revision() {
+                    return Err(Error::Compacted);
+                }
+                index.visit(&range, |key, h| {
+                    let revs = h.revisions();
+                    let start = revs.partition_point(|r| r.mod_revision < from);
+                    for (i, r) in revs.iter().enumerate().skip(start) {
+                        if r.mod_revision > to {
+                            break;
+                        }
+                        let prev = i.checked_sub(1).map(|p| &revs[p]).filter(|p| !p.is_tombstone());
+                        found.push((key.clone(), r.clone(), prev.cloned()));
+                    }
+                    true
+                });
+            }
+            found.sort_by_key(|(_, r, _)| (r.mod_revision, r.sub));
+            found
+                .into_iter()
+                .map(|(key, r, prev)| {
+                    let mut kv = read::to_kv(&key, &r, true);
+                    if r.value.is_none() {
+                        kv.value = shared.log_value(&key, r.mod_revision)?;
+                    }
+                    let prev_kv = match prev {
+                        Some(p) if p.value.is_some() => Some(read::to_kv(&key, &p, true)),
+                        // Compacted away meanwhile: etcd leaves prev_kv out.
+                        Some(p) => shared.reader.value_at(&key, p.mod_revision)?.map(|v| {
+                            let mut kv = read::to_kv(&key, &p, false);
+                            kv.value = v;
+                            kv
+                        }),
+                        None => None,
+                    };
+                    Ok(read::to_event(kv, prev_kv))
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| Error::Storage(e.to_string()))?
+    }
+
+    async fn lease_write(&self, op: WriteOp) -> Result<WriteReply> {
+        self.write(op).await
+    }
+
+    /// LeaseGrant: `id` 0 lets the server choose; TTLs below the minimum
+    /// are raised to it.
+    pub async fn lease_grant(&self, id: i64, ttl: i64) -> Result<LeaseGrantResponse> {
+        if ttl > lease::MAX_TTL_SECONDS {
+            return Err(Error::LeaseTtlTooLarge);
+        }
+        match self.lease_write(WriteOp::LeaseGrant { id, ttl: ttl.max(lease::MIN_TTL_SECONDS) }).await? {
+            WriteReply::LeaseGrant(r) => Ok(r),
+            _ => unreachable!("the writer answers a grant with a grant"),
+        }
+    }
+
+    /// LeaseRevoke: deletes the attached keys in one revision; returns it.
+    pub async fn lease_revoke(&self, id: i64) -> Result<i64> {
+        match self.lease_write(WriteOp::LeaseRevoke { id, only_if_expired: false }).await? {
+            WriteReply::Revision(r) => Ok(r),
+            _ => unreachable!("the writer answers a revoke with a revision"),
+        }
+    }
+
+    /// Revokes every lease whose deadline has passed (unless kept alive
+    /// meanwhile); one revision per lease that had keys.
+    pub async fn expire_leases(&self) {
+        let expired = self.shared.leases().expired(std::time::Instant::now());
+        for id in expired {
+            if let Err(e) = self.lease_write(WriteOp::LeaseRevoke { id, only_if_expired: true }).await {
+                if e != Error::LeaseNotFound {
+                    tracing::warn!(lease = id, error = %e, "lease expiry failed; will retry");
+                }
+            }
+        }
+    }
+
+    /// Restarts a lease's TTL: its TTL, or 0 if it does not exist (etcd).
+    pub fn lease_keep_alive(&self, id: i64) -> i64 {
+        self.shared.leases().keep_alive(id).unwrap_or(0)
+    }
+
+    /// `(remaining, granted, keys)` of a lease; `None` if it does not exist.
+    pub fn lease_time_to_live(&self, id: i64, with_keys: bool) -> Option<(i64, i64, Vec<Bytes>)> {
+        let leases = self.shared.leases();
+        let l = leases.get(id)?;
+        let keys = if with_keys { l.keys.iter().cloned().collect() } else { Vec::new() };
+        Some((l.remaining_seconds(), l.ttl, keys))
+    }
+
+    /// Every live lease id.
+    pub fn lease_ids(&self) -> Vec<i64> {
+        self.shared.leases().ids()
     }
 
     /// Finishes queued writes and stops the writer.

@@ -6,7 +6,8 @@ use bytes::Bytes;
 use super::index::{Index, KeyRange, Revision};
 use crate::error::{Error, Result};
 use crate::proto::range_request::{SortOrder, SortTarget};
-use crate::proto::{KeyValue, RangeRequest, RangeResponse, ResponseHeader};
+use crate::proto::mvccpb::event::EventType;
+use crate::proto::{Event, KeyValue, RangeRequest, RangeResponse, ResponseHeader};
 
 /// The revisions a read checks its request against.
 #[derive(Debug, Clone, Copy)]
@@ -160,4 +161,10 @@ pub fn fill_missing(
         kv.value = log_value(&kv.key, kv.mod_revision)?;
     }
     Ok(response)
+}
+
+/// A watch event for `kv` (a delete when `create_revision` is 0).
+pub fn to_event(kv: KeyValue, prev_kv: Option<KeyValue>) -> Event {
+    let r#type = if kv.create_revision == 0 { EventType::Delete } else { EventType::Put };
+    Event { r#type: r#type as i32, kv: Some(kv), prev_kv }
 }

@@ -12,11 +12,15 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::Shared;
 use super::apply::{self, WriteCtx};
-use crate::backend::{CommitBatch, LogWriter};
+use super::lease::Lease;
+use super::{Committed, Shared, read};
+use crate::backend::{CommitBatch, LogWriter, StoredLease};
 use crate::error::{Error, Result};
-use crate::proto::{DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse};
+use crate::proto::{
+    DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse, PutRequest, PutResponse, ResponseHeader, TxnRequest,
+    TxnResponse,
+};
 
 /// Most requests in one commit: bounds the latency of a batch's first
 /// request when thousands are queued.
@@ -35,6 +39,11 @@ pub enum WriteOp {
     DeleteRange(DeleteRangeRequest),
     /// Txn.
     Txn(TxnRequest),
+    /// Grant a lease (`id` 0: choose one); `ttl` already clamped.
+    LeaseGrant { id: i64, ttl: i64 },
+    /// Revoke a lease and delete its keys; with `only_if_expired`, only if
+    /// no keep-alive came in since it expired (the expiry loop).
+    LeaseRevoke { id: i64, only_if_expired: bool },
 }
 
 /// The answer to a `WriteOp`, of the same kind.
@@ -46,6 +55,10 @@ pub enum WriteReply {
     DeleteRange(DeleteRangeResponse),
     /// For `Txn`.
     Txn(TxnResponse),
+    /// For `LeaseGrant`.
+    LeaseGrant(LeaseGrantResponse),
+    /// The revision a request left the store at (`LeaseRevoke`).
+    Revision(i64),
 }
 
 /// Work queued for the writer thread.
@@ -68,6 +81,7 @@ impl WriteOp {
             WriteOp::Put(p) => p.encoded_len(),
             WriteOp::DeleteRange(d) => d.encoded_len(),
             WriteOp::Txn(t) => t.encoded_len(),
+            WriteOp::LeaseGrant { .. } | WriteOp::LeaseRevoke { .. } => 16,
         }
     }
 }
@@ -148,29 +162,47 @@ impl Writer {
         }
         let published = self.head;
         let mut batch = CommitBatch::default();
+        let mut revoked: Vec<(i64, Lease)> = Vec::new();
         let mut replies = Vec::with_capacity(writes.len());
         {
             let shared = &*self.shared;
             let mut index = shared.index.write().unwrap_or_else(|p| p.into_inner());
+            let mut leases = shared.leases();
             let compact = shared.compact_revision_locked();
-            let leases = |id: i64| shared.lease_exists(id);
             for (op, reply) in writes {
                 let log = &mut self.log;
-                let mut log_value =
-                    |key: &[u8], rev: i64| log.value_at(key, rev)?.ok_or(Error::Compacted);
+                let mut log_value = |key: &[u8], rev: i64| log.value_at(key, rev)?.ok_or(Error::Compacted);
                 let mut ctx = WriteCtx {
                     index: &mut index,
                     base: self.head,
                     compact,
                     first_record: batch.records.len(),
+                    next_sub: 0,
                     records: &mut batch.records,
-                    lease_exists: &leases,
+                    leases: &mut leases,
                     log_value: &mut log_value,
                 };
-                let result = match &op {
-                    WriteOp::Put(p) => apply::put(&mut ctx, p).map(WriteReply::Put),
-                    WriteOp::DeleteRange(d) => apply::delete_range(&mut ctx, d).map(WriteReply::DeleteRange),
-                    WriteOp::Txn(t) => apply::txn(&mut ctx, t).map(WriteReply::Txn),
+                let result = match op {
+                    WriteOp::Put(p) => apply::put(&mut ctx, &p).map(WriteReply::Put),
+                    WriteOp::DeleteRange(d) => apply::delete_range(&mut ctx, &d).map(WriteReply::DeleteRange),
+                    WriteOp::Txn(t) => apply::txn(&mut ctx, &t).map(WriteReply::Txn),
+                    WriteOp::LeaseGrant { id, ttl } => {
+                        grant(&mut ctx, id, ttl, &mut batch.granted_leases).map(WriteReply::LeaseGrant)
+                    }
+                    WriteOp::LeaseRevoke { id, only_if_expired } => {
+                        let state = ctx.leases.get(id).cloned();
+                        match state {
+                            Some(l) if only_if_expired && l.expiry > std::time::Instant::now() => {
+                                Ok(WriteReply::Revision(ctx.base))
+                            }
+                            Some(l) => apply::revoke_lease(&mut ctx, id).map(|rev| {
+                                revoked.push((id, l));
+                                batch.revoked_leases.push(id);
+                                WriteReply::Revision(rev)
+                            }),
+                            None => Err(Error::LeaseNotFound),
+                        }
+                    }
                 };
                 let wrote = ctx.wrote();
                 if result.is_err() {
@@ -183,10 +215,15 @@ impl Writer {
         }
         batch.current_revision = self.head;
         let committed = if batch.is_empty() { Ok(()) } else { self.log.commit(&batch) };
+        let mut events = Vec::new();
         {
             let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
             match &committed {
                 Ok(()) => {
+                    let watched = !self.shared.subscribers.read().unwrap_or_else(|p| p.into_inner()).is_empty();
+                    if watched {
+                        events = batch_events(&index, &batch);
+                    }
                     for record in &batch.records {
                         index.release_old_values(&record.key);
                     }
@@ -194,19 +231,31 @@ impl Writer {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "commit failed; the batch's writes are refused");
-                    for record in &batch.records {
-                        index.truncate_above(&record.key, published);
+                    let mut leases = self.shared.leases();
+                    for (id, lease) in revoked {
+                        leases.insert(id, lease);
                     }
+                    for granted in &batch.granted_leases {
+                        leases.remove(granted.id);
+                    }
+                    apply::undo(&mut index, &mut leases, &batch.records, published);
                     self.head = published;
                 }
             }
         }
         for (reply, result, wrote) in replies {
-            let result = match (&committed, wrote) {
-                (Err(e), true) => Err(e.clone()),
+            let result = match (&committed, wrote, &result) {
+                (Err(e), true, _) => Err(e.clone()),
+                (Err(e), _, Ok(WriteReply::LeaseGrant(_))) => Err(e.clone()),
                 _ => result,
             };
             let _ = reply.send(result);
+        }
+        if !events.is_empty() {
+            let committed = Arc::new(Committed { revision: self.head, events });
+            for subscriber in self.shared.subscribers.read().unwrap_or_else(|p| p.into_inner()).iter() {
+                subscriber(committed.clone());
+            }
         }
     }
 
@@ -267,4 +316,40 @@ impl Writer {
             }
         }
     }
+}
+
+/// Grants a lease inside a batch.
+fn grant(ctx: &mut WriteCtx, id: i64, ttl: i64, granted: &mut Vec<StoredLease>) -> Result<LeaseGrantResponse> {
+    let id = if id == 0 { ctx.leases.fresh_id() } else { id };
+    if ctx.leases.contains(id) {
+        return Err(Error::LeaseExists);
+    }
+    ctx.leases.insert(id, Lease::new(ttl));
+    granted.push(StoredLease { id, ttl });
+    Ok(LeaseGrantResponse {
+        header: Some(ResponseHeader { revision: ctx.base, ..Default::default() }),
+        id,
+        ttl,
+        error: String::new(),
+    })
+}
+
+/// The watch events of a committed batch, with `prev_kv`: built before old
+/// values are released, while every previous revision still holds its value.
+fn batch_events(index: &super::index::Index, batch: &CommitBatch) -> Vec<crate::proto::Event> {
+    batch
+        .records
+        .iter()
+        .map(|r| {
+            let history = index.get(&r.key).expect("a committed key is in the index");
+            let this = history
+                .revisions()
+                .iter()
+                .rev()
+                .find(|x| x.mod_revision == r.mod_revision)
+                .expect("a committed revision is in the index");
+            let prev = history.before(r.mod_revision).map(|p| read::to_kv(&r.key, p, true));
+            read::to_event(read::to_kv(&r.key, this, true), prev)
+        })
+        .collect()
 }

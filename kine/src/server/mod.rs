@@ -4,8 +4,10 @@
 
 pub mod cluster;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod status;
+pub mod watch;
 
 use std::future::Future;
 use std::sync::Mutex;
@@ -18,7 +20,9 @@ use crate::mvcc::Store;
 use crate::proto::ResponseHeader;
 use crate::proto::cluster_server::ClusterServer;
 use crate::proto::kv_server::KvServer;
+use crate::proto::lease_server::LeaseServer;
 use crate::proto::maintenance_server::MaintenanceServer;
+use crate::proto::watch_server::WatchServer;
 
 /// A single member is always its own leader at term 1.
 pub const RAFT_TERM: u64 = 1;
@@ -35,7 +39,26 @@ pub struct ServerConfig {
     pub name: String,
     /// Client URLs in `MemberList`.
     pub advertise_client_urls: Vec<String>,
+    /// How often watchers that asked for progress notifications get one
+    /// (etcd's default is 10 minutes).
+    pub watch_progress_notify_interval: Duration,
 }
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            emulated_etcd_version: crate::DEFAULT_EMULATED_ETCD_VERSION.into(),
+            name: "default".into(),
+            advertise_client_urls: Vec::new(),
+            watch_progress_notify_interval: DEFAULT_PROGRESS_NOTIFY_INTERVAL,
+        }
+    }
+}
+
+/// etcd's default periodic progress notification interval.
+pub const DEFAULT_PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_secs(600);
+/// How often expired leases are looked for (etcd's lessor ticks at 500 ms).
+const LEASE_EXPIRY_TICK: Duration = Duration::from_millis(500);
 
 /// Fills the identity fields of response headers.
 #[derive(Clone)]
@@ -69,6 +92,19 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let header = Header { store: store.clone() };
+    let hub = crate::watch::Hub::start(store.clone(), config.watch_progress_notify_interval);
+    let watch = watch::WatchService { hub, header: header.clone() };
+    let lease = lease::LeaseService { store: store.clone(), header: header.clone() };
+    let expiry = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let mut tick = tokio::time::interval(LEASE_EXPIRY_TICK);
+            loop {
+                tick.tick().await;
+                store.expire_leases().await;
+            }
+        }
+    });
     let kv = kv::KvService { store: store.clone(), header: header.clone() };
     let maintenance = maintenance::MaintenanceService {
         store: store.clone(),
@@ -83,7 +119,7 @@ pub async fn serve(
         client_urls: config.advertise_client_urls.clone(),
         peer_urls: vec!["http://localhost:2380".into()],
     };
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         // etcd's server keepalive policy: clients ping every 30 s.
         .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
@@ -91,6 +127,10 @@ pub async fn serve(
         .add_service(KvServer::new(kv).max_decoding_message_size(MAX_RECV_BYTES).max_encoding_message_size(usize::MAX))
         .add_service(MaintenanceServer::new(maintenance).max_decoding_message_size(MAX_RECV_BYTES))
         .add_service(ClusterServer::new(cluster).max_decoding_message_size(MAX_RECV_BYTES))
+        .add_service(WatchServer::new(watch).max_decoding_message_size(MAX_RECV_BYTES))
+        .add_service(LeaseServer::new(lease).max_decoding_message_size(MAX_RECV_BYTES))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
+        .await;
+    expiry.abort();
+    served
 }

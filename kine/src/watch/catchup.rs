@@ -1,0 +1,83 @@
+//! Catch-up: feeds an unsynced watcher from history until it reaches the
+//! dispatched revision, then hands it back to the dispatcher.
+
+use super::{Hub, responses, select};
+use crate::error::Error;
+use crate::proto::{ResponseHeader, WatchResponse};
+
+/// Revisions read from history per round: bounds memory per watcher.
+const REVISIONS_PER_ROUND: i64 = 1000;
+
+/// Starts catching up watcher `(stream, id)`.
+pub(super) fn spawn(hub: Hub, stream: u64, id: i64) {
+    tokio::runtime::Handle::try_current()
+        .map(|h| {
+            h.spawn(run(hub.clone(), stream, id));
+        })
+        .unwrap_or_else(|_| tracing::error!("no runtime to catch up a watcher on"));
+}
+
+async fn run(hub: Hub, stream: u64, id: i64) {
+    loop {
+        // Decide the next round, or rejoin the synced set, under the lock.
+        let (range, from, to, tx, fragment) = {
+            let mut s = hub.lock();
+            let dispatched = s.dispatched;
+            let Some(w) = s.watchers.get_mut(&(stream, id)) else { return };
+            if w.next_rev > dispatched {
+                w.synced = true;
+                return;
+            }
+            let to = dispatched.min(w.next_rev + REVISIONS_PER_ROUND - 1);
+            (w.range.clone(), w.next_rev, to, w.tx.clone(), w.fragment)
+        };
+        let history = hub.store.history(range, from, to).await;
+        let events = match history {
+            Ok(events) => events,
+            Err(Error::Compacted) => {
+                let compact = hub.store.compact_revision();
+                hub.lock().watchers.remove(&(stream, id));
+                let _ = tx
+                    .send(WatchResponse {
+                        header: Some(ResponseHeader { revision: hub.store.current_revision(), ..Default::default() }),
+                        watch_id: id,
+                        canceled: true,
+                        compact_revision: compact,
+                        ..Default::default()
+                    })
+                    .await;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, stream, watch_id = id, "watch catch-up failed; canceling the watcher");
+                hub.lock().watchers.remove(&(stream, id));
+                let _ = tx
+                    .send(WatchResponse {
+                        header: Some(ResponseHeader { revision: hub.store.current_revision(), ..Default::default() }),
+                        watch_id: id,
+                        canceled: true,
+                        cancel_reason: e.to_string(),
+                        ..Default::default()
+                    })
+                    .await;
+                return;
+            }
+        };
+        let wanted = {
+            let s = hub.lock();
+            let Some(w) = s.watchers.get(&(stream, id)) else { return };
+            select(&events, w, from)
+        };
+        if !wanted.is_empty() {
+            for resp in responses(id, to, wanted, fragment) {
+                if tx.send(resp).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let mut s = hub.lock();
+        let Some(w) = s.watchers.get_mut(&(stream, id)) else { return };
+        w.next_rev = to + 1;
+        w.sent_since_tick = true;
+    }
+}
