@@ -18,6 +18,7 @@ const KEEPALIVE_BUFFER: usize = 64;
 pub struct LeaseService {
     pub(super) store: Store,
     pub(super) header: Header,
+    pub(super) shutdown: super::shutdown::Shutdown,
 }
 
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
@@ -61,7 +62,7 @@ impl Lease for LeaseService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(self.shutdown.clone().guard(ReceiverStream::new(rx)))))
     }
 
     async fn lease_time_to_live(

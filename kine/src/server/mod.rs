@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod shutdown;
 pub mod status;
 pub mod watch;
 
@@ -57,6 +58,8 @@ impl Default for ServerConfig {
 
 /// etcd's default periodic progress notification interval.
 pub const DEFAULT_PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_secs(600);
+/// How long shutdown waits for clients to finish their requests.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How often expired leases are looked for (etcd's lessor ticks at 500 ms).
 const LEASE_EXPIRY_TICK: Duration = Duration::from_millis(500);
 
@@ -92,9 +95,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let header = Header { store: store.clone() };
+    let (stop_streams, stopping) = shutdown::channel();
+    let grace_over = stopping.clone().wait();
     let hub = crate::watch::Hub::start(store.clone(), config.watch_progress_notify_interval);
-    let watch = watch::WatchService { hub, header: header.clone() };
-    let lease = lease::LeaseService { store: store.clone(), header: header.clone() };
+    let watch = watch::WatchService { hub, header: header.clone(), shutdown: stopping.clone() };
+    let lease = lease::LeaseService { store: store.clone(), header: header.clone(), shutdown: stopping };
     let expiry = tokio::spawn({
         let store = store.clone();
         async move {
@@ -129,8 +134,19 @@ pub async fn serve(
         .add_service(ClusterServer::new(cluster).max_decoding_message_size(MAX_RECV_BYTES))
         .add_service(WatchServer::new(watch).max_decoding_message_size(MAX_RECV_BYTES))
         .add_service(LeaseServer::new(lease).max_decoding_message_size(MAX_RECV_BYTES))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            stop_streams.fire();
+        });
+    // A client that keeps its half of a stream open would hold graceful
+    // shutdown forever: give in-flight work a grace period, then stop.
+    let served = tokio::select! {
+        served = served => served,
+        _ = async { grace_over.await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            tracing::warn!("clients still connected after the shutdown grace period; stopping anyway");
+            Ok(())
+        }
+    };
     expiry.abort();
     served
 }

@@ -18,6 +18,7 @@ use crate::watch::{Hub, STREAM_BUFFER};
 pub struct WatchService {
     pub(super) hub: Hub,
     pub(super) header: Header,
+    pub(super) shutdown: super::shutdown::Shutdown,
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
@@ -54,6 +55,6 @@ impl Watch for WatchService {
             header.fill(&mut resp.header);
             Ok(resp)
         });
-        Ok(Response::new(Box::pin(out)))
+        Ok(Response::new(Box::pin(self.shutdown.clone().guard(out))))
     }
 }
