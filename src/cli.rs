@@ -58,6 +58,15 @@ pub struct DatastoreArgs {
     #[arg(long, env = "KINE_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub watch_progress_notify_interval: std::time::Duration,
 
+    /// Compact the history on this interval (e.g. 5m); 0 leaves compaction to
+    /// the clients (kube-apiserver compacts every 5 minutes).
+    #[arg(long, env = "KINE_COMPACT_INTERVAL", default_value = "0", value_parser = parse_optional_duration)]
+    pub compact_interval: Option<std::time::Duration>,
+
+    /// Revisions kept by --compact-interval compaction.
+    #[arg(long, env = "KINE_COMPACT_MIN_RETAIN", default_value_t = 1000)]
+    pub compact_min_retain: i64,
+
     /// UNSAFE: do not fsync at commit. Acknowledged writes survive a crash of
     /// k3rs but can be lost on power loss or a kernel crash.
     #[arg(long, env = "K3RS_UNSAFE_NO_FSYNC")]
@@ -91,11 +100,21 @@ pub struct DatastoreConfig {
     pub server: kine::ServerConfig,
     pub log_format: LogFormat,
     pub debug: bool,
+    /// Own compaction: interval and revisions kept; `None` is off.
+    pub auto_compact: Option<(std::time::Duration, i64)>,
 }
 
 /// Parses argv and the environment.
 pub fn parse() -> Cli {
     Cli::parse()
+}
+
+/// Like `parse_duration`, with 0 meaning "off".
+fn parse_optional_duration(s: &str) -> Result<Option<std::time::Duration>, String> {
+    if s.trim_start_matches('0').chars().all(|c| !c.is_ascii_digit()) {
+        return Ok(None);
+    }
+    parse_duration(s).map(Some)
 }
 
 /// Parses durations like `500ms`, `5s`, `10m`, `1h`.
@@ -186,6 +205,7 @@ impl DatastoreArgs {
             },
             log_format: self.log_format,
             debug: self.debug,
+            auto_compact: self.compact_interval.map(|i| (i, self.compact_min_retain.max(0))),
         })
     }
 }

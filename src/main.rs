@@ -86,6 +86,9 @@ async fn run_datastore(config: DatastoreConfig) -> Result<()> {
         revision = store.current_revision(),
         "serving the etcd v3 API"
     );
+    if let Some((interval, min_retain)) = config.auto_compact {
+        tokio::spawn(kine::auto_compact(store.clone(), interval, min_retain));
+    }
     kine::serve(listener, store.clone(), config.server, shutdown_signal()).await.context("the gRPC server failed")?;
     store.shutdown().await;
     tracing::info!("stopped");

@@ -31,3 +31,24 @@ pub fn open_sqlite(config: &SqliteConfig) -> Result<Store> {
     let (writer, reader) = backend::sqlite::open(config)?;
     Store::open(Box::new(writer), Box::new(reader))
 }
+
+/// kine's own compaction loop, for users without kube-apiserver (which
+/// compacts through the API): every `interval`, compact to the current
+/// revision minus `min_retain`. Runs until the store stops.
+pub async fn auto_compact(store: Store, interval: std::time::Duration, min_retain: i64) {
+    let mut tick = tokio::time::interval(interval);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let target = store.current_revision() - min_retain;
+        if target <= store.compact_revision() || target < 1 {
+            continue;
+        }
+        match store.compact(target, false).await {
+            Ok(_) => tracing::info!(revision = target, "compacted"),
+            Err(Error::Compacted) => {}
+            Err(Error::Stopped) => return,
+            Err(e) => tracing::warn!(error = %e, revision = target, "compaction failed; retrying next interval"),
+        }
+    }
+}

@@ -208,21 +208,52 @@ impl Index {
     /// `(mod_revision, key)` of each revision removed, for the log to delete.
     pub fn compact(&mut self, rev: i64) -> Vec<(i64, Bytes)> {
         let mut removed = Vec::new();
-        self.keys.retain(|key, history| {
+        let mut from = Some(Bytes::new());
+        while let Some(start) = from {
+            from = self.compact_some(rev, start, usize::MAX, &mut removed);
+        }
+        removed
+    }
+
+    /// Compacts at `rev` up to `max_keys` keys from `from` on, appending
+    /// what it removed; returns the key to continue from, if any. Readers
+    /// at or above `rev` see the same answers before and after, so a
+    /// compaction can proceed in steps between write batches.
+    pub fn compact_some(
+        &mut self,
+        rev: i64,
+        from: Bytes,
+        max_keys: usize,
+        removed: &mut Vec<(i64, Bytes)>,
+    ) -> Option<Bytes> {
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut next = None;
+        for key in self.keys.range::<[u8], _>((Bound::Included(from.as_ref()), Bound::Unbounded)).map(|(k, _)| k) {
+            if batch.len() == max_keys {
+                next = Some(key.clone());
+                break;
+            }
+            batch.push(key.clone());
+        }
+        let before = removed.len();
+        for key in batch {
+            let Some(history) = self.keys.get_mut(&key) else { continue };
             let revs = &mut history.revisions;
             let upto = revs.partition_point(|r| r.mod_revision <= rev);
             if upto == 0 {
-                return true;
+                continue;
             }
             // Keep the newest revision at or below `rev`, unless it is a
             // tombstone strictly below `rev` (it only says "absent").
             let newest = &revs[upto - 1];
             let drop = if newest.is_tombstone() && newest.mod_revision < rev { upto } else { upto - 1 };
             removed.extend(revs.drain(..drop).map(|r| (r.mod_revision, key.clone())));
-            !revs.is_empty()
-        });
-        self.revision_count -= removed.len();
-        removed
+            if revs.is_empty() {
+                self.keys.remove(&key);
+            }
+        }
+        self.revision_count -= removed.len() - before;
+        next
     }
 
     /// Number of keys with any retained history (tombstones included).

@@ -28,7 +28,9 @@ const MAX_BATCH_REQUESTS: usize = 4096;
 /// Most value bytes in one commit, for the same reason.
 const MAX_BATCH_BYTES: usize = 32 << 20;
 /// Log rows a compaction deletes per transaction between write batches.
-const COMPACTION_CHUNK: usize = 10_000;
+const COMPACTION_CHUNK: usize = 2_000;
+/// Keys a compaction walks in the index per step between write batches.
+const COMPACTION_KEYS_PER_STEP: usize = 10_000;
 
 /// A write request for the writer.
 #[derive(Debug)]
@@ -93,6 +95,8 @@ pub struct Writer {
     jobs: mpsc::UnboundedReceiver<Job>,
     /// The newest revision assigned (equal to the published one between batches).
     head: i64,
+    /// A compaction still walking the index: its revision and next key.
+    compacting: Option<(i64, Bytes)>,
     /// Log rows compaction made unreachable, still to delete.
     compacted_rows: VecDeque<(i64, Bytes)>,
     /// Physical compactions waiting for `compacted_rows` to drain.
@@ -107,13 +111,13 @@ impl Writer {
         leftover: Vec<(i64, Bytes)>,
     ) -> Self {
         let head = shared.current_revision();
-        Writer { shared, log, jobs, head, compacted_rows: leftover.into(), physical_waiters: Vec::new() }
+        Writer { shared, log, jobs, head, compacting: None, compacted_rows: leftover.into(), physical_waiters: Vec::new() }
     }
 
     /// Runs until shutdown or until every `Store` handle is gone.
     pub fn run(mut self) {
         loop {
-            let first = if self.compacted_rows.is_empty() {
+            let first = if !self.compaction_pending() {
                 match self.jobs.blocking_recv() {
                     Some(job) => job,
                     None => return,
@@ -122,7 +126,7 @@ impl Writer {
                 match self.jobs.try_recv() {
                     Ok(job) => job,
                     Err(mpsc::error::TryRecvError::Empty) => {
-                        self.delete_compacted_chunk();
+                        self.compaction_step();
                         continue;
                     }
                     Err(mpsc::error::TryRecvError::Disconnected) => return,
@@ -149,8 +153,8 @@ impl Writer {
                 }
             }
             self.commit_writes(writes);
-            if !self.compacted_rows.is_empty() {
-                self.delete_compacted_chunk();
+            if self.compaction_pending() {
+                self.compaction_step();
             }
         }
     }
@@ -264,7 +268,7 @@ impl Writer {
         match job {
             Job::Write(..) => unreachable!("writes are batched by the caller"),
             Job::Compact { revision, physical, reply } => match self.compact(revision) {
-                Ok(()) if physical && !self.compacted_rows.is_empty() => {
+                Ok(()) if physical && self.compaction_pending() => {
                     self.physical_waiters.push((reply, self.head));
                 }
                 result => {
@@ -290,14 +294,37 @@ impl Writer {
             return Err(Error::FutureRevision);
         }
         self.log.set_compact_revision(revision)?;
-        let removed = {
-            let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
+        {
+            let _index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
             self.shared.set_compact_revision_locked(revision);
-            index.compact(revision)
-        };
-        tracing::debug!(revision, rows = removed.len(), "compacted");
-        self.compacted_rows.extend(removed);
+        }
+        // A newer compaction subsumes one still walking the index.
+        self.compacting = Some((revision, Bytes::new()));
+        tracing::debug!(revision, "compaction started");
         Ok(())
+    }
+
+    fn compaction_pending(&self) -> bool {
+        self.compacting.is_some() || !self.compacted_rows.is_empty()
+    }
+
+    /// One bounded step of compaction: walk some keys of the index, or
+    /// delete some unreachable rows from the log.
+    fn compaction_step(&mut self) {
+        if let Some((revision, from)) = self.compacting.take() {
+            let mut removed = Vec::new();
+            let next = {
+                let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
+                index.compact_some(revision, from, COMPACTION_KEYS_PER_STEP, &mut removed)
+            };
+            self.compacted_rows.extend(removed);
+            self.compacting = next.map(|key| (revision, key));
+            if self.compacting.is_none() {
+                tracing::debug!(revision, rows = self.compacted_rows.len(), "compaction walked the index");
+            }
+            return;
+        }
+        self.delete_compacted_chunk();
     }
 
     fn delete_compacted_chunk(&mut self) {
@@ -310,7 +337,7 @@ impl Writer {
             std::thread::sleep(std::time::Duration::from_millis(100));
             return;
         }
-        if self.compacted_rows.is_empty() {
+        if !self.compaction_pending() {
             for (reply, head) in self.physical_waiters.drain(..) {
                 let _ = reply.send(Ok(head));
             }

@@ -296,23 +296,26 @@ impl Hub {
             }
             let events = select(&batch.events, w, w.next_rev);
             if !events.is_empty() {
-                for resp in responses(id, batch.revision, events, w.fragment) {
-                    match w.tx.try_send(resp) {
-                        Ok(()) => w.sent_since_tick = true,
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            w.synced = false;
-                            fallen_behind.push((stream, id));
-                            break;
+                // Reserve room for every fragment first, so a watcher never
+                // gets part of a batch and then the whole of it again.
+                let resps = responses(id, batch.revision, events, w.fragment);
+                match w.tx.try_reserve_many(resps.len()) {
+                    Ok(permits) => {
+                        for (permit, resp) in permits.zip(resps) {
+                            permit.send(resp);
                         }
-                        Err(mpsc::error::TrySendError::Closed(_)) => {
-                            closed.push((stream, id));
-                            break;
-                        }
+                        w.sent_since_tick = true;
                     }
-                }
-                if !w.synced {
-                    // Resend this batch from history: next_rev stays.
-                    continue;
+                    Err(mpsc::error::TrySendError::Full(())) => {
+                        // Resent from history by the catch-up: next_rev stays.
+                        w.synced = false;
+                        fallen_behind.push((stream, id));
+                        continue;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(())) => {
+                        closed.push((stream, id));
+                        continue;
+                    }
                 }
             }
             w.next_rev = w.next_rev.max(batch.revision + 1);
