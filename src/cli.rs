@@ -60,8 +60,8 @@ pub struct DatastoreArgs {
 
     /// Compact the history on this interval (e.g. 5m); 0 leaves compaction to
     /// the clients (kube-apiserver compacts every 5 minutes).
-    #[arg(long, env = "KINE_COMPACT_INTERVAL", default_value = "0", value_parser = parse_optional_duration)]
-    pub compact_interval: Option<std::time::Duration>,
+    #[arg(long, env = "KINE_COMPACT_INTERVAL", default_value = "0")]
+    pub compact_interval: String,
 
     /// Revisions kept by --compact-interval compaction.
     #[arg(long, env = "KINE_COMPACT_MIN_RETAIN", default_value_t = 1000)]
@@ -175,6 +175,8 @@ impl DatastoreArgs {
         let listen: SocketAddr = self.listen_address.parse().with_context(|| {
             format!("--listen-address {:?} is not HOST:PORT (e.g. 127.0.0.1:2379)", self.listen_address)
         })?;
+        let compact_interval = parse_optional_duration(&self.compact_interval)
+            .map_err(|e| anyhow::anyhow!("--compact-interval: {e}"))?;
         let durability = if self.unsafe_no_fsync { Durability::NoSyncUnsafe } else { Durability::Fsync };
         let endpoint = match &self.endpoint {
             Some(dsn) if !dsn.is_empty() => parse_endpoint(dsn, durability)?,
@@ -205,7 +207,7 @@ impl DatastoreArgs {
             },
             log_format: self.log_format,
             debug: self.debug,
-            auto_compact: self.compact_interval.map(|i| (i, self.compact_min_retain.max(0))),
+            auto_compact: compact_interval.map(|i| (i, self.compact_min_retain.max(0))),
         })
     }
 }
@@ -213,6 +215,25 @@ impl DatastoreArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse_args(args: &[&str]) -> Result<DatastoreConfig> {
+        let cli = Cli::try_parse_from(args)?;
+        let (Command::Kine(a) | Command::Server(a)) = cli.command;
+        a.into_config()
+    }
+
+    #[test]
+    fn defaults_and_flags_parse() {
+        let c = parse_args(&["k3rs", "server"]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:2379");
+        assert!(c.auto_compact.is_none());
+        let c = parse_args(&["k3rs", "kine", "--compact-interval", "5m", "--watch-progress-notify-interval", "100ms"])
+            .unwrap();
+        assert_eq!(c.auto_compact, Some((std::time::Duration::from_secs(300), 1000)));
+        assert_eq!(c.server.watch_progress_notify_interval, std::time::Duration::from_millis(100));
+        assert!(parse_args(&["k3rs", "kine", "--compact-interval", "5 parsecs"]).is_err());
+        assert!(parse_args(&["k3rs", "kine", "--listen-address", "nowhere"]).is_err());
+    }
 
     #[test]
     fn endpoints() {
