@@ -231,7 +231,9 @@ pub fn put(ctx: &mut WriteCtx, req: &PutRequest) -> Result<PutResponse> {
             None => Bytes::new(),
         }
     } else {
-        req.value.clone()
+        // A decoded request's bytes share one allocation with the whole
+        // request buffer; copy, so the index keeps only what it stores.
+        Bytes::copy_from_slice(&req.value)
     };
     let rev = ctx.revision();
     let (create_revision, version) = match &prev {
@@ -239,7 +241,7 @@ pub fn put(ctx: &mut WriteCtx, req: &PutRequest) -> Result<PutResponse> {
         None => (rev, 1),
     };
     ctx.write(
-        req.key.clone(),
+        Bytes::copy_from_slice(&req.key),
         Revision { mod_revision: rev, create_revision, version, lease, sub: 0, value: Some(value) },
     );
     Ok(PutResponse { header: Some(ResponseHeader { revision: rev, ..Default::default() }), prev_kv })
