@@ -10,11 +10,7 @@ const REVISIONS_PER_ROUND: i64 = 1000;
 
 /// Starts catching up watcher `(stream, id)`.
 pub(super) fn spawn(hub: Hub, stream: u64, id: i64) {
-    tokio::runtime::Handle::try_current()
-        .map(|h| {
-            h.spawn(run(hub.clone(), stream, id));
-        })
-        .unwrap_or_else(|_| tracing::error!("no runtime to catch up a watcher on"));
+    hub.runtime.clone().spawn(run(hub, stream, id));
 }
 
 async fn run(hub: Hub, stream: u64, id: i64) {

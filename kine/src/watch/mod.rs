@@ -81,11 +81,14 @@ pub struct Hub {
     state: Arc<Mutex<HubState>>,
     store: Store,
     msgs: mpsc::UnboundedSender<HubMsg>,
+    /// Catch-up tasks are started from the dispatcher thread, which is not
+    /// a runtime thread: they go to this runtime.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Hub {
     /// Starts the dispatcher (fed by `store`'s commits) and the periodic
-    /// progress notifier.
+    /// progress notifier. Call from within a tokio runtime.
     pub fn start(store: Store, progress_interval: Duration) -> Hub {
         let (msgs, mut rx) = mpsc::unbounded_channel();
         let to_hub = msgs.clone();
@@ -93,7 +96,7 @@ impl Hub {
             let _ = to_hub.send(HubMsg::Committed(batch));
         }));
         let state = Arc::new(Mutex::new(HubState { dispatched: store.current_revision(), ..Default::default() }));
-        let hub = Hub { state, store, msgs };
+        let hub = Hub { state, store, msgs, runtime: tokio::runtime::Handle::current() };
         let dispatcher = hub.clone();
         std::thread::Builder::new()
             .name("k3rs-watch".into())
@@ -351,39 +354,103 @@ fn select(events: &[Event], w: &Watcher, from: i64) -> Vec<Event> {
         .collect()
 }
 
-/// Packs events into responses: one, or fragments of at most
-/// `MAX_RESPONSE_BYTES` for a watcher that asked for fragments. A single
-/// event is never split.
+/// Packs events into responses of at most `MAX_RESPONSE_BYTES` where it
+/// can: whole revisions together, never a revision split across responses,
+/// except for a watcher that asked for `fragment`, whose oversized
+/// revisions are split into fragments. A single event is never split.
 fn responses(watch_id: i64, revision: i64, events: Vec<Event>, fragment: bool) -> Vec<WatchResponse> {
-    let header = Some(ResponseHeader { revision, ..Default::default() });
-    let total: usize = events.iter().map(|e| e.encoded_len() + 8).sum();
-    let mut chunks: Vec<Vec<Event>> = Vec::new();
-    if !fragment || total <= MAX_RESPONSE_BYTES {
-        chunks.push(events);
-    } else {
-        let mut chunk = Vec::new();
-        let mut size = 0;
-        for event in events {
-            let len = event.encoded_len() + 8;
-            if !chunk.is_empty() && size + len > MAX_RESPONSE_BYTES {
-                chunks.push(std::mem::take(&mut chunk));
-                size = 0;
-            }
-            size += len;
-            chunk.push(event);
+    let rev_of = |e: &Event| e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+    let size_of = |e: &Event| e.encoded_len() + 8;
+    let mut out: Vec<WatchResponse> = Vec::new();
+    let mut pending: Vec<Event> = Vec::new();
+    let mut pending_size = 0;
+    let flush = |out: &mut Vec<WatchResponse>, events: Vec<Event>, fragment: bool| {
+        if events.is_empty() {
+            return;
         }
-        chunks.push(chunk);
-    }
-    let n = chunks.len();
-    chunks
-        .into_iter()
-        .enumerate()
-        .map(|(i, events)| WatchResponse {
-            header: header.clone(),
+        let header_rev = events.last().map(rev_of).unwrap_or(revision);
+        out.push(WatchResponse {
+            header: Some(ResponseHeader { revision: header_rev, ..Default::default() }),
             watch_id,
             events,
-            fragment: i + 1 < n,
+            fragment,
             ..Default::default()
-        })
-        .collect()
+        });
+    };
+    let mut events = events.into_iter().peekable();
+    while let Some(first) = events.next() {
+        // One revision's events.
+        let rev = rev_of(&first);
+        let mut group = vec![first];
+        while events.peek().is_some_and(|e| rev_of(e) == rev) {
+            group.extend(events.next());
+        }
+        let group_size: usize = group.iter().map(size_of).sum();
+        if pending_size + group_size > MAX_RESPONSE_BYTES && !pending.is_empty() {
+            flush(&mut out, std::mem::take(&mut pending), false);
+            pending_size = 0;
+        }
+        if group_size > MAX_RESPONSE_BYTES && fragment {
+            let mut chunk = Vec::new();
+            let mut size = 0;
+            for event in group {
+                let len = size_of(&event);
+                if !chunk.is_empty() && size + len > MAX_RESPONSE_BYTES {
+                    flush(&mut out, std::mem::take(&mut chunk), true);
+                    size = 0;
+                }
+                size += len;
+                chunk.push(event);
+            }
+            flush(&mut out, chunk, false);
+            continue;
+        }
+        pending_size += group_size;
+        pending.extend(group);
+    }
+    flush(&mut out, pending, false);
+    if let Some(last) = out.last_mut() {
+        last.header = Some(ResponseHeader { revision: revision.max(rev_of(last.events.last().unwrap())), ..Default::default() });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::KeyValue;
+
+    fn event(rev: i64, size: usize) -> Event {
+        Event {
+            kv: Some(KeyValue { key: "k".into(), mod_revision: rev, value: vec![0; size].into(), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn revisions_stay_whole_and_responses_stay_small() {
+        let events: Vec<Event> = (1..=10).flat_map(|r| [event(r, 200_000), event(r, 200_000)]).collect();
+        let out = responses(7, 10, events, false);
+        assert!(out.len() > 1);
+        let mut revs = Vec::new();
+        for resp in &out {
+            assert!(!resp.fragment);
+            assert!(resp.encoded_len() <= MAX_RESPONSE_BYTES + 64);
+            let first = resp.events.first().unwrap().kv.as_ref().unwrap().mod_revision;
+            assert!(!revs.contains(&first), "revision {first} split across responses");
+            revs.extend(resp.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
+        }
+        assert_eq!(revs.len(), 20);
+        assert_eq!(out.last().unwrap().header.as_ref().unwrap().revision, 10);
+    }
+
+    #[test]
+    fn an_oversized_revision_is_fragmented_only_on_request() {
+        let events: Vec<Event> = (0..4).map(|_| event(5, 1_000_000)).collect();
+        assert_eq!(responses(1, 5, events.clone(), false).len(), 1);
+        let frags = responses(1, 5, events, true);
+        assert!(frags.len() > 1);
+        assert!(frags[..frags.len() - 1].iter().all(|f| f.fragment));
+        assert!(!frags.last().unwrap().fragment);
+    }
 }
