@@ -6,9 +6,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kine::proto::kv_client::KvClient;
+use kine::proto::lease_client::LeaseClient;
 use kine::proto::watch_client::WatchClient;
 use kine::proto::watch_request::RequestUnion;
-use kine::proto::{PutRequest, RangeRequest, WatchCreateRequest, WatchRequest};
+use kine::proto::{
+    LeaseGrantRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest, WatchCreateRequest, WatchRequest,
+};
 use tonic::transport::Channel;
 
 fn free_port() -> u16 {
@@ -169,4 +172,67 @@ async fn sigterm_exits_cleanly() {
         let _ = &tx;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// kill -9 and restart: leases and their keys come back, and a watcher that
+/// resumes from its last revision sees every later event exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_and_watch_resume_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = start(dir.path(), port);
+    let mut kv = connect(port).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await.unwrap();
+    let lease = LeaseClient::new(channel).lease_grant(LeaseGrantRequest { ttl: 600, id: 0 }).await.unwrap().into_inner();
+    let mut last = 0;
+    for i in 0..20 {
+        let put = PutRequest { key: format!("/l/{i}").into_bytes().into(), value: "v".into(), lease: lease.id, ..Default::default() };
+        last = kv.put(put).await.unwrap().into_inner().header.unwrap().revision;
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    let mut server = start(dir.path(), port);
+    let mut kv = connect(port).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await.unwrap();
+    let ttl = LeaseClient::new(channel.clone())
+        .lease_time_to_live(LeaseTimeToLiveRequest { id: lease.id, keys: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ttl.granted_ttl, 600);
+    assert!(ttl.ttl > 590, "a restart gives leases their full TTL again: {}", ttl.ttl);
+    assert_eq!(ttl.keys.len(), 20);
+
+    // Resume from the middle of the history, then write more.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: "/l/".into(),
+            range_end: "/l0".into(),
+            start_revision: last - 9,
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut events = WatchClient::new(channel).watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    assert!(events.message().await.unwrap().unwrap().created);
+    let after = kv
+        .put(PutRequest { key: "/l/after".into(), value: "v".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .header
+        .unwrap()
+        .revision;
+    assert_eq!(after, last + 1);
+    let mut seen = Vec::new();
+    while seen.len() < 11 {
+        let resp = tokio::time::timeout(Duration::from_secs(10), events.message()).await.unwrap().unwrap().unwrap();
+        seen.extend(resp.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
+    }
+    assert_eq!(seen, ((last - 9)..=after).collect::<Vec<_>>());
+    server.kill().unwrap();
+    server.wait().unwrap();
 }
