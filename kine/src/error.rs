@@ -30,6 +30,9 @@ pub enum Error {
     /// Two writes to one key in one txn.
     #[error("etcdserver: duplicate key given in txn request")]
     DuplicateKey,
+    /// A Range with a sort order or target etcd does not know (etcd 3.5+).
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
     /// A request over `MAX_REQUEST_BYTES`.
     #[error("etcdserver: request is too large")]
     RequestTooLarge,

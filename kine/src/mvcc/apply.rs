@@ -134,9 +134,12 @@ fn check_txn_ops(req: &TxnRequest) -> Result<()> {
     if most > MAX_TXN_OPS {
         return Err(Error::TooManyOps);
     }
+    if req.compare.iter().any(|c| c.key.is_empty()) {
+        return Err(Error::EmptyKey);
+    }
     for op in req.success.iter().chain(&req.failure) {
         match &op.request {
-            Some(Request::RequestRange(r)) if r.key.is_empty() => return Err(Error::EmptyKey),
+            Some(Request::RequestRange(r)) => read::check_range(r)?,
             Some(Request::RequestPut(p)) => check_put(p)?,
             Some(Request::RequestDeleteRange(d)) if d.key.is_empty() => return Err(Error::EmptyKey),
             Some(Request::RequestTxn(t)) => check_txn_ops(t)?,

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 
 /// One revision of one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,10 +48,12 @@ impl Revision {
     }
 }
 
-/// The revisions of one key, oldest first.
+/// The revisions of one key, oldest first. Most keys hold one revision
+/// (after compaction, or when written once): it sits inline in the map's
+/// node, so scans and counts do not chase a pointer per key.
 #[derive(Debug, Default, Clone)]
 pub struct KeyHistory {
-    revisions: Vec<Revision>,
+    revisions: SmallVec<[Revision; 1]>,
 }
 
 impl KeyHistory {

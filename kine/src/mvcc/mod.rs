@@ -184,9 +184,7 @@ impl Store {
     /// Range, at the published revision or an older one. Never waits for the
     /// writer; reads the log only for values of superseded revisions.
     pub async fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
-        if req.key.is_empty() {
-            return Err(Error::EmptyKey);
-        }
+        read::check_range(req)?;
         let shared = &self.shared;
         let partial = {
             let index = shared.index.read().unwrap_or_else(|p| p.into_inner());

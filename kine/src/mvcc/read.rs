@@ -27,6 +27,17 @@ pub struct PartialRange {
     pub missing: Vec<usize>,
 }
 
+/// Checks a Range's shape as etcd's gRPC layer does.
+pub fn check_range(req: &RangeRequest) -> Result<()> {
+    if req.key.is_empty() {
+        return Err(Error::EmptyKey);
+    }
+    if SortOrder::try_from(req.sort_order).is_err() || SortTarget::try_from(req.sort_target).is_err() {
+        return Err(Error::InvalidSortOption);
+    }
+    Ok(())
+}
+
 /// Resolves `revision` of a request against the view.
 pub fn read_revision(requested: i64, view: ReadView) -> Result<i64> {
     if requested > view.current {

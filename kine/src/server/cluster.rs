@@ -49,7 +49,7 @@ impl Cluster for ClusterService {
 
     async fn member_list(&self, _: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
         let mut resp = MemberListResponse { header: None, members: self.members() };
-        self.header.fill_at(&mut resp.header, self.store.current_revision());
+        self.header.fill_identity(&mut resp.header);
         Ok(Response::new(resp))
     }
 

@@ -49,7 +49,7 @@ impl Maintenance for MaintenanceService {
             Err(_) => return Err(Status::invalid_argument("etcdserver: unknown alarm action")),
         };
         let mut resp = AlarmResponse { header: None, alarms: answer };
-        self.header.fill_at(&mut resp.header, self.store.current_revision());
+        self.header.fill_identity(&mut resp.header);
         Ok(Response::new(resp))
     }
 

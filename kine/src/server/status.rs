@@ -15,6 +15,7 @@ pub fn code(e: &Error) -> Code {
         | Error::LeaseProvided
         | Error::TooManyOps
         | Error::DuplicateKey
+        | Error::InvalidSortOption
         | Error::RequestTooLarge => Code::InvalidArgument,
         Error::NoSpace => Code::ResourceExhausted,
         Error::LeaseNotFound => Code::NotFound,
@@ -48,6 +49,7 @@ mod tests {
             (Error::TooManyOps, Code::InvalidArgument, "etcdserver: too many operations in txn request"),
             (Error::DuplicateKey, Code::InvalidArgument, "etcdserver: duplicate key given in txn request"),
             (Error::RequestTooLarge, Code::InvalidArgument, "etcdserver: request is too large"),
+            (Error::InvalidSortOption, Code::InvalidArgument, "etcdserver: invalid sort option"),
             (Error::NoSpace, Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded"),
             (Error::LeaseNotFound, Code::NotFound, "etcdserver: requested lease not found"),
             (Error::LeaseExists, Code::FailedPrecondition, "etcdserver: lease already exists"),
