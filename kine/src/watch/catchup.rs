@@ -32,31 +32,13 @@ async fn run(hub: Hub, stream: u64, id: i64) {
             Ok(events) => events,
             Err(Error::Compacted) => {
                 let compact = hub.store.compact_revision();
-                hub.lock().watchers.remove(&(stream, id));
-                let _ = tx
-                    .send(WatchResponse {
-                        header: Some(ResponseHeader { revision: hub.store.current_revision(), ..Default::default() }),
-                        watch_id: id,
-                        canceled: true,
-                        compact_revision: compact,
-                        ..Default::default()
-                    })
+                return cancel(&hub, stream, id, &tx, WatchResponse { compact_revision: compact, ..Default::default() })
                     .await;
-                return;
             }
             Err(e) => {
                 tracing::warn!(error = %e, stream, watch_id = id, "watch catch-up failed; canceling the watcher");
-                hub.lock().watchers.remove(&(stream, id));
-                let _ = tx
-                    .send(WatchResponse {
-                        header: Some(ResponseHeader { revision: hub.store.current_revision(), ..Default::default() }),
-                        watch_id: id,
-                        canceled: true,
-                        cancel_reason: e.to_string(),
-                        ..Default::default()
-                    })
-                    .await;
-                return;
+                let reason = WatchResponse { cancel_reason: e.to_string(), ..Default::default() };
+                return cancel(&hub, stream, id, &tx, reason).await;
             }
         };
         let wanted = {
@@ -76,4 +58,17 @@ async fn run(hub: Hub, stream: u64, id: i64) {
         w.next_rev = to + 1;
         w.sent_since_tick = true;
     }
+}
+
+/// Drops the watcher and tells the client why (`why` carries the compact
+/// revision or the reason).
+async fn cancel(hub: &Hub, stream: u64, id: i64, tx: &super::Sender, why: WatchResponse) {
+    hub.lock().watchers.remove(&(stream, id));
+    let resp = WatchResponse {
+        header: Some(ResponseHeader { revision: hub.store.current_revision(), ..Default::default() }),
+        watch_id: id,
+        canceled: true,
+        ..why
+    };
+    let _ = tx.send(resp).await;
 }
