@@ -13,6 +13,9 @@
 //!   `etcdctl` and `python` groups.
 //! - `diff`: the etcdctl differential: one script against two fresh
 //!   servers, outputs compared after masking.
+//! - `linearizability`: recorded random traffic checked against a
+//!   one-revision etcd model (Wing–Gong–Lowe), watch validators, kill -9
+//!   faults.
 //! - `run`: runs a case against a target; used by the `conformance` binary
 //!   and by `tests/conformance.rs`.
 //!
@@ -26,6 +29,7 @@ pub mod case;
 pub mod cases;
 pub mod client;
 pub mod diff;
+pub mod linearizability;
 pub mod run;
 pub mod target;
 

@@ -39,7 +39,7 @@ struct Entry {
 #[derive(Debug)]
 pub enum Outcome {
     /// Linearizable: the op indices in a legal order (unknown ops that never
-    /// took effect are left out) and the state after each.
+    /// took effect are left out).
     Linearizable { order: Vec<usize> },
     /// Not linearizable, with what the search saw at its deepest point.
     Illegal(Diagnosis),
@@ -112,7 +112,8 @@ impl<'a> Search<'a> {
             }
         }
         let mut seed = 0x5eed_u64 ^ ops.len() as u64;
-        let zobrist = (0..ops.len()).map(|_| ((splitmix(&mut seed) as u128) << 64) | splitmix(&mut seed) as u128).collect();
+        let zobrist =
+            (0..ops.len()).map(|_| ((splitmix(&mut seed) as u128) << 64) | splitmix(&mut seed) as u128).collect();
         Search { ops, list, zobrist, hashers: (RandomState::new(), RandomState::new()) }
     }
 
@@ -150,80 +151,120 @@ impl<'a> Search<'a> {
 
     /// Runs the search. With `stop_at_depth`, stops as soon as that many ops
     /// are linearized and returns the diagnosis there.
+    ///
+    /// One refinement over plain WGL: an op that the model accepts in the
+    /// current state *without changing it* (a read, a failed CAS, an error,
+    /// a delete of nothing) is linearized at once and never branched on.
+    /// That is safe: every op that must precede it is already linearized (its
+    /// return entry would otherwise stand before the op's call), and moving
+    /// a state-preserving op earlier, to a point where it is legal, keeps
+    /// any linearization legal. It removes most backtracking over reads.
     fn run(&mut self, init: &State, deadline: Instant, stop_at_depth: Option<usize>) -> (Outcome, usize, usize) {
+        struct Frame {
+            call: usize,
+            state: State,
+            state_h: u128,
+            set_h: u128,
+            forced: bool,
+        }
         let mut state = init.clone();
         let mut state_h = self.state_hash(&state);
         let mut set_h: u128 = 0;
         let mut seen: HashSet<u128> = HashSet::new();
-        // (call entry, state before, its hash, set hash before)
-        let mut stack: Vec<(usize, State, u128, u128)> = Vec::new();
+        let mut stack: Vec<Frame> = Vec::new();
         let mut deepest = 0usize;
         let mut steps = 0u64;
         let mut entry = self.list[0].next;
+        // At a configuration not yet searched for state-preserving ops.
+        let mut fresh = true;
         loop {
             if stop_at_depth == Some(stack.len()) {
-                let prefix = stack.iter().map(|(e, ..)| self.list[*e].op).collect();
+                let prefix = stack.iter().map(|f| self.list[f.call].op).collect();
                 return (Outcome::Illegal(self.diagnose(prefix, &state)), deepest, seen.len());
             }
             steps += 1;
-            if steps % 4096 == 0 && Instant::now() > deadline {
+            if steps.is_multiple_of(1024) && Instant::now() > deadline {
                 return (Outcome::TimedOut, deepest, seen.len());
             }
-            if entry == NIL {
-                break;
-            }
-            let e = self.list[entry];
-            if e.call {
-                let op = &self.ops[e.op];
-                if let Ok(next) = state.step(&op.req, &op.resp) {
-                    let new_set_h = set_h ^ self.zobrist[e.op];
-                    let new_state_h = match &next {
-                        Some(s) => self.state_hash(s),
-                        None => state_h,
-                    };
-                    if seen.insert(new_set_h ^ new_state_h.rotate_left(1)) {
-                        let before = match next {
-                            Some(s) => std::mem::replace(&mut state, s),
-                            None => state.clone(),
-                        };
-                        stack.push((entry, before, state_h, set_h));
-                        state_h = new_state_h;
+            let mut backtrack = false;
+            if fresh {
+                fresh = false;
+                let mut e = self.list[0].next;
+                let mut forced = None;
+                while e != NIL && self.list[e].call {
+                    let op = &self.ops[self.list[e].op];
+                    if let Ok(None) = state.step(&op.req, &op.resp) {
+                        forced = Some(e);
+                        break;
+                    }
+                    e = self.list[e].next;
+                }
+                if let Some(e) = forced {
+                    let new_set_h = set_h ^ self.zobrist[self.list[e].op];
+                    if seen.insert(new_set_h ^ state_h.rotate_left(1)) {
+                        stack.push(Frame { call: e, state: state.clone(), state_h, set_h, forced: true });
                         set_h = new_set_h;
                         deepest = deepest.max(stack.len());
-                        self.lift(entry);
-                        entry = self.list[0].next;
+                        self.lift(e);
+                        fresh = true;
                         continue;
                     }
+                    // Seen: this configuration leads nowhere.
+                    backtrack = true;
+                } else {
+                    entry = self.list[0].next;
                 }
-                entry = e.next;
-            } else {
+            }
+            if !backtrack {
+                if entry == NIL {
+                    break;
+                }
+                let e = self.list[entry];
+                if e.call {
+                    let op = &self.ops[e.op];
+                    if let Ok(Some(next)) = state.step(&op.req, &op.resp) {
+                        let new_set_h = set_h ^ self.zobrist[e.op];
+                        let new_state_h = self.state_hash(&next);
+                        if seen.insert(new_set_h ^ new_state_h.rotate_left(1)) {
+                            let before = std::mem::replace(&mut state, next);
+                            stack.push(Frame { call: entry, state: before, state_h, set_h, forced: false });
+                            state_h = new_state_h;
+                            set_h = new_set_h;
+                            deepest = deepest.max(stack.len());
+                            self.lift(entry);
+                            fresh = true;
+                            continue;
+                        }
+                    }
+                    entry = e.next;
+                    continue;
+                }
                 if e.time == INFINITY {
                     break; // only unknown ops remain: they never happened
                 }
+            }
+            // Backtrack to the last real choice.
+            loop {
                 match stack.pop() {
                     None => {
-                        return (
-                            Outcome::Illegal(Diagnosis {
-                                prefix: Vec::new(),
-                                state: init.clone(),
-                                stuck: None,
-                                candidates: Vec::new(),
-                            }),
-                            deepest,
-                            seen.len(),
-                        );
+                        let d =
+                            Diagnosis { prefix: Vec::new(), state: init.clone(), stuck: None, candidates: Vec::new() };
+                        return (Outcome::Illegal(d), deepest, seen.len());
                     }
-                    Some((call, s, sh, seth)) => {
-                        state = s;
-                        state_h = sh;
-                        set_h = seth;
-                        self.unlift(call);
-                        entry = self.list[call].next;
+                    Some(f) => {
+                        state = f.state;
+                        state_h = f.state_h;
+                        set_h = f.set_h;
+                        self.unlift(f.call);
+                        if !f.forced {
+                            entry = self.list[f.call].next;
+                            break;
+                        }
                     }
                 }
             }
         }
-        let order = stack.iter().map(|(e, ..)| self.list[*e].op).collect();
+        let order = stack.iter().map(|f| self.list[f.call].op).collect();
         (Outcome::Linearizable { order }, deepest, seen.len())
     }
 
@@ -276,41 +317,52 @@ pub fn check(ops: &[Op], init: &State, limit: Duration) -> Checked {
 }
 
 /// `ops` as seen at time `t`: ops invoked by then, with those still running
-/// at `t` turned into unknown-outcome ops (reads among them dropped).
-pub fn cut(ops: &[Op], t: u64) -> Vec<Op> {
-    ops.iter()
-        .filter(|o| o.invoke <= t)
-        .filter_map(|o| {
-            if o.ret <= t {
-                return Some(o.clone());
-            }
-            if o.req.is_read_only() || matches!(o.req, super::model::Request::LeaseGrant) {
-                return None;
-            }
+/// at `t` turned into unknown-outcome ops (reads among them dropped), and
+/// each kept op's index in `ops`.
+pub fn cut(ops: &[Op], t: u64) -> (Vec<Op>, Vec<usize>) {
+    let mut out = Vec::new();
+    let mut index = Vec::new();
+    for (i, o) in ops.iter().enumerate().filter(|(_, o)| o.invoke <= t) {
+        if o.ret <= t {
+            out.push(o.clone());
+        } else if o.req.is_read_only() || matches!(o.req, super::model::Request::LeaseGrant) {
+            continue;
+        } else {
             let mut o = o.clone();
             o.resp = super::model::Response::Unknown("still running at the cut".into());
             o.ret = INFINITY;
-            Some(o)
-        })
-        .collect()
+            out.push(o);
+        }
+        index.push(i);
+    }
+    (out, index)
+}
+
+/// A minimal violating prefix: the cut time, the cut history, each of its
+/// ops' index in the full history, and the diagnosis (indices into the cut).
+pub struct Violation {
+    pub at: u64,
+    pub ops: Vec<Op>,
+    pub index: Vec<usize>,
+    pub diagnosis: Diagnosis,
 }
 
 /// The earliest time `t` such that the history cut at `t` is already not
 /// linearizable (a binary search over return times; each probe is a full
 /// check within `limit`). `None` if every probe passed or timed out.
-pub fn minimal_violation(ops: &[Op], init: &State, limit: Duration, total: Duration) -> Option<(u64, Vec<Op>, Diagnosis)> {
+pub fn minimal_violation(ops: &[Op], init: &State, limit: Duration, total: Duration) -> Option<Violation> {
     let started = Instant::now();
     let mut times: Vec<u64> = ops.iter().map(|o| o.ret).filter(|&t| t != INFINITY).collect();
     times.sort_unstable();
     times.dedup();
     let (mut lo, mut hi) = (0usize, times.len()); // answer in [lo, hi)
-    let mut best: Option<(u64, Vec<Op>, Diagnosis)> = None;
+    let mut best: Option<Violation> = None;
     while lo < hi && started.elapsed() < total {
         let mid = (lo + hi) / 2;
-        let prefix = cut(ops, times[mid]);
+        let (prefix, index) = cut(ops, times[mid]);
         match check(&prefix, init, limit).outcome {
-            Outcome::Illegal(d) => {
-                best = Some((times[mid], prefix, d));
+            Outcome::Illegal(diagnosis) => {
+                best = Some(Violation { at: times[mid], ops: prefix, index, diagnosis });
                 hi = mid;
             }
             Outcome::Linearizable { .. } => lo = mid + 1,

@@ -41,14 +41,15 @@ pub fn value_id(bytes: &[u8]) -> Val {
     if bytes.is_empty() {
         return 0;
     }
-    if let Some(rest) = std::str::from_utf8(bytes).ok().and_then(|s| s.strip_prefix('c')) {
-        if let Some((c, q)) = rest.split_once('.') {
-            if let (Ok(c), Ok(q)) = (c.parse::<u32>(), q.parse::<u32>()) {
-                if c < 2048 && q > 0 && q < (1 << 20) && format!("c{c}.{q}").as_bytes() == bytes {
-                    return (c << 20) | q;
-                }
-            }
-        }
+    if let Some(rest) = std::str::from_utf8(bytes).ok().and_then(|s| s.strip_prefix('c'))
+        && let Some((c, q)) = rest.split_once('.')
+        && let (Ok(c), Ok(q)) = (c.parse::<u32>(), q.parse::<u32>())
+        && c < 2048
+        && q > 0
+        && q < (1 << 20)
+        && format!("c{c}.{q}").as_bytes() == bytes
+    {
+        return (c << 20) | q;
     }
     let mut table = FOREIGN.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(i) = table.iter().position(|b| b == bytes) {
@@ -122,16 +123,40 @@ pub enum EtcdError {
 /// An observed response.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Response {
-    Get { rev: i64, kv: Option<Kv> },
-    List { rev: i64, kvs: Vec<Kv> },
+    Get {
+        rev: i64,
+        kv: Option<Kv>,
+    },
+    List {
+        rev: i64,
+        kvs: Vec<Kv>,
+    },
     /// `prev`: `None` = not checked (a put patched in from a watch event).
-    Put { rev: i64, prev: Option<Option<Kv>> },
-    Delete { rev: i64, deleted: i64, prev: Vec<Kv> },
+    Put {
+        rev: i64,
+        prev: Option<Option<Kv>>,
+    },
+    Delete {
+        rev: i64,
+        deleted: i64,
+        prev: Vec<Kv>,
+    },
     /// `kv`: the failure branch's range result.
-    Cas { rev: i64, succeeded: bool, kv: Option<Kv> },
-    LeaseGrant { rev: i64, id: i64 },
-    LeaseRevoke { rev: i64 },
-    Compact { rev: i64 },
+    Cas {
+        rev: i64,
+        succeeded: bool,
+        kv: Option<Kv>,
+    },
+    LeaseGrant {
+        rev: i64,
+        id: i64,
+    },
+    LeaseRevoke {
+        rev: i64,
+    },
+    Compact {
+        rev: i64,
+    },
     Error(EtcdError),
     /// The outcome is unknown (timeout, connection lost, server killed):
     /// the op may have taken effect at any point after its invocation, or never.
@@ -222,11 +247,13 @@ impl State {
             }),
             Request::Cas { key, cmp, value } => self.cas_holds(key, cmp).then(|| self.put(key, value, 0)),
             Request::LeaseRevoke { id } => self.has_lease(id).then(|| self.revoke(id)),
-            Request::Compact { revision } => (revision > self.compact_revision && revision <= self.revision).then(|| {
-                let mut s = self.clone();
-                s.compact_revision = revision;
-                s
-            }),
+            Request::Compact { revision } => {
+                (revision > self.compact_revision && revision <= self.revision).then(|| {
+                    let mut s = self.clone();
+                    s.compact_revision = revision;
+                    s
+                })
+            }
         }
     }
 
@@ -340,7 +367,11 @@ impl State {
                 Ok(Some(s))
             }
             (Q::LeaseRevoke { id }, R::Error(EtcdError::LeaseNotFound)) => {
-                if self.has_lease(*id) { Err(format!("lease {id:x} not found, but it is live")) } else { Ok(None) }
+                if self.has_lease(*id) {
+                    Err(format!("lease {id:x} not found, but it is live"))
+                } else {
+                    Ok(None)
+                }
             }
             (Q::Compact { revision }, R::Compact { rev }) => {
                 if *revision <= self.compact_revision {

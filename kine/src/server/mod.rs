@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::mvcc::Store;
 use crate::proto::ResponseHeader;
@@ -92,6 +92,10 @@ impl Header {
     }
 }
 
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(Duration::from_secs(60)))
+}
+
 /// Serves the etcd API on `listener` until `shutdown` resolves, then stops
 /// accepting, lets in-flight requests finish and returns.
 pub async fn serve(
@@ -134,13 +138,14 @@ pub async fn serve(
         // etcd's server keepalive policy: clients ping every 30 s.
         .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .tcp_nodelay(true)
         .add_service(KvServer::new(kv).max_decoding_message_size(MAX_RECV_BYTES).max_encoding_message_size(usize::MAX))
         .add_service(MaintenanceServer::new(maintenance).max_decoding_message_size(MAX_RECV_BYTES))
         .add_service(ClusterServer::new(cluster).max_decoding_message_size(MAX_RECV_BYTES))
         .add_service(WatchServer::new(watch).max_decoding_message_size(MAX_RECV_BYTES))
         .add_service(LeaseServer::new(lease).max_decoding_message_size(MAX_RECV_BYTES))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        // Builder-level TCP options do not apply to an incoming stream we
+        // hand over: set them on the listener's own stream (no Nagle delay).
+        .serve_with_incoming_shutdown(incoming(listener), async move {
             shutdown.await;
             stop_streams.fire();
         });
