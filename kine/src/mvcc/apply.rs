@@ -75,17 +75,9 @@ impl WriteCtx<'_> {
 
     fn write(&mut self, key: Bytes, mut revision: Revision) {
         let rev = self.revision();
-        let old_lease = self.index.get(&key).and_then(|h| h.latest()).map_or(0, |l| l.lease);
-        self.leases.reattach(&key, old_lease, revision.lease);
-        // Two writes to one key in one revision happen only through sibling
-        // nested txns (etcd allows it); the later one is the key's state.
-        if self.index.get(&key).and_then(|h| h.latest()).is_some_and(|l| l.mod_revision == rev) {
-            self.index.truncate_above(&key, rev - 1);
-            self.records.retain(|r| !(r.mod_revision == rev && r.key == key));
-        }
         revision.sub = self.next_sub;
         self.next_sub += 1;
-        self.records.push(LogRecord {
+        let record = LogRecord {
             mod_revision: rev,
             sub: revision.sub,
             key: key.clone(),
@@ -93,8 +85,14 @@ impl WriteCtx<'_> {
             version: revision.version,
             lease: revision.lease,
             value: revision.value.clone().unwrap_or_default(),
-        });
-        self.index.push(key, revision);
+        };
+        let new_lease = revision.lease;
+        let (old_lease, replaced) = self.index.push(key, revision);
+        self.leases.reattach(&record.key, old_lease, new_lease);
+        if replaced {
+            self.records.retain(|r| !(r.mod_revision == rev && r.key == record.key));
+        }
+        self.records.push(record);
     }
 
     fn current(&self, key: &[u8]) -> Option<&Revision> {

@@ -88,6 +88,18 @@ pub struct Index {
     revision_count: usize,
 }
 
+/// Drops the values of all but the newest revision (see `release_old_values`).
+fn release(revisions: &mut [Revision]) {
+    if let Some((_, older)) = revisions.split_last_mut() {
+        for r in older.iter_mut().rev() {
+            if r.value.is_none() {
+                break;
+            }
+            r.value = None;
+        }
+    }
+}
+
 /// The keys `[start, end)` as `BTreeMap` bounds, with etcd's conventions
 /// already applied by `KeyRange`.
 fn bounds<'a>(range: &'a KeyRange) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
@@ -171,12 +183,36 @@ impl Index {
         self.keys.get(key)
     }
 
-    /// Appends a new revision to `key`'s history. Revisions only grow.
-    pub fn push(&mut self, key: Bytes, revision: Revision) {
+    /// Appends a new revision to `key`'s history, in one lookup. Returns
+    /// the lease of the key's previous newest revision, and whether that
+    /// revision was replaced because it had the same `mod_revision`: two
+    /// writes to one key in one revision happen only through sibling nested
+    /// txns (etcd allows it), and the later one is the key's state.
+    pub fn push(&mut self, key: Bytes, revision: Revision) -> (i64, bool) {
         let history = self.keys.entry(key).or_default();
+        let old_lease = history.latest().map_or(0, |l| l.lease);
+        let replaced = history.latest().is_some_and(|l| l.mod_revision == revision.mod_revision);
+        if replaced {
+            history.revisions.pop();
+        } else {
+            self.revision_count += 1;
+        }
         debug_assert!(history.latest().is_none_or(|l| l.mod_revision < revision.mod_revision));
         history.revisions.push(revision);
-        self.revision_count += 1;
+        (old_lease, replaced)
+    }
+
+    /// Publishes `key`'s revision `rev`: returns it with the key's previous
+    /// live state (for a watch event), then drops the in-memory values of
+    /// the revisions before it, all in one lookup. A later revision of the
+    /// same batch still finds this one's value for its own `prev_kv`.
+    pub fn publish(&mut self, key: &[u8], rev: i64) -> Option<(Revision, Option<Revision>)> {
+        let history = self.keys.get_mut(key)?;
+        let this = history.revisions.iter().rposition(|r| r.mod_revision == rev)?;
+        let prev = history.before(rev).cloned();
+        let published = history.revisions[this].clone();
+        release(&mut history.revisions[..=this]);
+        Some((published, prev))
     }
 
     /// Takes back every revision above `rev` of `key` (a failed commit).
@@ -196,14 +232,7 @@ impl Index {
     /// one are rare and the log has its value.
     pub fn release_old_values(&mut self, key: &[u8]) {
         if let Some(history) = self.keys.get_mut(key) {
-            if let Some((_, older)) = history.revisions.split_last_mut() {
-                for r in older.iter_mut().rev() {
-                    if r.value.is_none() {
-                        break;
-                    }
-                    r.value = None;
-                }
-            }
+            release(&mut history.revisions);
         }
     }
 
@@ -326,5 +355,31 @@ mod tests {
             true
         });
         assert_eq!(n, 0);
+    }
+}
+
+#[cfg(test)]
+mod publish_tests {
+    use super::*;
+
+    fn put(rev: i64, v: &'static [u8]) -> Revision {
+        Revision { mod_revision: rev, create_revision: 2, version: rev - 1, lease: 0, sub: 0, value: Some(Bytes::from_static(v)) }
+    }
+
+    /// Two revisions of one key in one batch: the second's prev_kv is the
+    /// first, with its value, and only the newest keeps a value afterwards.
+    #[test]
+    fn a_batch_writing_one_key_twice_keeps_prev_values() {
+        let mut idx = Index::default();
+        let k = Bytes::from_static(b"k");
+        idx.push(k.clone(), put(2, b"a"));
+        idx.push(k.clone(), put(3, b"b"));
+        idx.push(k.clone(), put(4, b"c"));
+        let (this, prev) = idx.publish(b"k", 3).unwrap();
+        assert_eq!((this.value.as_deref(), prev.unwrap().value.as_deref()), (Some(&b"b"[..]), Some(&b"a"[..])));
+        let (this, prev) = idx.publish(b"k", 4).unwrap();
+        assert_eq!((this.value.as_deref(), prev.unwrap().value.as_deref()), (Some(&b"c"[..]), Some(&b"b"[..])));
+        let values: Vec<_> = idx.get(b"k").unwrap().revisions().iter().map(|r| r.value.is_some()).collect();
+        assert_eq!(values, vec![false, false, true]);
     }
 }

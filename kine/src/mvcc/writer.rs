@@ -226,10 +226,14 @@ impl Writer {
                 Ok(()) => {
                     let watched = !self.shared.subscribers.read().unwrap_or_else(|p| p.into_inner()).is_empty();
                     if watched {
-                        events = batch_events(&index, &batch);
+                        events.reserve(batch.records.len());
                     }
                     for record in &batch.records {
-                        index.release_old_values(&record.key);
+                        let published = index.publish(&record.key, record.mod_revision);
+                        if let (true, Some((this, prev))) = (watched, published) {
+                            let prev = prev.map(|p| read::to_kv(&record.key, &p, true));
+                            events.push(read::to_event(read::to_kv(&record.key, &this, true), prev));
+                        }
                     }
                     self.shared.publish(self.head);
                 }
@@ -359,24 +363,4 @@ fn grant(ctx: &mut WriteCtx, id: i64, ttl: i64, granted: &mut Vec<StoredLease>) 
         ttl,
         error: String::new(),
     })
-}
-
-/// The watch events of a committed batch, with `prev_kv`: built before old
-/// values are released, while every previous revision still holds its value.
-fn batch_events(index: &super::index::Index, batch: &CommitBatch) -> Vec<crate::proto::Event> {
-    batch
-        .records
-        .iter()
-        .map(|r| {
-            let history = index.get(&r.key).expect("a committed key is in the index");
-            let this = history
-                .revisions()
-                .iter()
-                .rev()
-                .find(|x| x.mod_revision == r.mod_revision)
-                .expect("a committed revision is in the index");
-            let prev = history.before(r.mod_revision).map(|p| read::to_kv(&r.key, p, true));
-            read::to_event(read::to_kv(&r.key, this, true), prev)
-        })
-        .collect()
 }
