@@ -10,6 +10,11 @@ use anyhow::{Context, Result, anyhow};
 use cli::{Cli, Command, DatastoreConfig, Endpoint, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc: the request path allocates many small buffers per call, and
+/// glibc's malloc cost about a tenth of the server's CPU under put load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::parse();
     match run(cli) {
