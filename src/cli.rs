@@ -111,7 +111,10 @@ pub fn parse() -> Cli {
 
 /// Like `parse_duration`, with 0 meaning "off".
 fn parse_optional_duration(s: &str) -> Result<Option<std::time::Duration>, String> {
-    if s.trim_start_matches('0').chars().all(|c| !c.is_ascii_digit()) {
+    if s.trim_start_matches('0')
+        .chars()
+        .all(|c| !c.is_ascii_digit())
+    {
         return Ok(None);
     }
     parse_duration(s).map(Some)
@@ -121,7 +124,9 @@ fn parse_optional_duration(s: &str) -> Result<Option<std::time::Duration>, Strin
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| format!("{s:?} is not a duration like 5s or 10m"))?;
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 5s or 10m"))?;
     let ms = match unit {
         "ms" => n,
         "s" | "" => n * 1000,
@@ -155,12 +160,20 @@ fn parse_endpoint(dsn: &str, durability: Durability) -> Result<Endpoint> {
         "sqlite" => {
             let (path, params) = rest.split_once('?').unwrap_or((rest, ""));
             if path.is_empty() {
-                bail!("--endpoint {dsn:?} names no file; use sqlite://PATH, e.g. sqlite://./db/state.db");
+                bail!(
+                    "--endpoint {dsn:?} names no file; use sqlite://PATH, e.g. sqlite://./db/state.db"
+                );
             }
             if !params.is_empty() {
-                tracing::warn!(params, "go-sqlite3 parameters in --endpoint are ignored; k3rs sets its own pragmas");
+                tracing::warn!(
+                    params,
+                    "go-sqlite3 parameters in --endpoint are ignored; k3rs sets its own pragmas"
+                );
             }
-            Ok(Endpoint::Sqlite(SqliteConfig { path: PathBuf::from(path), durability }))
+            Ok(Endpoint::Sqlite(SqliteConfig {
+                path: PathBuf::from(path),
+                durability,
+            }))
         }
         "postgres" | "postgresql" | "mysql" => {
             bail!("--endpoint {scheme}:// is not supported yet; use sqlite://PATH")
@@ -173,16 +186,26 @@ impl DatastoreArgs {
     /// Validates the flags into a config.
     pub fn into_config(self) -> Result<DatastoreConfig> {
         let listen: SocketAddr = self.listen_address.parse().with_context(|| {
-            format!("--listen-address {:?} is not HOST:PORT (e.g. 127.0.0.1:2379)", self.listen_address)
+            format!(
+                "--listen-address {:?} is not HOST:PORT (e.g. 127.0.0.1:2379)",
+                self.listen_address
+            )
         })?;
         let compact_interval = parse_optional_duration(&self.compact_interval)
             .map_err(|e| anyhow::anyhow!("--compact-interval: {e}"))?;
-        let durability = if self.unsafe_no_fsync { Durability::NoSyncUnsafe } else { Durability::Fsync };
+        let durability = if self.unsafe_no_fsync {
+            Durability::NoSyncUnsafe
+        } else {
+            Durability::Fsync
+        };
         let endpoint = match &self.endpoint {
             Some(dsn) if !dsn.is_empty() => parse_endpoint(dsn, durability)?,
             _ => {
                 let dir = self.data_dir.clone().unwrap_or_else(default_data_dir);
-                Endpoint::Sqlite(SqliteConfig { path: dir.join("server/db/state.db"), durability })
+                Endpoint::Sqlite(SqliteConfig {
+                    path: dir.join("server/db/state.db"),
+                    durability,
+                })
             }
         };
         let name = self.name.clone().unwrap_or_else(|| {
@@ -190,7 +213,11 @@ impl DatastoreArgs {
                 .map(|h| h.trim().to_string())
                 .unwrap_or_else(|_| "default".into())
         });
-        let host = if listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { listen.ip().to_string() };
+        let host = if listen.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            listen.ip().to_string()
+        };
         let client_url = if listen.is_ipv6() {
             format!("http://[{host}]:{}", listen.port())
         } else {
@@ -227,18 +254,35 @@ mod tests {
         let c = parse_args(&["k3rs", "server"]).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:2379");
         assert!(c.auto_compact.is_none());
-        let c = parse_args(&["k3rs", "kine", "--compact-interval", "5m", "--watch-progress-notify-interval", "100ms"])
-            .unwrap();
-        assert_eq!(c.auto_compact, Some((std::time::Duration::from_secs(300), 1000)));
-        assert_eq!(c.server.watch_progress_notify_interval, std::time::Duration::from_millis(100));
+        let c = parse_args(&[
+            "k3rs",
+            "kine",
+            "--compact-interval",
+            "5m",
+            "--watch-progress-notify-interval",
+            "100ms",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.auto_compact,
+            Some((std::time::Duration::from_secs(300), 1000))
+        );
+        assert_eq!(
+            c.server.watch_progress_notify_interval,
+            std::time::Duration::from_millis(100)
+        );
         assert!(parse_args(&["k3rs", "kine", "--compact-interval", "5 parsecs"]).is_err());
         assert!(parse_args(&["k3rs", "kine", "--listen-address", "nowhere"]).is_err());
     }
 
     #[test]
     fn endpoints() {
-        assert!(matches!(parse_endpoint("sqlite://./db/state.db", Durability::Fsync), Ok(Endpoint::Sqlite(c)) if c.path == PathBuf::from("./db/state.db")));
-        assert!(matches!(parse_endpoint("sqlite:///abs/x.db?_journal=WAL", Durability::Fsync), Ok(Endpoint::Sqlite(c)) if c.path == PathBuf::from("/abs/x.db")));
+        assert!(
+            matches!(parse_endpoint("sqlite://./db/state.db", Durability::Fsync), Ok(Endpoint::Sqlite(c)) if c.path == PathBuf::from("./db/state.db"))
+        );
+        assert!(
+            matches!(parse_endpoint("sqlite:///abs/x.db?_journal=WAL", Durability::Fsync), Ok(Endpoint::Sqlite(c)) if c.path == PathBuf::from("/abs/x.db"))
+        );
         assert!(parse_endpoint("state.db", Durability::Fsync).is_err());
         assert!(parse_endpoint("sqlite://", Durability::Fsync).is_err());
         assert!(parse_endpoint("nats://x", Durability::Fsync).is_err());

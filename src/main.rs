@@ -41,7 +41,9 @@ fn run(cli: Cli) -> Result<()> {
 fn init_tracing(format: LogFormat, debug: bool) {
     let default = if debug { "debug" } else { "info" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Plain => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -52,8 +54,12 @@ fn init_tracing(format: LogFormat, debug: bool) {
 /// share one file. Released when the process exits, however it exits.
 fn lock_database(db: &Path) -> Result<File> {
     if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create {}; pick a writable --data-dir or --endpoint", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!(
+                "cannot create {}; pick a writable --data-dir or --endpoint",
+                dir.display()
+            )
+        })?;
     }
     let mut lock_path = db.as_os_str().to_owned();
     lock_path.push(".lock");
@@ -62,7 +68,12 @@ fn lock_database(db: &Path) -> Result<File> {
         .truncate(false)
         .write(true)
         .open(&lock_path)
-        .with_context(|| format!("cannot open {}; is the directory writable?", Path::new(&lock_path).display()))?;
+        .with_context(|| {
+            format!(
+                "cannot open {}; is the directory writable?",
+                Path::new(&lock_path).display()
+            )
+        })?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(TryLockError::WouldBlock) => Err(anyhow!(
@@ -76,7 +87,8 @@ fn lock_database(db: &Path) -> Result<File> {
 async fn run_datastore(config: DatastoreConfig) -> Result<()> {
     let Endpoint::Sqlite(sqlite) = &config.endpoint;
     let _lock = lock_database(&sqlite.path)?;
-    let store = kine::open_sqlite(sqlite).with_context(|| format!("cannot open the datastore {}", sqlite.path.display()))?;
+    let store = kine::open_sqlite(sqlite)
+        .with_context(|| format!("cannot open the datastore {}", sqlite.path.display()))?;
     let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             anyhow!("cannot listen on {}: the address is in use (another etcd, kine or k3rs?); choose another with --listen-address", config.listen)
@@ -94,7 +106,9 @@ async fn run_datastore(config: DatastoreConfig) -> Result<()> {
     if let Some((interval, min_retain)) = config.auto_compact {
         tokio::spawn(kine::auto_compact(store.clone(), interval, min_retain));
     }
-    kine::serve(listener, store.clone(), config.server, shutdown_signal()).await.context("the gRPC server failed")?;
+    kine::serve(listener, store.clone(), config.server, shutdown_signal())
+        .await
+        .context("the gRPC server failed")?;
     store.shutdown().await;
     tracing::info!("stopped");
     Ok(())

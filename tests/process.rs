@@ -10,12 +10,17 @@ use kine::proto::lease_client::LeaseClient;
 use kine::proto::watch_client::WatchClient;
 use kine::proto::watch_request::RequestUnion;
 use kine::proto::{
-    LeaseGrantRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest, WatchCreateRequest, WatchRequest,
+    LeaseGrantRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest, WatchCreateRequest,
+    WatchRequest,
 };
 use tonic::transport::Channel;
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start(dir: &Path, port: u16) -> Child {
@@ -57,7 +62,11 @@ async fn acknowledged_writes_survive_kill_9() {
             for i in 0.. {
                 let key = format!("/crash/{w}/{}", i % 50);
                 let value = format!("{w}-{i}");
-                let put = PutRequest { key: key.clone().into(), value: value.clone().into(), ..Default::default() };
+                let put = PutRequest {
+                    key: key.clone().into(),
+                    value: value.clone().into(),
+                    ..Default::default()
+                };
                 match c.put(put).await {
                     Ok(r) => acked.push((key, value, r.into_inner().header.unwrap().revision)),
                     Err(_) => break,
@@ -73,14 +82,22 @@ async fn acknowledged_writes_survive_kill_9() {
     for w in writers {
         acked.extend(w.await.unwrap());
     }
-    assert!(acked.len() > 100, "too few writes acknowledged to mean anything: {}", acked.len());
+    assert!(
+        acked.len() > 100,
+        "too few writes acknowledged to mean anything: {}",
+        acked.len()
+    );
 
     let mut server = start(dir.path(), port);
     let mut client = connect(port).await;
     let max_acked = acked.iter().map(|a| a.2).max().unwrap();
     for (key, value, revision) in &acked {
         let got = client
-            .range(RangeRequest { key: key.clone().into(), revision: *revision, ..Default::default() })
+            .range(RangeRequest {
+                key: key.clone().into(),
+                revision: *revision,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
@@ -89,7 +106,11 @@ async fn acknowledged_writes_survive_kill_9() {
         assert_eq!(got.kvs[0].mod_revision, *revision);
     }
     let next = client
-        .put(PutRequest { key: "/crash/after".into(), value: "x".into(), ..Default::default() })
+        .put(PutRequest {
+            key: "/crash/after".into(),
+            value: "x".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -99,8 +120,16 @@ async fn acknowledged_writes_survive_kill_9() {
 }
 
 fn run_to_exit(args: &[&str], dir: &Path) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_k3rs")).args(args).arg("--data-dir").arg(dir).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_k3rs"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -110,11 +139,17 @@ fn a_foreign_file_is_refused_and_left_alone() {
     std::fs::create_dir_all(db.parent().unwrap()).unwrap();
     std::fs::write(&db, b"definitely not sqlite, but precious").unwrap();
     let port = free_port().to_string();
-    let (ok, err) = run_to_exit(&["kine", "--listen-address", &format!("127.0.0.1:{port}")], dir.path());
+    let (ok, err) = run_to_exit(
+        &["kine", "--listen-address", &format!("127.0.0.1:{port}")],
+        dir.path(),
+    );
     assert!(!ok);
     assert!(err.contains("not a SQLite database"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
-    assert_eq!(std::fs::read(&db).unwrap(), b"definitely not sqlite, but precious");
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        b"definitely not sqlite, but precious"
+    );
 }
 
 #[test]
@@ -132,12 +167,22 @@ async fn a_second_server_on_one_database_or_port_is_refused() {
     let mut server = start(dir.path(), port);
     connect(port).await;
     let other_port = free_port().to_string();
-    let (ok, err) = run_to_exit(&["kine", "--listen-address", &format!("127.0.0.1:{other_port}")], dir.path());
+    let (ok, err) = run_to_exit(
+        &[
+            "kine",
+            "--listen-address",
+            &format!("127.0.0.1:{other_port}"),
+        ],
+        dir.path(),
+    );
     assert!(!ok);
     assert!(err.contains("in use by another k3rs process"), "{err}");
 
     let other_dir = tempfile::tempdir().unwrap();
-    let (ok, err) = run_to_exit(&["kine", "--listen-address", &format!("127.0.0.1:{port}")], other_dir.path());
+    let (ok, err) = run_to_exit(
+        &["kine", "--listen-address", &format!("127.0.0.1:{port}")],
+        other_dir.path(),
+    );
     assert!(!ok);
     assert!(err.contains("address is in use"), "{err}");
     server.kill().unwrap();
@@ -151,17 +196,36 @@ async fn sigterm_exits_cleanly() {
     let port = free_port();
     let mut server = start(dir.path(), port);
     let mut client = connect(port).await;
-    client.put(PutRequest { key: "k".into(), value: "v".into(), ..Default::default() }).await.unwrap();
-    let mut watch = WatchClient::connect(format!("http://127.0.0.1:{port}")).await.unwrap();
+    client
+        .put(PutRequest {
+            key: "k".into(),
+            value: "v".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut watch = WatchClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tx.send(WatchRequest {
-        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest { key: "k".into(), ..Default::default() })),
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: "k".into(),
+            ..Default::default()
+        })),
     })
     .await
     .unwrap();
-    let mut events = watch.watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut events = watch
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(events.message().await.unwrap().unwrap().created);
-    Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(status) = server.try_wait().unwrap() {
@@ -182,26 +246,57 @@ async fn leases_and_watch_resume_survive_kill_9() {
     let port = free_port();
     let mut server = start(dir.path(), port);
     let mut kv = connect(port).await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await.unwrap();
-    let lease = LeaseClient::new(channel).lease_grant(LeaseGrantRequest { ttl: 600, id: 0 }).await.unwrap().into_inner();
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let lease = LeaseClient::new(channel)
+        .lease_grant(LeaseGrantRequest { ttl: 600, id: 0 })
+        .await
+        .unwrap()
+        .into_inner();
     let mut last = 0;
     for i in 0..20 {
-        let put = PutRequest { key: format!("/l/{i}").into_bytes().into(), value: "v".into(), lease: lease.id, ..Default::default() };
-        last = kv.put(put).await.unwrap().into_inner().header.unwrap().revision;
+        let put = PutRequest {
+            key: format!("/l/{i}").into_bytes().into(),
+            value: "v".into(),
+            lease: lease.id,
+            ..Default::default()
+        };
+        last = kv
+            .put(put)
+            .await
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .revision;
     }
     server.kill().unwrap();
     server.wait().unwrap();
 
     let mut server = start(dir.path(), port);
     let mut kv = connect(port).await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let ttl = LeaseClient::new(channel.clone())
-        .lease_time_to_live(LeaseTimeToLiveRequest { id: lease.id, keys: true })
+        .lease_time_to_live(LeaseTimeToLiveRequest {
+            id: lease.id,
+            keys: true,
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(ttl.granted_ttl, 600);
-    assert!(ttl.ttl > 590, "a restart gives leases their full TTL again: {}", ttl.ttl);
+    assert!(
+        ttl.ttl > 590,
+        "a restart gives leases their full TTL again: {}",
+        ttl.ttl
+    );
     assert_eq!(ttl.keys.len(), 20);
 
     // Resume from the middle of the history, then write more.
@@ -216,10 +311,18 @@ async fn leases_and_watch_resume_survive_kill_9() {
     })
     .await
     .unwrap();
-    let mut events = WatchClient::new(channel).watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut events = WatchClient::new(channel)
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(events.message().await.unwrap().unwrap().created);
     let after = kv
-        .put(PutRequest { key: "/l/after".into(), value: "v".into(), ..Default::default() })
+        .put(PutRequest {
+            key: "/l/after".into(),
+            value: "v".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -229,8 +332,16 @@ async fn leases_and_watch_resume_survive_kill_9() {
     assert_eq!(after, last + 1);
     let mut seen = Vec::new();
     while seen.len() < 11 {
-        let resp = tokio::time::timeout(Duration::from_secs(10), events.message()).await.unwrap().unwrap().unwrap();
-        seen.extend(resp.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
+        let resp = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.extend(
+            resp.events
+                .iter()
+                .map(|e| e.kv.as_ref().unwrap().mod_revision),
+        );
     }
     assert_eq!(seen, ((last - 9)..=after).collect::<Vec<_>>());
     server.kill().unwrap();

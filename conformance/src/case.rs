@@ -57,14 +57,23 @@ pub struct Flags {
 
 impl Flags {
     /// No requirements.
-    pub const NONE: Flags = Flags { fresh: false, k3rs_only: false };
+    pub const NONE: Flags = Flags {
+        fresh: false,
+        k3rs_only: false,
+    };
     /// Marks the case as needing a fresh store.
     pub const fn fresh(self) -> Flags {
-        Flags { fresh: true, ..self }
+        Flags {
+            fresh: true,
+            ..self
+        }
     }
     /// Marks the case k3rs-only.
     pub const fn k3rs_only(self) -> Flags {
-        Flags { k3rs_only: true, ..self }
+        Flags {
+            k3rs_only: true,
+            ..self
+        }
     }
 }
 
@@ -106,44 +115,70 @@ pub mod errors {
     use tonic::Code;
 
     /// Read or compact below the compacted revision.
-    pub const COMPACTED: EtcdError =
-        EtcdError { code: Code::OutOfRange, message: "etcdserver: mvcc: required revision has been compacted" };
+    pub const COMPACTED: EtcdError = EtcdError {
+        code: Code::OutOfRange,
+        message: "etcdserver: mvcc: required revision has been compacted",
+    };
     /// Read or compact past the current revision.
-    pub const FUTURE_REV: EtcdError =
-        EtcdError { code: Code::OutOfRange, message: "etcdserver: mvcc: required revision is a future revision" };
+    pub const FUTURE_REV: EtcdError = EtcdError {
+        code: Code::OutOfRange,
+        message: "etcdserver: mvcc: required revision is a future revision",
+    };
     /// Empty key.
-    pub const EMPTY_KEY: EtcdError =
-        EtcdError { code: Code::InvalidArgument, message: "etcdserver: key is not provided" };
+    pub const EMPTY_KEY: EtcdError = EtcdError {
+        code: Code::InvalidArgument,
+        message: "etcdserver: key is not provided",
+    };
     /// ignore_value/ignore_lease on a missing key.
-    pub const KEY_NOT_FOUND: EtcdError =
-        EtcdError { code: Code::InvalidArgument, message: "etcdserver: key not found" };
+    pub const KEY_NOT_FOUND: EtcdError = EtcdError {
+        code: Code::InvalidArgument,
+        message: "etcdserver: key not found",
+    };
     /// ignore_value with a value.
-    pub const VALUE_PROVIDED: EtcdError =
-        EtcdError { code: Code::InvalidArgument, message: "etcdserver: value is provided" };
+    pub const VALUE_PROVIDED: EtcdError = EtcdError {
+        code: Code::InvalidArgument,
+        message: "etcdserver: value is provided",
+    };
     /// ignore_lease with a lease.
-    pub const LEASE_PROVIDED: EtcdError =
-        EtcdError { code: Code::InvalidArgument, message: "etcdserver: lease is provided" };
+    pub const LEASE_PROVIDED: EtcdError = EtcdError {
+        code: Code::InvalidArgument,
+        message: "etcdserver: lease is provided",
+    };
     /// More than 128 ops in one branch.
-    pub const TOO_MANY_OPS: EtcdError =
-        EtcdError { code: Code::InvalidArgument, message: "etcdserver: too many operations in txn request" };
+    pub const TOO_MANY_OPS: EtcdError = EtcdError {
+        code: Code::InvalidArgument,
+        message: "etcdserver: too many operations in txn request",
+    };
     /// Two writes to one key in a txn.
-    pub const DUPLICATE_KEY: EtcdError =
-        EtcdError { code: Code::InvalidArgument, message: "etcdserver: duplicate key given in txn request" };
+    pub const DUPLICATE_KEY: EtcdError = EtcdError {
+        code: Code::InvalidArgument,
+        message: "etcdserver: duplicate key given in txn request",
+    };
     /// Over 1.5 MiB.
-    pub const REQUEST_TOO_LARGE: EtcdError =
-        EtcdError { code: Code::InvalidArgument, message: "etcdserver: request is too large" };
+    pub const REQUEST_TOO_LARGE: EtcdError = EtcdError {
+        code: Code::InvalidArgument,
+        message: "etcdserver: request is too large",
+    };
     /// Unknown sort order or target.
-    pub const INVALID_SORT: EtcdError =
-        EtcdError { code: Code::InvalidArgument, message: "etcdserver: invalid sort option" };
+    pub const INVALID_SORT: EtcdError = EtcdError {
+        code: Code::InvalidArgument,
+        message: "etcdserver: invalid sort option",
+    };
     /// Unknown lease.
-    pub const LEASE_NOT_FOUND: EtcdError =
-        EtcdError { code: Code::NotFound, message: "etcdserver: requested lease not found" };
+    pub const LEASE_NOT_FOUND: EtcdError = EtcdError {
+        code: Code::NotFound,
+        message: "etcdserver: requested lease not found",
+    };
     /// Granting an ID in use.
-    pub const LEASE_EXISTS: EtcdError =
-        EtcdError { code: Code::FailedPrecondition, message: "etcdserver: lease already exists" };
+    pub const LEASE_EXISTS: EtcdError = EtcdError {
+        code: Code::FailedPrecondition,
+        message: "etcdserver: lease already exists",
+    };
     /// TTL over 9e9 s.
-    pub const LEASE_TTL_TOO_LARGE: EtcdError =
-        EtcdError { code: Code::OutOfRange, message: "etcdserver: too large lease TTL" };
+    pub const LEASE_TTL_TOO_LARGE: EtcdError = EtcdError {
+        code: Code::OutOfRange,
+        message: "etcdserver: too large lease TTL",
+    };
 }
 
 /// A unary etcd request: knows which service answers it.
@@ -215,7 +250,13 @@ pub struct Ctx {
 impl Ctx {
     /// A context over `c` with keys under `prefix`.
     pub fn new(c: Clients, prefix: Bytes, endpoint: String, kind: TargetKind) -> Ctx {
-        Ctx { c, prefix, endpoint, kind, last: RefCell::new(String::from("(none yet)")) }
+        Ctx {
+            c,
+            prefix,
+            endpoint,
+            kind,
+            last: RefCell::new(String::from("(none yet)")),
+        }
     }
 
     /// `prefix + name`.
@@ -236,7 +277,12 @@ impl Ctx {
     }
 
     /// A failure about the last request.
-    pub fn fail(&self, what: impl Into<String>, expected: impl Into<String>, observed: impl Into<String>) -> Failure {
+    pub fn fail(
+        &self,
+        what: impl Into<String>,
+        expected: impl Into<String>,
+        observed: impl Into<String>,
+    ) -> Failure {
         Failure {
             what: what.into(),
             request: self.last.borrow().clone(),
@@ -248,7 +294,9 @@ impl Ctx {
     /// Sends `req`, which must succeed.
     pub async fn ok<R: Rpc>(&self, req: R) -> Result<R::Resp, Failure> {
         self.note(format!("{req:?}"));
-        req.send(&self.c).await.map_err(|s| self.fail("request succeeds", "success", show_status(&s)))
+        req.send(&self.c)
+            .await
+            .map_err(|s| self.fail("request succeeds", "success", show_status(&s)))
     }
 
     /// Sends `req`, which must fail with exactly `want`.
@@ -273,7 +321,11 @@ impl Ctx {
 
     /// Fails unless `cond`.
     pub fn check(&self, what: &str, cond: bool, observed: impl Debug) -> CaseResult {
-        if cond { Ok(()) } else { Err(self.fail(what, "true", format!("{observed:?}"))) }
+        if cond {
+            Ok(())
+        } else {
+            Err(self.fail(what, "true", format!("{observed:?}")))
+        }
     }
 
     /// The store's current revision, read with a range over the case's keys.
@@ -291,7 +343,9 @@ impl Ctx {
 
     /// Puts `value` at `prefix + name` and returns the put's revision.
     pub async fn put(&self, name: &str, value: &str) -> Result<i64, Failure> {
-        let resp = self.ok(put(self.k(name), Bytes::copy_from_slice(value.as_bytes()))).await?;
+        let resp = self
+            .ok(put(self.k(name), Bytes::copy_from_slice(value.as_bytes())))
+            .await?;
         Ok(hrev(&resp.header))
     }
 
@@ -308,7 +362,11 @@ impl Ctx {
     }
 
     /// [`Ctx::watch`], optionally with Kubernetes' `hasleader: true` metadata.
-    pub async fn watch_with(&self, first: WatchRequest, hasleader: bool) -> Result<WatchStream, Failure> {
+    pub async fn watch_with(
+        &self,
+        first: WatchRequest,
+        hasleader: bool,
+    ) -> Result<WatchStream, Failure> {
         self.note(format!("Watch stream, first {first:?}"));
         let (tx, rx) = mpsc::channel(64);
         // gRPC servers may hold the response headers until the first
@@ -316,28 +374,44 @@ impl Ctx {
         tx.send(first).await.expect("receiver is alive");
         let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
         if hasleader {
-            request.metadata_mut().insert("hasleader", "true".parse().expect("ascii"));
+            request
+                .metadata_mut()
+                .insert("hasleader", "true".parse().expect("ascii"));
         }
         let mut client = self.c.watch.clone();
         let opened = tokio::time::timeout(WAIT, client.watch(request)).await;
         match opened {
             Err(_) => Err(self.fail("watch stream opens", "open", "timed out")),
             Ok(Err(s)) => Err(self.fail("watch stream opens", "open", show_status(&s))),
-            Ok(Ok(resp)) => Ok(WatchStream { tx, rx: resp.into_inner() }),
+            Ok(Ok(resp)) => Ok(WatchStream {
+                tx,
+                rx: resp.into_inner(),
+            }),
         }
     }
 
     /// Opens a lease keep-alive stream and sends `id` on it.
     pub async fn keep_alive(&self, id: i64) -> Result<KeepAliveStream, Failure> {
-        self.note(format!("LeaseKeepAlive stream, first LeaseKeepAliveRequest {{ id: {id} }}"));
+        self.note(format!(
+            "LeaseKeepAlive stream, first LeaseKeepAliveRequest {{ id: {id} }}"
+        ));
         let (tx, rx) = mpsc::channel(16);
-        tx.send(LeaseKeepAliveRequest { id }).await.expect("receiver is alive");
+        tx.send(LeaseKeepAliveRequest { id })
+            .await
+            .expect("receiver is alive");
         let mut client = self.c.lease.clone();
-        match tokio::time::timeout(WAIT, client.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))).await
+        match tokio::time::timeout(
+            WAIT,
+            client.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        )
+        .await
         {
             Err(_) => Err(self.fail("keep-alive stream opens", "open", "timed out")),
             Ok(Err(s)) => Err(self.fail("keep-alive stream opens", "open", show_status(&s))),
-            Ok(Ok(resp)) => Ok(KeepAliveStream { tx, rx: resp.into_inner() }),
+            Ok(Ok(resp)) => Ok(KeepAliveStream {
+                tx,
+                rx: resp.into_inner(),
+            }),
         }
     }
 }
@@ -352,13 +426,20 @@ impl WatchStream {
     /// Sends a request on the stream.
     pub async fn send(&self, cx: &Ctx, req: WatchRequest) -> CaseResult {
         cx.note(format!("Watch stream: {req:?}"));
-        self.tx.send(req).await.map_err(|_| cx.fail("watch request is sent", "sent", "stream closed"))
+        self.tx
+            .send(req)
+            .await
+            .map_err(|_| cx.fail("watch request is sent", "sent", "stream closed"))
     }
 
     /// The next response, within [`WAIT`].
     pub async fn next(&mut self, cx: &Ctx) -> Result<WatchResponse, Failure> {
         match tokio::time::timeout(WAIT, self.rx.message()).await {
-            Err(_) => Err(cx.fail("a watch response arrives", "a response", "nothing within 5 s")),
+            Err(_) => Err(cx.fail(
+                "a watch response arrives",
+                "a response",
+                "nothing within 5 s",
+            )),
             Ok(Err(s)) => Err(cx.fail("a watch response arrives", "a response", show_status(&s))),
             Ok(Ok(None)) => Err(cx.fail("a watch response arrives", "a response", "stream ended")),
             Ok(Ok(Some(r))) => Ok(r),
@@ -369,7 +450,11 @@ impl WatchStream {
     pub async fn silent(&mut self, cx: &Ctx, d: Duration) -> CaseResult {
         match tokio::time::timeout(d, self.rx.message()).await {
             Err(_) => Ok(()),
-            Ok(r) => Err(cx.fail(format!("no watch response within {d:?}"), "nothing", format!("{r:?}"))),
+            Ok(r) => Err(cx.fail(
+                format!("no watch response within {d:?}"),
+                "nothing",
+                format!("{r:?}"),
+            )),
         }
     }
 
@@ -380,13 +465,21 @@ impl WatchStream {
         while count < n {
             let r = self.next(cx).await?;
             if r.events.is_empty() {
-                return Err(cx.fail(format!("{n} events arrive"), "an event response", format!("{r:?} after {got:?}")));
+                return Err(cx.fail(
+                    format!("{n} events arrive"),
+                    "an event response",
+                    format!("{r:?} after {got:?}"),
+                ));
             }
             count += r.events.len();
             got.push(r);
         }
         if count != n {
-            return Err(cx.fail(format!("exactly {n} events arrive"), n.to_string(), format!("{got:?}")));
+            return Err(cx.fail(
+                format!("exactly {n} events arrive"),
+                n.to_string(),
+                format!("{got:?}"),
+            ));
         }
         Ok(got)
     }
@@ -401,7 +494,9 @@ pub struct KeepAliveStream {
 impl KeepAliveStream {
     /// Sends a keep-alive for `id`.
     pub async fn send(&self, cx: &Ctx, id: i64) -> CaseResult {
-        cx.note(format!("LeaseKeepAlive stream: LeaseKeepAliveRequest {{ id: {id} }}"));
+        cx.note(format!(
+            "LeaseKeepAlive stream: LeaseKeepAliveRequest {{ id: {id} }}"
+        ));
         self.tx
             .send(LeaseKeepAliveRequest { id })
             .await
@@ -411,9 +506,21 @@ impl KeepAliveStream {
     /// The next response, within [`WAIT`].
     pub async fn next(&mut self, cx: &Ctx) -> Result<LeaseKeepAliveResponse, Failure> {
         match tokio::time::timeout(WAIT, self.rx.message()).await {
-            Err(_) => Err(cx.fail("a keep-alive response arrives", "a response", "nothing within 5 s")),
-            Ok(Err(s)) => Err(cx.fail("a keep-alive response arrives", "a response", show_status(&s))),
-            Ok(Ok(None)) => Err(cx.fail("a keep-alive response arrives", "a response", "stream ended")),
+            Err(_) => Err(cx.fail(
+                "a keep-alive response arrives",
+                "a response",
+                "nothing within 5 s",
+            )),
+            Ok(Err(s)) => Err(cx.fail(
+                "a keep-alive response arrives",
+                "a response",
+                show_status(&s),
+            )),
+            Ok(Ok(None)) => Err(cx.fail(
+                "a keep-alive response arrives",
+                "a response",
+                "stream ended",
+            )),
             Ok(Ok(Some(r))) => Ok(r),
         }
     }
@@ -440,49 +547,79 @@ pub fn prefix_end(prefix: &[u8]) -> Bytes {
 
 /// `Put{key, value}`.
 pub fn put(key: impl Into<Bytes>, value: impl Into<Bytes>) -> PutRequest {
-    PutRequest { key: key.into(), value: value.into(), ..Default::default() }
+    PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..Default::default()
+    }
 }
 
 /// `Range{key}`.
 pub fn get(key: impl Into<Bytes>) -> RangeRequest {
-    RangeRequest { key: key.into(), ..Default::default() }
+    RangeRequest {
+        key: key.into(),
+        ..Default::default()
+    }
 }
 
 /// `Range{key, range_end}`.
 pub fn range(key: impl Into<Bytes>, end: impl Into<Bytes>) -> RangeRequest {
-    RangeRequest { key: key.into(), range_end: end.into(), ..Default::default() }
+    RangeRequest {
+        key: key.into(),
+        range_end: end.into(),
+        ..Default::default()
+    }
 }
 
 /// `DeleteRange{key}`.
 pub fn del(key: impl Into<Bytes>) -> DeleteRangeRequest {
-    DeleteRangeRequest { key: key.into(), ..Default::default() }
+    DeleteRangeRequest {
+        key: key.into(),
+        ..Default::default()
+    }
 }
 
 /// `DeleteRange{key, range_end}`.
 pub fn del_range(key: impl Into<Bytes>, end: impl Into<Bytes>) -> DeleteRangeRequest {
-    DeleteRangeRequest { key: key.into(), range_end: end.into(), ..Default::default() }
+    DeleteRangeRequest {
+        key: key.into(),
+        range_end: end.into(),
+        ..Default::default()
+    }
 }
 
 /// A txn op.
 pub fn op_put(p: PutRequest) -> RequestOp {
-    RequestOp { request: Some(request_op::Request::RequestPut(p)) }
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(p)),
+    }
 }
 /// A txn op.
 pub fn op_range(r: RangeRequest) -> RequestOp {
-    RequestOp { request: Some(request_op::Request::RequestRange(r)) }
+    RequestOp {
+        request: Some(request_op::Request::RequestRange(r)),
+    }
 }
 /// A txn op.
 pub fn op_del(d: DeleteRangeRequest) -> RequestOp {
-    RequestOp { request: Some(request_op::Request::RequestDeleteRange(d)) }
+    RequestOp {
+        request: Some(request_op::Request::RequestDeleteRange(d)),
+    }
 }
 /// A txn op.
 pub fn op_txn(t: TxnRequest) -> RequestOp {
-    RequestOp { request: Some(request_op::Request::RequestTxn(t)) }
+    RequestOp {
+        request: Some(request_op::Request::RequestTxn(t)),
+    }
 }
 
 /// `Txn{compare, success, failure}`.
 pub fn txn(compare: Vec<Compare>, success: Vec<RequestOp>, failure: Vec<RequestOp>) -> TxnRequest {
-    TxnRequest { compare, success, failure }
+    TxnRequest {
+        compare,
+        success,
+        failure,
+    }
 }
 
 pub use kine::proto::compare::{CompareResult as Cr, CompareTarget as Ct};
@@ -546,34 +683,54 @@ pub fn kv(key: Bytes, value: &str, create: i64, modr: i64, version: i64) -> KeyV
 
 /// The keys of `kvs`, as text, for compact comparisons.
 pub fn keys(kvs: &[KeyValue]) -> Vec<String> {
-    kvs.iter().map(|k| String::from_utf8_lossy(&k.key).into_owned()).collect()
+    kvs.iter()
+        .map(|k| String::from_utf8_lossy(&k.key).into_owned())
+        .collect()
 }
 
 /// A create request.
 pub fn watch_create(c: WatchCreateRequest) -> WatchRequest {
-    WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(c)) }
+    WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(c)),
+    }
 }
 
 /// A cancel request.
 pub fn watch_cancel(watch_id: i64) -> WatchRequest {
-    WatchRequest { request_union: Some(watch_request::RequestUnion::CancelRequest(WatchCancelRequest { watch_id })) }
+    WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CancelRequest(
+            WatchCancelRequest { watch_id },
+        )),
+    }
 }
 
 /// A progress request.
 pub fn watch_progress() -> WatchRequest {
-    WatchRequest { request_union: Some(watch_request::RequestUnion::ProgressRequest(WatchProgressRequest {})) }
+    WatchRequest {
+        request_union: Some(watch_request::RequestUnion::ProgressRequest(
+            WatchProgressRequest {},
+        )),
+    }
 }
 
 /// An expected watch event.
 pub fn ev_put(kv: KeyValue, prev: Option<KeyValue>) -> Event {
-    Event { r#type: kine::proto::mvccpb::event::EventType::Put as i32, kv: Some(kv), prev_kv: prev }
+    Event {
+        r#type: kine::proto::mvccpb::event::EventType::Put as i32,
+        kv: Some(kv),
+        prev_kv: prev,
+    }
 }
 
 /// An expected delete event: the tombstone carries only key and revision.
 pub fn ev_del(key: Bytes, rev: i64, prev: Option<KeyValue>) -> Event {
     Event {
         r#type: kine::proto::mvccpb::event::EventType::Delete as i32,
-        kv: Some(KeyValue { key, mod_revision: rev, ..Default::default() }),
+        kv: Some(KeyValue {
+            key,
+            mod_revision: rev,
+            ..Default::default()
+        }),
         prev_kv: prev,
     }
 }
@@ -581,5 +738,10 @@ pub fn ev_del(key: Bytes, rev: i64, prev: Option<KeyValue>) -> Event {
 /// The response with header identity fields (cluster, member, term) masked:
 /// those legitimately differ between servers.
 pub fn masked(h: &Option<ResponseHeader>) -> Option<ResponseHeader> {
-    h.as_ref().map(|h| ResponseHeader { cluster_id: 0, member_id: 0, raft_term: 0, revision: h.revision })
+    h.as_ref().map(|h| ResponseHeader {
+        cluster_id: 0,
+        member_id: 0,
+        raft_term: 0,
+        revision: h.revision,
+    })
 }

@@ -43,7 +43,8 @@ impl Clients {
             kv: KvClient::new(channel.clone()).max_decoding_message_size(MAX_DECODE),
             watch: WatchClient::new(channel.clone()).max_decoding_message_size(MAX_DECODE),
             lease: LeaseClient::new(channel.clone()).max_decoding_message_size(MAX_DECODE),
-            maintenance: MaintenanceClient::new(channel.clone()).max_decoding_message_size(MAX_DECODE),
+            maintenance: MaintenanceClient::new(channel.clone())
+                .max_decoding_message_size(MAX_DECODE),
             cluster: ClusterClient::new(channel).max_decoding_message_size(MAX_DECODE),
         })
     }

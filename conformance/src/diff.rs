@@ -21,11 +21,40 @@ const SCRIPT: &[Step] = &[
     (&["put", "/diff/a", "4", "--prev-kv", "-w", "json"], None),
     (&["get", "/diff/", "--prefix"], None),
     (&["get", "/diff/", "--prefix", "-w", "json"], None),
-    (&["get", "/diff/", "--prefix", "--limit=1", "-w", "json"], None),
-    (&["get", "/diff/", "--prefix", "--sort-by=VALUE", "--order=DESCEND"], None),
-    (&["get", "/diff/", "--prefix", "--sort-by=VERSION", "--order=ASCEND", "-w", "json"], None),
-    (&["get", "/diff/", "--prefix", "--keys-only", "-w", "json"], None),
-    (&["get", "/diff/", "--prefix", "--count-only", "-w", "json"], None),
+    (
+        &["get", "/diff/", "--prefix", "--limit=1", "-w", "json"],
+        None,
+    ),
+    (
+        &[
+            "get",
+            "/diff/",
+            "--prefix",
+            "--sort-by=VALUE",
+            "--order=DESCEND",
+        ],
+        None,
+    ),
+    (
+        &[
+            "get",
+            "/diff/",
+            "--prefix",
+            "--sort-by=VERSION",
+            "--order=ASCEND",
+            "-w",
+            "json",
+        ],
+        None,
+    ),
+    (
+        &["get", "/diff/", "--prefix", "--keys-only", "-w", "json"],
+        None,
+    ),
+    (
+        &["get", "/diff/", "--prefix", "--count-only", "-w", "json"],
+        None,
+    ),
     (&["get", "/diff/b", "--from-key"], None),
     (&["get", "/diff/b", "/diff/z", "-w", "json"], None),
     (&["get", "/diff/a", "--rev=2", "-w", "json"], None),
@@ -34,13 +63,24 @@ const SCRIPT: &[Step] = &[
     (&["put", "/diff/missing", "--ignore-value"], None),
     (&["del", "/diff/b", "--prev-kv", "-w", "json"], None),
     (&["del", "/diff/nothing"], None),
-    (&["txn", "-w", "json"], Some("value(\"/diff/a\") = \"4\"\n\nput /diff/t yes\nget /diff/a\n\nput /diff/t no\n\n")),
-    (&["txn"], Some("mod(\"/diff/a\") > \"100\"\n\nput /diff/t yes\n\ndel /diff/c\nget /diff/ --prefix\n\n")),
+    (
+        &["txn", "-w", "json"],
+        Some("value(\"/diff/a\") = \"4\"\n\nput /diff/t yes\nget /diff/a\n\nput /diff/t no\n\n"),
+    ),
+    (
+        &["txn"],
+        Some(
+            "mod(\"/diff/a\") > \"100\"\n\nput /diff/t yes\n\ndel /diff/c\nget /diff/ --prefix\n\n",
+        ),
+    ),
     (&["compaction", "3"], None),
     (&["compaction", "3"], None),
     (&["compaction", "1000"], None),
     (&["get", "/diff/a", "--rev=2"], None),
-    (&["get", "/diff/", "--prefix", "--rev=3", "-w", "json"], None),
+    (
+        &["get", "/diff/", "--prefix", "--rev=3", "-w", "json"],
+        None,
+    ),
     (&["compaction", "--physical", "7"], None),
     (&["endpoint", "status", "-w", "json"], None),
     (&["endpoint", "health"], None),
@@ -109,14 +149,19 @@ fn mask_line(line: &str, endpoint: &str) -> Option<String> {
 }
 
 async fn run_one(endpoint: &str, step: &Step) -> Result<String, String> {
-    let bin = std::env::var("CONFORMANCE_ETCDCTL").unwrap_or_else(|_| DEFAULT_ETCDCTL_BIN.to_string());
+    let bin =
+        std::env::var("CONFORMANCE_ETCDCTL").unwrap_or_else(|_| DEFAULT_ETCDCTL_BIN.to_string());
     let mut cmd = tokio::process::Command::new(&bin);
     cmd.env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoint}"))
         .arg("--dial-timeout=3s")
         .arg("--command-timeout=5s")
         .args(step.0)
-        .stdin(if step.1.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
+        .stdin(if step.1.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
@@ -124,7 +169,9 @@ async fn run_one(endpoint: &str, step: &Step) -> Result<String, String> {
     if let Some(input) = step.1 {
         use tokio::io::AsyncWriteExt;
         let mut pipe = child.stdin.take().expect("piped");
-        pipe.write_all(input.as_bytes()).await.map_err(|e| e.to_string())?;
+        pipe.write_all(input.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
     }
     let out = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait_with_output())
         .await
@@ -155,7 +202,10 @@ pub struct Mismatch {
 /// Runs the script against `oracle` and `other` (both `host:port` of fresh
 /// servers) and returns the steps whose masked outputs differ, and the
 /// number of steps run.
-pub async fn etcdctl_differential(oracle: &str, other: &str) -> Result<(usize, Vec<Mismatch>), String> {
+pub async fn etcdctl_differential(
+    oracle: &str,
+    other: &str,
+) -> Result<(usize, Vec<Mismatch>), String> {
     let mut mismatches = Vec::new();
     for step in SCRIPT {
         let a = run_one(oracle, step).await?;

@@ -26,14 +26,26 @@ pub enum Outcome {
 
 /// A prefix no other case or run uses.
 pub fn prefix_for(case: &Case) -> Bytes {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    Bytes::from(format!("/conformance/{:x}-{}/{}/{}/", nanos, std::process::id(), case.group, case.name))
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    Bytes::from(format!(
+        "/conformance/{:x}-{}/{}/{}/",
+        nanos,
+        std::process::id(),
+        case.group,
+        case.name
+    ))
 }
 
 /// Whether a server reporting `version` predates the watch-progress fixes
 /// that `k3rs_only` cases pin (etcd #15220, #17507: fixed in 3.4.31/3.5.13).
 pub fn predates_progress_fixes(version: &str) -> bool {
-    let nums: Vec<u64> = version.split(['.', '-']).take(3).filter_map(|p| p.parse().ok()).collect();
+    let nums: Vec<u64> = version
+        .split(['.', '-'])
+        .take(3)
+        .filter_map(|p| p.parse().ok())
+        .collect();
     match nums[..] {
         [3, 4, patch] => patch < 31,
         [3, 5, patch] => patch < 13,
@@ -45,22 +57,30 @@ pub fn predates_progress_fixes(version: &str) -> bool {
 /// Why a case cannot run on this machine, if a tool it drives is missing.
 pub fn missing_tool(case: &Case) -> Option<String> {
     let need = match case.group {
-        "etcdctl" => {
-            std::env::var("CONFORMANCE_ETCDCTL").unwrap_or_else(|_| crate::cases::etcdctl::DEFAULT_ETCDCTL_BIN.into())
-        }
+        "etcdctl" => std::env::var("CONFORMANCE_ETCDCTL")
+            .unwrap_or_else(|_| crate::cases::etcdctl::DEFAULT_ETCDCTL_BIN.into()),
         "python" => {
-            let py = std::env::var("CONFORMANCE_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into());
+            let py =
+                std::env::var("CONFORMANCE_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into());
             let ok = std::process::Command::new(&py)
                 .args(["-c", "import etcd3"])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success());
-            return if ok { None } else { Some(format!("{py} with the etcd3 module (Debian python3-etcd3)")) };
+            return if ok {
+                None
+            } else {
+                Some(format!("{py} with the etcd3 module (Debian python3-etcd3)"))
+            };
         }
         _ => return None,
     };
-    if Path::new(&need).exists() { None } else { Some(need) }
+    if Path::new(&need).exists() {
+        None
+    } else {
+        Some(need)
+    }
 }
 
 /// Runs `case` against `shared`, or against a fresh server of the same kind
@@ -99,16 +119,28 @@ pub async fn run_case(case: &Case, shared: &dyn Target) -> Outcome {
             }
         }
     }
-    let cx = Ctx::new(clients, prefix_for(case), target.endpoint().to_string(), kind);
+    let cx = Ctx::new(
+        clients,
+        prefix_for(case),
+        target.endpoint().to_string(),
+        kind,
+    );
     match tokio::time::timeout(CASE_TIMEOUT, (case.run)(cx)).await {
-        Err(_) => Outcome::Fail(setup_failure(format!("case did not finish within {CASE_TIMEOUT:?}"))),
+        Err(_) => Outcome::Fail(setup_failure(format!(
+            "case did not finish within {CASE_TIMEOUT:?}"
+        ))),
         Ok(Ok(())) => Outcome::Pass,
         Ok(Err(f)) => Outcome::Fail(f),
     }
 }
 
 fn setup_failure(e: String) -> Failure {
-    Failure { what: "setup".into(), request: "-".into(), expected: "a reachable target".into(), observed: e }
+    Failure {
+        what: "setup".into(),
+        request: "-".into(),
+        expected: "a reachable target".into(),
+        observed: e,
+    }
 }
 
 /// The body of one generated `#[test]`: runs case `group::name` against a
@@ -126,22 +158,38 @@ pub fn run_test(group: &str, name: &str, kind: TargetKind) {
         if in_ci {
             panic!("{why}, and CI is set: install it (scripts/test does)");
         }
-        eprintln!("\n!!!!!!!! SKIPPED {}::{} [{kind}]: {why} !!!!!!!!\n", case.group, case.name);
+        eprintln!(
+            "\n!!!!!!!! SKIPPED {}::{} [{kind}]: {why} !!!!!!!!\n",
+            case.group, case.name
+        );
     };
     if kind == TargetKind::Etcd && !target::etcd_binary().exists() {
-        return loud_skip(format!("no etcd binary at {} (Debian etcd-server)", target::etcd_binary().display()));
+        return loud_skip(format!(
+            "no etcd binary at {} (Debian etcd-server)",
+            target::etcd_binary().display()
+        ));
     }
     if let Some(tool) = missing_tool(&case) {
         return loud_skip(format!("needs {tool}"));
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let outcome = rt.block_on(async {
         let t = match target::start(kind).await {
             Ok(t) => t,
             Err(e) => panic!("could not start {kind}: {e}"),
         };
         // Each test has its own server, so fresh cases run on it directly.
-        let case = Case { flags: crate::Flags { fresh: false, ..case.flags }, ..case };
+        let case = Case {
+            flags: crate::Flags {
+                fresh: false,
+                ..case.flags
+            },
+            ..case
+        };
         let outcome = run_case(&case, t.as_ref()).await;
         drop(t);
         outcome

@@ -56,7 +56,9 @@ pub trait Target: Send {
 
 /// The etcd binary to run.
 pub fn etcd_binary() -> PathBuf {
-    std::env::var_os("CONFORMANCE_ETCD").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_ETCD_BIN))
+    std::env::var_os("CONFORMANCE_ETCD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ETCD_BIN))
 }
 
 /// Starts a fresh server of `kind`; `Endpoint` targets cannot be started.
@@ -87,7 +89,9 @@ async fn wait_ready(endpoint: &str, mut alive: impl FnMut() -> bool) -> Result<(
             return Err(format!("server at {endpoint} exited before answering"));
         }
         if Instant::now() > deadline {
-            return Err(format!("server at {endpoint} did not answer within {READY_TIMEOUT:?}"));
+            return Err(format!(
+                "server at {endpoint} did not answer within {READY_TIMEOUT:?}"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
@@ -132,7 +136,10 @@ impl EtcdTarget {
         if !bin.exists() {
             return Err(format!("etcd binary {} not found", bin.display()));
         }
-        let dir = tempfile::Builder::new().prefix("conformance-etcd-").tempdir().map_err(|e| e.to_string())?;
+        let dir = tempfile::Builder::new()
+            .prefix("conformance-etcd-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
         let (client_port, peer_port) = (free_port()?, free_port()?);
         let client = format!("http://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
@@ -159,7 +166,12 @@ impl EtcdTarget {
             .spawn()
             .map_err(|e| format!("spawn etcd: {e}"))?;
         let stdin = shell.stdin.take();
-        let mut target = EtcdTarget { endpoint: client, shell, stdin, dir };
+        let mut target = EtcdTarget {
+            endpoint: client,
+            shell,
+            stdin,
+            dir,
+        };
         let ready = {
             let shell = &mut target.shell;
             wait_ready(&target.endpoint, || matches!(shell.try_wait(), Ok(None))).await
@@ -207,14 +219,22 @@ pub struct K3rsTarget {
 impl K3rsTarget {
     /// Opens the store, starts serving and waits until it answers.
     pub async fn start() -> Result<Self, String> {
-        let dir = tempfile::Builder::new().prefix("conformance-k3rs-").tempdir().map_err(|e| e.to_string())?;
+        let dir = tempfile::Builder::new()
+            .prefix("conformance-k3rs-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
         let store = kine::open_sqlite(&kine::backend::sqlite::SqliteConfig {
             path: dir.path().join("state.db"),
             durability: Default::default(),
         })
         .map_err(|e| format!("open k3rs store: {e}"))?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("bind: {e}"))?;
-        let endpoint = format!("http://{}", listener.local_addr().map_err(|e| e.to_string())?);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("bind: {e}"))?;
+        let endpoint = format!(
+            "http://{}",
+            listener.local_addr().map_err(|e| e.to_string())?
+        );
         let config = kine::ServerConfig {
             emulated_etcd_version: kine::DEFAULT_EMULATED_ETCD_VERSION.to_string(),
             name: "default".into(),
@@ -230,7 +250,12 @@ impl K3rsTarget {
                 eprintln!("k3rs server stopped with an error: {e}");
             }
         });
-        let t = K3rsTarget { endpoint, shutdown: Some(tx), task: Some(task), _dir: dir };
+        let t = K3rsTarget {
+            endpoint,
+            shutdown: Some(tx),
+            task: Some(task),
+            _dir: dir,
+        };
         wait_ready(&t.endpoint, || true).await?;
         Ok(t)
     }
@@ -266,7 +291,11 @@ pub struct EndpointTarget {
 impl EndpointTarget {
     /// Checks that `url` answers.
     pub async fn connect(url: &str) -> Result<Self, String> {
-        let endpoint = if url.contains("://") { url.to_string() } else { format!("http://{url}") };
+        let endpoint = if url.contains("://") {
+            url.to_string()
+        } else {
+            format!("http://{url}")
+        };
         wait_ready(&endpoint, || true).await?;
         Ok(EndpointTarget { endpoint })
     }

@@ -12,7 +12,8 @@ use conformance::Target;
 use conformance::linearizability::history::INFINITY;
 use conformance::linearizability::model::value_of;
 use conformance::linearizability::{
-    Cmp, Config, EtcdError, K3rsProcess, Kv, Op, Outcome, Request, Response, State, check, k3rs_binary, record, verify,
+    Cmp, Config, EtcdError, K3rsProcess, Kv, Op, Outcome, Request, Response, State, check,
+    k3rs_binary, record, verify,
 };
 
 // ---------------------------------------------------------------------------
@@ -21,11 +22,24 @@ use conformance::linearizability::{
 const LIMIT: Duration = Duration::from_secs(10);
 
 fn op(client: usize, invoke: u64, ret: u64, req: Request, resp: Response) -> Op {
-    Op { client, req, resp, invoke, ret }
+    Op {
+        client,
+        req,
+        resp,
+        invoke,
+        ret,
+    }
 }
 
 fn kv(key: u8, value: u32, create: i64, modr: i64, version: i64) -> Kv {
-    Kv { key, value, create, modr, version, lease: 0 }
+    Kv {
+        key,
+        value,
+        create,
+        modr,
+        version,
+        lease: 0,
+    }
 }
 
 fn linearizable(ops: &[Op]) -> bool {
@@ -44,45 +58,133 @@ fn b() -> u32 {
 }
 
 fn put(key: u8, value: u32) -> Request {
-    Request::Put { key, value, lease: 0 }
+    Request::Put {
+        key,
+        value,
+        lease: 0,
+    }
 }
 
 #[test]
 fn a_correct_concurrent_history_passes() {
     let ops = vec![
         // c0 and c1 put concurrently; c1's got the earlier revision.
-        op(0, 0, 10, put(0, a()), Response::Put { rev: 3, prev: Some(Some(kv(0, b(), 2, 2, 1))) }),
-        op(1, 1, 9, put(0, b()), Response::Put { rev: 2, prev: Some(None) }),
+        op(
+            0,
+            0,
+            10,
+            put(0, a()),
+            Response::Put {
+                rev: 3,
+                prev: Some(Some(kv(0, b(), 2, 2, 1))),
+            },
+        ),
+        op(
+            1,
+            1,
+            9,
+            put(0, b()),
+            Response::Put {
+                rev: 2,
+                prev: Some(None),
+            },
+        ),
         // A read overlapping both sees the state between them.
-        op(2, 2, 8, Request::Get { key: 0 }, Response::Get { rev: 2, kv: Some(kv(0, b(), 2, 2, 1)) }),
-        op(2, 11, 12, Request::List, Response::List { rev: 3, kvs: vec![kv(0, a(), 2, 3, 2)] }),
+        op(
+            2,
+            2,
+            8,
+            Request::Get { key: 0 },
+            Response::Get {
+                rev: 2,
+                kv: Some(kv(0, b(), 2, 2, 1)),
+            },
+        ),
+        op(
+            2,
+            11,
+            12,
+            Request::List,
+            Response::List {
+                rev: 3,
+                kvs: vec![kv(0, a(), 2, 3, 2)],
+            },
+        ),
         // Delete of nothing keeps the revision; a delete takes one.
-        op(0, 13, 14, Request::Delete { key: 1 }, Response::Delete { rev: 3, deleted: 0, prev: vec![] }),
+        op(
+            0,
+            13,
+            14,
+            Request::Delete { key: 1 },
+            Response::Delete {
+                rev: 3,
+                deleted: 0,
+                prev: vec![],
+            },
+        ),
         op(
             1,
             13,
             14,
             Request::Delete { key: 0 },
-            Response::Delete { rev: 4, deleted: 1, prev: vec![kv(0, a(), 2, 3, 2)] },
+            Response::Delete {
+                rev: 4,
+                deleted: 1,
+                prev: vec![kv(0, a(), 2, 3, 2)],
+            },
         ),
         // A CAS on mod revision 0 (create) succeeds once the key is gone; one on a stale value fails.
         op(
             0,
             15,
             16,
-            Request::Cas { key: 0, cmp: Cmp::ModRevision(0), value: value_of(0, 2) },
-            Response::Cas { rev: 5, succeeded: true, kv: None },
+            Request::Cas {
+                key: 0,
+                cmp: Cmp::ModRevision(0),
+                value: value_of(0, 2),
+            },
+            Response::Cas {
+                rev: 5,
+                succeeded: true,
+                kv: None,
+            },
         ),
         op(
             1,
             15,
             17,
-            Request::Cas { key: 0, cmp: Cmp::Value(a()), value: value_of(1, 2) },
-            Response::Cas { rev: 5, succeeded: false, kv: Some(kv(0, value_of(0, 2), 5, 5, 1)) },
+            Request::Cas {
+                key: 0,
+                cmp: Cmp::Value(a()),
+                value: value_of(1, 2),
+            },
+            Response::Cas {
+                rev: 5,
+                succeeded: false,
+                kv: Some(kv(0, value_of(0, 2), 5, 5, 1)),
+            },
         ),
-        op(2, 18, 19, Request::Compact { revision: 4 }, Response::Compact { rev: 5 }),
-        op(2, 20, 21, Request::Compact { revision: 4 }, Response::Error(EtcdError::Compacted)),
-        op(2, 22, 23, Request::Compact { revision: 9 }, Response::Error(EtcdError::FutureRev)),
+        op(
+            2,
+            18,
+            19,
+            Request::Compact { revision: 4 },
+            Response::Compact { rev: 5 },
+        ),
+        op(
+            2,
+            20,
+            21,
+            Request::Compact { revision: 4 },
+            Response::Error(EtcdError::Compacted),
+        ),
+        op(
+            2,
+            22,
+            23,
+            Request::Compact { revision: 9 },
+            Response::Error(EtcdError::FutureRev),
+        ),
     ];
     assert!(linearizable(&ops));
 }
@@ -90,9 +192,24 @@ fn a_correct_concurrent_history_passes() {
 #[test]
 fn a_stale_read_fails() {
     let ops = vec![
-        op(0, 0, 10, put(0, a()), Response::Put { rev: 2, prev: Some(None) }),
+        op(
+            0,
+            0,
+            10,
+            put(0, a()),
+            Response::Put {
+                rev: 2,
+                prev: Some(None),
+            },
+        ),
         // Invoked after the put returned, yet reads the state before it.
-        op(1, 11, 12, Request::Get { key: 0 }, Response::Get { rev: 1, kv: None }),
+        op(
+            1,
+            11,
+            12,
+            Request::Get { key: 0 },
+            Response::Get { rev: 1, kv: None },
+        ),
     ];
     assert!(!linearizable(&ops));
     // The same read overlapping the put is fine.
@@ -104,10 +221,37 @@ fn a_stale_read_fails() {
 #[test]
 fn a_lost_write_fails() {
     let ops = vec![
-        op(0, 0, 10, put(0, a()), Response::Put { rev: 2, prev: Some(None) }),
-        op(1, 11, 20, put(1, b()), Response::Put { rev: 3, prev: Some(None) }),
+        op(
+            0,
+            0,
+            10,
+            put(0, a()),
+            Response::Put {
+                rev: 2,
+                prev: Some(None),
+            },
+        ),
+        op(
+            1,
+            11,
+            20,
+            put(1, b()),
+            Response::Put {
+                rev: 3,
+                prev: Some(None),
+            },
+        ),
         // The revision moved on, but the first write is gone.
-        op(2, 21, 22, Request::List, Response::List { rev: 3, kvs: vec![kv(1, b(), 3, 3, 1)] }),
+        op(
+            2,
+            21,
+            22,
+            Request::List,
+            Response::List {
+                rev: 3,
+                kvs: vec![kv(1, b(), 3, 3, 1)],
+            },
+        ),
     ];
     assert!(!linearizable(&ops));
 }
@@ -115,39 +259,105 @@ fn a_lost_write_fails() {
 #[test]
 fn revisions_are_exact() {
     // A write that skips a revision.
-    let skip = vec![op(0, 0, 1, put(0, a()), Response::Put { rev: 3, prev: Some(None) })];
+    let skip = vec![op(
+        0,
+        0,
+        1,
+        put(0, a()),
+        Response::Put {
+            rev: 3,
+            prev: Some(None),
+        },
+    )];
     assert!(!linearizable(&skip));
     // A delete of nothing that bumps the revision.
-    let bump = vec![op(0, 0, 1, Request::Delete { key: 0 }, Response::Delete { rev: 2, deleted: 0, prev: vec![] })];
+    let bump = vec![op(
+        0,
+        0,
+        1,
+        Request::Delete { key: 0 },
+        Response::Delete {
+            rev: 2,
+            deleted: 0,
+            prev: vec![],
+        },
+    )];
     assert!(!linearizable(&bump));
     // A read-only (failed) CAS that bumps the revision.
     let cas = vec![op(
         0,
         0,
         1,
-        Request::Cas { key: 0, cmp: Cmp::Value(a()), value: b() },
-        Response::Cas { rev: 2, succeeded: false, kv: None },
+        Request::Cas {
+            key: 0,
+            cmp: Cmp::Value(a()),
+            value: b(),
+        },
+        Response::Cas {
+            rev: 2,
+            succeeded: false,
+            kv: None,
+        },
     )];
     assert!(!linearizable(&cas));
 }
 
 #[test]
 fn an_unknown_op_may_or_may_not_have_happened() {
-    let unknown = op(0, 0, INFINITY, put(0, a()), Response::Unknown("killed".into()));
+    let unknown = op(
+        0,
+        0,
+        INFINITY,
+        put(0, a()),
+        Response::Unknown("killed".into()),
+    );
     // It happened (after it was invoked)...
     let seen = vec![
         unknown.clone(),
-        op(1, 5, 6, Request::Get { key: 0 }, Response::Get { rev: 2, kv: Some(kv(0, a(), 2, 2, 1)) }),
+        op(
+            1,
+            5,
+            6,
+            Request::Get { key: 0 },
+            Response::Get {
+                rev: 2,
+                kv: Some(kv(0, a(), 2, 2, 1)),
+            },
+        ),
     ];
     assert!(linearizable(&seen));
     // ...or never.
-    let unseen = vec![unknown.clone(), op(1, 5, 6, Request::Get { key: 0 }, Response::Get { rev: 1, kv: None })];
+    let unseen = vec![
+        unknown.clone(),
+        op(
+            1,
+            5,
+            6,
+            Request::Get { key: 0 },
+            Response::Get { rev: 1, kv: None },
+        ),
+    ];
     assert!(linearizable(&unseen));
     // But not both: once seen, it cannot un-happen.
     let both = vec![
         unknown.clone(),
-        op(1, 5, 6, Request::Get { key: 0 }, Response::Get { rev: 2, kv: Some(kv(0, a(), 2, 2, 1)) }),
-        op(1, 7, 8, Request::Get { key: 0 }, Response::Get { rev: 1, kv: None }),
+        op(
+            1,
+            5,
+            6,
+            Request::Get { key: 0 },
+            Response::Get {
+                rev: 2,
+                kv: Some(kv(0, a(), 2, 2, 1)),
+            },
+        ),
+        op(
+            1,
+            7,
+            8,
+            Request::Get { key: 0 },
+            Response::Get { rev: 1, kv: None },
+        ),
     ];
     assert!(!linearizable(&both));
     // And not before its invocation.
@@ -159,19 +369,79 @@ fn an_unknown_op_may_or_may_not_have_happened() {
 #[test]
 fn a_lease_revoke_deletes_its_keys_in_one_revision() {
     let lease = 0x77;
-    let grant = op(0, 0, 1, Request::LeaseGrant, Response::LeaseGrant { rev: 1, id: lease });
+    let grant = op(
+        0,
+        0,
+        1,
+        Request::LeaseGrant,
+        Response::LeaseGrant { rev: 1, id: lease },
+    );
     let ops = vec![
         grant.clone(),
-        op(0, 2, 3, Request::Put { key: 0, value: a(), lease }, Response::Put { rev: 2, prev: Some(None) }),
-        op(0, 4, 5, Request::Put { key: 1, value: b(), lease }, Response::Put { rev: 3, prev: Some(None) }),
-        op(0, 6, 7, Request::LeaseRevoke { id: lease }, Response::LeaseRevoke { rev: 4 }),
-        op(0, 8, 9, Request::List, Response::List { rev: 4, kvs: vec![] }),
-        op(0, 10, 11, Request::Put { key: 2, value: value_of(0, 9), lease }, Response::Error(EtcdError::LeaseNotFound)),
+        op(
+            0,
+            2,
+            3,
+            Request::Put {
+                key: 0,
+                value: a(),
+                lease,
+            },
+            Response::Put {
+                rev: 2,
+                prev: Some(None),
+            },
+        ),
+        op(
+            0,
+            4,
+            5,
+            Request::Put {
+                key: 1,
+                value: b(),
+                lease,
+            },
+            Response::Put {
+                rev: 3,
+                prev: Some(None),
+            },
+        ),
+        op(
+            0,
+            6,
+            7,
+            Request::LeaseRevoke { id: lease },
+            Response::LeaseRevoke { rev: 4 },
+        ),
+        op(
+            0,
+            8,
+            9,
+            Request::List,
+            Response::List {
+                rev: 4,
+                kvs: vec![],
+            },
+        ),
+        op(
+            0,
+            10,
+            11,
+            Request::Put {
+                key: 2,
+                value: value_of(0, 9),
+                lease,
+            },
+            Response::Error(EtcdError::LeaseNotFound),
+        ),
     ];
     assert!(linearizable(&ops));
     let mut two_revisions = ops.clone();
     two_revisions[3].resp = Response::LeaseRevoke { rev: 5 };
-    two_revisions[4].resp = Response::List { rev: 5, kvs: vec![] };
+    two_revisions[4].resp = Response::List {
+        rev: 5,
+        kvs: vec![],
+    };
     assert!(!linearizable(&two_revisions));
 }
 
@@ -195,18 +465,47 @@ fn the_search_handles_many_concurrent_ops() {
             version: prev.map_or(1, |p| p.version + 1),
             lease: 0,
         });
-        ops.push(op(0, t, t + 50, put(0, value), Response::Put { rev, prev: Some(prev) }));
+        ops.push(op(
+            0,
+            t,
+            t + 50,
+            put(0, value),
+            Response::Put {
+                rev,
+                prev: Some(prev),
+            },
+        ));
         for c in 1..8 {
             // Half the readers see the old state, half the new.
-            let (r, k) = if c % 2 == 0 { (rev - 1, prev) } else { (rev, cur) };
-            ops.push(op(c, t + 1, t + 49, Request::Get { key: 0 }, Response::Get { rev: r, kv: k }));
+            let (r, k) = if c % 2 == 0 {
+                (rev - 1, prev)
+            } else {
+                (rev, cur)
+            };
+            ops.push(op(
+                c,
+                t + 1,
+                t + 49,
+                Request::Get { key: 0 },
+                Response::Get { rev: r, kv: k },
+            ));
         }
     }
     let checked = check(&ops, &State::new(1), LIMIT);
-    assert!(matches!(checked.outcome, Outcome::Linearizable { .. }), "{:?}", checked.outcome);
-    println!("{} ops in {:?}, {} configurations", checked.ops, checked.elapsed, checked.visited);
+    assert!(
+        matches!(checked.outcome, Outcome::Linearizable { .. }),
+        "{:?}",
+        checked.outcome
+    );
+    println!(
+        "{} ops in {:?}, {} configurations",
+        checked.ops, checked.elapsed, checked.visited
+    );
     // Out of time: "unknown", not a hang and not a verdict.
-    assert!(matches!(check(&ops, &State::new(1), Duration::ZERO).outcome, Outcome::TimedOut));
+    assert!(matches!(
+        check(&ops, &State::new(1), Duration::ZERO).outcome,
+        Outcome::TimedOut
+    ));
 }
 
 // ---------------------------------------------------------------------------
@@ -215,7 +514,12 @@ fn the_search_handles_many_concurrent_ops() {
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn secs(default: u64) -> Duration {
-    Duration::from_secs(std::env::var("LINEARIZABILITY_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(default))
+    Duration::from_secs(
+        std::env::var("LINEARIZABILITY_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default),
+    )
 }
 
 const CHECK_LIMIT: Duration = Duration::from_secs(60);
@@ -231,7 +535,11 @@ fn missing(what: &str) {
 
 fn assert_passed(report: &conformance::linearizability::Report) {
     println!("{}", report.summary());
-    assert!(report.ops > 1000, "too few ops to mean anything: {}", report.ops);
+    assert!(
+        report.ops > 1000,
+        "too few ops to mean anything: {}",
+        report.ops
+    );
     assert!(report.passed(), "{}", report.summary());
 }
 
@@ -239,7 +547,10 @@ fn assert_passed(report: &conformance::linearizability::Report) {
 async fn k3rs_in_process_is_linearizable() {
     let _serial = SERIAL.lock().await;
     let target = conformance::K3rsTarget::start().await.expect("start k3rs");
-    let cfg = Config { duration: secs(15), ..Default::default() };
+    let cfg = Config {
+        duration: secs(15),
+        ..Default::default()
+    };
     let (rec, _) = record(target.endpoint().to_string(), &cfg, None).await;
     let report = verify("k3rs-in-process", &rec, CHECK_LIMIT);
     assert_passed(&report);
@@ -250,11 +561,18 @@ async fn k3rs_survives_kill_9_linearizably() {
     let _serial = SERIAL.lock().await;
     let bin = k3rs_binary();
     if !bin.exists() {
-        missing(&format!("no k3rs binary at {} (run `cargo build -p k3rs` or set K3RS_BIN)", bin.display()));
+        missing(&format!(
+            "no k3rs binary at {} (run `cargo build -p k3rs` or set K3RS_BIN)",
+            bin.display()
+        ));
         return;
     }
     let process = K3rsProcess::start(bin).await.expect("start k3rs");
-    let cfg = Config { duration: secs(15), kills: 2, ..Default::default() };
+    let cfg = Config {
+        duration: secs(15),
+        kills: 2,
+        ..Default::default()
+    };
     let (rec, process) = record(process.endpoint(), &cfg, Some(process)).await;
     drop(process);
     let report = verify("k3rs-kill-9", &rec, CHECK_LIMIT);
@@ -266,11 +584,17 @@ async fn k3rs_survives_kill_9_linearizably() {
 async fn etcd_is_linearizable_under_the_model() {
     let _serial = SERIAL.lock().await;
     if !conformance::target::etcd_binary().exists() {
-        missing(&format!("no etcd at {}", conformance::target::etcd_binary().display()));
+        missing(&format!(
+            "no etcd at {}",
+            conformance::target::etcd_binary().display()
+        ));
         return;
     }
     let target = conformance::EtcdTarget::start().await.expect("start etcd");
-    let cfg = Config { duration: secs(10), ..Default::default() };
+    let cfg = Config {
+        duration: secs(10),
+        ..Default::default()
+    };
     let (rec, _) = record(target.endpoint().to_string(), &cfg, None).await;
     let report = verify("etcd", &rec, CHECK_LIMIT);
     assert_passed(&report);
@@ -282,7 +606,10 @@ async fn etcd_is_linearizable_under_the_model() {
 async fn a_corrupted_real_history_fails_and_is_saved() {
     let _serial = SERIAL.lock().await;
     let target = conformance::K3rsTarget::start().await.expect("start k3rs");
-    let cfg = Config { duration: Duration::from_secs(3), ..Default::default() };
+    let cfg = Config {
+        duration: Duration::from_secs(3),
+        ..Default::default()
+    };
     let (mut rec, _) = record(target.endpoint().to_string(), &cfg, None).await;
     assert!(verify("clean", &rec, CHECK_LIMIT).passed());
 
@@ -300,7 +627,10 @@ async fn a_corrupted_real_history_fails_and_is_saved() {
     let path = report.path.expect("a saved history");
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.contains("minimal violating prefix"), "{text:.2000}");
-    assert!(text.contains(&format!("#{victim} ")), "the stale read is shown");
+    assert!(
+        text.contains(&format!("#{victim} ")),
+        "the stale read is shown"
+    );
     if std::env::var_os("LINEARIZABILITY_KEEP").is_none() {
         std::fs::remove_file(&path).unwrap();
     }
@@ -315,6 +645,13 @@ async fn a_corrupted_real_history_fails_and_is_saved() {
     let report = verify("lost-watch-event", &rec2, CHECK_LIMIT);
     println!("{}", report.summary());
     assert!(report.linearizable);
-    assert!(report.problems.iter().any(|p| p.contains(&format!("revision {}", lost.kv.modr))), "{:?}", report.problems);
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains(&format!("revision {}", lost.kv.modr))),
+        "{:?}",
+        report.problems
+    );
     std::fs::remove_file(report.path.expect("a saved history")).unwrap();
 }

@@ -48,7 +48,9 @@ pub async fn auto_compact(store: Store, interval: std::time::Duration, min_retai
             Ok(_) => tracing::info!(revision = target, "compacted"),
             Err(Error::Compacted) => {}
             Err(Error::Stopped) => return,
-            Err(e) => tracing::warn!(error = %e, revision = target, "compaction failed; retrying next interval"),
+            Err(e) => {
+                tracing::warn!(error = %e, revision = target, "compaction failed; retrying next interval")
+            }
         }
     }
 }

@@ -50,7 +50,11 @@ fn main() -> ExitCode {
     let cases: Vec<_> = conformance::all()
         .into_iter()
         .filter(|c| args.groups.is_empty() || args.groups.iter().any(|g| g == c.group))
-        .filter(|c| args.case.as_ref().is_none_or(|t| c.id().contains(t.as_str())))
+        .filter(|c| {
+            args.case
+                .as_ref()
+                .is_none_or(|t| c.id().contains(t.as_str()))
+        })
         .collect();
     if args.list {
         for c in &cases {
@@ -61,12 +65,19 @@ fn main() -> ExitCode {
             if c.flags.k3rs_only {
                 flags.push("k3rs-only");
             }
-            let flags = if flags.is_empty() { String::new() } else { format!(" [{}]", flags.join(", ")) };
+            let flags = if flags.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", flags.join(", "))
+            };
             println!("{}{flags}", c.id());
         }
         return ExitCode::SUCCESS;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     if args.serve {
         return rt.block_on(serve(&args.targets));
     }
@@ -76,7 +87,14 @@ fn main() -> ExitCode {
     let (passed, failed) = rt.block_on(async {
         let mut specs: Vec<(TargetKind, Option<String>)> = Vec::new();
         for t in &args.targets {
-            specs.push((if t == "etcd" { TargetKind::Etcd } else { TargetKind::K3rs }, None));
+            specs.push((
+                if t == "etcd" {
+                    TargetKind::Etcd
+                } else {
+                    TargetKind::K3rs
+                },
+                None,
+            ));
         }
         for e in &args.endpoints {
             specs.push((TargetKind::Endpoint, Some(e.clone())));
@@ -87,7 +105,9 @@ fn main() -> ExitCode {
         let (mut passed, mut failed) = (0usize, 0usize);
         for (kind, url) in specs {
             let started: Result<Box<dyn Target>, String> = match &url {
-                Some(u) => EndpointTarget::connect(u).await.map(|t| Box::new(t) as Box<dyn Target>),
+                Some(u) => EndpointTarget::connect(u)
+                    .await
+                    .map(|t| Box::new(t) as Box<dyn Target>),
                 None => target::start(kind).await,
             };
             let label = url.clone().unwrap_or_else(|| kind.to_string());
@@ -124,13 +144,21 @@ fn main() -> ExitCode {
         (passed, failed)
     });
     println!("{passed} passed, {failed} failed");
-    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 async fn serve(kinds: &[String]) -> ExitCode {
     let mut up = Vec::new();
     for k in kinds {
-        let kind = if k == "etcd" { TargetKind::Etcd } else { TargetKind::K3rs };
+        let kind = if k == "etcd" {
+            TargetKind::Etcd
+        } else {
+            TargetKind::K3rs
+        };
         match target::start(kind).await {
             Ok(t) => {
                 println!("{kind} at {}", t.endpoint());
@@ -148,7 +176,10 @@ async fn serve(kinds: &[String]) -> ExitCode {
 }
 
 async fn diff() -> ExitCode {
-    let (etcd, k3rs) = match (target::start(TargetKind::Etcd).await, target::start(TargetKind::K3rs).await) {
+    let (etcd, k3rs) = match (
+        target::start(TargetKind::Etcd).await,
+        target::start(TargetKind::K3rs).await,
+    ) {
         (Ok(e), Ok(k)) => (e, k),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("could not start a server: {e}");
@@ -156,17 +187,29 @@ async fn diff() -> ExitCode {
         }
     };
     let bare = |t: &dyn Target| t.endpoint().trim_start_matches("http://").to_string();
-    match conformance::diff::etcdctl_differential(&bare(etcd.as_ref()), &bare(k3rs.as_ref())).await {
+    match conformance::diff::etcdctl_differential(&bare(etcd.as_ref()), &bare(k3rs.as_ref())).await
+    {
         Err(e) => {
             eprintln!("etcdctl: {e}");
             ExitCode::FAILURE
         }
         Ok((steps, mismatches)) => {
             for m in &mismatches {
-                println!("FAIL {}\n--- etcd\n{}--- k3rs\n{}", m.command, m.expected, m.observed);
+                println!(
+                    "FAIL {}\n--- etcd\n{}--- k3rs\n{}",
+                    m.command, m.expected, m.observed
+                );
             }
-            println!("{} passed, {} failed", steps - mismatches.len(), mismatches.len());
-            if mismatches.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            println!(
+                "{} passed, {} failed",
+                steps - mismatches.len(),
+                mismatches.len()
+            );
+            if mismatches.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

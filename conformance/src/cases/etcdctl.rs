@@ -22,8 +22,13 @@ pub struct Output {
 
 /// Runs etcdctl with `args` (and `stdin`) against the target.
 pub async fn etcdctl(cx: &Ctx, args: &[&str], stdin: Option<&str>) -> Result<Output, Failure> {
-    let bin = std::env::var("CONFORMANCE_ETCDCTL").unwrap_or_else(|_| DEFAULT_ETCDCTL_BIN.to_string());
-    cx.note(format!("etcdctl {}{}", args.join(" "), stdin.map(|s| format!(" <<< {s:?}")).unwrap_or_default()));
+    let bin =
+        std::env::var("CONFORMANCE_ETCDCTL").unwrap_or_else(|_| DEFAULT_ETCDCTL_BIN.to_string());
+    cx.note(format!(
+        "etcdctl {}{}",
+        args.join(" "),
+        stdin.map(|s| format!(" <<< {s:?}")).unwrap_or_default()
+    ));
     let mut cmd = tokio::process::Command::new(&bin);
     cmd.env("ETCDCTL_API", "3");
     // A repeated --endpoints adds to the list: give the default only when
@@ -34,15 +39,23 @@ pub async fn etcdctl(cx: &Ctx, args: &[&str], stdin: Option<&str>) -> Result<Out
     cmd.arg("--dial-timeout=3s")
         .arg("--command-timeout=5s")
         .args(args)
-        .stdin(if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
+        .stdin(if stdin.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|e| cx.fail("etcdctl runs", "spawned", format!("{bin}: {e}")))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| cx.fail("etcdctl runs", "spawned", format!("{bin}: {e}")))?;
     if let Some(input) = stdin {
         use tokio::io::AsyncWriteExt;
         let mut pipe = child.stdin.take().expect("piped");
-        pipe.write_all(input.as_bytes()).await.map_err(|e| cx.fail("etcdctl stdin", "written", e.to_string()))?;
+        pipe.write_all(input.as_bytes())
+            .await
+            .map_err(|e| cx.fail("etcdctl stdin", "written", e.to_string()))?;
         drop(pipe);
     }
     let out = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait_with_output())
@@ -60,7 +73,11 @@ pub async fn etcdctl(cx: &Ctx, args: &[&str], stdin: Option<&str>) -> Result<Out
 async fn expect(cx: &Ctx, args: &[&str], stdin: Option<&str>, want: &str) -> CaseResult {
     let out = etcdctl(cx, args, stdin).await?;
     if !out.success {
-        return Err(cx.fail("etcdctl succeeds", want, format!("failed: {}{}", out.stdout, out.stderr)));
+        return Err(cx.fail(
+            "etcdctl succeeds",
+            want,
+            format!("failed: {}{}", out.stdout, out.stderr),
+        ));
     }
     cx.eq("stdout", want, out.stdout.as_str())
 }
@@ -71,9 +88,14 @@ async fn json(cx: &Ctx, args: &[&str]) -> Result<Value, Failure> {
     all.extend(["-w", "json"]);
     let out = etcdctl(cx, &all, None).await?;
     if !out.success {
-        return Err(cx.fail("etcdctl succeeds", "json", format!("failed: {}{}", out.stdout, out.stderr)));
+        return Err(cx.fail(
+            "etcdctl succeeds",
+            "json",
+            format!("failed: {}{}", out.stdout, out.stderr),
+        ));
     }
-    serde_json::from_str(&out.stdout).map_err(|e| cx.fail("stdout is json", "json", format!("{e}: {}", out.stdout)))
+    serde_json::from_str(&out.stdout)
+        .map_err(|e| cx.fail("stdout is json", "json", format!("{e}: {}", out.stdout)))
 }
 
 /// Drops the header fields that legitimately differ between servers.
@@ -91,7 +113,10 @@ fn b64(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = String::new();
     for chunk in b.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &c)| n | (c as u32) << (16 - 8 * i));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &c)| n | (c as u32) << (16 - 8 * i));
         for i in 0..4 {
             if i <= chunk.len() {
                 out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
@@ -114,7 +139,13 @@ pub async fn put_and_get(cx: Ctx) -> CaseResult {
     expect(&cx, &["put", &k, "v1"], None, "OK\n").await?;
     expect(&cx, &["get", &k], None, &format!("{k}\nv1\n")).await?;
     expect(&cx, &["get", &k, "--print-value-only"], None, "v1\n").await?;
-    expect(&cx, &["put", &k, "v2", "--prev-kv"], None, &format!("OK\n{k}\nv1\n")).await?;
+    expect(
+        &cx,
+        &["put", &k, "v2", "--prev-kv"],
+        None,
+        &format!("OK\n{k}\nv1\n"),
+    )
+    .await?;
     expect(&cx, &["get", &key(&cx, "missing")], None, "").await
 }
 
@@ -132,7 +163,11 @@ pub async fn get_json(cx: Ctx) -> CaseResult {
     });
     cx.eq("get -w json", want, got)?;
     let got = mask(json(&cx, &["get", &key(&cx, "missing")]).await?);
-    cx.eq("get missing -w json", json!({"header": {"revision": r0 + 2}}), got)
+    cx.eq(
+        "get missing -w json",
+        json!({"header": {"revision": r0 + 2}}),
+        got,
+    )
 }
 
 /// get --prefix with --limit, --sort-by, --order, --keys-only, --rev.
@@ -143,8 +178,20 @@ pub async fn get_prefix_options(cx: Ctx) -> CaseResult {
     expect(&cx, &["put", &b, "2"], None, "OK\n").await?;
     expect(&cx, &["put", &c, "1"], None, "OK\n").await?;
     expect(&cx, &["put", &a, "3"], None, "OK\n").await?;
-    expect(&cx, &["get", &p, "--prefix"], None, &format!("{a}\n3\n{b}\n2\n{c}\n1\n")).await?;
-    expect(&cx, &["get", &p, "--prefix", "--limit=2"], None, &format!("{a}\n3\n{b}\n2\n")).await?;
+    expect(
+        &cx,
+        &["get", &p, "--prefix"],
+        None,
+        &format!("{a}\n3\n{b}\n2\n{c}\n1\n"),
+    )
+    .await?;
+    expect(
+        &cx,
+        &["get", &p, "--prefix", "--limit=2"],
+        None,
+        &format!("{a}\n3\n{b}\n2\n"),
+    )
+    .await?;
     expect(
         &cx,
         &["get", &p, "--prefix", "--sort-by=KEY", "--order=DESCEND"],
@@ -161,14 +208,39 @@ pub async fn get_prefix_options(cx: Ctx) -> CaseResult {
     .await?;
     expect(
         &cx,
-        &["get", &p, "--prefix", "--sort-by=CREATE", "--order=DESCEND", "--limit=1"],
+        &[
+            "get",
+            &p,
+            "--prefix",
+            "--sort-by=CREATE",
+            "--order=DESCEND",
+            "--limit=1",
+        ],
         None,
         &format!("{a}\n3\n"),
     )
     .await?;
-    expect(&cx, &["get", &p, "--prefix", "--sort-by=MODIFY"], None, &format!("{b}\n2\n{c}\n1\n{a}\n3\n")).await?;
-    expect(&cx, &["get", &p, "--prefix", "--keys-only"], None, &format!("{a}\n\n{b}\n\n{c}\n\n")).await?;
-    expect(&cx, &["get", &p, "--prefix", &format!("--rev={}", r0 + 2)], None, &format!("{b}\n2\n{c}\n1\n")).await?;
+    expect(
+        &cx,
+        &["get", &p, "--prefix", "--sort-by=MODIFY"],
+        None,
+        &format!("{b}\n2\n{c}\n1\n{a}\n3\n"),
+    )
+    .await?;
+    expect(
+        &cx,
+        &["get", &p, "--prefix", "--keys-only"],
+        None,
+        &format!("{a}\n\n{b}\n\n{c}\n\n"),
+    )
+    .await?;
+    expect(
+        &cx,
+        &["get", &p, "--prefix", &format!("--rev={}", r0 + 2)],
+        None,
+        &format!("{b}\n2\n{c}\n1\n"),
+    )
+    .await?;
     expect(&cx, &["get", &a, &c], None, &format!("{a}\n3\n{b}\n2\n")).await?;
     let got = mask(json(&cx, &["get", &p, "--prefix", "--limit=1", "--keys-only"]).await?);
     let want = json!({
@@ -188,7 +260,13 @@ pub async fn del(cx: Ctx) -> CaseResult {
     }
     expect(&cx, &["del", &key(&cx, "a")], None, "1\n").await?;
     expect(&cx, &["del", &key(&cx, "a")], None, "0\n").await?;
-    expect(&cx, &["del", &key(&cx, "b"), "--prev-kv"], None, &format!("1\n{}\nb\n", key(&cx, "b"))).await?;
+    expect(
+        &cx,
+        &["del", &key(&cx, "b"), "--prev-kv"],
+        None,
+        &format!("1\n{}\nb\n", key(&cx, "b")),
+    )
+    .await?;
     expect(&cx, &["del", &key(&cx, ""), "--prefix"], None, "1\n").await?;
     cx.eq("revision", r0 + 6, cx.rev().await?)
 }
@@ -198,9 +276,17 @@ pub async fn txn(cx: Ctx) -> CaseResult {
     let r0 = cx.rev().await?;
     let (a, b) = (key(&cx, "a"), key(&cx, "b"));
     expect(&cx, &["put", &a, "1"], None, "OK\n").await?;
-    let script =
-        format!("value(\"{a}\") = \"1\"\nmod(\"{a}\") = \"{}\"\n\nput {b} yes\nget {a}\n\nput {b} no\n\n", r0 + 1);
-    expect(&cx, &["txn"], Some(&script), &format!("SUCCESS\n\nOK\n\n{a}\n1\n")).await?;
+    let script = format!(
+        "value(\"{a}\") = \"1\"\nmod(\"{a}\") = \"{}\"\n\nput {b} yes\nget {a}\n\nput {b} no\n\n",
+        r0 + 1
+    );
+    expect(
+        &cx,
+        &["txn"],
+        Some(&script),
+        &format!("SUCCESS\n\nOK\n\n{a}\n1\n"),
+    )
+    .await?;
     expect(&cx, &["get", &b, "--print-value-only"], None, "yes\n").await?;
     let script = format!("version(\"{a}\") > \"5\"\n\nput {b} yes\n\nput {b} no\ndel {a}\n\n");
     expect(&cx, &["txn"], Some(&script), "FAILURE\n\nOK\n\n1\n").await?;
@@ -214,19 +300,27 @@ pub async fn compaction(cx: Ctx) -> CaseResult {
     expect(&cx, &["put", &k, "1"], None, "OK\n").await?;
     expect(&cx, &["put", &k, "2"], None, "OK\n").await?;
     let rev = cx.rev().await?;
-    expect(&cx, &["compaction", &rev.to_string()], None, &format!("compacted revision {rev}\n")).await?;
+    expect(
+        &cx,
+        &["compaction", &rev.to_string()],
+        None,
+        &format!("compacted revision {rev}\n"),
+    )
+    .await?;
     let out = etcdctl(&cx, &["get", &k, &format!("--rev={}", rev - 1)], None).await?;
     cx.eq("get below compaction fails", false, out.success)?;
     cx.check(
         "stderr names the compaction",
-        out.stderr.contains("etcdserver: mvcc: required revision has been compacted"),
+        out.stderr
+            .contains("etcdserver: mvcc: required revision has been compacted"),
         &out.stderr,
     )?;
     let out = etcdctl(&cx, &["compaction", &(rev + 100).to_string()], None).await?;
     cx.eq("compaction in the future fails", false, out.success)?;
     cx.check(
         "stderr names the future revision",
-        out.stderr.contains("etcdserver: mvcc: required revision is a future revision"),
+        out.stderr
+            .contains("etcdserver: mvcc: required revision is a future revision"),
         &out.stderr,
     )
 }
@@ -241,9 +335,21 @@ pub async fn endpoint_status(cx: Ctx) -> CaseResult {
     let s = &v[0]["Status"];
     cx.eq("Endpoint", json!(bare), v[0]["Endpoint"].clone())?;
     cx.eq("revision", json!(rev), s["header"]["revision"].clone())?;
-    cx.eq("leader is the member", s["header"]["member_id"].clone(), s["leader"].clone())?;
-    cx.check("version is a string", s["version"].as_str().is_some_and(|v| v.starts_with("3.")), &s["version"])?;
-    cx.check("dbSize > 0", s["dbSize"].as_i64().is_some_and(|n| n > 0), &s["dbSize"])?;
+    cx.eq(
+        "leader is the member",
+        s["header"]["member_id"].clone(),
+        s["leader"].clone(),
+    )?;
+    cx.check(
+        "version is a string",
+        s["version"].as_str().is_some_and(|v| v.starts_with("3.")),
+        &s["version"],
+    )?;
+    cx.check(
+        "dbSize > 0",
+        s["dbSize"].as_i64().is_some_and(|n| n > 0),
+        &s["dbSize"],
+    )?;
     let table = etcdctl(&cx, &[e.as_str(), "endpoint", "status"], None).await?;
     cx.check(
         "simple output names the endpoint",
@@ -266,19 +372,28 @@ pub async fn per_endpoint_calls(cx: Ctx) -> CaseResult {
     for ep in [cx.endpoint.clone(), bare] {
         let e = format!("--endpoints={ep}");
         let scheme_in_authority = ep.starts_with("http://");
-        for args in
-            [vec![e.as_str(), "defrag"], vec![e.as_str(), "endpoint", "hashkv"], vec![e.as_str(), "endpoint", "status"]]
-        {
+        for args in [
+            vec![e.as_str(), "defrag"],
+            vec![e.as_str(), "endpoint", "hashkv"],
+            vec![e.as_str(), "endpoint", "status"],
+        ] {
             let out = etcdctl(&cx, &args, None).await?;
             if scheme_in_authority && cx.kind == crate::target::TargetKind::K3rs {
                 cx.check(
-                    &format!("etcdctl {} fails on k3rs (FIXME: h2 rejects the authority)", args.join(" ")),
+                    &format!(
+                        "etcdctl {} fails on k3rs (FIXME: h2 rejects the authority)",
+                        args.join(" ")
+                    ),
                     !out.success && out.stderr.contains("PROTOCOL_ERROR"),
                     (&out.stdout, &out.stderr),
                 )?;
                 continue;
             }
-            cx.check(&format!("etcdctl {} succeeds", args.join(" ")), out.success, (&out.stdout, &out.stderr))?;
+            cx.check(
+                &format!("etcdctl {} succeeds", args.join(" ")),
+                out.success,
+                (&out.stdout, &out.stderr),
+            )?;
         }
     }
     Ok(())
@@ -305,29 +420,73 @@ pub async fn member_list(cx: Ctx) -> CaseResult {
         ("started", "default", cx.endpoint.as_str(), "false"),
         (fields[1], fields[2], fields[4], fields[5]),
     )?;
-    cx.check("hex id", u64::from_str_radix(fields[0], 16).is_ok(), fields[0])
+    cx.check(
+        "hex id",
+        u64::from_str_radix(fields[0], 16).is_ok(),
+        fields[0],
+    )
 }
 
 /// lease grant, put --lease, timetolive --keys, list, keep-alive --once,
 /// revoke.
 pub async fn lease(cx: Ctx) -> CaseResult {
     let out = etcdctl(&cx, &["lease", "grant", "100"], None).await?;
-    let id = out.stdout.split_whitespace().nth(1).unwrap_or_default().to_string();
-    cx.eq("grant output", format!("lease {id} granted with TTL(100s)\n"), out.stdout.clone())?;
+    let id = out
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    cx.eq(
+        "grant output",
+        format!("lease {id} granted with TTL(100s)\n"),
+        out.stdout.clone(),
+    )?;
     let k = key(&cx, "a");
-    expect(&cx, &["put", &k, "v", &format!("--lease={id}")], None, "OK\n").await?;
+    expect(
+        &cx,
+        &["put", &k, "v", &format!("--lease={id}")],
+        None,
+        "OK\n",
+    )
+    .await?;
     let out = etcdctl(&cx, &["lease", "timetolive", &id, "--keys"], None).await?;
     cx.check(
         "timetolive names the lease, granted TTL and key",
-        out.stdout.starts_with(&format!("lease {id} granted with TTL(100s), remaining("))
-            && out.stdout.trim_end().ends_with(&format!("attached keys([{k}])")),
+        out.stdout
+            .starts_with(&format!("lease {id} granted with TTL(100s), remaining("))
+            && out
+                .stdout
+                .trim_end()
+                .ends_with(&format!("attached keys([{k}])")),
         &out.stdout,
     )?;
     let out = etcdctl(&cx, &["lease", "list"], None).await?;
-    cx.check("list names the lease", out.stdout.lines().any(|l| l == id), &out.stdout)?;
-    expect(&cx, &["lease", "keep-alive", "--once", &id], None, &format!("lease {id} keepalived with TTL(100)\n"))
-        .await?;
-    expect(&cx, &["lease", "revoke", &id], None, &format!("lease {id} revoked\n")).await?;
+    cx.check(
+        "list names the lease",
+        out.stdout.lines().any(|l| l == id),
+        &out.stdout,
+    )?;
+    expect(
+        &cx,
+        &["lease", "keep-alive", "--once", &id],
+        None,
+        &format!("lease {id} keepalived with TTL(100)\n"),
+    )
+    .await?;
+    expect(
+        &cx,
+        &["lease", "revoke", &id],
+        None,
+        &format!("lease {id} revoked\n"),
+    )
+    .await?;
     expect(&cx, &["get", &k], None, "").await?;
-    expect(&cx, &["lease", "timetolive", &id], None, &format!("lease {id} already expired\n")).await
+    expect(
+        &cx,
+        &["lease", "timetolive", &id],
+        None,
+        &format!("lease {id} already expired\n"),
+    )
+    .await
 }

@@ -13,15 +13,38 @@ use crate::case::*;
 /// mod_revision, and a missing object still reports the current revision.
 pub async fn get_object(cx: Ctx) -> CaseResult {
     let r0 = cx.rev().await?;
-    let r = cx.ok(RangeRequest { limit: 1, ..get(cx.k("pods/ns/missing")) }).await?;
-    cx.eq("missing: (kvs, count, more)", (0, 0, false), (r.kvs.len(), r.count, r.more))?;
+    let r = cx
+        .ok(RangeRequest {
+            limit: 1,
+            ..get(cx.k("pods/ns/missing"))
+        })
+        .await?;
+    cx.eq(
+        "missing: (kvs, count, more)",
+        (0, 0, false),
+        (r.kvs.len(), r.count, r.more),
+    )?;
     cx.eq("missing: header.revision", r0, hrev(&r.header))?;
     cx.put("pods/ns/p1", "{}").await?;
-    let r = cx.ok(RangeRequest { limit: 1, ..get(cx.k("pods/ns/p1")) }).await?;
-    cx.eq("found", vec![kv(cx.k("pods/ns/p1"), "{}", r0 + 1, r0 + 1, 1)], r.kvs)?;
+    let r = cx
+        .ok(RangeRequest {
+            limit: 1,
+            ..get(cx.k("pods/ns/p1"))
+        })
+        .await?;
+    cx.eq(
+        "found",
+        vec![kv(cx.k("pods/ns/p1"), "{}", r0 + 1, r0 + 1, 1)],
+        r.kvs,
+    )?;
     cx.eq("found: (count, more)", (1, false), (r.count, r.more))?;
     // GetCurrentResourceVersion: a range on the resource prefix, header only.
-    let r = cx.ok(RangeRequest { limit: 1, ..get(cx.k("pods")) }).await?;
+    let r = cx
+        .ok(RangeRequest {
+            limit: 1,
+            ..get(cx.k("pods"))
+        })
+        .await?;
     cx.eq("current resource version", r0 + 1, hrev(&r.header))
 }
 
@@ -60,14 +83,34 @@ pub async fn paged_list(cx: Ctx) -> CaseResult {
         vec![cx.k("pods/p2"), cx.k("pods/p3")],
         second.kvs.iter().map(|k| k.key.clone()).collect::<Vec<_>>(),
     )?;
-    cx.eq("page 2 value at rv", Bytes::from_static(b"v2"), second.kvs[0].value.clone())?;
-    cx.eq("page 2 (count, more)", (3, true), (second.count, second.more))?;
-    cx.eq("page 2 header.revision is current", rv + 2, hrev(&second.header))?;
+    cx.eq(
+        "page 2 value at rv",
+        Bytes::from_static(b"v2"),
+        second.kvs[0].value.clone(),
+    )?;
+    cx.eq(
+        "page 2 (count, more)",
+        (3, true),
+        (second.count, second.more),
+    )?;
+    cx.eq(
+        "page 2 header.revision is current",
+        rv + 2,
+        hrev(&second.header),
+    )?;
     let mut cont = second.kvs[1].key.to_vec();
     cont.push(0);
     let third = cx.ok(page(cont.into(), rv)).await?;
-    cx.eq("page 3 keys", vec![cx.k("pods/p4")], third.kvs.iter().map(|k| k.key.clone()).collect::<Vec<_>>())?;
-    cx.eq("page 3 (count, more)", (1, false), (third.count, third.more))
+    cx.eq(
+        "page 3 keys",
+        vec![cx.k("pods/p4")],
+        third.kvs.iter().map(|k| k.key.clone()).collect::<Vec<_>>(),
+    )?;
+    cx.eq(
+        "page 3 (count, more)",
+        (1, false),
+        (third.count, third.more),
+    )
 }
 
 /// A continue token whose revision was compacted: 410 Gone, from
@@ -77,15 +120,31 @@ pub async fn paged_list_compacted(cx: Ctx) -> CaseResult {
     for i in 0..3 {
         cx.put(&format!("pods/p{i}"), "v").await?;
     }
-    let first =
-        cx.ok(RangeRequest { key: pre.clone(), range_end: prefix_end(&pre), limit: 1, ..Default::default() }).await?;
+    let first = cx
+        .ok(RangeRequest {
+            key: pre.clone(),
+            range_end: prefix_end(&pre),
+            limit: 1,
+            ..Default::default()
+        })
+        .await?;
     let rv = hrev(&first.header);
     cx.put("pods/p0", "v2").await?;
-    cx.ok(CompactionRequest { revision: rv + 1, physical: false }).await?;
+    cx.ok(CompactionRequest {
+        revision: rv + 1,
+        physical: false,
+    })
+    .await?;
     let mut cont = first.kvs[0].key.to_vec();
     cont.push(0);
     cx.err(
-        RangeRequest { key: cont.into(), range_end: prefix_end(&pre), limit: 1, revision: rv, ..Default::default() },
+        RangeRequest {
+            key: cont.into(),
+            range_end: prefix_end(&pre),
+            limit: 1,
+            revision: rv,
+            ..Default::default()
+        },
         errors::COMPACTED,
     )
     .await
@@ -97,26 +156,53 @@ pub async fn count_and_estimate(cx: Ctx) -> CaseResult {
     for i in 0..4 {
         cx.put(&format!("secrets/s{i}"), "0123456789").await?;
     }
-    let r = cx.ok(RangeRequest { count_only: true, ..range(pre.clone(), prefix_end(&pre)) }).await?;
+    let r = cx
+        .ok(RangeRequest {
+            count_only: true,
+            ..range(pre.clone(), prefix_end(&pre))
+        })
+        .await?;
     cx.eq("count", (4, 0), (r.count, r.kvs.len()))?;
-    let r = cx.ok(RangeRequest { keys_only: true, ..range(pre.clone(), prefix_end(&pre)) }).await?;
+    let r = cx
+        .ok(RangeRequest {
+            keys_only: true,
+            ..range(pre.clone(), prefix_end(&pre))
+        })
+        .await?;
     cx.eq("keys_only: kvs", 4, r.kvs.len())?;
-    cx.check("keys_only: no values", r.kvs.iter().all(|k| k.value.is_empty()), &r.kvs)
+    cx.check(
+        "keys_only: no values",
+        r.kvs.iter().all(|k| k.value.is_empty()),
+        &r.kvs,
+    )
 }
 
 /// Create: `Txn{[MOD(key) = 0], [Put]}`; the header revision is the new
 /// object's resourceVersion. A second create fails with no responses.
 pub async fn create(cx: Ctx) -> CaseResult {
     let key = cx.k("configmaps/ns/c1");
-    let create =
-        || txn(vec![cmp(key.clone(), Cr::Equal, Ct::Mod, Tv::Mod(0))], vec![op_put(put(key.clone(), "obj"))], vec![]);
+    let create = || {
+        txn(
+            vec![cmp(key.clone(), Cr::Equal, Ct::Mod, Tv::Mod(0))],
+            vec![op_put(put(key.clone(), "obj"))],
+            vec![],
+        )
+    };
     let t = cx.ok(create()).await?;
     cx.eq("succeeded", true, t.succeeded)?;
     let rv = hrev(&t.header);
     let got = cx.ok(get(key.clone())).await?;
-    cx.eq("resourceVersion = mod_revision", rv, got.kvs[0].mod_revision)?;
+    cx.eq(
+        "resourceVersion = mod_revision",
+        rv,
+        got.kvs[0].mod_revision,
+    )?;
     let t = cx.ok(create()).await?;
-    cx.eq("second create: (succeeded, responses)", (false, 0), (t.succeeded, t.responses.len()))?;
+    cx.eq(
+        "second create: (succeeded, responses)",
+        (false, 0),
+        (t.succeeded, t.responses.len()),
+    )?;
     cx.eq("second create: header.revision", rv, hrev(&t.header))
 }
 
@@ -124,7 +210,10 @@ pub async fn create(cx: Ctx) -> CaseResult {
 /// current object back from the failure branch.
 pub async fn guaranteed_update(cx: Ctx) -> CaseResult {
     let key = cx.k("pods/ns/u1");
-    let rv1 = cx.ok(put(key.clone(), "v1")).await.map(|p| hrev(&p.header))?;
+    let rv1 = cx
+        .ok(put(key.clone(), "v1"))
+        .await
+        .map(|p| hrev(&p.header))?;
     let update = |rv: i64, v: &'static str| {
         txn(
             vec![cmp(key.clone(), Cr::Equal, Ct::Mod, Tv::Mod(rv))],
@@ -139,10 +228,18 @@ pub async fn guaranteed_update(cx: Ctx) -> CaseResult {
     let t = cx.ok(update(rv1, "v3")).await?;
     cx.eq("stale update: succeeded", false, t.succeeded)?;
     match &t.responses.first().and_then(|r| r.response.clone()) {
-        Some(R::ResponseRange(r)) => {
-            cx.eq("stale update: current object", vec![kv(key.clone(), "v2", rv1, rv2, 2)], r.kvs.clone())?
+        Some(R::ResponseRange(r)) => cx.eq(
+            "stale update: current object",
+            vec![kv(key.clone(), "v2", rv1, rv2, 2)],
+            r.kvs.clone(),
+        )?,
+        other => {
+            return Err(cx.fail(
+                "failure branch range",
+                "ResponseRange",
+                format!("{other:?}"),
+            ));
         }
-        other => return Err(cx.fail("failure branch range", "ResponseRange", format!("{other:?}"))),
     }
     cx.eq("stale update: header.revision", rv2, hrev(&t.header))
 }
@@ -150,7 +247,10 @@ pub async fn guaranteed_update(cx: Ctx) -> CaseResult {
 /// Delete: `Txn{[MOD(key) = rv], [DeleteRange key], [Range key]}`.
 pub async fn conditional_delete(cx: Ctx) -> CaseResult {
     let key = cx.k("pods/ns/d1");
-    let rv1 = cx.ok(put(key.clone(), "v1")).await.map(|p| hrev(&p.header))?;
+    let rv1 = cx
+        .ok(put(key.clone(), "v1"))
+        .await
+        .map(|p| hrev(&p.header))?;
     let delete = |rv: i64| {
         txn(
             vec![cmp(key.clone(), Cr::Equal, Ct::Mod, Tv::Mod(rv))],
@@ -162,14 +262,26 @@ pub async fn conditional_delete(cx: Ctx) -> CaseResult {
     cx.eq("stale delete: succeeded", false, t.succeeded)?;
     match &t.responses.first().and_then(|r| r.response.clone()) {
         Some(R::ResponseRange(r)) => cx.eq("stale delete: object", 1, r.kvs.len())?,
-        other => return Err(cx.fail("failure branch range", "ResponseRange", format!("{other:?}"))),
+        other => {
+            return Err(cx.fail(
+                "failure branch range",
+                "ResponseRange",
+                format!("{other:?}"),
+            ));
+        }
     }
     let t = cx.ok(delete(rv1)).await?;
     cx.eq("delete: succeeded", true, t.succeeded)?;
     cx.eq("delete: revision", rv1 + 1, hrev(&t.header))?;
     match &t.responses.first().and_then(|r| r.response.clone()) {
         Some(R::ResponseDeleteRange(d)) => cx.eq("deleted", 1, d.deleted)?,
-        other => return Err(cx.fail("success branch delete", "ResponseDeleteRange", format!("{other:?}"))),
+        other => {
+            return Err(cx.fail(
+                "success branch delete",
+                "ResponseDeleteRange",
+                format!("{other:?}"),
+            ));
+        }
     }
     cx.eq("gone", 0, cx.ok(get(key.clone())).await?.count)
 }
@@ -188,22 +300,51 @@ pub async fn compactor(cx: Ctx) -> CaseResult {
     let rev = cx.put("pods/a", "1").await?;
     let t = cx.ok(cas(0, rev)).await?;
     cx.eq("first CAS: succeeded", true, t.succeeded)?;
-    cx.ok(CompactionRequest { revision: rev, physical: false }).await?;
+    cx.ok(CompactionRequest {
+        revision: rev,
+        physical: false,
+    })
+    .await?;
     // Another apiserver lost the race with an old version.
     let t = cx.ok(cas(0, rev)).await?;
     cx.eq("stale CAS: succeeded", false, t.succeeded)?;
     match &t.responses.first().and_then(|r| r.response.clone()) {
         Some(R::ResponseRange(r)) => {
-            cx.eq("stale CAS: version", Some(1), r.kvs.first().map(|k| k.version))?;
-            cx.eq("stale CAS: value", Some(Bytes::from(rev.to_string())), r.kvs.first().map(|k| k.value.clone()))?;
+            cx.eq(
+                "stale CAS: version",
+                Some(1),
+                r.kvs.first().map(|k| k.version),
+            )?;
+            cx.eq(
+                "stale CAS: value",
+                Some(Bytes::from(rev.to_string())),
+                r.kvs.first().map(|k| k.value.clone()),
+            )?;
         }
-        other => return Err(cx.fail("failure branch range", "ResponseRange", format!("{other:?}"))),
+        other => {
+            return Err(cx.fail(
+                "failure branch range",
+                "ResponseRange",
+                format!("{other:?}"),
+            ));
+        }
     }
     let rev2 = cx.put("pods/a", "2").await?;
     let t = cx.ok(cas(1, rev2)).await?;
     cx.eq("second CAS: succeeded", true, t.succeeded)?;
-    cx.ok(CompactionRequest { revision: rev2, physical: false }).await?;
-    cx.err(RangeRequest { revision: rev2 - 1, ..get(cx.k("pods/a")) }, errors::COMPACTED).await
+    cx.ok(CompactionRequest {
+        revision: rev2,
+        physical: false,
+    })
+    .await?;
+    cx.err(
+        RangeRequest {
+            revision: rev2 - 1,
+            ..get(cx.k("pods/a"))
+        },
+        errors::COMPACTED,
+    )
+    .await
 }
 
 /// The health probe reads `<prefix>/health`; a missing key is healthy.

@@ -17,10 +17,22 @@ fn semver(v: &str) -> Option<(u64, u64, u64)> {
 pub async fn status(cx: Ctx) -> CaseResult {
     let r0 = cx.rev().await?;
     let s = cx.ok(StatusRequest {}).await?;
-    cx.check("version is semver", semver(&s.version).is_some(), &s.version)?;
-    cx.check("version is 3.x", semver(&s.version).is_some_and(|v| v.0 == 3), &s.version)?;
+    cx.check(
+        "version is semver",
+        semver(&s.version).is_some(),
+        &s.version,
+    )?;
+    cx.check(
+        "version is 3.x",
+        semver(&s.version).is_some_and(|v| v.0 == 3),
+        &s.version,
+    )?;
     cx.check("db_size > 0", s.db_size > 0, s.db_size)?;
-    cx.check("db_size_in_use <= db_size", s.db_size_in_use <= s.db_size, (s.db_size_in_use, s.db_size))?;
+    cx.check(
+        "db_size_in_use <= db_size",
+        s.db_size_in_use <= s.db_size,
+        (s.db_size_in_use, s.db_size),
+    )?;
     let member = s.header.as_ref().map_or(0, |h| h.member_id);
     cx.eq("leader is this member", member, s.leader)?;
     cx.check("raft_term > 0", s.raft_term > 0, s.raft_term)?;
@@ -30,13 +42,21 @@ pub async fn status(cx: Ctx) -> CaseResult {
     cx.put("a", "1").await?;
     let s2 = cx.ok(StatusRequest {}).await?;
     cx.eq("header.revision after a write", r0 + 1, hrev(&s2.header))?;
-    cx.check("raft index advances with writes", s2.raft_index > s.raft_index, (s.raft_index, s2.raft_index))
+    cx.check(
+        "raft index advances with writes",
+        s2.raft_index > s.raft_index,
+        (s.raft_index, s2.raft_index),
+    )
 }
 
 /// MemberList: one member, this one, with its client URL; the header has
 /// no revision.
 pub async fn member_list(cx: Ctx) -> CaseResult {
-    let m = cx.ok(MemberListRequest { linearizable: false }).await?;
+    let m = cx
+        .ok(MemberListRequest {
+            linearizable: false,
+        })
+        .await?;
     cx.eq("members", 1, m.members.len())?;
     // The Cluster service fills ids and term but not the revision.
     cx.eq("header.revision", 0, hrev(&m.header))?;
@@ -44,14 +64,24 @@ pub async fn member_list(cx: Ctx) -> CaseResult {
     let member = m.header.as_ref().map_or(0, |h| h.member_id);
     cx.eq("id is the header's member_id", member, me.id)?;
     cx.eq("name", "default", me.name.as_str())?;
-    cx.eq("client URLs", vec![cx.endpoint.clone()], me.client_ur_ls.clone())?;
+    cx.eq(
+        "client URLs",
+        vec![cx.endpoint.clone()],
+        me.client_ur_ls.clone(),
+    )?;
     cx.eq("peer URLs", 1, me.peer_ur_ls.len())?;
     cx.eq("is_learner", false, me.is_learner)
 }
 
 /// Alarm GET on a healthy server lists nothing.
 pub async fn alarm_list_empty(cx: Ctx) -> CaseResult {
-    let a = cx.ok(AlarmRequest { action: 0, member_id: 0, alarm: 0 }).await?;
+    let a = cx
+        .ok(AlarmRequest {
+            action: 0,
+            member_id: 0,
+            alarm: 0,
+        })
+        .await?;
     cx.eq("alarms", 0, a.alarms.len())
 }
 
@@ -60,7 +90,11 @@ pub async fn defragment(cx: Ctx) -> CaseResult {
     let rev = cx.put("a", "1").await?;
     // etcd 3.4 answers without a header; newer versions fill it.
     cx.ok(DefragmentRequest {}).await?;
-    cx.eq("a", Some(kv(cx.k("a"), "1", rev, rev, 1)), cx.get("a").await?)?;
+    cx.eq(
+        "a",
+        Some(kv(cx.k("a"), "1", rev, rev, 1)),
+        cx.get("a").await?,
+    )?;
     cx.eq("revision", rev, cx.rev().await?)
 }
 
@@ -73,10 +107,20 @@ pub async fn hash_kv(cx: Ctx) -> CaseResult {
     cx.eq("same hash twice", h1.hash, h2.hash)?;
     cx.put("a", "2").await?;
     let h3 = cx.ok(HashKvRequest { revision: 0 }).await?;
-    cx.check("hash changes after a write", h3.hash != h1.hash, (h1.hash, h3.hash))?;
-    cx.err(HashKvRequest { revision: rev + 5 }, errors::FUTURE_REV).await?;
-    cx.ok(CompactionRequest { revision: rev + 1, physical: true }).await?;
-    cx.err(HashKvRequest { revision: rev }, errors::COMPACTED).await?;
+    cx.check(
+        "hash changes after a write",
+        h3.hash != h1.hash,
+        (h1.hash, h3.hash),
+    )?;
+    cx.err(HashKvRequest { revision: rev + 5 }, errors::FUTURE_REV)
+        .await?;
+    cx.ok(CompactionRequest {
+        revision: rev + 1,
+        physical: true,
+    })
+    .await?;
+    cx.err(HashKvRequest { revision: rev }, errors::COMPACTED)
+        .await?;
     // Hashing at the compact revision itself: etcd 3.4 refuses it
     // (`rev <= compactRev`), 3.6 allows it (`rev < compactRev`); not pinned.
     cx.put("a", "3").await?;
@@ -90,16 +134,55 @@ pub async fn header_revisions(cx: Ctx) -> CaseResult {
     let r0 = cx.put("a", "1").await?;
     let mut got = Vec::new();
     got.push(("Status", hrev(&cx.ok(StatusRequest {}).await?.header)));
-    got.push(("Alarm", hrev(&cx.ok(AlarmRequest { action: 0, member_id: 0, alarm: 0 }).await?.header)));
-    got.push(("HashKV", hrev(&cx.ok(HashKvRequest { revision: 0 }).await?.header)));
-    got.push(("MemberList", hrev(&cx.ok(MemberListRequest { linearizable: false }).await?.header)));
+    got.push((
+        "Alarm",
+        hrev(
+            &cx.ok(AlarmRequest {
+                action: 0,
+                member_id: 0,
+                alarm: 0,
+            })
+            .await?
+            .header,
+        ),
+    ));
+    got.push((
+        "HashKV",
+        hrev(&cx.ok(HashKvRequest { revision: 0 }).await?.header),
+    ));
+    got.push((
+        "MemberList",
+        hrev(
+            &cx.ok(MemberListRequest {
+                linearizable: false,
+            })
+            .await?
+            .header,
+        ),
+    ));
     let g = cx.ok(LeaseGrantRequest { ttl: 60, id: 0 }).await?;
     got.push(("LeaseGrant", hrev(&g.header)));
-    got.push(("LeaseTimeToLive", hrev(&cx.ok(LeaseTimeToLiveRequest { id: g.id, keys: false }).await?.header)));
-    got.push(("LeaseLeases", hrev(&cx.ok(LeaseLeasesRequest {}).await?.header)));
+    got.push((
+        "LeaseTimeToLive",
+        hrev(
+            &cx.ok(LeaseTimeToLiveRequest {
+                id: g.id,
+                keys: false,
+            })
+            .await?
+            .header,
+        ),
+    ));
+    got.push((
+        "LeaseLeases",
+        hrev(&cx.ok(LeaseLeasesRequest {}).await?.header),
+    ));
     let mut ka = cx.keep_alive(g.id).await?;
     got.push(("LeaseKeepAlive", hrev(&ka.next(&cx).await?.header)));
-    got.push(("LeaseRevoke", hrev(&cx.ok(LeaseRevokeRequest { id: g.id }).await?.header)));
+    got.push((
+        "LeaseRevoke",
+        hrev(&cx.ok(LeaseRevokeRequest { id: g.id }).await?.header),
+    ));
     let want = vec![
         ("Status", r0),
         ("Alarm", 0),

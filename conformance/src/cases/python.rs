@@ -68,7 +68,11 @@ revision 8
 status True True default
 ";
     if !out.status.success() {
-        return Err(cx.fail("python succeeds", want, format!("{stdout}{}", String::from_utf8_lossy(&out.stderr))));
+        return Err(cx.fail(
+            "python succeeds",
+            want,
+            format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
+        ));
     }
     cx.eq("python output", want, stdout.as_str())
 }

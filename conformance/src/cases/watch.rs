@@ -13,7 +13,11 @@ use crate::case::*;
 const QUIET: Duration = Duration::from_millis(300);
 
 fn create(key: Bytes, end: Bytes) -> WatchCreateRequest {
-    WatchCreateRequest { key, range_end: end, ..Default::default() }
+    WatchCreateRequest {
+        key,
+        range_end: end,
+        ..Default::default()
+    }
 }
 
 fn all_events(rs: &[WatchResponse]) -> Vec<Event> {
@@ -34,15 +38,21 @@ fn is_created(cx: &Ctx, r: &WatchResponse, id: i64, rev: i64) -> CaseResult {
 /// at the current revision.
 pub async fn ids_from_zero(cx: Ctx) -> CaseResult {
     let r0 = cx.rev().await?;
-    let mut w = cx.watch(watch_create(create(cx.k("a"), Bytes::new()))).await?;
+    let mut w = cx
+        .watch(watch_create(create(cx.k("a"), Bytes::new())))
+        .await?;
     let r = w.next(&cx).await?;
     is_created(&cx, &r, 0, r0)?;
-    w.send(&cx, watch_create(create(cx.k("b"), Bytes::new()))).await?;
+    w.send(&cx, watch_create(create(cx.k("b"), Bytes::new())))
+        .await?;
     is_created(&cx, &w.next(&cx).await?, 1, r0)?;
-    w.send(&cx, watch_create(create(cx.k("c"), Bytes::new()))).await?;
+    w.send(&cx, watch_create(create(cx.k("c"), Bytes::new())))
+        .await?;
     is_created(&cx, &w.next(&cx).await?, 2, r0)?;
     // A second stream starts again at 0.
-    let mut w2 = cx.watch(watch_create(create(cx.k("a"), Bytes::new()))).await?;
+    let mut w2 = cx
+        .watch(watch_create(create(cx.k("a"), Bytes::new())))
+        .await?;
     is_created(&cx, &w2.next(&cx).await?, 0, r0)
 }
 
@@ -50,7 +60,9 @@ pub async fn ids_from_zero(cx: Ctx) -> CaseResult {
 /// key and the deletion revision.
 pub async fn put_and_delete_events(cx: Ctx) -> CaseResult {
     let r0 = cx.rev().await?;
-    let mut w = cx.watch(watch_create(create(cx.k("a"), Bytes::new()))).await?;
+    let mut w = cx
+        .watch(watch_create(create(cx.k("a"), Bytes::new())))
+        .await?;
     is_created(&cx, &w.next(&cx).await?, 0, r0)?;
     cx.put("a", "1").await?;
     cx.put("b", "other key").await?;
@@ -67,10 +79,17 @@ pub async fn put_and_delete_events(cx: Ctx) -> CaseResult {
         all_events(&rs),
     )?;
     for r in &rs {
-        cx.eq("event response (watch_id, created, canceled)", (0, false, false), (r.watch_id, r.created, r.canceled))?;
+        cx.eq(
+            "event response (watch_id, created, canceled)",
+            (0, false, false),
+            (r.watch_id, r.created, r.canceled),
+        )?;
         cx.eq(
             "event response header.revision",
-            r.events.last().and_then(|e| e.kv.as_ref()).map(|k| k.mod_revision),
+            r.events
+                .last()
+                .and_then(|e| e.kv.as_ref())
+                .map(|k| k.mod_revision),
             Some(hrev(&r.header)),
         )?;
     }
@@ -81,7 +100,9 @@ pub async fn put_and_delete_events(cx: Ctx) -> CaseResult {
 pub async fn prefix_watch(cx: Ctx) -> CaseResult {
     let r0 = cx.rev().await?;
     let pre = cx.k("dir/");
-    let mut w = cx.watch(watch_create(create(pre.clone(), prefix_end(&pre)))).await?;
+    let mut w = cx
+        .watch(watch_create(create(pre.clone(), prefix_end(&pre))))
+        .await?;
     is_created(&cx, &w.next(&cx).await?, 0, r0)?;
     cx.put("dir/x", "1").await?;
     cx.put("dis", "outside").await?;
@@ -102,7 +123,12 @@ pub async fn prefix_watch(cx: Ctx) -> CaseResult {
 /// prev_kv: the key before each event; none for a create.
 pub async fn prev_kv(cx: Ctx) -> CaseResult {
     let r0 = cx.rev().await?;
-    let mut w = cx.watch(watch_create(WatchCreateRequest { prev_kv: true, ..create(cx.k("a"), Bytes::new()) })).await?;
+    let mut w = cx
+        .watch(watch_create(WatchCreateRequest {
+            prev_kv: true,
+            ..create(cx.k("a"), Bytes::new())
+        }))
+        .await?;
     is_created(&cx, &w.next(&cx).await?, 0, r0)?;
     cx.put("a", "1").await?;
     cx.put("a", "2").await?;
@@ -112,8 +138,15 @@ pub async fn prev_kv(cx: Ctx) -> CaseResult {
         "events",
         vec![
             ev_put(kv(cx.k("a"), "1", r0 + 1, r0 + 1, 1), None),
-            ev_put(kv(cx.k("a"), "2", r0 + 1, r0 + 2, 2), Some(kv(cx.k("a"), "1", r0 + 1, r0 + 1, 1))),
-            ev_del(cx.k("a"), r0 + 3, Some(kv(cx.k("a"), "2", r0 + 1, r0 + 2, 2))),
+            ev_put(
+                kv(cx.k("a"), "2", r0 + 1, r0 + 2, 2),
+                Some(kv(cx.k("a"), "1", r0 + 1, r0 + 1, 1)),
+            ),
+            ev_del(
+                cx.k("a"),
+                r0 + 3,
+                Some(kv(cx.k("a"), "2", r0 + 1, r0 + 2, 2)),
+            ),
         ],
         all_events(&rs),
     )
@@ -139,33 +172,51 @@ pub async fn start_revision_in_the_past(cx: Ctx) -> CaseResult {
         vec![
             ev_put(kv(cx.k("a"), "1", r0 + 1, r0 + 1, 1), None),
             ev_put(kv(cx.k("b"), "1", r0 + 2, r0 + 2, 1), None),
-            ev_put(kv(cx.k("a"), "2", r0 + 1, r0 + 3, 2), Some(kv(cx.k("a"), "1", r0 + 1, r0 + 1, 1))),
+            ev_put(
+                kv(cx.k("a"), "2", r0 + 1, r0 + 3, 2),
+                Some(kv(cx.k("a"), "1", r0 + 1, r0 + 1, 1)),
+            ),
         ],
         all_events(&rs),
     )?;
     cx.put("c", "1").await?;
     let rs = w.events(&cx, 1).await?;
-    cx.eq("live event", vec![ev_put(kv(cx.k("c"), "1", r0 + 4, r0 + 4, 1), None)], all_events(&rs))
+    cx.eq(
+        "live event",
+        vec![ev_put(kv(cx.k("c"), "1", r0 + 4, r0 + 4, 1), None)],
+        all_events(&rs),
+    )
 }
 
 /// Start revision 0 means "after now": no history.
 pub async fn start_revision_zero(cx: Ctx) -> CaseResult {
     cx.put("a", "old").await?;
     let r0 = cx.rev().await?;
-    let mut w =
-        cx.watch(watch_create(WatchCreateRequest { start_revision: 0, ..create(cx.k("a"), Bytes::new()) })).await?;
+    let mut w = cx
+        .watch(watch_create(WatchCreateRequest {
+            start_revision: 0,
+            ..create(cx.k("a"), Bytes::new())
+        }))
+        .await?;
     is_created(&cx, &w.next(&cx).await?, 0, r0)?;
     w.silent(&cx, QUIET).await?;
     cx.put("a", "new").await?;
     let rs = w.events(&cx, 1).await?;
-    cx.eq("events", vec![ev_put(kv(cx.k("a"), "new", r0, r0 + 1, 2), None)], all_events(&rs))
+    cx.eq(
+        "events",
+        vec![ev_put(kv(cx.k("a"), "new", r0, r0 + 1, 2), None)],
+        all_events(&rs),
+    )
 }
 
 /// A future start revision waits for it: earlier writes are not sent.
 pub async fn start_revision_in_the_future(cx: Ctx) -> CaseResult {
     let r0 = cx.rev().await?;
     let mut w = cx
-        .watch(watch_create(WatchCreateRequest { start_revision: r0 + 3, ..create(cx.k("a"), Bytes::new()) }))
+        .watch(watch_create(WatchCreateRequest {
+            start_revision: r0 + 3,
+            ..create(cx.k("a"), Bytes::new())
+        }))
         .await?;
     is_created(&cx, &w.next(&cx).await?, 0, r0)?;
     cx.put("a", "1").await?; // r0+1
@@ -173,7 +224,11 @@ pub async fn start_revision_in_the_future(cx: Ctx) -> CaseResult {
     w.silent(&cx, QUIET).await?;
     cx.put("a", "3").await?; // r0+3
     let rs = w.events(&cx, 1).await?;
-    cx.eq("events", vec![ev_put(kv(cx.k("a"), "3", r0 + 1, r0 + 3, 3), None)], all_events(&rs))
+    cx.eq(
+        "events",
+        vec![ev_put(kv(cx.k("a"), "3", r0 + 1, r0 + 3, 3), None)],
+        all_events(&rs),
+    )
 }
 
 /// NOPUT and NODELETE filters.
@@ -198,7 +253,8 @@ pub async fn filters(cx: Ctx) -> CaseResult {
     cx.put("a", "1").await?;
     cx.ok(del(cx.k("a"))).await?;
     let rs = w.events(&cx, 2).await?;
-    let mut by_watch: Vec<(i64, Vec<Event>)> = rs.iter().map(|r| (r.watch_id, r.events.clone())).collect();
+    let mut by_watch: Vec<(i64, Vec<Event>)> =
+        rs.iter().map(|r| (r.watch_id, r.events.clone())).collect();
     by_watch.sort_by_key(|(id, _)| *id);
     cx.eq(
         "events by watch",
@@ -215,10 +271,20 @@ pub async fn filters(cx: Ctx) -> CaseResult {
 pub async fn txn_events_in_one_response(cx: Ctx) -> CaseResult {
     let r0 = cx.rev().await?;
     cx.put("c", "1").await?;
-    let mut w = cx.watch(watch_create(create(cx.prefix.clone(), cx.end()))).await?;
-    is_created(&cx, &w.next(&cx).await?, 0, r0 + 1)?;
-    cx.ok(txn(vec![], vec![op_put(put(cx.k("b"), "1")), op_put(put(cx.k("a"), "1")), op_del(del(cx.k("c")))], vec![]))
+    let mut w = cx
+        .watch(watch_create(create(cx.prefix.clone(), cx.end())))
         .await?;
+    is_created(&cx, &w.next(&cx).await?, 0, r0 + 1)?;
+    cx.ok(txn(
+        vec![],
+        vec![
+            op_put(put(cx.k("b"), "1")),
+            op_put(put(cx.k("a"), "1")),
+            op_del(del(cx.k("c"))),
+        ],
+        vec![],
+    ))
+    .await?;
     let r = w.next(&cx).await?;
     cx.eq(
         "one response with the txn's events",
@@ -234,7 +300,10 @@ pub async fn txn_events_in_one_response(cx: Ctx) -> CaseResult {
     let r = w.next(&cx).await?;
     cx.eq(
         "one response with the range delete's events",
-        vec![ev_del(cx.k("a"), r0 + 3, None), ev_del(cx.k("b"), r0 + 3, None)],
+        vec![
+            ev_del(cx.k("a"), r0 + 3, None),
+            ev_del(cx.k("b"), r0 + 3, None),
+        ],
         r.events,
     )
 }
@@ -242,7 +311,9 @@ pub async fn txn_events_in_one_response(cx: Ctx) -> CaseResult {
 /// Cancel: a canceled response, then no more events for that watch.
 pub async fn cancel(cx: Ctx) -> CaseResult {
     let r0 = cx.rev().await?;
-    let mut w = cx.watch(watch_create(create(cx.k("a"), Bytes::new()))).await?;
+    let mut w = cx
+        .watch(watch_create(create(cx.k("a"), Bytes::new())))
+        .await?;
     is_created(&cx, &w.next(&cx).await?, 0, r0)?;
     w.send(&cx, watch_cancel(0)).await?;
     let r = w.next(&cx).await?;
@@ -254,31 +325,51 @@ pub async fn cancel(cx: Ctx) -> CaseResult {
     cx.put("a", "1").await?;
     w.silent(&cx, QUIET).await?;
     // The id is not reused on this stream.
-    w.send(&cx, watch_create(create(cx.k("a"), Bytes::new()))).await?;
+    w.send(&cx, watch_create(create(cx.k("a"), Bytes::new())))
+        .await?;
     is_created(&cx, &w.next(&cx).await?, 1, r0 + 1)
 }
 
 /// A client-chosen watch id is used as is.
 pub async fn explicit_watch_id(cx: Ctx) -> CaseResult {
     let r0 = cx.rev().await?;
-    let mut w = cx.watch(watch_create(WatchCreateRequest { watch_id: 7, ..create(cx.k("a"), Bytes::new()) })).await?;
+    let mut w = cx
+        .watch(watch_create(WatchCreateRequest {
+            watch_id: 7,
+            ..create(cx.k("a"), Bytes::new())
+        }))
+        .await?;
     is_created(&cx, &w.next(&cx).await?, 7, r0)?;
     cx.put("a", "1").await?;
     let rs = w.events(&cx, 1).await?;
     cx.eq("event watch_id", 7, rs[0].watch_id)?;
     // The same id again on this stream is refused: created and canceled.
-    w.send(&cx, watch_create(WatchCreateRequest { watch_id: 7, ..create(cx.k("b"), Bytes::new()) })).await?;
+    w.send(
+        &cx,
+        watch_create(WatchCreateRequest {
+            watch_id: 7,
+            ..create(cx.k("b"), Bytes::new())
+        }),
+    )
+    .await?;
     let r = w.next(&cx).await?;
-    cx.eq("duplicate id (watch_id, created, canceled)", (-1, true, true), (r.watch_id, r.created, r.canceled))?;
+    cx.eq(
+        "duplicate id (watch_id, created, canceled)",
+        (-1, true, true),
+        (r.watch_id, r.created, r.canceled),
+    )?;
     // Server-chosen ids skip nothing: the first is 0.
-    w.send(&cx, watch_create(create(cx.k("c"), Bytes::new()))).await?;
+    w.send(&cx, watch_create(create(cx.k("c"), Bytes::new())))
+        .await?;
     is_created(&cx, &w.next(&cx).await?, 0, r0 + 1)
 }
 
 /// Canceling an unknown watch id is answered with nothing.
 pub async fn cancel_unknown_id(cx: Ctx) -> CaseResult {
     let r0 = cx.rev().await?;
-    let mut w = cx.watch(watch_create(create(cx.k("a"), Bytes::new()))).await?;
+    let mut w = cx
+        .watch(watch_create(create(cx.k("a"), Bytes::new())))
+        .await?;
     is_created(&cx, &w.next(&cx).await?, 0, r0)?;
     w.send(&cx, watch_cancel(99)).await?;
     w.silent(&cx, QUIET).await?;
@@ -295,9 +386,16 @@ pub async fn compacted_start_revision(cx: Ctx) -> CaseResult {
     cx.put("a", "1").await?;
     cx.put("a", "2").await?;
     cx.put("a", "3").await?;
-    cx.ok(CompactionRequest { revision: r0 + 2, physical: true }).await?;
+    cx.ok(CompactionRequest {
+        revision: r0 + 2,
+        physical: true,
+    })
+    .await?;
     let mut w = cx
-        .watch(watch_create(WatchCreateRequest { start_revision: r0 + 1, ..create(cx.k("a"), Bytes::new()) }))
+        .watch(watch_create(WatchCreateRequest {
+            start_revision: r0 + 1,
+            ..create(cx.k("a"), Bytes::new())
+        }))
         .await?;
     is_created(&cx, &w.next(&cx).await?, 0, r0 + 3)?;
     let r = w.next(&cx).await?;
@@ -307,13 +405,23 @@ pub async fn compacted_start_revision(cx: Ctx) -> CaseResult {
         (r.watch_id, r.canceled, r.compact_revision, r.events.len()),
     )?;
     // Starting exactly at the compact revision works.
-    w.send(&cx, watch_create(WatchCreateRequest { start_revision: r0 + 2, ..create(cx.k("a"), Bytes::new()) })).await?;
+    w.send(
+        &cx,
+        watch_create(WatchCreateRequest {
+            start_revision: r0 + 2,
+            ..create(cx.k("a"), Bytes::new())
+        }),
+    )
+    .await?;
     is_created(&cx, &w.next(&cx).await?, 1, r0 + 3)?;
     let rs = w.events(&cx, 2).await?;
     cx.eq(
         "revisions from the compact revision",
         vec![r0 + 2, r0 + 3],
-        all_events(&rs).iter().filter_map(|e| e.kv.as_ref().map(|k| k.mod_revision)).collect::<Vec<_>>(),
+        all_events(&rs)
+            .iter()
+            .filter_map(|e| e.kv.as_ref().map(|k| k.mod_revision))
+            .collect::<Vec<_>>(),
     )
 }
 
@@ -321,21 +429,34 @@ pub async fn compacted_start_revision(cx: Ctx) -> CaseResult {
 pub async fn invalid_range(cx: Ctx) -> CaseResult {
     let mut w = cx.watch(watch_create(create(cx.k("b"), cx.k("a")))).await?;
     let r = w.next(&cx).await?;
-    cx.eq("(watch_id, created, canceled)", (-1, true, true), (r.watch_id, r.created, r.canceled))
+    cx.eq(
+        "(watch_id, created, canceled)",
+        (-1, true, true),
+        (r.watch_id, r.created, r.canceled),
+    )
 }
 
 /// An empty key watches from "\0": with range_end "\0", every key.
 pub async fn empty_key_watches_all(cx: Ctx) -> CaseResult {
     let r0 = cx.rev().await?;
-    let mut w = cx.watch(watch_create(create(Bytes::new(), Bytes::from_static(b"\0")))).await?;
+    let mut w = cx
+        .watch(watch_create(create(
+            Bytes::new(),
+            Bytes::from_static(b"\0"),
+        )))
+        .await?;
     is_created(&cx, &w.next(&cx).await?, 0, r0)?;
     cx.put("a", "1").await?;
-    cx.ok(put(Bytes::from_static(b"zzz-elsewhere"), "2")).await?;
+    cx.ok(put(Bytes::from_static(b"zzz-elsewhere"), "2"))
+        .await?;
     let rs = w.events(&cx, 2).await?;
     cx.eq(
         "keys",
         vec![cx.k("a"), Bytes::from_static(b"zzz-elsewhere")],
-        all_events(&rs).iter().filter_map(|e| e.kv.as_ref().map(|k| k.key.clone())).collect::<Vec<_>>(),
+        all_events(&rs)
+            .iter()
+            .filter_map(|e| e.kv.as_ref().map(|k| k.key.clone()))
+            .collect::<Vec<_>>(),
     )
 }
 
@@ -343,7 +464,9 @@ pub async fn empty_key_watches_all(cx: Ctx) -> CaseResult {
 /// current revision and no events.
 pub async fn progress_request(cx: Ctx) -> CaseResult {
     let r0 = cx.put("a", "1").await?;
-    let mut w = cx.watch(watch_create(create(cx.k("a"), Bytes::new()))).await?;
+    let mut w = cx
+        .watch(watch_create(create(cx.k("a"), Bytes::new())))
+        .await?;
     is_created(&cx, &w.next(&cx).await?, 0, r0)?;
     cx.put("b", "other key").await?;
     w.send(&cx, watch_progress()).await?;
@@ -351,7 +474,13 @@ pub async fn progress_request(cx: Ctx) -> CaseResult {
     cx.eq(
         "progress (watch_id, created, canceled, compact_revision, events)",
         (-1, false, false, 0, 0),
-        (r.watch_id, r.created, r.canceled, r.compact_revision, r.events.len()),
+        (
+            r.watch_id,
+            r.created,
+            r.canceled,
+            r.compact_revision,
+            r.events.len(),
+        ),
     )?;
     cx.eq("progress header.revision", r0 + 1, hrev(&r.header))
 }
@@ -362,7 +491,10 @@ pub async fn progress_request(cx: Ctx) -> CaseResult {
 pub async fn progress_waits_for_sync(cx: Ctx) -> CaseResult {
     let r0 = cx.rev().await?;
     let mut w = cx
-        .watch(watch_create(WatchCreateRequest { start_revision: r0 + 2, ..create(cx.k("a"), Bytes::new()) }))
+        .watch(watch_create(WatchCreateRequest {
+            start_revision: r0 + 2,
+            ..create(cx.k("a"), Bytes::new())
+        }))
         .await?;
     is_created(&cx, &w.next(&cx).await?, 0, r0)?;
     w.send(&cx, watch_progress()).await?;
@@ -370,10 +502,18 @@ pub async fn progress_waits_for_sync(cx: Ctx) -> CaseResult {
     cx.put("a", "1").await?;
     cx.put("a", "2").await?;
     let rs = w.events(&cx, 1).await?;
-    cx.eq("event revision", Some(r0 + 2), rs[0].events[0].kv.as_ref().map(|k| k.mod_revision))?;
+    cx.eq(
+        "event revision",
+        Some(r0 + 2),
+        rs[0].events[0].kv.as_ref().map(|k| k.mod_revision),
+    )?;
     w.send(&cx, watch_progress()).await?;
     let r = w.next(&cx).await?;
-    cx.eq("progress (watch_id, events, revision)", (-1, 0, r0 + 2), (r.watch_id, r.events.len(), hrev(&r.header)))
+    cx.eq(
+        "progress (watch_id, events, revision)",
+        (-1, 0, r0 + 2),
+        (r.watch_id, r.events.len(), hrev(&r.header)),
+    )
 }
 
 /// Kubernetes' watch: prefix, start = rv + 1, prev_kv, progress_notify,
@@ -400,9 +540,16 @@ pub async fn kubernetes_watch(cx: Ctx) -> CaseResult {
     cx.eq(
         "events",
         vec![
-            ev_put(kv(cx.k("pods/a"), "v2", rv, rv + 1, 2), Some(kv(cx.k("pods/a"), "v1", rv, rv, 1))),
+            ev_put(
+                kv(cx.k("pods/a"), "v2", rv, rv + 1, 2),
+                Some(kv(cx.k("pods/a"), "v1", rv, rv, 1)),
+            ),
             ev_put(kv(cx.k("pods/b"), "v1", rv + 2, rv + 2, 1), None),
-            ev_del(cx.k("pods/a"), rv + 3, Some(kv(cx.k("pods/a"), "v2", rv, rv + 1, 2))),
+            ev_del(
+                cx.k("pods/a"),
+                rv + 3,
+                Some(kv(cx.k("pods/a"), "v2", rv, rv + 1, 2)),
+            ),
         ],
         all_events(&rs),
     )
@@ -411,13 +558,18 @@ pub async fn kubernetes_watch(cx: Ctx) -> CaseResult {
 /// Many writes arrive in revision order.
 pub async fn events_in_order(cx: Ctx) -> CaseResult {
     let r0 = cx.rev().await?;
-    let mut w = cx.watch(watch_create(create(cx.prefix.clone(), cx.end()))).await?;
+    let mut w = cx
+        .watch(watch_create(create(cx.prefix.clone(), cx.end())))
+        .await?;
     is_created(&cx, &w.next(&cx).await?, 0, r0)?;
     for i in 0..20 {
         cx.put(&format!("k{}", i % 3), &i.to_string()).await?;
     }
     let rs = w.events(&cx, 20).await?;
-    let revs: Vec<i64> = all_events(&rs).iter().filter_map(|e| e.kv.as_ref().map(|k| k.mod_revision)).collect();
+    let revs: Vec<i64> = all_events(&rs)
+        .iter()
+        .filter_map(|e| e.kv.as_ref().map(|k| k.mod_revision))
+        .collect();
     cx.eq("revisions", (r0 + 1..=r0 + 20).collect::<Vec<_>>(), revs)
 }
 
@@ -429,15 +581,25 @@ pub async fn compaction_at_delete_revision(cx: Ctx) -> CaseResult {
     cx.put("a", "1").await?; // r0+1
     cx.ok(del(cx.k("a"))).await?; // r0+2
     cx.put("b", "1").await?; // r0+3
-    cx.ok(CompactionRequest { revision: r0 + 2, physical: true }).await?;
+    cx.ok(CompactionRequest {
+        revision: r0 + 2,
+        physical: true,
+    })
+    .await?;
     let mut w = cx
-        .watch(watch_create(WatchCreateRequest { start_revision: r0 + 2, ..create(cx.prefix.clone(), cx.end()) }))
+        .watch(watch_create(WatchCreateRequest {
+            start_revision: r0 + 2,
+            ..create(cx.prefix.clone(), cx.end())
+        }))
         .await?;
     is_created(&cx, &w.next(&cx).await?, 0, r0 + 3)?;
     let rs = w.events(&cx, 2).await?;
     cx.eq(
         "events from the compact revision",
-        vec![ev_del(cx.k("a"), r0 + 2, None), ev_put(kv(cx.k("b"), "1", r0 + 3, r0 + 3, 1), None)],
+        vec![
+            ev_del(cx.k("a"), r0 + 2, None),
+            ev_put(kv(cx.k("b"), "1", r0 + 3, r0 + 3, 1), None),
+        ],
         all_events(&rs),
     )
 }
@@ -448,7 +610,12 @@ pub async fn compaction_at_delete_revision(cx: Ctx) -> CaseResult {
 pub async fn fragment(cx: Ctx) -> CaseResult {
     let big = Bytes::from(vec![b'f'; 700 * 1024]);
     for n in ["a", "b", "c"] {
-        cx.ok(PutRequest { key: cx.k(n), value: big.clone(), ..Default::default() }).await?;
+        cx.ok(PutRequest {
+            key: cx.k(n),
+            value: big.clone(),
+            ..Default::default()
+        })
+        .await?;
     }
     let r0 = cx.rev().await?;
     let mut frag = cx
@@ -459,8 +626,12 @@ pub async fn fragment(cx: Ctx) -> CaseResult {
         }))
         .await?;
     is_created(&cx, &frag.next(&cx).await?, 0, r0)?;
-    let mut whole =
-        cx.watch(watch_create(WatchCreateRequest { prev_kv: true, ..create(cx.prefix.clone(), cx.end()) })).await?;
+    let mut whole = cx
+        .watch(watch_create(WatchCreateRequest {
+            prev_kv: true,
+            ..create(cx.prefix.clone(), cx.end())
+        }))
+        .await?;
     is_created(&cx, &whole.next(&cx).await?, 0, r0)?;
     cx.ok(del_range(cx.prefix.clone(), cx.end())).await?;
     let rs = frag.events(&cx, 3).await?;
@@ -469,8 +640,15 @@ pub async fn fragment(cx: Ctx) -> CaseResult {
     let mut want = vec![true; rs.len() - 1];
     want.push(false);
     cx.eq("fragment flags", want, flags)?;
-    let keys: Vec<Bytes> = all_events(&rs).iter().filter_map(|e| e.kv.as_ref().map(|k| k.key.clone())).collect();
+    let keys: Vec<Bytes> = all_events(&rs)
+        .iter()
+        .filter_map(|e| e.kv.as_ref().map(|k| k.key.clone()))
+        .collect();
     cx.eq("events", vec![cx.k("a"), cx.k("b"), cx.k("c")], keys)?;
     let r = whole.next(&cx).await?;
-    cx.eq("without fragment: one response, (events, fragment)", (3, false), (r.events.len(), r.fragment))
+    cx.eq(
+        "without fragment: one response, (events, fragment)",
+        (3, false),
+        (r.events.len(), r.fragment),
+    )
 }

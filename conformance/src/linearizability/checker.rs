@@ -97,11 +97,25 @@ impl<'a> Search<'a> {
         }
         events.sort_unstable();
         let mut list = Vec::with_capacity(events.len() + 1);
-        list.push(Entry { op: NIL, call: false, time: 0, matching: NIL, prev: NIL, next: NIL });
+        list.push(Entry {
+            op: NIL,
+            call: false,
+            time: 0,
+            matching: NIL,
+            prev: NIL,
+            next: NIL,
+        });
         let mut call_at = vec![NIL; ops.len()];
         for (time, is_return, op) in events {
             let at = list.len();
-            list.push(Entry { op, call: !is_return, time, matching: NIL, prev: at - 1, next: NIL });
+            list.push(Entry {
+                op,
+                call: !is_return,
+                time,
+                matching: NIL,
+                prev: at - 1,
+                next: NIL,
+            });
             list[at - 1].next = at;
             if is_return {
                 let c = call_at[op];
@@ -112,9 +126,15 @@ impl<'a> Search<'a> {
             }
         }
         let mut seed = 0x5eed_u64 ^ ops.len() as u64;
-        let zobrist =
-            (0..ops.len()).map(|_| ((splitmix(&mut seed) as u128) << 64) | splitmix(&mut seed) as u128).collect();
-        Search { ops, list, zobrist, hashers: (RandomState::new(), RandomState::new()) }
+        let zobrist = (0..ops.len())
+            .map(|_| ((splitmix(&mut seed) as u128) << 64) | splitmix(&mut seed) as u128)
+            .collect();
+        Search {
+            ops,
+            list,
+            zobrist,
+            hashers: (RandomState::new(), RandomState::new()),
+        }
     }
 
     fn state_hash(&self, s: &State) -> u128 {
@@ -159,7 +179,12 @@ impl<'a> Search<'a> {
     /// return entry would otherwise stand before the op's call), and moving
     /// a state-preserving op earlier, to a point where it is legal, keeps
     /// any linearization legal. It removes most backtracking over reads.
-    fn run(&mut self, init: &State, deadline: Instant, stop_at_depth: Option<usize>) -> (Outcome, usize, usize) {
+    fn run(
+        &mut self,
+        init: &State,
+        deadline: Instant,
+        stop_at_depth: Option<usize>,
+    ) -> (Outcome, usize, usize) {
         struct Frame {
             call: usize,
             state: State,
@@ -180,7 +205,11 @@ impl<'a> Search<'a> {
         loop {
             if stop_at_depth == Some(stack.len()) {
                 let prefix = stack.iter().map(|f| self.list[f.call].op).collect();
-                return (Outcome::Illegal(self.diagnose(prefix, &state)), deepest, seen.len());
+                return (
+                    Outcome::Illegal(self.diagnose(prefix, &state)),
+                    deepest,
+                    seen.len(),
+                );
             }
             steps += 1;
             if steps.is_multiple_of(1024) && Instant::now() > deadline {
@@ -202,7 +231,13 @@ impl<'a> Search<'a> {
                 if let Some(e) = forced {
                     let new_set_h = set_h ^ self.zobrist[self.list[e].op];
                     if seen.insert(new_set_h ^ state_h.rotate_left(1)) {
-                        stack.push(Frame { call: e, state: state.clone(), state_h, set_h, forced: true });
+                        stack.push(Frame {
+                            call: e,
+                            state: state.clone(),
+                            state_h,
+                            set_h,
+                            forced: true,
+                        });
                         set_h = new_set_h;
                         deepest = deepest.max(stack.len());
                         self.lift(e);
@@ -227,7 +262,13 @@ impl<'a> Search<'a> {
                         let new_state_h = self.state_hash(&next);
                         if seen.insert(new_set_h ^ new_state_h.rotate_left(1)) {
                             let before = std::mem::replace(&mut state, next);
-                            stack.push(Frame { call: entry, state: before, state_h, set_h, forced: false });
+                            stack.push(Frame {
+                                call: entry,
+                                state: before,
+                                state_h,
+                                set_h,
+                                forced: false,
+                            });
                             state_h = new_state_h;
                             set_h = new_set_h;
                             deepest = deepest.max(stack.len());
@@ -247,8 +288,12 @@ impl<'a> Search<'a> {
             loop {
                 match stack.pop() {
                     None => {
-                        let d =
-                            Diagnosis { prefix: Vec::new(), state: init.clone(), stuck: None, candidates: Vec::new() };
+                        let d = Diagnosis {
+                            prefix: Vec::new(),
+                            state: init.clone(),
+                            stuck: None,
+                            candidates: Vec::new(),
+                        };
                         return (Outcome::Illegal(d), deepest, seen.len());
                     }
                     Some(f) => {
@@ -288,7 +333,12 @@ impl<'a> Search<'a> {
             candidates.push((e.op, why));
             entry = e.next;
         }
-        Diagnosis { prefix, state: state.clone(), stuck, candidates }
+        Diagnosis {
+            prefix,
+            state: state.clone(),
+            stuck,
+            candidates,
+        }
     }
 }
 
@@ -350,9 +400,18 @@ pub struct Violation {
 /// The earliest time `t` such that the history cut at `t` is already not
 /// linearizable (a binary search over return times; each probe is a full
 /// check within `limit`). `None` if every probe passed or timed out.
-pub fn minimal_violation(ops: &[Op], init: &State, limit: Duration, total: Duration) -> Option<Violation> {
+pub fn minimal_violation(
+    ops: &[Op],
+    init: &State,
+    limit: Duration,
+    total: Duration,
+) -> Option<Violation> {
     let started = Instant::now();
-    let mut times: Vec<u64> = ops.iter().map(|o| o.ret).filter(|&t| t != INFINITY).collect();
+    let mut times: Vec<u64> = ops
+        .iter()
+        .map(|o| o.ret)
+        .filter(|&t| t != INFINITY)
+        .collect();
     times.sort_unstable();
     times.dedup();
     let (mut lo, mut hi) = (0usize, times.len()); // answer in [lo, hi)
@@ -362,7 +421,12 @@ pub fn minimal_violation(ops: &[Op], init: &State, limit: Duration, total: Durat
         let (prefix, index) = cut(ops, times[mid]);
         match check(&prefix, init, limit).outcome {
             Outcome::Illegal(diagnosis) => {
-                best = Some(Violation { at: times[mid], ops: prefix, index, diagnosis });
+                best = Some(Violation {
+                    at: times[mid],
+                    ops: prefix,
+                    index,
+                    diagnosis,
+                });
                 hi = mid;
             }
             Outcome::Linearizable { .. } => lo = mid + 1,

@@ -22,12 +22,19 @@ pub struct Op {
 impl Op {
     /// `c3 put k4=c3.17 lease=… -> rev 456 prev …`.
     pub fn describe(&self, keys: &[String]) -> String {
-        format!("c{} {} -> {}", self.client, describe_req(&self.req, keys), describe_resp(&self.resp, keys))
+        format!(
+            "c{} {} -> {}",
+            self.client,
+            describe_req(&self.req, keys),
+            describe_resp(&self.resp, keys)
+        )
     }
 }
 
 fn key_name(keys: &[String], k: u8) -> String {
-    keys.get(k as usize).cloned().unwrap_or_else(|| format!("<foreign key #{k}>"))
+    keys.get(k as usize)
+        .cloned()
+        .unwrap_or_else(|| format!("<foreign key #{k}>"))
 }
 
 fn kv_text(kv: &Kv, keys: &[String]) -> String {
@@ -47,7 +54,8 @@ fn kv_text(kv: &Kv, keys: &[String]) -> String {
 }
 
 fn opt_kv_text(kv: &Option<Kv>, keys: &[String]) -> String {
-    kv.as_ref().map_or_else(|| "nothing".to_string(), |kv| kv_text(kv, keys))
+    kv.as_ref()
+        .map_or_else(|| "nothing".to_string(), |kv| kv_text(kv, keys))
 }
 
 /// A request in words.
@@ -68,7 +76,11 @@ pub fn describe_req(req: &Request, keys: &[String]) -> String {
                 Cmp::ModRevision(m) => format!("mod({}) == {m}", key_name(keys, *key)),
                 Cmp::Value(v) => format!("value({}) == {}", key_name(keys, *key), value_name(*v)),
             };
-            format!("txn if {cond} then put {}={} else get", key_name(keys, *key), value_name(*value))
+            format!(
+                "txn if {cond} then put {}={} else get",
+                key_name(keys, *key),
+                value_name(*value)
+            )
         }
         Request::LeaseGrant => "lease grant".into(),
         Request::LeaseRevoke { id } => format!("lease revoke {id:x}"),
@@ -92,8 +104,16 @@ pub fn describe_resp(resp: &Response, keys: &[String]) -> String {
             let items: Vec<String> = prev.iter().map(|kv| kv_text(kv, keys)).collect();
             format!("rev {rev}, deleted {deleted} [{}]", items.join(", "))
         }
-        Response::Cas { rev, succeeded: true, .. } => format!("rev {rev}, succeeded"),
-        Response::Cas { rev, succeeded: false, kv } => format!("rev {rev}, failed; read {}", opt_kv_text(kv, keys)),
+        Response::Cas {
+            rev,
+            succeeded: true,
+            ..
+        } => format!("rev {rev}, succeeded"),
+        Response::Cas {
+            rev,
+            succeeded: false,
+            kv,
+        } => format!("rev {rev}, failed; read {}", opt_kv_text(kv, keys)),
         Response::LeaseGrant { rev, id } => format!("rev {rev}, lease {id:x}"),
         Response::LeaseRevoke { rev } => format!("rev {rev}"),
         Response::Compact { rev } => format!("rev {rev}"),
@@ -106,12 +126,21 @@ pub fn describe_resp(resp: &Response, keys: &[String]) -> String {
 
 /// Seconds with microseconds, or `∞`.
 pub fn time_text(t: u64) -> String {
-    if t == INFINITY { "        ∞".into() } else { format!("{:9.6}", t as f64 / 1e9) }
+    if t == INFINITY {
+        "        ∞".into()
+    } else {
+        format!("{:9.6}", t as f64 / 1e9)
+    }
 }
 
 /// One line per op, `[invoke .. return] #index client op -> result`.
 pub fn op_line(index: usize, op: &Op, keys: &[String]) -> String {
-    format!("[{} .. {}] #{index:<5} {}", time_text(op.invoke), time_text(op.ret), op.describe(keys))
+    format!(
+        "[{} .. {}] #{index:<5} {}",
+        time_text(op.invoke),
+        time_text(op.ret),
+        op.describe(keys)
+    )
 }
 
 /// The whole history as text: by invocation time, then per client.
@@ -119,7 +148,11 @@ pub fn timeline(ops: &[Op], keys: &[String]) -> String {
     let mut order: Vec<usize> = (0..ops.len()).collect();
     order.sort_by_key(|&i| (ops[i].invoke, i));
     let mut out = String::new();
-    let _ = writeln!(out, "== timeline: {} ops by invocation time (seconds from start) ==", ops.len());
+    let _ = writeln!(
+        out,
+        "== timeline: {} ops by invocation time (seconds from start) ==",
+        ops.len()
+    );
     for &i in &order {
         out.push_str(&op_line(i, &ops[i], keys));
         out.push('\n');

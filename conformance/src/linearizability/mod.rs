@@ -101,7 +101,11 @@ impl Report {
 pub fn report_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target"))
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+        })
         .join("linearizability")
 }
 
@@ -118,12 +122,17 @@ pub fn verify(name: &str, rec: &Recorded, limit: Duration) -> Report {
         problems.extend(w.problems.iter().cloned());
     }
     let complete = structure_ok
-        && rec.watches.iter().any(|w| w.start_rev <= 2 && w.last_rev >= rec.final_rev && w.problems.is_empty());
+        && rec
+            .watches
+            .iter()
+            .any(|w| w.start_rev <= 2 && w.last_rev >= rec.final_rev && w.problems.is_empty());
 
     let mut ops: Vec<Op> = rec
         .ops
         .iter()
-        .filter(|o| !(o.resp.is_unknown() && (o.req.is_read_only() || o.req == Request::LeaseGrant)))
+        .filter(|o| {
+            !(o.resp.is_unknown() && (o.req.is_read_only() || o.req == Request::LeaseGrant))
+        })
         .cloned()
         .collect();
     let (patched, dropped) = watch::patch_history(&mut ops, &rec.watches, complete);
@@ -175,16 +184,25 @@ pub fn verify(name: &str, rec: &Recorded, limit: Duration) -> Report {
                     let mut order: Vec<usize> = (0..v.ops.len()).collect();
                     order.sort_by_key(|&i| v.ops[i].invoke);
                     for &i in order.iter().rev().take(40).rev() {
-                        let _ = writeln!(diagnosis_text, "  {}", op_line(v.index[i], &ops[v.index[i]], &rec.keys));
+                        let _ = writeln!(
+                            diagnosis_text,
+                            "  {}",
+                            op_line(v.index[i], &ops[v.index[i]], &rec.keys)
+                        );
                     }
                 }
-                None => diagnosis_text.push_str("\n(no minimal prefix found within the time limit)\n"),
+                None => {
+                    diagnosis_text.push_str("\n(no minimal prefix found within the time limit)\n")
+                }
             }
             problems.insert(0, "the history is NOT linearizable".into());
             ("NOT linearizable".to_string(), false)
         }
         Outcome::TimedOut => {
-            problems.insert(0, format!("the checker gave up after {limit:?}: linearizability unknown"));
+            problems.insert(
+                0,
+                format!("the checker gave up after {limit:?}: linearizability unknown"),
+            );
             (format!("unknown (search exceeded {limit:?})"), false)
         }
     };
@@ -198,7 +216,11 @@ pub fn verify(name: &str, rec: &Recorded, limit: Duration) -> Report {
         final_rev: rec.final_rev,
         kills: rec.kills,
         mix: mix(&rec.ops),
-        watch_events: rec.watches.iter().map(|w| w.responses.iter().map(|r| r.events.len()).sum::<usize>()).sum(),
+        watch_events: rec
+            .watches
+            .iter()
+            .map(|w| w.responses.iter().map(|r| r.events.len()).sum::<usize>())
+            .sum(),
         verdict,
         linearizable,
         problems,
@@ -226,7 +248,13 @@ fn response_rev(resp: &Response) -> Option<i64> {
     }
 }
 
-fn describe_diagnosis(d: &Diagnosis, ops: &[Op], keys: &[String], index: Option<&[usize]>, init: &State) -> String {
+fn describe_diagnosis(
+    d: &Diagnosis,
+    ops: &[Op],
+    keys: &[String],
+    index: Option<&[usize]>,
+    init: &State,
+) -> String {
     let line = |i: usize| match index {
         // `ops` is the cut history here; print the cut op under its full-history number.
         Some(m) => op_line(m[i], &ops[i], keys),
@@ -239,7 +267,12 @@ fn describe_diagnosis(d: &Diagnosis, ops: &[Op], keys: &[String], index: Option<
         "model state after it: revision {}, compacted {}, leases [{}]",
         d.state.revision,
         d.state.compact_revision,
-        d.state.leases.iter().map(|l| format!("{l:x}")).collect::<Vec<_>>().join(" ")
+        d.state
+            .leases
+            .iter()
+            .map(|l| format!("{l:x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     for kv in d.state.keys.iter().flatten() {
         let _ = writeln!(s, "    {kv}");
@@ -250,7 +283,11 @@ fn describe_diagnosis(d: &Diagnosis, ops: &[Op], keys: &[String], index: Option<
     }
     match d.stuck {
         Some(i) => {
-            let _ = writeln!(s, "stuck: this op returned before the model could place it:\n  {}", line(i));
+            let _ = writeln!(
+                s,
+                "stuck: this op returned before the model could place it:\n  {}",
+                line(i)
+            );
             // What the model says about it at the revision it reports (the
             // linearization before it is the one the search found).
             if let Some(rev) = response_rev(&ops[i].resp) {
@@ -262,15 +299,24 @@ fn describe_diagnosis(d: &Diagnosis, ops: &[Op], keys: &[String], index: Option<
                     {
                         state = next;
                     }
-                    let target = if matches!(ops[i].req, Request::Get { .. } | Request::List) { rev } else { rev - 1 };
+                    let target = if matches!(ops[i].req, Request::Get { .. } | Request::List) {
+                        rev
+                    } else {
+                        rev - 1
+                    };
                     if state.revision == target {
                         let verdict = match state.step(&ops[i].req, &ops[i].resp) {
                             Ok(_) => "accepts it".to_string(),
                             Err(why) => format!("refuses it: {why}"),
                         };
-                        let place =
-                            if j == usize::MAX { "at the start".to_string() } else { format!("after {}", line(j)) };
-                        after = Some(format!("at revision {target}, {place}\n      the model {verdict}"));
+                        let place = if j == usize::MAX {
+                            "at the start".to_string()
+                        } else {
+                            format!("after {}", line(j))
+                        };
+                        after = Some(format!(
+                            "at revision {target}, {place}\n      the model {verdict}"
+                        ));
                     }
                 }
                 if let Some(a) = after {
@@ -282,7 +328,10 @@ fn describe_diagnosis(d: &Diagnosis, ops: &[Op], keys: &[String], index: Option<
             let _ = writeln!(s, "stuck at the very start");
         }
     }
-    let _ = writeln!(s, "ops that could have come next, and why the model refused each:");
+    let _ = writeln!(
+        s,
+        "ops that could have come next, and why the model refused each:"
+    );
     for (i, why) in &d.candidates {
         let _ = writeln!(s, "  {}\n      -> {why}", line(*i));
     }
@@ -306,8 +355,12 @@ fn mix(ops: &[Op]) -> String {
             Request::Compact { .. } => "compact",
         };
         let outcome = match &o.resp {
-            Response::Cas { succeeded: true, .. } => "succeeded",
-            Response::Cas { succeeded: false, .. } => "failed",
+            Response::Cas {
+                succeeded: true, ..
+            } => "succeeded",
+            Response::Cas {
+                succeeded: false, ..
+            } => "failed",
             Response::Delete { deleted: 0, .. } => "nothing",
             Response::Error(EtcdError::Compacted) => "ErrCompacted",
             Response::Error(EtcdError::FutureRev) => "ErrFutureRev",
@@ -321,8 +374,16 @@ fn mix(ops: &[Op]) -> String {
         .iter()
         .map(|(k, by)| {
             let total: usize = by.values().sum();
-            let detail: Vec<String> = by.iter().filter(|(o, _)| **o != "ok").map(|(o, n)| format!("{o} {n}")).collect();
-            if detail.is_empty() { format!("{k} {total}") } else { format!("{k} {total} ({})", detail.join(", ")) }
+            let detail: Vec<String> = by
+                .iter()
+                .filter(|(o, _)| **o != "ok")
+                .map(|(o, n)| format!("{o} {n}"))
+                .collect();
+            if detail.is_empty() {
+                format!("{k} {total}")
+            } else {
+                format!("{k} {total} ({})", detail.join(", "))
+            }
         })
         .collect::<Vec<_>>()
         .join(", ")
@@ -331,21 +392,36 @@ fn mix(ops: &[Op]) -> String {
 fn save(report: &Report, diagnosis: &str, ops: &[Op], rec: &Recorded) -> Option<PathBuf> {
     let dir = report_dir();
     std::fs::create_dir_all(&dir).ok()?;
-    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-    let path =
-        dir.join(format!("{}-{stamp}.txt", report.name.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")));
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let path = dir.join(format!(
+        "{}-{stamp}.txt",
+        report
+            .name
+            .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")
+    ));
     let mut text = String::new();
     let _ = writeln!(text, "{}\n", report.summary());
     let _ = writeln!(text, "keys: {}", rec.keys.join(" "));
     let _ = writeln!(
         text,
         "notation: [invoke .. return] seconds from the start, ∞ = outcome unknown; #n op number; cN client (c{} is the compactor, c{} the final read); kv = key=value (cr create rev, mod rev, ver version, lease id hex)\n",
-        rec.ops.iter().map(|o| o.client).max().unwrap_or(1).saturating_sub(1),
+        rec.ops
+            .iter()
+            .map(|o| o.client)
+            .max()
+            .unwrap_or(1)
+            .saturating_sub(1),
         rec.ops.iter().map(|o| o.client).max().unwrap_or(0)
     );
     text.push_str(diagnosis);
     for w in rec.watches.iter().chain(rec.resumed.iter()) {
-        let _ = writeln!(text, "\n== {} (from revision {}, last seen {}) ==", w.name, w.start_rev, w.last_rev);
+        let _ = writeln!(
+            text,
+            "\n== {} (from revision {}, last seen {}) ==",
+            w.name, w.start_rev, w.last_rev
+        );
         for r in &w.responses {
             let evs: Vec<String> = r
                 .events
@@ -359,8 +435,14 @@ fn save(report: &Report, diagnosis: &str, ops: &[Op], rec: &Recorded) -> Option<
                     )
                 })
                 .collect();
-            let _ =
-                writeln!(text, "[{}] stream {} header {}: {}", time_text(r.at), r.stream, r.header_rev, evs.join("; "));
+            let _ = writeln!(
+                text,
+                "[{}] stream {} header {}: {}",
+                time_text(r.at),
+                r.stream,
+                r.header_rev,
+                evs.join("; ")
+            );
         }
     }
     text.push('\n');

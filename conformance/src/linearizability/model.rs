@@ -21,7 +21,10 @@ static FOREIGN: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new(
 
 /// The value written as `c<client>.<seq>`.
 pub fn value_of(client: usize, seq: u32) -> Val {
-    assert!(client < 2048 && seq > 0 && seq < (1 << 20), "value space exhausted");
+    assert!(
+        client < 2048 && seq > 0 && seq < (1 << 20),
+        "value space exhausted"
+    );
     ((client as u32) << 20) | seq
 }
 
@@ -41,7 +44,9 @@ pub fn value_id(bytes: &[u8]) -> Val {
     if bytes.is_empty() {
         return 0;
     }
-    if let Some(rest) = std::str::from_utf8(bytes).ok().and_then(|s| s.strip_prefix('c'))
+    if let Some(rest) = std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| s.strip_prefix('c'))
         && let Some((c, q)) = rest.split_once('.')
         && let (Ok(c), Ok(q)) = (c.parse::<u32>(), q.parse::<u32>())
         && c < 2048
@@ -183,7 +188,12 @@ pub struct State {
 impl State {
     /// An empty store: revision 1, nothing compacted.
     pub fn new(nkeys: usize) -> State {
-        State { revision: 1, compact_revision: 0, keys: vec![None; nkeys], leases: Vec::new() }
+        State {
+            revision: 1,
+            compact_revision: 0,
+            keys: vec![None; nkeys],
+            leases: Vec::new(),
+        }
     }
 
     fn get(&self, key: Key) -> Option<Kv> {
@@ -195,7 +205,11 @@ impl State {
     }
 
     fn expect_rev(&self, what: &str, got: i64, want: i64) -> Result<(), String> {
-        if got == want { Ok(()) } else { Err(format!("{what} revision {got}, model says {want}")) }
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("{what} revision {got}, model says {want}"))
+        }
     }
 
     /// The state after a put of `value` to `key` at the next revision.
@@ -206,7 +220,14 @@ impl State {
             Some(kv) => (kv.create, kv.version + 1),
             None => (s.revision, 1),
         };
-        s.keys[key as usize] = Some(Kv { key, value, create, modr: s.revision, version, lease });
+        s.keys[key as usize] = Some(Kv {
+            key,
+            value,
+            create,
+            modr: s.revision,
+            version,
+            lease,
+        });
         s
     }
 
@@ -245,7 +266,9 @@ impl State {
                 s.keys[key as usize] = None;
                 s
             }),
-            Request::Cas { key, cmp, value } => self.cas_holds(key, cmp).then(|| self.put(key, value, 0)),
+            Request::Cas { key, cmp, value } => {
+                self.cas_holds(key, cmp).then(|| self.put(key, value, 0))
+            }
             Request::LeaseRevoke { id } => self.has_lease(id).then(|| self.revoke(id)),
             Request::Compact { revision } => {
                 (revision > self.compact_revision && revision <= self.revision).then(|| {
@@ -285,7 +308,11 @@ impl State {
                 self.expect_rev("header", *rev, self.revision)?;
                 let want: Vec<Kv> = self.keys.iter().flatten().copied().collect();
                 if *kvs != want {
-                    return Err(format!("listed {}, model has {}", KvList(kvs), KvList(&want)));
+                    return Err(format!(
+                        "listed {}, model has {}",
+                        KvList(kvs),
+                        KvList(&want)
+                    ));
                 }
                 Ok(None)
             }
@@ -298,13 +325,19 @@ impl State {
             }
             (Q::Put { key, value, lease }, R::Put { rev, prev }) => {
                 if *lease != 0 && !self.has_lease(*lease) {
-                    return Err(format!("put succeeded with lease {lease:x}, which is not live"));
+                    return Err(format!(
+                        "put succeeded with lease {lease:x}, which is not live"
+                    ));
                 }
                 self.expect_rev("put", *rev, self.revision + 1)?;
                 if let Some(prev) = prev {
                     let want = self.get(*key);
                     if *prev != want {
-                        return Err(format!("prev_kv {}, model has {}", OptKv(prev), OptKv(&want)));
+                        return Err(format!(
+                            "prev_kv {}, model has {}",
+                            OptKv(prev),
+                            OptKv(&want)
+                        ));
                     }
                 }
                 Ok(Some(self.put(*key, *value, *lease)))
@@ -312,7 +345,11 @@ impl State {
             (Q::Delete { key }, R::Delete { rev, deleted, prev }) => match self.get(*key) {
                 Some(kv) => {
                     if *deleted != 1 || prev.as_slice() != [kv] {
-                        return Err(format!("deleted {deleted} {}, model has {}", KvList(prev), OptKv(&Some(kv))));
+                        return Err(format!(
+                            "deleted {deleted} {}, model has {}",
+                            KvList(prev),
+                            OptKv(&Some(kv))
+                        ));
                     }
                     self.expect_rev("delete", *rev, self.revision + 1)?;
                     let mut s = self.clone();
@@ -322,7 +359,10 @@ impl State {
                 }
                 None => {
                     if *deleted != 0 || !prev.is_empty() {
-                        return Err(format!("deleted {deleted} {}, model has no such key", KvList(prev)));
+                        return Err(format!(
+                            "deleted {deleted} {}, model has no such key",
+                            KvList(prev)
+                        ));
                     }
                     self.expect_rev("delete of nothing", *rev, self.revision)?;
                     Ok(None)
@@ -343,7 +383,11 @@ impl State {
                     self.expect_rev("read-only txn", *rev, self.revision)?;
                     let want = self.get(*key);
                     if *kv != want {
-                        return Err(format!("txn else-branch read {}, model has {}", OptKv(kv), OptKv(&want)));
+                        return Err(format!(
+                            "txn else-branch read {}, model has {}",
+                            OptKv(kv),
+                            OptKv(&want)
+                        ));
                     }
                     Ok(None)
                 }
@@ -375,15 +419,24 @@ impl State {
             }
             (Q::Compact { revision }, R::Compact { rev }) => {
                 if *revision <= self.compact_revision {
-                    return Err(format!("compact {revision} succeeded, model has compacted {}", self.compact_revision));
+                    return Err(format!(
+                        "compact {revision} succeeded, model has compacted {}",
+                        self.compact_revision
+                    ));
                 }
                 if *revision > self.revision {
-                    return Err(format!("compact {revision} succeeded, model is at {}", self.revision));
+                    return Err(format!(
+                        "compact {revision} succeeded, model is at {}",
+                        self.revision
+                    ));
                 }
                 // etcd (v3_server.go) fills the compaction header after the
                 // apply, so it may already show later revisions.
                 if *rev < self.revision {
-                    return Err(format!("compact header revision {rev} < model's {}", self.revision));
+                    return Err(format!(
+                        "compact header revision {rev} < model's {}",
+                        self.revision
+                    ));
                 }
                 let mut s = self.clone();
                 s.compact_revision = *revision;
@@ -393,14 +446,20 @@ impl State {
                 if *revision <= self.compact_revision {
                     Ok(None)
                 } else {
-                    Err(format!("compact {revision}: ErrCompacted, model has compacted only {}", self.compact_revision))
+                    Err(format!(
+                        "compact {revision}: ErrCompacted, model has compacted only {}",
+                        self.compact_revision
+                    ))
                 }
             }
             (Q::Compact { revision }, R::Error(EtcdError::FutureRev)) => {
                 if *revision > self.revision && *revision > self.compact_revision {
                     Ok(None)
                 } else {
-                    Err(format!("compact {revision}: ErrFutureRev, model is at {}", self.revision))
+                    Err(format!(
+                        "compact {revision}: ErrFutureRev, model is at {}",
+                        self.revision
+                    ))
                 }
             }
             _ => Err(format!("response {resp:?} does not fit request {req:?}")),
@@ -425,10 +484,21 @@ pub fn events_between(before: &State, after: &State) -> Vec<Event> {
             continue;
         }
         match a {
-            Some(kv) => out.push(Event { delete: false, kv: *kv, prev: *b }),
+            Some(kv) => out.push(Event {
+                delete: false,
+                kv: *kv,
+                prev: *b,
+            }),
             None => out.push(Event {
                 delete: true,
-                kv: Kv { key: k as Key, value: 0, create: 0, modr: after.revision, version: 0, lease: 0 },
+                kv: Kv {
+                    key: k as Key,
+                    value: 0,
+                    create: 0,
+                    modr: after.revision,
+                    version: 0,
+                    lease: 0,
+                },
                 prev: *b,
             }),
         }
@@ -463,7 +533,15 @@ impl fmt::Display for KvList<'_> {
 impl fmt::Display for Kv {
     /// `k3=c2.17{cr5 mod9 ver2}` (+ ` L<lease hex>`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "k{}={}{{cr{} mod{} ver{}", self.key, value_name(self.value), self.create, self.modr, self.version)?;
+        write!(
+            f,
+            "k{}={}{{cr{} mod{} ver{}",
+            self.key,
+            value_name(self.value),
+            self.create,
+            self.modr,
+            self.version
+        )?;
         if self.lease != 0 {
             write!(f, " L{:x}", self.lease)?;
         }

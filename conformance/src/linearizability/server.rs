@@ -20,7 +20,11 @@ pub fn k3rs_binary() -> PathBuf {
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target"));
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+        });
     target.join("debug").join("k3rs")
 }
 
@@ -37,9 +41,21 @@ pub struct K3rsProcess {
 impl K3rsProcess {
     /// Starts k3rs from `bin` on a free port with a fresh data directory.
     pub async fn start(bin: PathBuf) -> Result<Self, String> {
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
-        let dir = tempfile::Builder::new().prefix("linearizability-k3rs-").tempdir().map_err(|e| e.to_string())?;
-        let mut p = K3rsProcess { bin, port, dir, child: None, kills: 0 };
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let dir = tempfile::Builder::new()
+            .prefix("linearizability-k3rs-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let mut p = K3rsProcess {
+            bin,
+            port,
+            dir,
+            child: None,
+            kills: 0,
+        };
         p.spawn().await?;
         Ok(p)
     }
@@ -51,7 +67,11 @@ impl K3rsProcess {
 
     async fn spawn(&mut self) -> Result<(), String> {
         let child = Command::new(&self.bin)
-            .args(["kine", "--listen-address", &format!("127.0.0.1:{}", self.port)])
+            .args([
+                "kine",
+                "--listen-address",
+                &format!("127.0.0.1:{}", self.port),
+            ])
             .arg("--data-dir")
             .arg(self.dir.path())
             .stdin(Stdio::null())
@@ -62,12 +82,17 @@ impl K3rsProcess {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(mut m) = kine::proto::maintenance_client::MaintenanceClient::connect(self.endpoint()).await
+            if let Ok(mut m) =
+                kine::proto::maintenance_client::MaintenanceClient::connect(self.endpoint()).await
                 && m.status(kine::proto::StatusRequest {}).await.is_ok()
             {
                 return Ok(());
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 return Err(format!("k3rs exited at start: {status}"));
             }
             if Instant::now() > deadline {

@@ -74,13 +74,17 @@ pub fn check_structure(log: &WatchLog) -> Vec<String> {
                 ));
             }
             if seen_keys.contains(&(rev, e.kv.key)) {
-                problems
-                    .push(format!("{}: response {i}: key k{} twice at revision {rev} (unique)", log.name, e.kv.key));
+                problems.push(format!(
+                    "{}: response {i}: key k{} twice at revision {rev} (unique)",
+                    log.name, e.kv.key
+                ));
             }
             seen_keys.push((rev, e.kv.key));
             if rev < log.start_rev {
-                problems
-                    .push(format!("{}: event at revision {rev} before the start revision {}", log.name, log.start_rev));
+                problems.push(format!(
+                    "{}: event at revision {rev} before the start revision {}",
+                    log.name, log.start_rev
+                ));
             }
         }
         if let Some(e) = r.events.last() {
@@ -117,7 +121,11 @@ pub fn patch_history(ops: &mut Vec<Op>, logs: &[WatchLog], complete: bool) -> (u
             Some(&(rev, at)) => {
                 op.resp = match op.req {
                     Request::Put { .. } => Response::Put { rev, prev: None },
-                    _ => Response::Cas { rev, succeeded: true, kv: None },
+                    _ => Response::Cas {
+                        rev,
+                        succeeded: true,
+                        kv: None,
+                    },
                 };
                 op.ret = at.max(op.invoke);
                 patched += 1;
@@ -173,7 +181,11 @@ pub fn check_against_model(
         if want != have {
             let w: Vec<String> = want.iter().map(&show).collect();
             let h: Vec<String> = have.iter().map(&show).collect();
-            let what = if have.is_empty() { "missing (reliable)" } else { "differs (prev_kv/reliable)" };
+            let what = if have.is_empty() {
+                "missing (reliable)"
+            } else {
+                "differs (prev_kv/reliable)"
+            };
             problems.push(format!(
                 "{}: revision {rev} {what}: watch [{}], model [{}]",
                 log.name,
@@ -197,13 +209,30 @@ pub fn check_against_model(
 }
 
 /// A watch resumed at `from` yields the same events as `original` from there.
-pub fn check_resumed(original: &WatchLog, resumed: &WatchLog, from: i64, until: i64) -> Vec<String> {
-    let a: Vec<Event> = original.events().filter(|e| e.kv.modr >= from && e.kv.modr <= until).copied().collect();
-    let b: Vec<Event> = resumed.events().filter(|e| e.kv.modr <= until).copied().collect();
+pub fn check_resumed(
+    original: &WatchLog,
+    resumed: &WatchLog,
+    from: i64,
+    until: i64,
+) -> Vec<String> {
+    let a: Vec<Event> = original
+        .events()
+        .filter(|e| e.kv.modr >= from && e.kv.modr <= until)
+        .copied()
+        .collect();
+    let b: Vec<Event> = resumed
+        .events()
+        .filter(|e| e.kv.modr <= until)
+        .copied()
+        .collect();
     if a == b {
         return Vec::new();
     }
-    let at = a.iter().zip(&b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
+    let at = a
+        .iter()
+        .zip(&b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()));
     vec![format!(
         "{} (from revision {from}) differs from {} after {at} equal events: {:?} vs {:?} (resumable)",
         resumed.name,

@@ -14,14 +14,17 @@ use kine::proto::response_op::Response as RespOp;
 use kine::proto::watch_client::WatchClient;
 use kine::proto::watch_request::RequestUnion;
 use kine::proto::{
-    CompactionRequest, Compare, DeleteRangeRequest, KeyValue, LeaseGrantRequest, LeaseRevokeRequest, PutRequest,
-    RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
+    CompactionRequest, Compare, DeleteRangeRequest, KeyValue, LeaseGrantRequest,
+    LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest,
+    WatchRequest,
 };
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use super::history::{INFINITY, Op};
-use super::model::{Cmp, EtcdError, Event, Key, Kv, Request, Response, State, value_bytes, value_id, value_of};
+use super::model::{
+    Cmp, EtcdError, Event, Key, Kv, Request, Response, State, value_bytes, value_id, value_of,
+};
 use super::server::K3rsProcess;
 use super::watch::{WatchLog, WatchResp};
 
@@ -105,7 +108,10 @@ impl Shared {
         self.start.elapsed().as_nanos() as u64
     }
     fn key_index(&self, k: &[u8]) -> Key {
-        self.keys.iter().position(|x| x == k).map_or(255, |i| i as Key)
+        self.keys
+            .iter()
+            .position(|x| x == k)
+            .map_or(255, |i| i as Key)
     }
     fn kv(&self, kv: &KeyValue) -> Kv {
         Kv {
@@ -148,9 +154,13 @@ fn channel(endpoint: &str) -> Channel {
 
 fn classify(s: &Status) -> Response {
     match s.code() {
-        Code::OutOfRange if s.message().contains("compacted") => Response::Error(EtcdError::Compacted),
+        Code::OutOfRange if s.message().contains("compacted") => {
+            Response::Error(EtcdError::Compacted)
+        }
         Code::OutOfRange if s.message().contains("future") => Response::Error(EtcdError::FutureRev),
-        Code::NotFound if s.message().contains("lease") => Response::Error(EtcdError::LeaseNotFound),
+        Code::NotFound if s.message().contains("lease") => {
+            Response::Error(EtcdError::LeaseNotFound)
+        }
         c => Response::Unknown(format!("{c:?}: {}", s.message())),
     }
 }
@@ -163,7 +173,10 @@ struct Conn {
 impl Conn {
     fn new(endpoint: &str) -> Self {
         let ch = channel(endpoint);
-        Conn { kv: KvClient::new(ch.clone()), lease: LeaseClient::new(ch) }
+        Conn {
+            kv: KvClient::new(ch.clone()),
+            lease: LeaseClient::new(ch),
+        }
     }
 
     async fn execute(&mut self, sh: &Shared, req: &Request) -> Result<Response, Status> {
@@ -171,8 +184,18 @@ impl Conn {
         let rev = |h: Option<kine::proto::ResponseHeader>| h.map_or(0, |h| h.revision);
         Ok(match *req {
             Request::Get { key: k } => {
-                let r = self.kv.range(RangeRequest { key: key(k).into(), ..Default::default() }).await?.into_inner();
-                Response::Get { rev: rev(r.header), kv: r.kvs.first().map(|kv| sh.kv(kv)) }
+                let r = self
+                    .kv
+                    .range(RangeRequest {
+                        key: key(k).into(),
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                Response::Get {
+                    rev: rev(r.header),
+                    kv: r.kvs.first().map(|kv| sh.kv(kv)),
+                }
             }
             Request::List => {
                 let r = self
@@ -184,9 +207,16 @@ impl Conn {
                     })
                     .await?
                     .into_inner();
-                Response::List { rev: rev(r.header), kvs: r.kvs.iter().map(|kv| sh.kv(kv)).collect() }
+                Response::List {
+                    rev: rev(r.header),
+                    kvs: r.kvs.iter().map(|kv| sh.kv(kv)).collect(),
+                }
             }
-            Request::Put { key: k, value, lease } => {
+            Request::Put {
+                key: k,
+                value,
+                lease,
+            } => {
                 let r = self
                     .kv
                     .put(PutRequest {
@@ -198,12 +228,19 @@ impl Conn {
                     })
                     .await?
                     .into_inner();
-                Response::Put { rev: rev(r.header), prev: Some(r.prev_kv.as_ref().map(|kv| sh.kv(kv))) }
+                Response::Put {
+                    rev: rev(r.header),
+                    prev: Some(r.prev_kv.as_ref().map(|kv| sh.kv(kv))),
+                }
             }
             Request::Delete { key: k } => {
                 let r = self
                     .kv
-                    .delete_range(DeleteRangeRequest { key: key(k).into(), prev_kv: true, ..Default::default() })
+                    .delete_range(DeleteRangeRequest {
+                        key: key(k).into(),
+                        prev_kv: true,
+                        ..Default::default()
+                    })
                     .await?
                     .into_inner();
                 Response::Delete {
@@ -215,7 +252,10 @@ impl Conn {
             Request::Cas { key: k, cmp, value } => {
                 let (target, union) = match cmp {
                     Cmp::ModRevision(m) => (CompareTarget::Mod, TargetUnion::ModRevision(m)),
-                    Cmp::Value(v) => (CompareTarget::Value, TargetUnion::Value(value_bytes(v).into())),
+                    Cmp::Value(v) => (
+                        CompareTarget::Value,
+                        TargetUnion::Value(value_bytes(v).into()),
+                    ),
                 };
                 let txn = TxnRequest {
                     compare: vec![Compare {
@@ -233,26 +273,53 @@ impl Conn {
                         })),
                     }],
                     failure: vec![RequestOp {
-                        request: Some(ReqOp::RequestRange(RangeRequest { key: key(k).into(), ..Default::default() })),
+                        request: Some(ReqOp::RequestRange(RangeRequest {
+                            key: key(k).into(),
+                            ..Default::default()
+                        })),
                     }],
                 };
                 let r = self.kv.txn(txn).await?.into_inner();
                 let kv = match r.responses.first().and_then(|o| o.response.as_ref()) {
-                    Some(RespOp::ResponseRange(rr)) if !r.succeeded => rr.kvs.first().map(|kv| sh.kv(kv)),
+                    Some(RespOp::ResponseRange(rr)) if !r.succeeded => {
+                        rr.kvs.first().map(|kv| sh.kv(kv))
+                    }
                     _ => None,
                 };
-                Response::Cas { rev: rev(r.header), succeeded: r.succeeded, kv }
+                Response::Cas {
+                    rev: rev(r.header),
+                    succeeded: r.succeeded,
+                    kv,
+                }
             }
             Request::LeaseGrant => {
-                let r = self.lease.lease_grant(LeaseGrantRequest { ttl: 600, id: 0 }).await?.into_inner();
-                Response::LeaseGrant { rev: rev(r.header), id: r.id }
+                let r = self
+                    .lease
+                    .lease_grant(LeaseGrantRequest { ttl: 600, id: 0 })
+                    .await?
+                    .into_inner();
+                Response::LeaseGrant {
+                    rev: rev(r.header),
+                    id: r.id,
+                }
             }
             Request::LeaseRevoke { id } => {
-                let r = self.lease.lease_revoke(LeaseRevokeRequest { id }).await?.into_inner();
+                let r = self
+                    .lease
+                    .lease_revoke(LeaseRevokeRequest { id })
+                    .await?
+                    .into_inner();
                 Response::LeaseRevoke { rev: rev(r.header) }
             }
             Request::Compact { revision } => {
-                let r = self.kv.compact(CompactionRequest { revision, physical: false }).await?.into_inner();
+                let r = self
+                    .kv
+                    .compact(CompactionRequest {
+                        revision,
+                        physical: false,
+                    })
+                    .await?
+                    .into_inner();
                 Response::Compact { rev: rev(r.header) }
             }
         })
@@ -266,7 +333,11 @@ impl Conn {
             Ok(Err(status)) => classify(&status),
             Err(_) => Response::Unknown(format!("no answer in {timeout:?}")),
         };
-        let ret = if resp.is_unknown() { INFINITY } else { sh.now() };
+        let ret = if resp.is_unknown() {
+            INFINITY
+        } else {
+            sh.now()
+        };
         match &resp {
             Response::Get { rev, .. }
             | Response::List { rev, .. }
@@ -278,7 +349,13 @@ impl Conn {
             | Response::Compact { rev } => sh.saw(*rev),
             _ => {}
         }
-        Op { client, req, resp, invoke, ret }
+        Op {
+            client,
+            req,
+            resp,
+            invoke,
+            ret,
+        }
     }
 }
 
@@ -300,7 +377,11 @@ async fn client_loop(id: usize, sh: Arc<Shared>, endpoint: String, cfg: Config) 
         let req = match rng.below(100) {
             0..20 => Request::Get { key },
             20..28 => Request::List,
-            28..46 => Request::Put { key, value: fresh(), lease: 0 },
+            28..46 => Request::Put {
+                key,
+                value: fresh(),
+                lease: 0,
+            },
             46..54 => Request::Delete { key },
             54..76 => {
                 let cmp = match known[key as usize] {
@@ -308,7 +389,11 @@ async fn client_loop(id: usize, sh: Arc<Shared>, endpoint: String, cfg: Config) 
                     Some(kv) => Cmp::ModRevision(kv.modr),
                     None => Cmp::ModRevision(0),
                 };
-                Request::Cas { key, cmp, value: fresh() }
+                Request::Cas {
+                    key,
+                    cmp,
+                    value: fresh(),
+                }
             }
             76..88 if !leases.is_empty() => {
                 let lease = if !revoked.is_empty() && rng.below(8) == 0 {
@@ -316,7 +401,11 @@ async fn client_loop(id: usize, sh: Arc<Shared>, endpoint: String, cfg: Config) 
                 } else {
                     leases[rng.below(leases.len())]
                 };
-                Request::Put { key, value: fresh(), lease }
+                Request::Put {
+                    key,
+                    value: fresh(),
+                    lease,
+                }
             }
             88..94 if !leases.is_empty() => {
                 let id = leases.swap_remove(rng.below(leases.len()));
@@ -329,11 +418,31 @@ async fn client_loop(id: usize, sh: Arc<Shared>, endpoint: String, cfg: Config) 
         let op = conn.record(&sh, id, req, cfg.request_timeout).await;
         match (&op.req, &op.resp) {
             (Request::Get { key }, Response::Get { kv, .. }) => known[*key as usize] = *kv,
-            (Request::Cas { key, .. }, Response::Cas { succeeded: false, kv, .. }) => known[*key as usize] = *kv,
+            (
+                Request::Cas { key, .. },
+                Response::Cas {
+                    succeeded: false,
+                    kv,
+                    ..
+                },
+            ) => known[*key as usize] = *kv,
             (Request::Put { key, value, .. }, Response::Put { rev, .. })
-            | (Request::Cas { key, value, .. }, Response::Cas { rev, succeeded: true, .. }) => {
-                known[*key as usize] =
-                    Some(Kv { key: *key, value: *value, create: 0, modr: *rev, version: 0, lease: 0 });
+            | (
+                Request::Cas { key, value, .. },
+                Response::Cas {
+                    rev,
+                    succeeded: true,
+                    ..
+                },
+            ) => {
+                known[*key as usize] = Some(Kv {
+                    key: *key,
+                    value: *value,
+                    create: 0,
+                    modr: *rev,
+                    version: 0,
+                    lease: 0,
+                });
             }
             (Request::Delete { key }, Response::Delete { .. }) => known[*key as usize] = None,
             (Request::List, Response::List { kvs, .. }) => {
@@ -369,7 +478,13 @@ async fn compactor_loop(id: usize, sh: Arc<Shared>, endpoint: String, cfg: Confi
             continue;
         }
         let max = sh.max_rev.load(SeqCst);
-        let floor = sh.watch_floor.iter().map(|w| w.load(SeqCst)).min().unwrap_or(max).min(max);
+        let floor = sh
+            .watch_floor
+            .iter()
+            .map(|w| w.load(SeqCst))
+            .min()
+            .unwrap_or(max)
+            .min(max);
         let revision = match rng.below(10) {
             0 => max + 100,
             1 if last > 0 => last,
@@ -378,7 +493,9 @@ async fn compactor_loop(id: usize, sh: Arc<Shared>, endpoint: String, cfg: Confi
         if revision < 2 {
             continue;
         }
-        let op = conn.record(&sh, id, Request::Compact { revision }, cfg.request_timeout).await;
+        let op = conn
+            .record(&sh, id, Request::Compact { revision }, cfg.request_timeout)
+            .await;
         if matches!(op.resp, Response::Compact { .. }) {
             last = revision;
         }
@@ -406,8 +523,19 @@ fn events(sh: &Shared, evs: &[kine::proto::Event]) -> Vec<Event> {
 
 /// Watches the prefix from `start_rev` with prev_kv until it has seen the
 /// final revision; reconnects from the next revision when the stream breaks.
-async fn watch_loop(name: String, slot: Option<usize>, sh: Arc<Shared>, endpoint: String, start_rev: i64) -> WatchLog {
-    let mut log = WatchLog { name, start_rev, last_rev: start_rev - 1, ..Default::default() };
+async fn watch_loop(
+    name: String,
+    slot: Option<usize>,
+    sh: Arc<Shared>,
+    endpoint: String,
+    start_rev: i64,
+) -> WatchLog {
+    let mut log = WatchLog {
+        name,
+        start_rev,
+        last_rev: start_rev - 1,
+        ..Default::default()
+    };
     let done = |last: i64| {
         let until = sh.watch_until.load(SeqCst);
         sh.watch_abort.load(SeqCst) || (until > 0 && last >= until)
@@ -427,7 +555,11 @@ async fn watch_loop(name: String, slot: Option<usize>, sh: Arc<Shared>, endpoint
             prev_kv: true,
             ..Default::default()
         };
-        let _ = tx.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await;
+        let _ = tx
+            .send(WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(create)),
+            })
+            .await;
         let mut stream = match tokio::time::timeout(
             Duration::from_secs(2),
             client.watch(tokio_stream::wrappers::ReceiverStream::new(rx)),
@@ -460,7 +592,9 @@ async fn watch_loop(name: String, slot: Option<usize>, sh: Arc<Shared>, endpoint
                     }
                     let evs = events(&sh, &resp.events);
                     let at = sh.now();
-                    log.last_rev = log.last_rev.max(evs.iter().map(|e| e.kv.modr).max().unwrap_or(0));
+                    log.last_rev = log
+                        .last_rev
+                        .max(evs.iter().map(|e| e.kv.modr).max().unwrap_or(0));
                     log.responses.push(WatchResp {
                         at,
                         stream: stream_no,
@@ -490,7 +624,11 @@ async fn watch_loop(name: String, slot: Option<usize>, sh: Arc<Shared>, endpoint
 }
 
 /// Joins `handles`, giving up (and telling the watchers to stop) after `wait`.
-async fn join_watchers(sh: &Shared, handles: Vec<tokio::task::JoinHandle<WatchLog>>, wait: Duration) -> Vec<WatchLog> {
+async fn join_watchers(
+    sh: &Shared,
+    handles: Vec<tokio::task::JoinHandle<WatchLog>>,
+    wait: Duration,
+) -> Vec<WatchLog> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut out = Vec::new();
     for mut h in handles {
@@ -509,9 +647,15 @@ async fn join_watchers(sh: &Shared, handles: Vec<tokio::task::JoinHandle<WatchLo
 /// Runs the workload against `endpoint` (or against `process`, which is
 /// then killed and restarted `cfg.kills` times) and records everything.
 /// Returns the process so the caller decides when it stops.
-pub async fn record(endpoint: String, cfg: &Config, process: Option<K3rsProcess>) -> (Recorded, Option<K3rsProcess>) {
+pub async fn record(
+    endpoint: String,
+    cfg: &Config,
+    process: Option<K3rsProcess>,
+) -> (Recorded, Option<K3rsProcess>) {
     assert!(cfg.keys <= 100, "at most 100 keys");
-    let keys: Vec<String> = (0..cfg.keys).map(|i| format!("{}k{i:02}", cfg.prefix)).collect();
+    let keys: Vec<String> = (0..cfg.keys)
+        .map(|i| format!("{}k{i:02}", cfg.prefix))
+        .collect();
     let sh = Arc::new(Shared {
         start: Instant::now(),
         up: AtomicBool::new(true),
@@ -525,11 +669,25 @@ pub async fn record(endpoint: String, cfg: &Config, process: Option<K3rsProcess>
         range_end: prefix_end(cfg.prefix.as_bytes()),
     });
     let watchers: Vec<_> = (0..cfg.watchers)
-        .map(|i| tokio::spawn(watch_loop(format!("watcher w{i}"), Some(i), sh.clone(), endpoint.clone(), 1)))
+        .map(|i| {
+            tokio::spawn(watch_loop(
+                format!("watcher w{i}"),
+                Some(i),
+                sh.clone(),
+                endpoint.clone(),
+                1,
+            ))
+        })
         .collect();
-    let clients: Vec<_> =
-        (0..cfg.clients).map(|i| tokio::spawn(client_loop(i, sh.clone(), endpoint.clone(), cfg.clone()))).collect();
-    let compactor = tokio::spawn(compactor_loop(cfg.clients, sh.clone(), endpoint.clone(), cfg.clone()));
+    let clients: Vec<_> = (0..cfg.clients)
+        .map(|i| tokio::spawn(client_loop(i, sh.clone(), endpoint.clone(), cfg.clone())))
+        .collect();
+    let compactor = tokio::spawn(compactor_loop(
+        cfg.clients,
+        sh.clone(),
+        endpoint.clone(),
+        cfg.clone(),
+    ));
     let faults = {
         let sh = sh.clone();
         let (kills, duration) = (cfg.kills, cfg.duration);
@@ -537,7 +695,10 @@ pub async fn record(endpoint: String, cfg: &Config, process: Option<K3rsProcess>
             let mut process = process;
             if let Some(p) = process.as_mut() {
                 for i in 0..kills {
-                    tokio::time::sleep_until((sh.start + duration * (i as u32 + 1) / (kills as u32 + 1)).into()).await;
+                    tokio::time::sleep_until(
+                        (sh.start + duration * (i as u32 + 1) / (kills as u32 + 1)).into(),
+                    )
+                    .await;
                     sh.up.store(false, SeqCst);
                     p.kill();
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -563,7 +724,9 @@ pub async fn record(endpoint: String, cfg: &Config, process: Option<K3rsProcess>
     let mut conn = Conn::new(&endpoint);
     let final_rev = loop {
         sh.up.store(true, SeqCst);
-        let op = conn.record(&sh, cfg.clients + 1, Request::List, cfg.request_timeout).await;
+        let op = conn
+            .record(&sh, cfg.clients + 1, Request::List, cfg.request_timeout)
+            .await;
         let rev = match op.resp {
             Response::List { rev, .. } => Some(rev),
             _ => None,
@@ -589,13 +752,31 @@ pub async fn record(endpoint: String, cfg: &Config, process: Option<K3rsProcess>
     let resumed = if cfg.watchers > 0 && final_rev > 2 {
         let from = (compacted + 1).max(final_rev / 2).min(final_rev);
         sh.watch_abort.store(false, SeqCst);
-        let h =
-            tokio::spawn(watch_loop(format!("resumed watch from {from}"), None, sh.clone(), endpoint.clone(), from));
-        join_watchers(&sh, vec![h], Duration::from_secs(10)).await.pop()
+        let h = tokio::spawn(watch_loop(
+            format!("resumed watch from {from}"),
+            None,
+            sh.clone(),
+            endpoint.clone(),
+            from,
+        ));
+        join_watchers(&sh, vec![h], Duration::from_secs(10))
+            .await
+            .pop()
     } else {
         None
     };
     ops.sort_by_key(|o| (o.invoke, o.client));
     let kills = process.as_ref().map_or(0, |p| p.kills);
-    (Recorded { ops, keys, init: State::new(cfg.keys), watches, resumed, final_rev, kills }, process)
+    (
+        Recorded {
+            ops,
+            keys,
+            init: State::new(cfg.keys),
+            watches,
+            resumed,
+            final_rev,
+            kills,
+        },
+        process,
+    )
 }

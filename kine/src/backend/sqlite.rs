@@ -64,7 +64,9 @@ fn row_id(mod_revision: i64, n: usize) -> Result<i64> {
 /// Refuses a file that exists and is not a SQLite database, before SQLite
 /// gets a chance to treat it as one.
 fn check_file_is_sqlite(path: &Path) -> Result<()> {
-    let Ok(mut file) = File::open(path) else { return Ok(()) };
+    let Ok(mut file) = File::open(path) else {
+        return Ok(());
+    };
     let mut header = [0u8; 16];
     match file.read(&mut header) {
         Ok(0) => Ok(()),
@@ -92,7 +94,9 @@ pub fn open(config: &SqliteConfig) -> Result<(SqliteWriter, SqliteReader)> {
     }
     let conn = open_connection(
         &config.path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     let foreign = || {
         Error::Storage(format!(
@@ -100,9 +104,14 @@ pub fn open(config: &SqliteConfig) -> Result<(SqliteWriter, SqliteReader)> {
             config.path.display()
         ))
     };
-    let app_id: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0)).map_err(|e| {
-        Error::Storage(format!("{} is not a readable SQLite database: {e}", config.path.display()))
-    })?;
+    let app_id: i64 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(|e| {
+            Error::Storage(format!(
+                "{} is not a readable SQLite database: {e}",
+                config.path.display()
+            ))
+        })?;
     let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
     if app_id != APPLICATION_ID && (app_id != 0 || tables != 0) {
         return Err(foreign());
@@ -117,7 +126,10 @@ pub fn open(config: &SqliteConfig) -> Result<(SqliteWriter, SqliteReader)> {
          PRAGMA cache_size = -16384;
          PRAGMA temp_store = MEMORY;"
     ))?;
-    let mut writer = SqliteWriter { conn, path: config.path.clone() };
+    let mut writer = SqliteWriter {
+        conn,
+        path: config.path.clone(),
+    };
     writer.migrate()?;
     let reader = SqliteReader::open(&config.path)?;
     Ok((writer, reader))
@@ -131,7 +143,9 @@ pub struct SqliteWriter {
 
 impl SqliteWriter {
     fn migrate(&mut self) -> Result<()> {
-        let version: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version > SCHEMA_VERSION {
             return Err(Error::Storage(format!(
                 "{} has schema version {version}, newer than this k3rs understands ({SCHEMA_VERSION}); upgrade k3rs",
@@ -141,8 +155,13 @@ impl SqliteWriter {
         if version == SCHEMA_VERSION {
             return Ok(());
         }
-        let identity = StoreIdentity { cluster_id: random_id(), member_id: random_id() };
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let identity = StoreIdentity {
+            cluster_id: random_id(),
+            member_id: random_id(),
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute_batch(&format!(
             "CREATE TABLE kv_log (
                  id INTEGER PRIMARY KEY,
@@ -169,7 +188,11 @@ impl SqliteWriter {
     }
 
     fn meta(&self, name: &str) -> Result<i64> {
-        Ok(self.conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get(0))?)
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })?)
     }
 }
 
@@ -178,7 +201,12 @@ impl SqliteWriter {
 pub(crate) fn random_id() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
     h.finish().max(1)
 }
 
@@ -208,7 +236,12 @@ impl LogWriter for SqliteWriter {
         let leases = self
             .conn
             .prepare("SELECT id, ttl FROM leases ORDER BY id")?
-            .query_map([], |r| Ok(StoredLease { id: r.get(0)?, ttl: r.get(1)? }))?
+            .query_map([], |r| {
+                Ok(StoredLease {
+                    id: r.get(0)?,
+                    ttl: r.get(1)?,
+                })
+            })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(Loaded {
             current_revision: self.meta("current_revision")?.max(max_revision),
@@ -222,7 +255,9 @@ impl LogWriter for SqliteWriter {
     }
 
     fn commit(&mut self, batch: &CommitBatch) -> Result<()> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO kv_log (id, key, create_rev, version, lease, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -240,7 +275,8 @@ impl LogWriter for SqliteWriter {
             tx.prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'current_revision'")?
                 .execute([batch.current_revision])?;
             if !batch.granted_leases.is_empty() {
-                let mut grant = tx.prepare_cached("INSERT OR REPLACE INTO leases (id, ttl) VALUES (?1, ?2)")?;
+                let mut grant =
+                    tx.prepare_cached("INSERT OR REPLACE INTO leases (id, ttl) VALUES (?1, ?2)")?;
                 for l in &batch.granted_leases {
                     grant.execute([l.id, l.ttl])?;
                 }
@@ -257,16 +293,26 @@ impl LogWriter for SqliteWriter {
     }
 
     fn set_compact_revision(&mut self, revision: i64) -> Result<()> {
-        self.conn.execute("UPDATE meta SET value = ?1 WHERE name = 'compact_revision'", [revision])?;
+        self.conn.execute(
+            "UPDATE meta SET value = ?1 WHERE name = 'compact_revision'",
+            [revision],
+        )?;
         Ok(())
     }
 
     fn delete_revisions(&mut self, rows: &[(i64, Bytes)]) -> Result<()> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
-            let mut delete = tx.prepare_cached("DELETE FROM kv_log WHERE id >= ?1 AND id < ?2 AND key = ?3")?;
+            let mut delete =
+                tx.prepare_cached("DELETE FROM kv_log WHERE id >= ?1 AND id < ?2 AND key = ?3")?;
             for (revision, key) in rows {
-                delete.execute(params![revision << ROW_BITS, (revision + 1) << ROW_BITS, key.as_ref()])?;
+                delete.execute(params![
+                    revision << ROW_BITS,
+                    (revision + 1) << ROW_BITS,
+                    key.as_ref()
+                ])?;
             }
         }
         tx.commit()?;
@@ -278,16 +324,26 @@ impl LogWriter for SqliteWriter {
     }
 
     fn defragment(&mut self) -> Result<()> {
-        self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")?;
+        self.conn.execute_batch(
+            "PRAGMA wal_checkpoint(TRUNCATE); VACUUM; PRAGMA wal_checkpoint(TRUNCATE);",
+        )?;
         Ok(())
     }
 }
 
 fn value_at(conn: &Connection, key: &[u8], mod_revision: i64) -> Result<Option<Bytes>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT value FROM kv_log WHERE id >= ?1 AND id < ?2 AND key = ?3 LIMIT 1")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT value FROM kv_log WHERE id >= ?1 AND id < ?2 AND key = ?3 LIMIT 1",
+    )?;
     let value: Option<Vec<u8>> = stmt
-        .query_row(params![mod_revision << ROW_BITS, (mod_revision + 1) << ROW_BITS, key], |r| r.get(0))
+        .query_row(
+            params![
+                mod_revision << ROW_BITS,
+                (mod_revision + 1) << ROW_BITS,
+                key
+            ],
+            |r| r.get(0),
+        )
         .optional()?;
     Ok(value.map(Bytes::from))
 }
@@ -301,8 +357,11 @@ impl SqliteReader {
     fn open(path: &Path) -> Result<Self> {
         let pool = (0..READER_CONNECTIONS)
             .map(|_| {
-                open_connection(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-                    .map(Mutex::new)
+                open_connection(
+                    path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map(Mutex::new)
             })
             .collect::<Result<_>>()?;
         Ok(SqliteReader { pool })
@@ -349,7 +408,10 @@ mod tests {
     use super::*;
 
     fn config(dir: &tempfile::TempDir) -> SqliteConfig {
-        SqliteConfig { path: dir.path().join("state.db"), durability: Durability::Fsync }
+        SqliteConfig {
+            path: dir.path().join("state.db"),
+            durability: Durability::Fsync,
+        }
     }
 
     fn record(rev: i64, key: &'static [u8], value: &'static [u8]) -> LogRecord {
@@ -369,7 +431,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut w, r) = open(&config(&dir)).unwrap();
         let batch = CommitBatch {
-            records: vec![record(2, b"a\0\xff", b"1"), record(3, b"b", b"2"), LogRecord { sub: 1, ..record(3, b"c", b"3") }],
+            records: vec![
+                record(2, b"a\0\xff", b"1"),
+                record(3, b"b", b"2"),
+                LogRecord {
+                    sub: 1,
+                    ..record(3, b"c", b"3")
+                },
+            ],
             current_revision: 3,
             ..Default::default()
         };
@@ -390,13 +459,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         std::fs::write(&path, b"not a database at all, really").unwrap();
-        let err = open(&SqliteConfig { path: path.clone(), durability: Durability::Fsync }).err().unwrap();
+        let err = open(&SqliteConfig {
+            path: path.clone(),
+            durability: Durability::Fsync,
+        })
+        .err()
+        .unwrap();
         assert!(err.to_string().contains("not a SQLite database"), "{err}");
-        assert_eq!(std::fs::read(&path).unwrap(), b"not a database at all, really");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"not a database at all, really"
+        );
 
         let other = dir.path().join("other.db");
-        Connection::open(&other).unwrap().execute_batch("CREATE TABLE t (x)").unwrap();
-        let err = open(&SqliteConfig { path: other, durability: Durability::Fsync }).err().unwrap();
+        Connection::open(&other)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x)")
+            .unwrap();
+        let err = open(&SqliteConfig {
+            path: other,
+            durability: Durability::Fsync,
+        })
+        .err()
+        .unwrap();
         assert!(err.to_string().contains("another program"), "{err}");
     }
 }

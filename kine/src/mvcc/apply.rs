@@ -19,8 +19,8 @@ use crate::proto::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::proto::request_op::Request;
 use crate::proto::response_op::Response;
 use crate::proto::{
-    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 
 /// Most compares, or ops per branch, one txn may carry (etcd's default).
@@ -60,11 +60,18 @@ impl WriteCtx<'_> {
     /// The revision reads inside this request see (etcd: the begin revision,
     /// plus one once the request has written).
     fn read_revision(&self) -> i64 {
-        if self.wrote() { self.revision() } else { self.base }
+        if self.wrote() {
+            self.revision()
+        } else {
+            self.base
+        }
     }
 
     fn view(&self) -> ReadView {
-        ReadView { current: self.read_revision(), compact: self.compact }
+        ReadView {
+            current: self.read_revision(),
+            compact: self.compact,
+        }
     }
 
     /// Undoes this request's writes (it failed half-way).
@@ -90,7 +97,8 @@ impl WriteCtx<'_> {
         let (old_lease, replaced) = self.index.push(key, revision);
         self.leases.reattach(&record.key, old_lease, new_lease);
         if replaced {
-            self.records.retain(|r| !(r.mod_revision == rev && r.key == record.key));
+            self.records
+                .retain(|r| !(r.mod_revision == rev && r.key == record.key));
         }
         self.records.push(record);
     }
@@ -128,7 +136,11 @@ pub fn check_txn(req: &TxnRequest) -> Result<()> {
 }
 
 fn check_txn_ops(req: &TxnRequest) -> Result<()> {
-    let most = req.compare.len().max(req.success.len()).max(req.failure.len());
+    let most = req
+        .compare
+        .len()
+        .max(req.success.len())
+        .max(req.failure.len());
     if most > MAX_TXN_OPS {
         return Err(Error::TooManyOps);
     }
@@ -139,7 +151,9 @@ fn check_txn_ops(req: &TxnRequest) -> Result<()> {
         match &op.request {
             Some(Request::RequestRange(r)) => read::check_range(r)?,
             Some(Request::RequestPut(p)) => check_put(p)?,
-            Some(Request::RequestDeleteRange(d)) if d.key.is_empty() => return Err(Error::EmptyKey),
+            Some(Request::RequestDeleteRange(d)) if d.key.is_empty() => {
+                return Err(Error::EmptyKey);
+            }
             Some(Request::RequestTxn(t)) => check_txn_ops(t)?,
             Some(_) => {}
             None => return Err(Error::KeyNotFound),
@@ -157,7 +171,11 @@ struct DeleteInterval<'a> {
 
 impl DeleteInterval<'_> {
     fn covers(&self, k: &[u8]) -> bool {
-        if self.end.is_empty() { k == self.key } else { self.key <= k && k < self.end }
+        if self.end.is_empty() {
+            k == self.key
+        } else {
+            self.key <= k && k < self.end
+        }
     }
 }
 
@@ -167,13 +185,18 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(HashSet<&[u8]>, Vec<DeleteInter
     let mut dels: Vec<DeleteInterval> = ops
         .iter()
         .filter_map(|op| match &op.request {
-            Some(Request::RequestDeleteRange(d)) => Some(DeleteInterval { key: &d.key, end: &d.range_end }),
+            Some(Request::RequestDeleteRange(d)) => Some(DeleteInterval {
+                key: &d.key,
+                end: &d.range_end,
+            }),
             _ => None,
         })
         .collect();
     let mut puts: HashSet<&[u8]> = HashSet::new();
     for op in ops {
-        let Some(Request::RequestTxn(t)) = &op.request else { continue };
+        let Some(Request::RequestTxn(t)) = &op.request else {
+            continue;
+        };
         let (puts_then, dels_then) = check_intervals(&t.success)?;
         let (puts_else, dels_else) = check_intervals(&t.failure)?;
         for k in &puts_then {
@@ -193,7 +216,9 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(HashSet<&[u8]>, Vec<DeleteInter
         dels.extend(dels_else);
     }
     for op in ops {
-        let Some(Request::RequestPut(p)) = &op.request else { continue };
+        let Some(Request::RequestPut(p)) = &op.request else {
+            continue;
+        };
         let k: &[u8] = &p.key;
         if puts.contains(k) || dels.iter().any(|d| d.covers(k)) {
             return Err(Error::DuplicateKey);
@@ -209,7 +234,11 @@ pub fn put(ctx: &mut WriteCtx, req: &PutRequest) -> Result<PutResponse> {
     if (req.ignore_value || req.ignore_lease) && prev.is_none() {
         return Err(Error::KeyNotFound);
     }
-    let lease = if req.ignore_lease { prev.as_ref().map_or(0, |p| p.lease) } else { req.lease };
+    let lease = if req.ignore_lease {
+        prev.as_ref().map_or(0, |p| p.lease)
+    } else {
+        req.lease
+    };
     if lease != 0 && !ctx.leases.contains(lease) {
         return Err(Error::LeaseNotFound);
     }
@@ -243,9 +272,22 @@ pub fn put(ctx: &mut WriteCtx, req: &PutRequest) -> Result<PutResponse> {
     };
     ctx.write(
         Bytes::copy_from_slice(&req.key),
-        Revision { mod_revision: rev, create_revision, version, lease, sub: 0, value: Some(value) },
+        Revision {
+            mod_revision: rev,
+            create_revision,
+            version,
+            lease,
+            sub: 0,
+            value: Some(value),
+        },
     );
-    Ok(PutResponse { header: Some(ResponseHeader { revision: rev, ..Default::default() }), prev_kv })
+    Ok(PutResponse {
+        header: Some(ResponseHeader {
+            revision: rev,
+            ..Default::default()
+        }),
+        prev_kv,
+    })
 }
 
 /// DeleteRange.
@@ -278,7 +320,14 @@ pub fn delete_range(ctx: &mut WriteCtx, req: &DeleteRangeRequest) -> Result<Dele
         ctx.write(key, Revision::tombstone(rev));
     }
     let revision = if ctx.wrote() { rev } else { ctx.base };
-    Ok(DeleteRangeResponse { header: Some(ResponseHeader { revision, ..Default::default() }), deleted, prev_kvs })
+    Ok(DeleteRangeResponse {
+        header: Some(ResponseHeader {
+            revision,
+            ..Default::default()
+        }),
+        deleted,
+        prev_kvs,
+    })
 }
 
 /// Txn (after `check_txn`): compares, then the chosen branch in order.
@@ -305,7 +354,12 @@ fn choose_path(ctx: &WriteCtx, req: &TxnRequest, path: &mut Vec<bool>) {
     }
 }
 
-fn check_path_puts(ctx: &WriteCtx, req: &TxnRequest, path: &[bool], next: &mut usize) -> Result<()> {
+fn check_path_puts(
+    ctx: &WriteCtx,
+    req: &TxnRequest,
+    path: &[bool],
+    next: &mut usize,
+) -> Result<()> {
     let ok = path[*next];
     *next += 1;
     for op in if ok { &req.success } else { &req.failure } {
@@ -326,23 +380,43 @@ fn check_path_puts(ctx: &WriteCtx, req: &TxnRequest, path: &[bool], next: &mut u
     Ok(())
 }
 
-fn run_txn(ctx: &mut WriteCtx, req: &TxnRequest, path: &[bool], next: &mut usize) -> Result<TxnResponse> {
+fn run_txn(
+    ctx: &mut WriteCtx,
+    req: &TxnRequest,
+    path: &[bool],
+    next: &mut usize,
+) -> Result<TxnResponse> {
     let succeeded = path[*next];
     *next += 1;
-    let ops = if succeeded { &req.success } else { &req.failure };
+    let ops = if succeeded {
+        &req.success
+    } else {
+        &req.failure
+    };
     let mut responses = Vec::with_capacity(ops.len());
     for op in ops {
         let response = match &op.request {
             Some(Request::RequestRange(r)) => Response::ResponseRange(ctx.range(r)?),
             Some(Request::RequestPut(p)) => Response::ResponsePut(put(ctx, p)?),
-            Some(Request::RequestDeleteRange(d)) => Response::ResponseDeleteRange(delete_range(ctx, d)?),
+            Some(Request::RequestDeleteRange(d)) => {
+                Response::ResponseDeleteRange(delete_range(ctx, d)?)
+            }
             Some(Request::RequestTxn(t)) => Response::ResponseTxn(run_txn(ctx, t, path, next)?),
             None => return Err(Error::KeyNotFound),
         };
-        responses.push(ResponseOp { response: Some(response) });
+        responses.push(ResponseOp {
+            response: Some(response),
+        });
     }
     let revision = ctx.read_revision();
-    Ok(TxnResponse { header: Some(ResponseHeader { revision, ..Default::default() }), succeeded, responses })
+    Ok(TxnResponse {
+        header: Some(ResponseHeader {
+            revision,
+            ..Default::default()
+        }),
+        succeeded,
+        responses,
+    })
 }
 
 /// etcd's `applyCompare`: every key in the compare's range must match; a
@@ -380,20 +454,38 @@ fn compare_one(c: &Compare, r: Option<&Revision>) -> bool {
         }
         target => {
             let (have, want) = match (target, &c.target_union) {
-                (Ok(CompareTarget::Version), u) => {
-                    (r.map_or(0, |r| r.version), if let Some(TargetUnion::Version(v)) = u { *v } else { 0 })
-                }
+                (Ok(CompareTarget::Version), u) => (
+                    r.map_or(0, |r| r.version),
+                    if let Some(TargetUnion::Version(v)) = u {
+                        *v
+                    } else {
+                        0
+                    },
+                ),
                 (Ok(CompareTarget::Create), u) => (
                     r.map_or(0, |r| r.create_revision),
-                    if let Some(TargetUnion::CreateRevision(v)) = u { *v } else { 0 },
+                    if let Some(TargetUnion::CreateRevision(v)) = u {
+                        *v
+                    } else {
+                        0
+                    },
                 ),
                 (Ok(CompareTarget::Mod), u) => (
                     r.map_or(0, |r| r.mod_revision),
-                    if let Some(TargetUnion::ModRevision(v)) = u { *v } else { 0 },
+                    if let Some(TargetUnion::ModRevision(v)) = u {
+                        *v
+                    } else {
+                        0
+                    },
                 ),
-                (Ok(CompareTarget::Lease), u) => {
-                    (r.map_or(0, |r| r.lease), if let Some(TargetUnion::Lease(v)) = u { *v } else { 0 })
-                }
+                (Ok(CompareTarget::Lease), u) => (
+                    r.map_or(0, |r| r.lease),
+                    if let Some(TargetUnion::Lease(v)) = u {
+                        *v
+                    } else {
+                        0
+                    },
+                ),
                 _ => (0, 0),
             };
             have.cmp(&want)
@@ -413,14 +505,19 @@ fn compare_one(c: &Compare, r: Option<&Revision>) -> bool {
 pub fn undo(index: &mut Index, leases: &mut LeaseTable, records: &[LogRecord], base: i64) {
     for record in records.iter().rev() {
         index.truncate_above(&record.key, base);
-        let restored = index.get(&record.key).and_then(|h| h.latest()).map_or(0, |l| l.lease);
+        let restored = index
+            .get(&record.key)
+            .and_then(|h| h.latest())
+            .map_or(0, |l| l.lease);
         leases.reattach(&record.key, record.lease, restored);
     }
 }
 
 /// Revokes a lease: deletes every attached key in this request's revision.
 pub fn revoke_lease(ctx: &mut WriteCtx, id: i64) -> Result<i64> {
-    let Some(lease) = ctx.leases.get(id) else { return Err(Error::LeaseNotFound) };
+    let Some(lease) = ctx.leases.get(id) else {
+        return Err(Error::LeaseNotFound);
+    };
     let keys: Vec<Bytes> = lease.keys.iter().cloned().collect();
     let rev = ctx.revision();
     for key in keys {

@@ -39,7 +39,14 @@ pub struct Revision {
 impl Revision {
     /// A delete at `mod_revision`.
     pub fn tombstone(mod_revision: i64) -> Self {
-        Revision { mod_revision, create_revision: 0, version: 0, lease: 0, sub: 0, value: Some(Bytes::new()) }
+        Revision {
+            mod_revision,
+            create_revision: 0,
+            version: 0,
+            lease: 0,
+            sub: 0,
+            value: Some(Bytes::new()),
+        }
     }
 
     /// Whether this revision is a delete.
@@ -167,7 +174,11 @@ impl KeyRange {
 impl Index {
     /// Visits the keys of `range` in ascending order with their history;
     /// `f` returns false to stop.
-    pub fn visit<'a>(&'a self, range: &KeyRange, mut f: impl FnMut(&'a Bytes, &'a KeyHistory) -> bool) {
+    pub fn visit<'a>(
+        &'a self,
+        range: &KeyRange,
+        mut f: impl FnMut(&'a Bytes, &'a KeyHistory) -> bool,
+    ) {
         if range.is_empty() {
             return;
         }
@@ -191,13 +202,19 @@ impl Index {
     pub fn push(&mut self, key: Bytes, revision: Revision) -> (i64, bool) {
         let history = self.keys.entry(key).or_default();
         let old_lease = history.latest().map_or(0, |l| l.lease);
-        let replaced = history.latest().is_some_and(|l| l.mod_revision == revision.mod_revision);
+        let replaced = history
+            .latest()
+            .is_some_and(|l| l.mod_revision == revision.mod_revision);
         if replaced {
             history.revisions.pop();
         } else {
             self.revision_count += 1;
         }
-        debug_assert!(history.latest().is_none_or(|l| l.mod_revision < revision.mod_revision));
+        debug_assert!(
+            history
+                .latest()
+                .is_none_or(|l| l.mod_revision < revision.mod_revision)
+        );
         history.revisions.push(revision);
         (old_lease, replaced)
     }
@@ -208,7 +225,10 @@ impl Index {
     /// same batch still finds this one's value for its own `prev_kv`.
     pub fn publish(&mut self, key: &[u8], rev: i64) -> Option<(Revision, Option<Revision>)> {
         let history = self.keys.get_mut(key)?;
-        let this = history.revisions.iter().rposition(|r| r.mod_revision == rev)?;
+        let this = history
+            .revisions
+            .iter()
+            .rposition(|r| r.mod_revision == rev)?;
         let prev = history.before(rev).cloned();
         let published = history.revisions[this].clone();
         release(&mut history.revisions[..=this]);
@@ -260,7 +280,11 @@ impl Index {
     ) -> Option<Bytes> {
         let mut batch: Vec<Bytes> = Vec::new();
         let mut next = None;
-        for key in self.keys.range::<[u8], _>((Bound::Included(from.as_ref()), Bound::Unbounded)).map(|(k, _)| k) {
+        for key in self
+            .keys
+            .range::<[u8], _>((Bound::Included(from.as_ref()), Bound::Unbounded))
+            .map(|(k, _)| k)
+        {
             if batch.len() == max_keys {
                 next = Some(key.clone());
                 break;
@@ -269,7 +293,9 @@ impl Index {
         }
         let before = removed.len();
         for key in batch {
-            let Some(history) = self.keys.get_mut(&key) else { continue };
+            let Some(history) = self.keys.get_mut(&key) else {
+                continue;
+            };
             let revs = &mut history.revisions;
             let upto = revs.partition_point(|r| r.mod_revision <= rev);
             if upto == 0 {
@@ -278,7 +304,11 @@ impl Index {
             // Keep the newest revision at or below `rev`, unless it is a
             // tombstone strictly below `rev` (it only says "absent").
             let newest = &revs[upto - 1];
-            let drop = if newest.is_tombstone() && newest.mod_revision < rev { upto } else { upto - 1 };
+            let drop = if newest.is_tombstone() && newest.mod_revision < rev {
+                upto
+            } else {
+                upto - 1
+            };
             removed.extend(revs.drain(..drop).map(|r| (r.mod_revision, key.clone())));
             if revs.is_empty() {
                 self.keys.remove(&key);
@@ -304,7 +334,14 @@ mod tests {
     use super::*;
 
     fn rev(mod_revision: i64, create_revision: i64, version: i64) -> Revision {
-        Revision { mod_revision, create_revision, version, lease: 0, sub: 0, value: Some(Bytes::from_static(b"v")) }
+        Revision {
+            mod_revision,
+            create_revision,
+            version,
+            lease: 0,
+            sub: 0,
+            value: Some(Bytes::from_static(b"v")),
+        }
     }
 
     fn example() -> Index {
@@ -350,10 +387,13 @@ mod tests {
     fn inverted_ranges_hold_nothing() {
         let idx = example();
         let mut n = 0;
-        idx.visit(&KeyRange::new(Bytes::from_static(b"b"), Bytes::from_static(b"a")), |_, _| {
-            n += 1;
-            true
-        });
+        idx.visit(
+            &KeyRange::new(Bytes::from_static(b"b"), Bytes::from_static(b"a")),
+            |_, _| {
+                n += 1;
+                true
+            },
+        );
         assert_eq!(n, 0);
     }
 }
@@ -363,7 +403,14 @@ mod publish_tests {
     use super::*;
 
     fn put(rev: i64, v: &'static [u8]) -> Revision {
-        Revision { mod_revision: rev, create_revision: 2, version: rev - 1, lease: 0, sub: 0, value: Some(Bytes::from_static(v)) }
+        Revision {
+            mod_revision: rev,
+            create_revision: 2,
+            version: rev - 1,
+            lease: 0,
+            sub: 0,
+            value: Some(Bytes::from_static(v)),
+        }
     }
 
     /// Two revisions of one key in one batch: the second's prev_kv is the
@@ -376,10 +423,22 @@ mod publish_tests {
         idx.push(k.clone(), put(3, b"b"));
         idx.push(k.clone(), put(4, b"c"));
         let (this, prev) = idx.publish(b"k", 3).unwrap();
-        assert_eq!((this.value.as_deref(), prev.unwrap().value.as_deref()), (Some(&b"b"[..]), Some(&b"a"[..])));
+        assert_eq!(
+            (this.value.as_deref(), prev.unwrap().value.as_deref()),
+            (Some(&b"b"[..]), Some(&b"a"[..]))
+        );
         let (this, prev) = idx.publish(b"k", 4).unwrap();
-        assert_eq!((this.value.as_deref(), prev.unwrap().value.as_deref()), (Some(&b"c"[..]), Some(&b"b"[..])));
-        let values: Vec<_> = idx.get(b"k").unwrap().revisions().iter().map(|r| r.value.is_some()).collect();
+        assert_eq!(
+            (this.value.as_deref(), prev.unwrap().value.as_deref()),
+            (Some(&b"c"[..]), Some(&b"b"[..]))
+        );
+        let values: Vec<_> = idx
+            .get(b"k")
+            .unwrap()
+            .revisions()
+            .iter()
+            .map(|r| r.value.is_some())
+            .collect();
         assert_eq!(values, vec![false, false, true]);
     }
 }

@@ -29,18 +29,25 @@ pub struct Lease {
 impl Lease {
     /// A lease of `ttl` seconds, starting now.
     pub fn new(ttl: i64) -> Self {
-        Lease { ttl, expiry: deadline(ttl), keys: BTreeSet::new() }
+        Lease {
+            ttl,
+            expiry: deadline(ttl),
+            keys: BTreeSet::new(),
+        }
     }
 
     /// Seconds left, as etcd reports them (truncated; 0 once expired).
     pub fn remaining_seconds(&self) -> i64 {
-        self.expiry.saturating_duration_since(Instant::now()).as_secs() as i64
+        self.expiry
+            .saturating_duration_since(Instant::now())
+            .as_secs() as i64
     }
 }
 
 fn deadline(ttl: i64) -> Instant {
     let now = Instant::now();
-    now.checked_add(Duration::from_secs(ttl.max(0) as u64)).unwrap_or(now + Duration::from_secs(1 << 40))
+    now.checked_add(Duration::from_secs(ttl.max(0) as u64))
+        .unwrap_or(now + Duration::from_secs(1 << 40))
 }
 
 /// Every live lease. Lock order: the index before this table.
@@ -95,7 +102,11 @@ impl LeaseTable {
 
     /// Leases whose deadline has passed.
     pub fn expired(&self, now: Instant) -> Vec<i64> {
-        self.leases.iter().filter(|(_, l)| l.expiry <= now).map(|(id, _)| *id).collect()
+        self.leases
+            .iter()
+            .filter(|(_, l)| l.expiry <= now)
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// All lease ids.

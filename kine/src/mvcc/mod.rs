@@ -21,8 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::backend::{LogReader, LogWriter, StoreIdentity};
 use crate::error::{Error, Result};
 use crate::proto::{
-    DeleteRangeRequest, DeleteRangeResponse, Event, LeaseGrantResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, TxnRequest, TxnResponse,
+    DeleteRangeRequest, DeleteRangeResponse, Event, LeaseGrantResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use index::{Index, KeyRange, Revision};
 use lease::{Lease, LeaseTable};
@@ -121,7 +121,11 @@ impl Store {
             index.release_old_values(&key);
         })?;
         // Rows a compaction had not yet deleted when the process stopped.
-        let leftover = if loaded.compact_revision > 0 { index.compact(loaded.compact_revision) } else { Vec::new() };
+        let leftover = if loaded.compact_revision > 0 {
+            index.compact(loaded.compact_revision)
+        } else {
+            Vec::new()
+        };
         tracing::info!(
             revision = loaded.current_revision,
             compact_revision = loaded.compact_revision,
@@ -188,21 +192,28 @@ impl Store {
         let shared = &self.shared;
         let partial = {
             let index = shared.index.read().unwrap_or_else(|p| p.into_inner());
-            let view = ReadView { current: shared.current_revision(), compact: shared.compact_revision() };
+            let view = ReadView {
+                current: shared.current_revision(),
+                compact: shared.compact_revision(),
+            };
             read::range(&index, req, view, &mut |k, r| shared.log_value(k, r))?
         };
         if partial.missing.is_empty() {
             return Ok(partial.response);
         }
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || read::fill_missing(partial, &mut |k, r| shared.log_value(k, r)))
-            .await
-            .map_err(|e| Error::Storage(e.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            read::fill_missing(partial, &mut |k, r| shared.log_value(k, r))
+        })
+        .await
+        .map_err(|e| Error::Storage(e.to_string()))?
     }
 
     async fn write(&self, op: WriteOp) -> Result<WriteReply> {
         let (tx, rx) = oneshot::channel();
-        self.jobs.send(Job::Write(op, tx)).map_err(|_| Error::Stopped)?;
+        self.jobs
+            .send(Job::Write(op, tx))
+            .map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)?
     }
 
@@ -240,20 +251,32 @@ impl Store {
     /// the compacted rows are gone from the log.
     pub async fn compact(&self, revision: i64, physical: bool) -> Result<i64> {
         let (reply, rx) = oneshot::channel();
-        self.jobs.send(Job::Compact { revision, physical, reply }).map_err(|_| Error::Stopped)?;
+        self.jobs
+            .send(Job::Compact {
+                revision,
+                physical,
+                reply,
+            })
+            .map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)?
     }
 
     /// Returns free space to the file system.
     pub async fn defragment(&self) -> Result<()> {
         let (reply, rx) = oneshot::channel();
-        self.jobs.send(Job::Defragment(reply)).map_err(|_| Error::Stopped)?;
+        self.jobs
+            .send(Job::Defragment(reply))
+            .map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)?
     }
 
     /// Registers a callback for every committed batch (the watch hub).
     pub fn subscribe(&self, subscriber: Subscriber) {
-        self.shared.subscribers.write().unwrap_or_else(|p| p.into_inner()).push(subscriber);
+        self.shared
+            .subscribers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(subscriber);
     }
 
     /// The events of `range` at revisions `from..=to`, in order, each with
@@ -275,7 +298,10 @@ impl Store {
                         if r.mod_revision > to {
                             break;
                         }
-                        let prev = i.checked_sub(1).map(|p| &revs[p]).filter(|p| !p.is_tombstone());
+                        let prev = i
+                            .checked_sub(1)
+                            .map(|p| &revs[p])
+                            .filter(|p| !p.is_tombstone());
                         found.push((key.clone(), r.clone(), prev.cloned()));
                     }
                     true
@@ -317,7 +343,13 @@ impl Store {
         if ttl > lease::MAX_TTL_SECONDS {
             return Err(Error::LeaseTtlTooLarge);
         }
-        match self.lease_write(WriteOp::LeaseGrant { id, ttl: ttl.max(lease::MIN_TTL_SECONDS) }).await? {
+        match self
+            .lease_write(WriteOp::LeaseGrant {
+                id,
+                ttl: ttl.max(lease::MIN_TTL_SECONDS),
+            })
+            .await?
+        {
             WriteReply::LeaseGrant(r) => Ok(r),
             _ => unreachable!("the writer answers a grant with a grant"),
         }
@@ -325,7 +357,13 @@ impl Store {
 
     /// LeaseRevoke: deletes the attached keys in one revision; returns it.
     pub async fn lease_revoke(&self, id: i64) -> Result<i64> {
-        match self.lease_write(WriteOp::LeaseRevoke { id, only_if_expired: false }).await? {
+        match self
+            .lease_write(WriteOp::LeaseRevoke {
+                id,
+                only_if_expired: false,
+            })
+            .await?
+        {
             WriteReply::Revision(r) => Ok(r),
             _ => unreachable!("the writer answers a revoke with a revision"),
         }
@@ -336,7 +374,13 @@ impl Store {
     pub async fn expire_leases(&self) {
         let expired = self.shared.leases().expired(std::time::Instant::now());
         for id in expired {
-            if let Err(e) = self.lease_write(WriteOp::LeaseRevoke { id, only_if_expired: true }).await {
+            if let Err(e) = self
+                .lease_write(WriteOp::LeaseRevoke {
+                    id,
+                    only_if_expired: true,
+                })
+                .await
+            {
                 if e != Error::LeaseNotFound {
                     tracing::warn!(lease = id, error = %e, "lease expiry failed; will retry");
                 }
@@ -353,7 +397,11 @@ impl Store {
     pub fn lease_time_to_live(&self, id: i64, with_keys: bool) -> Option<(i64, i64, Vec<Bytes>)> {
         let leases = self.shared.leases();
         let l = leases.get(id)?;
-        let keys = if with_keys { l.keys.iter().cloned().collect() } else { Vec::new() };
+        let keys = if with_keys {
+            l.keys.iter().cloned().collect()
+        } else {
+            Vec::new()
+        };
         Some((l.remaining_seconds(), l.ttl, keys))
     }
 
@@ -389,7 +437,8 @@ impl Store {
                     return Err(Error::Compacted);
                 }
                 let mut rows = Vec::new();
-                let all = index::KeyRange::new(Bytes::from_static(b"\0"), Bytes::from_static(b"\0"));
+                let all =
+                    index::KeyRange::new(Bytes::from_static(b"\0"), Bytes::from_static(b"\0"));
                 index.visit(&all, |key, h| {
                     for r in h.revisions().iter().take_while(|r| r.mod_revision <= at) {
                         rows.push((key.clone(), r.clone()));

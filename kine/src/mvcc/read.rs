@@ -5,8 +5,8 @@ use bytes::Bytes;
 
 use super::index::{Index, KeyRange, Revision};
 use crate::error::{Error, Result};
-use crate::proto::range_request::{SortOrder, SortTarget};
 use crate::proto::mvccpb::event::EventType;
+use crate::proto::range_request::{SortOrder, SortTarget};
 use crate::proto::{Event, KeyValue, RangeRequest, RangeResponse, ResponseHeader};
 
 /// The revisions a read checks its request against.
@@ -32,7 +32,9 @@ pub fn check_range(req: &RangeRequest) -> Result<()> {
     if req.key.is_empty() {
         return Err(Error::EmptyKey);
     }
-    if SortOrder::try_from(req.sort_order).is_err() || SortTarget::try_from(req.sort_target).is_err() {
+    if SortOrder::try_from(req.sort_order).is_err()
+        || SortTarget::try_from(req.sort_target).is_err()
+    {
         return Err(Error::InvalidSortOption);
     }
     Ok(())
@@ -43,7 +45,11 @@ pub fn read_revision(requested: i64, view: ReadView) -> Result<i64> {
     if requested > view.current {
         return Err(Error::FutureRevision);
     }
-    let rev = if requested <= 0 { view.current } else { requested };
+    let rev = if requested <= 0 {
+        view.current
+    } else {
+        requested
+    };
     if rev < view.compact {
         return Err(Error::Compacted);
     }
@@ -57,7 +63,11 @@ pub fn to_kv(key: &Bytes, r: &Revision, with_value: bool) -> KeyValue {
         create_revision: r.create_revision,
         mod_revision: r.mod_revision,
         version: r.version,
-        value: if with_value { r.value.clone().unwrap_or_default() } else { Bytes::new() },
+        value: if with_value {
+            r.value.clone().unwrap_or_default()
+        } else {
+            Bytes::new()
+        },
         lease: r.lease,
     }
 }
@@ -74,7 +84,10 @@ pub fn range(
     log_value: &mut dyn FnMut(&[u8], i64) -> Result<Bytes>,
 ) -> Result<PartialRange> {
     let rev = read_revision(req.revision, view)?;
-    let header = Some(ResponseHeader { revision: view.current, ..Default::default() });
+    let header = Some(ResponseHeader {
+        revision: view.current,
+        ..Default::default()
+    });
     let keys = KeyRange::new(req.key.clone(), req.range_end.clone());
 
     if req.count_only {
@@ -83,11 +96,21 @@ pub fn range(
             count += h.at(rev).is_some() as i64;
             true
         });
-        let response = RangeResponse { header, count, ..Default::default() };
-        return Ok(PartialRange { response, missing: Vec::new() });
+        let response = RangeResponse {
+            header,
+            count,
+            ..Default::default()
+        };
+        return Ok(PartialRange {
+            response,
+            missing: Vec::new(),
+        });
     }
 
-    let sort_order = match (SortTarget::try_from(req.sort_target), SortOrder::try_from(req.sort_order)) {
+    let sort_order = match (
+        SortTarget::try_from(req.sort_target),
+        SortOrder::try_from(req.sort_order),
+    ) {
         (Ok(SortTarget::Key) | Err(_), order) => order.unwrap_or(SortOrder::None),
         (Ok(_), Ok(SortOrder::None) | Err(_)) => SortOrder::Ascend,
         (Ok(_), Ok(order)) => order,
@@ -96,7 +119,11 @@ pub fn range(
         || req.max_mod_revision != 0
         || req.min_create_revision != 0
         || req.max_create_revision != 0;
-    let fetch_limit = if req.sort_order != 0 || filtered || req.limit <= 0 { usize::MAX } else { req.limit as usize + 1 };
+    let fetch_limit = if req.sort_order != 0 || filtered || req.limit <= 0 {
+        usize::MAX
+    } else {
+        req.limit as usize + 1
+    };
 
     let mut count = 0i64;
     let mut found: Vec<(&Bytes, &Revision, Option<Bytes>)> = Vec::new();
@@ -157,7 +184,15 @@ pub fn range(
             kv
         })
         .collect();
-    Ok(PartialRange { response: RangeResponse { header, kvs, more, count }, missing })
+    Ok(PartialRange {
+        response: RangeResponse {
+            header,
+            kvs,
+            more,
+            count,
+        },
+        missing,
+    })
 }
 
 /// Reads the values `range` left missing, through `log_value`. A value gone
@@ -166,7 +201,10 @@ pub fn fill_missing(
     partial: PartialRange,
     log_value: &mut dyn FnMut(&[u8], i64) -> Result<Bytes>,
 ) -> Result<RangeResponse> {
-    let PartialRange { mut response, missing } = partial;
+    let PartialRange {
+        mut response,
+        missing,
+    } = partial;
     for i in missing {
         let kv = &mut response.kvs[i];
         kv.value = log_value(&kv.key, kv.mod_revision)?;
@@ -176,6 +214,14 @@ pub fn fill_missing(
 
 /// A watch event for `kv` (a delete when `create_revision` is 0).
 pub fn to_event(kv: KeyValue, prev_kv: Option<KeyValue>) -> Event {
-    let r#type = if kv.create_revision == 0 { EventType::Delete } else { EventType::Put };
-    Event { r#type: r#type as i32, kv: Some(kv), prev_kv }
+    let r#type = if kv.create_revision == 0 {
+        EventType::Delete
+    } else {
+        EventType::Put
+    };
+    Event {
+        r#type: r#type as i32,
+        kv: Some(kv),
+        prev_kv,
+    }
 }

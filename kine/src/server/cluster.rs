@@ -29,26 +29,44 @@ impl ClusterService {
     }
 
     fn single_member(what: &str) -> Status {
-        Error::Unimplemented(format!("k3rs: {what} needs a replicated backend; this one has a single member")).into()
+        Error::Unimplemented(format!(
+            "k3rs: {what} needs a replicated backend; this one has a single member"
+        ))
+        .into()
     }
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn member_add(&self, _: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+    async fn member_add(
+        &self,
+        _: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
         Err(Self::single_member("member add"))
     }
 
-    async fn member_remove(&self, _: Request<MemberRemoveRequest>) -> Result<Response<MemberRemoveResponse>, Status> {
+    async fn member_remove(
+        &self,
+        _: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
         Err(Self::single_member("member remove"))
     }
 
-    async fn member_update(&self, _: Request<MemberUpdateRequest>) -> Result<Response<MemberUpdateResponse>, Status> {
+    async fn member_update(
+        &self,
+        _: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
         Err(Self::single_member("member update"))
     }
 
-    async fn member_list(&self, _: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
-        let mut resp = MemberListResponse { header: None, members: self.members() };
+    async fn member_list(
+        &self,
+        _: Request<MemberListRequest>,
+    ) -> Result<Response<MemberListResponse>, Status> {
+        let mut resp = MemberListResponse {
+            header: None,
+            members: self.members(),
+        };
         self.header.fill_identity(&mut resp.header);
         Ok(Response::new(resp))
     }

@@ -9,8 +9,8 @@ use crate::error::Error;
 use crate::mvcc::Store;
 use crate::proto::kv_server::Kv;
 use crate::proto::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 
 /// Largest request etcd accepts (`--max-request-bytes` default).
@@ -23,12 +23,19 @@ pub struct KvService {
 }
 
 fn check_size(req: &impl Message) -> Result<(), Status> {
-    if req.encoded_len() > MAX_REQUEST_BYTES { Err(Error::RequestTooLarge.into()) } else { Ok(()) }
+    if req.encoded_len() > MAX_REQUEST_BYTES {
+        Err(Error::RequestTooLarge.into())
+    } else {
+        Ok(())
+    }
 }
 
 #[tonic::async_trait]
 impl Kv for KvService {
-    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
         let req = request.into_inner();
         let mut resp = self.store.range(&req).await?;
         self.header.fill(&mut resp.header);
@@ -62,7 +69,10 @@ impl Kv for KvService {
         Ok(Response::new(resp))
     }
 
-    async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
         let req = request.into_inner();
         let current = self.store.compact(req.revision, req.physical).await?;
         let mut resp = CompactionResponse::default();

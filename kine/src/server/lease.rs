@@ -25,7 +25,10 @@ type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, 
 
 #[tonic::async_trait]
 impl Lease for LeaseService {
-    async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+    async fn lease_grant(
+        &self,
+        request: Request<LeaseGrantRequest>,
+    ) -> Result<Response<LeaseGrantResponse>, Status> {
         let req = request.into_inner();
         let mut resp = self.store.lease_grant(req.id, req.ttl).await?;
         self.header.fill(&mut resp.header);
@@ -55,14 +58,20 @@ impl Lease for LeaseService {
         tokio::spawn(async move {
             while let Ok(Some(req)) = inbound.message().await {
                 let ttl = store.lease_keep_alive(req.id);
-                let mut resp = LeaseKeepAliveResponse { header: None, id: req.id, ttl };
+                let mut resp = LeaseKeepAliveResponse {
+                    header: None,
+                    id: req.id,
+                    ttl,
+                };
                 header.fill_at(&mut resp.header, store.current_revision());
                 if tx.send(Ok(resp)).await.is_err() {
                     break;
                 }
             }
         });
-        Ok(Response::new(Box::pin(self.shutdown.clone().guard(ReceiverStream::new(rx)))))
+        Ok(Response::new(Box::pin(
+            self.shutdown.clone().guard(ReceiverStream::new(rx)),
+        )))
     }
 
     async fn lease_time_to_live(
@@ -71,18 +80,43 @@ impl Lease for LeaseService {
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let req = request.into_inner();
         let mut resp = match self.store.lease_time_to_live(req.id, req.keys) {
-            Some((ttl, granted_ttl, keys)) => LeaseTimeToLiveResponse { header: None, id: req.id, ttl, granted_ttl, keys },
+            Some((ttl, granted_ttl, keys)) => LeaseTimeToLiveResponse {
+                header: None,
+                id: req.id,
+                ttl,
+                granted_ttl,
+                keys,
+            },
             // etcd answers an unknown lease with TTL -1, not an error.
-            None => LeaseTimeToLiveResponse { header: None, id: req.id, ttl: -1, granted_ttl: 0, keys: Vec::new() },
+            None => LeaseTimeToLiveResponse {
+                header: None,
+                id: req.id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: Vec::new(),
+            },
         };
-        self.header.fill_at(&mut resp.header, self.store.current_revision());
+        self.header
+            .fill_at(&mut resp.header, self.store.current_revision());
         Ok(Response::new(resp))
     }
 
-    async fn lease_leases(&self, _: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
-        let leases = self.store.lease_ids().into_iter().map(|id| LeaseStatus { id }).collect();
-        let mut resp = LeaseLeasesResponse { header: None, leases };
-        self.header.fill_at(&mut resp.header, self.store.current_revision());
+    async fn lease_leases(
+        &self,
+        _: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        let leases = self
+            .store
+            .lease_ids()
+            .into_iter()
+            .map(|id| LeaseStatus { id })
+            .collect();
+        let mut resp = LeaseLeasesResponse {
+            header: None,
+            leases,
+        };
+        self.header
+            .fill_at(&mut resp.header, self.store.current_revision());
         Ok(Response::new(resp))
     }
 }

@@ -21,14 +21,21 @@ pub struct MaintenanceService {
     pub(super) alarms: Mutex<Vec<AlarmMember>>,
 }
 
-type SnapshotStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+type SnapshotStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+    async fn alarm(
+        &self,
+        request: Request<AlarmRequest>,
+    ) -> Result<Response<AlarmResponse>, Status> {
         let req = request.into_inner();
         let mut alarms = self.alarms.lock().unwrap_or_else(|p| p.into_inner());
-        let member = AlarmMember { member_id: req.member_id, alarm: req.alarm };
+        let member = AlarmMember {
+            member_id: req.member_id,
+            alarm: req.alarm,
+        };
         let answer = match AlarmAction::try_from(req.action) {
             Ok(AlarmAction::Get) => alarms
                 .iter()
@@ -44,11 +51,18 @@ impl Maintenance for MaintenanceService {
             Ok(AlarmAction::Deactivate) => {
                 let before = alarms.len();
                 alarms.retain(|a| a != &member);
-                if alarms.len() < before { vec![member] } else { Vec::new() }
+                if alarms.len() < before {
+                    vec![member]
+                } else {
+                    Vec::new()
+                }
             }
             Err(_) => return Err(Status::invalid_argument("etcdserver: unknown alarm action")),
         };
-        let mut resp = AlarmResponse { header: None, alarms: answer };
+        let mut resp = AlarmResponse {
+            header: None,
+            alarms: answer,
+        };
         self.header.fill_identity(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -75,10 +89,14 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(resp))
     }
 
-    async fn defragment(&self, _: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+    async fn defragment(
+        &self,
+        _: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
         self.store.defragment().await?;
         let mut resp = DefragmentResponse::default();
-        self.header.fill_at(&mut resp.header, self.store.current_revision());
+        self.header
+            .fill_at(&mut resp.header, self.store.current_revision());
         Ok(Response::new(resp))
     }
 
@@ -89,24 +107,43 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(resp))
     }
 
-    async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        let (hash, compact_revision, hash_revision) = self.store.hash_kv(request.into_inner().revision).await?;
-        let mut resp = HashKvResponse { header: None, hash, compact_revision, hash_revision };
-        self.header.fill_at(&mut resp.header, self.store.current_revision());
+    async fn hash_kv(
+        &self,
+        request: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let (hash, compact_revision, hash_revision) =
+            self.store.hash_kv(request.into_inner().revision).await?;
+        let mut resp = HashKvResponse {
+            header: None,
+            hash,
+            compact_revision,
+            hash_revision,
+        };
+        self.header
+            .fill_at(&mut resp.header, self.store.current_revision());
         Ok(Response::new(resp))
     }
 
     type SnapshotStream = SnapshotStream;
 
-    async fn snapshot(&self, _: Request<SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
+    async fn snapshot(
+        &self,
+        _: Request<SnapshotRequest>,
+    ) -> Result<Response<SnapshotStream>, Status> {
         Err(Error::Unimplemented("k3rs: snapshot is not implemented yet".into()).into())
     }
 
-    async fn move_leader(&self, _: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+    async fn move_leader(
+        &self,
+        _: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
         Err(Error::Unimplemented("k3rs: move leader needs a replicated backend".into()).into())
     }
 
-    async fn downgrade(&self, _: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
+    async fn downgrade(
+        &self,
+        _: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
         Err(Error::Unimplemented("k3rs: downgrade is not implemented".into()).into())
     }
 }

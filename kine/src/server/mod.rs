@@ -93,7 +93,9 @@ impl Header {
 }
 
 fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(Duration::from_secs(60)))
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)))
 }
 
 /// Serves the etcd API on `listener` until `shutdown` resolves, then stops
@@ -104,12 +106,22 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let header = Header { store: store.clone() };
+    let header = Header {
+        store: store.clone(),
+    };
     let (stop_streams, stopping) = shutdown::channel();
     let grace_over = stopping.clone().wait();
     let hub = crate::watch::Hub::start(store.clone(), config.watch_progress_notify_interval);
-    let watch = watch::WatchService { hub, header: header.clone(), shutdown: stopping.clone() };
-    let lease = lease::LeaseService { store: store.clone(), header: header.clone(), shutdown: stopping };
+    let watch = watch::WatchService {
+        hub,
+        header: header.clone(),
+        shutdown: stopping.clone(),
+    };
+    let lease = lease::LeaseService {
+        store: store.clone(),
+        header: header.clone(),
+        shutdown: stopping,
+    };
     let expiry = tokio::spawn({
         let store = store.clone();
         async move {
@@ -120,7 +132,10 @@ pub async fn serve(
             }
         }
     });
-    let kv = kv::KvService { store: store.clone(), header: header.clone() };
+    let kv = kv::KvService {
+        store: store.clone(),
+        header: header.clone(),
+    };
     let maintenance = maintenance::MaintenanceService {
         store: store.clone(),
         header: header.clone(),
@@ -138,7 +153,11 @@ pub async fn serve(
         // etcd's server keepalive policy: clients ping every 30 s.
         .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(KvServer::new(kv).max_decoding_message_size(MAX_RECV_BYTES).max_encoding_message_size(usize::MAX))
+        .add_service(
+            KvServer::new(kv)
+                .max_decoding_message_size(MAX_RECV_BYTES)
+                .max_encoding_message_size(usize::MAX),
+        )
         .add_service(MaintenanceServer::new(maintenance).max_decoding_message_size(MAX_RECV_BYTES))
         .add_service(ClusterServer::new(cluster).max_decoding_message_size(MAX_RECV_BYTES))
         .add_service(WatchServer::new(watch).max_decoding_message_size(MAX_RECV_BYTES))

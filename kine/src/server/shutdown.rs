@@ -36,7 +36,10 @@ impl Shutdown {
 
     /// `stream`, ended at shutdown.
     pub fn guard<S: Stream + Send + 'static>(self, stream: S) -> Guarded<S> {
-        Guarded { stream: Box::pin(stream), stop: Box::pin(self.wait()) }
+        Guarded {
+            stream: Box::pin(stream),
+            stop: Box::pin(self.wait()),
+        }
     }
 }
 

@@ -40,21 +40,81 @@ mod tests {
     #[test]
     fn statuses_match_etcd() {
         let table = [
-            (Error::Compacted, Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted"),
-            (Error::FutureRevision, Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision"),
-            (Error::EmptyKey, Code::InvalidArgument, "etcdserver: key is not provided"),
-            (Error::KeyNotFound, Code::InvalidArgument, "etcdserver: key not found"),
-            (Error::ValueProvided, Code::InvalidArgument, "etcdserver: value is provided"),
-            (Error::LeaseProvided, Code::InvalidArgument, "etcdserver: lease is provided"),
-            (Error::TooManyOps, Code::InvalidArgument, "etcdserver: too many operations in txn request"),
-            (Error::DuplicateKey, Code::InvalidArgument, "etcdserver: duplicate key given in txn request"),
-            (Error::RequestTooLarge, Code::InvalidArgument, "etcdserver: request is too large"),
-            (Error::InvalidSortOption, Code::InvalidArgument, "etcdserver: invalid sort option"),
-            (Error::NoSpace, Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded"),
-            (Error::LeaseNotFound, Code::NotFound, "etcdserver: requested lease not found"),
-            (Error::LeaseExists, Code::FailedPrecondition, "etcdserver: lease already exists"),
-            (Error::LeaseTtlTooLarge, Code::OutOfRange, "etcdserver: too large lease TTL"),
-            (Error::Stopped, Code::Unavailable, "etcdserver: server stopped"),
+            (
+                Error::Compacted,
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            (
+                Error::FutureRevision,
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision is a future revision",
+            ),
+            (
+                Error::EmptyKey,
+                Code::InvalidArgument,
+                "etcdserver: key is not provided",
+            ),
+            (
+                Error::KeyNotFound,
+                Code::InvalidArgument,
+                "etcdserver: key not found",
+            ),
+            (
+                Error::ValueProvided,
+                Code::InvalidArgument,
+                "etcdserver: value is provided",
+            ),
+            (
+                Error::LeaseProvided,
+                Code::InvalidArgument,
+                "etcdserver: lease is provided",
+            ),
+            (
+                Error::TooManyOps,
+                Code::InvalidArgument,
+                "etcdserver: too many operations in txn request",
+            ),
+            (
+                Error::DuplicateKey,
+                Code::InvalidArgument,
+                "etcdserver: duplicate key given in txn request",
+            ),
+            (
+                Error::RequestTooLarge,
+                Code::InvalidArgument,
+                "etcdserver: request is too large",
+            ),
+            (
+                Error::InvalidSortOption,
+                Code::InvalidArgument,
+                "etcdserver: invalid sort option",
+            ),
+            (
+                Error::NoSpace,
+                Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded",
+            ),
+            (
+                Error::LeaseNotFound,
+                Code::NotFound,
+                "etcdserver: requested lease not found",
+            ),
+            (
+                Error::LeaseExists,
+                Code::FailedPrecondition,
+                "etcdserver: lease already exists",
+            ),
+            (
+                Error::LeaseTtlTooLarge,
+                Code::OutOfRange,
+                "etcdserver: too large lease TTL",
+            ),
+            (
+                Error::Stopped,
+                Code::Unavailable,
+                "etcdserver: server stopped",
+            ),
         ];
         for (err, code, message) in table {
             let status = Status::from(err);

@@ -27,7 +27,10 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Se
 impl Watch for WatchService {
     type WatchStream = WatchStream;
 
-    async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<WatchStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<WatchStream>, Status> {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let hub = self.hub.clone();
@@ -36,8 +39,12 @@ impl Watch for WatchService {
             loop {
                 match inbound.message().await {
                     Ok(Some(req)) => match req.request_union {
-                        Some(RequestUnion::CreateRequest(create)) => hub.create(stream, &tx, create).await,
-                        Some(RequestUnion::CancelRequest(cancel)) => hub.cancel(stream, &tx, cancel.watch_id).await,
+                        Some(RequestUnion::CreateRequest(create)) => {
+                            hub.create(stream, &tx, create).await
+                        }
+                        Some(RequestUnion::CancelRequest(cancel)) => {
+                            hub.cancel(stream, &tx, cancel.watch_id).await
+                        }
                         Some(RequestUnion::ProgressRequest(_)) => hub.request_progress(stream, &tx),
                         None => {}
                     },

@@ -19,7 +19,9 @@ async fn run(hub: Hub, stream: u64, id: i64) {
         let (range, from, to, tx, fragment) = {
             let mut s = hub.lock();
             let dispatched = s.dispatched;
-            let Some(w) = s.watchers.get_mut(&(stream, id)) else { return };
+            let Some(w) = s.watchers.get_mut(&(stream, id)) else {
+                return;
+            };
             if w.next_rev > dispatched {
                 w.synced = true;
                 return;
@@ -32,18 +34,32 @@ async fn run(hub: Hub, stream: u64, id: i64) {
             Ok(events) => events,
             Err(Error::Compacted) => {
                 let compact = hub.store.compact_revision();
-                return cancel(&hub, stream, id, &tx, WatchResponse { compact_revision: compact, ..Default::default() })
-                    .await;
+                return cancel(
+                    &hub,
+                    stream,
+                    id,
+                    &tx,
+                    WatchResponse {
+                        compact_revision: compact,
+                        ..Default::default()
+                    },
+                )
+                .await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, stream, watch_id = id, "watch catch-up failed; canceling the watcher");
-                let reason = WatchResponse { cancel_reason: e.to_string(), ..Default::default() };
+                let reason = WatchResponse {
+                    cancel_reason: e.to_string(),
+                    ..Default::default()
+                };
                 return cancel(&hub, stream, id, &tx, reason).await;
             }
         };
         let wanted = {
             let s = hub.lock();
-            let Some(w) = s.watchers.get(&(stream, id)) else { return };
+            let Some(w) = s.watchers.get(&(stream, id)) else {
+                return;
+            };
             select(&events, w, from)
         };
         if !wanted.is_empty() {
@@ -54,7 +70,9 @@ async fn run(hub: Hub, stream: u64, id: i64) {
             }
         }
         let mut s = hub.lock();
-        let Some(w) = s.watchers.get_mut(&(stream, id)) else { return };
+        let Some(w) = s.watchers.get_mut(&(stream, id)) else {
+            return;
+        };
         w.next_rev = to + 1;
         w.sent_since_tick = true;
     }
@@ -65,7 +83,10 @@ async fn run(hub: Hub, stream: u64, id: i64) {
 async fn cancel(hub: &Hub, stream: u64, id: i64, tx: &super::Sender, why: WatchResponse) {
     hub.lock().watchers.remove(&(stream, id));
     let resp = WatchResponse {
-        header: Some(ResponseHeader { revision: hub.store.current_revision(), ..Default::default() }),
+        header: Some(ResponseHeader {
+            revision: hub.store.current_revision(),
+            ..Default::default()
+        }),
         watch_id: id,
         canceled: true,
         ..why

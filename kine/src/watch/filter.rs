@@ -1,8 +1,8 @@
 //! The NOPUT and NODELETE watch filters.
 
+use crate::proto::Event;
 use crate::proto::mvccpb::event::EventType;
 use crate::proto::watch_create_request::FilterType;
-use crate::proto::Event;
 
 /// Which event types a watcher drops.
 #[derive(Debug, Clone, Copy, Default)]
@@ -27,6 +27,10 @@ impl Filter {
 
     /// Whether the watcher wants `event`.
     pub fn passes(&self, event: &Event) -> bool {
-        if event.r#type == EventType::Put as i32 { !self.no_put } else { !self.no_delete }
+        if event.r#type == EventType::Put as i32 {
+            !self.no_put
+        } else {
+            !self.no_delete
+        }
     }
 }

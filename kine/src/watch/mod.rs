@@ -95,8 +95,16 @@ impl Hub {
         store.subscribe(Box::new(move |batch| {
             let _ = to_hub.send(HubMsg::Committed(batch));
         }));
-        let state = Arc::new(Mutex::new(HubState { dispatched: store.current_revision(), ..Default::default() }));
-        let hub = Hub { state, store, msgs, runtime: tokio::runtime::Handle::current() };
+        let state = Arc::new(Mutex::new(HubState {
+            dispatched: store.current_revision(),
+            ..Default::default()
+        }));
+        let hub = Hub {
+            state,
+            store,
+            msgs,
+            runtime: tokio::runtime::Handle::current(),
+        };
         let dispatcher = hub.clone();
         std::thread::Builder::new()
             .name("k3rs-watch".into())
@@ -148,14 +156,21 @@ impl Hub {
     }
 
     fn header(&self, revision: i64) -> Option<ResponseHeader> {
-        Some(ResponseHeader { revision, ..Default::default() })
+        Some(ResponseHeader {
+            revision,
+            ..Default::default()
+        })
     }
 
     /// Creates a watcher: answers `created` (or `created` + `canceled` with
     /// etcd's reason), then events from its start revision on.
     pub async fn create(&self, stream: u64, tx: &Sender, req: WatchCreateRequest) {
         let current = self.store.current_revision();
-        let key = if req.key.is_empty() { bytes::Bytes::from_static(b"\0") } else { req.key.clone() };
+        let key = if req.key.is_empty() {
+            bytes::Bytes::from_static(b"\0")
+        } else {
+            req.key.clone()
+        };
         let range = KeyRange::new(key.clone(), req.range_end.clone());
         let refuse = |reason: &str| WatchResponse {
             header: self.header(current),
@@ -170,13 +185,23 @@ impl Hub {
             return;
         }
         if req.start_revision < 0 {
-            let _ = tx.send(refuse("etcdserver: mvcc: required revision is a future revision")).await;
+            let _ = tx
+                .send(refuse(
+                    "etcdserver: mvcc: required revision is a future revision",
+                ))
+                .await;
             return;
         }
-        let next_rev = if req.start_revision == 0 { current + 1 } else { req.start_revision };
+        let next_rev = if req.start_revision == 0 {
+            current + 1
+        } else {
+            req.start_revision
+        };
         let id = {
             let mut s = self.lock();
-            let Some(st) = s.streams.get_mut(&stream) else { return };
+            let Some(st) = s.streams.get_mut(&stream) else {
+                return;
+            };
             let id = if req.watch_id != 0 {
                 if st.watch_ids.contains(&req.watch_id) {
                     None
@@ -200,7 +225,12 @@ impl Hub {
             let _ = tx.send(refuse(ERR_DUPLICATE_ID)).await;
             return;
         };
-        let created = WatchResponse { header: self.header(current), watch_id: id, created: true, ..Default::default() };
+        let created = WatchResponse {
+            header: self.header(current),
+            watch_id: id,
+            created: true,
+            ..Default::default()
+        };
         if tx.send(created).await.is_err() {
             return;
         }
@@ -217,11 +247,21 @@ impl Hub {
         };
         let needs_catchup = {
             let mut s = self.lock();
-            if !s.streams.get(&stream).is_some_and(|st| st.watch_ids.contains(&id)) {
+            if !s
+                .streams
+                .get(&stream)
+                .is_some_and(|st| st.watch_ids.contains(&id))
+            {
                 return; // canceled or closed meanwhile
             }
             let behind = watcher.next_rev <= s.dispatched;
-            s.watchers.insert((stream, id), Watcher { synced: !behind, ..watcher });
+            s.watchers.insert(
+                (stream, id),
+                Watcher {
+                    synced: !behind,
+                    ..watcher
+                },
+            );
             behind
         };
         if needs_catchup {
@@ -261,12 +301,20 @@ impl Hub {
     /// and none waits for a future revision; otherwise drops it (etcd 3.5+).
     fn answer_progress(&self, stream: u64, tx: &Sender) {
         let s = self.lock();
-        let Some(st) = s.streams.get(&stream) else { return };
+        let Some(st) = s.streams.get(&stream) else {
+            return;
+        };
         let ready = st.watch_ids.iter().all(|id| {
-            s.watchers.get(&(stream, *id)).is_none_or(|w| w.synced && w.next_rev <= s.dispatched + 1)
+            s.watchers
+                .get(&(stream, *id))
+                .is_none_or(|w| w.synced && w.next_rev <= s.dispatched + 1)
         });
         if ready {
-            let _ = tx.try_send(WatchResponse { header: self.header(s.dispatched), watch_id: -1, ..Default::default() });
+            let _ = tx.try_send(WatchResponse {
+                header: self.header(s.dispatched),
+                watch_id: -1,
+                ..Default::default()
+            });
         }
     }
 
@@ -278,7 +326,10 @@ impl Hub {
         for ((_, id), w) in s.watchers.iter_mut() {
             if w.progress_notify && w.synced && !w.sent_since_tick && w.next_rev <= rev + 1 {
                 let _ = w.tx.try_send(WatchResponse {
-                    header: Some(ResponseHeader { revision: rev, ..Default::default() }),
+                    header: Some(ResponseHeader {
+                        revision: rev,
+                        ..Default::default()
+                    }),
                     watch_id: *id,
                     ..Default::default()
                 });
@@ -329,7 +380,11 @@ impl Hub {
         }
         drop(guard);
         for (stream, id) in fallen_behind {
-            tracing::debug!(stream, watch_id = id, "watcher fell behind; catching up from history");
+            tracing::debug!(
+                stream,
+                watch_id = id,
+                "watcher fell behind; catching up from history"
+            );
             catchup::spawn(self.clone(), stream, id);
         }
     }
@@ -358,7 +413,12 @@ fn select(events: &[Event], w: &Watcher, from: i64) -> Vec<Event> {
 /// can: whole revisions together, never a revision split across responses,
 /// except for a watcher that asked for `fragment`, whose oversized
 /// revisions are split into fragments. A single event is never split.
-fn responses(watch_id: i64, revision: i64, events: Vec<Event>, fragment: bool) -> Vec<WatchResponse> {
+fn responses(
+    watch_id: i64,
+    revision: i64,
+    events: Vec<Event>,
+    fragment: bool,
+) -> Vec<WatchResponse> {
     let rev_of = |e: &Event| e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
     let size_of = |e: &Event| e.encoded_len() + 8;
     let mut out: Vec<WatchResponse> = Vec::new();
@@ -370,7 +430,10 @@ fn responses(watch_id: i64, revision: i64, events: Vec<Event>, fragment: bool) -
         }
         let header_rev = events.last().map(rev_of).unwrap_or(revision);
         out.push(WatchResponse {
-            header: Some(ResponseHeader { revision: header_rev, ..Default::default() }),
+            header: Some(ResponseHeader {
+                revision: header_rev,
+                ..Default::default()
+            }),
             watch_id,
             events,
             fragment,
@@ -410,7 +473,10 @@ fn responses(watch_id: i64, revision: i64, events: Vec<Event>, fragment: bool) -
     }
     flush(&mut out, pending, false);
     if let Some(last) = out.last_mut() {
-        last.header = Some(ResponseHeader { revision: revision.max(rev_of(last.events.last().unwrap())), ..Default::default() });
+        last.header = Some(ResponseHeader {
+            revision: revision.max(rev_of(last.events.last().unwrap())),
+            ..Default::default()
+        });
     }
     out
 }
@@ -422,23 +488,44 @@ mod tests {
 
     fn event(rev: i64, size: usize) -> Event {
         Event {
-            kv: Some(KeyValue { key: "k".into(), mod_revision: rev, value: vec![0; size].into(), ..Default::default() }),
+            kv: Some(KeyValue {
+                key: "k".into(),
+                mod_revision: rev,
+                value: vec![0; size].into(),
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
 
     #[test]
     fn revisions_stay_whole_and_responses_stay_small() {
-        let events: Vec<Event> = (1..=10).flat_map(|r| [event(r, 200_000), event(r, 200_000)]).collect();
+        let events: Vec<Event> = (1..=10)
+            .flat_map(|r| [event(r, 200_000), event(r, 200_000)])
+            .collect();
         let out = responses(7, 10, events, false);
         assert!(out.len() > 1);
         let mut revs = Vec::new();
         for resp in &out {
             assert!(!resp.fragment);
             assert!(resp.encoded_len() <= MAX_RESPONSE_BYTES + 64);
-            let first = resp.events.first().unwrap().kv.as_ref().unwrap().mod_revision;
-            assert!(!revs.contains(&first), "revision {first} split across responses");
-            revs.extend(resp.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
+            let first = resp
+                .events
+                .first()
+                .unwrap()
+                .kv
+                .as_ref()
+                .unwrap()
+                .mod_revision;
+            assert!(
+                !revs.contains(&first),
+                "revision {first} split across responses"
+            );
+            revs.extend(
+                resp.events
+                    .iter()
+                    .map(|e| e.kv.as_ref().unwrap().mod_revision),
+            );
         }
         assert_eq!(revs.len(), 20);
         assert_eq!(out.last().unwrap().header.as_ref().unwrap().revision, 10);
