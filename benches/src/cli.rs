@@ -286,6 +286,12 @@ pub struct LeaseKeepaliveArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct KubernetesArgs {
+    /// Percent of Event creates under a lease.
+    #[arg(long, default_value_t = 5)]
+    pub events: u32,
+    /// Watchers of the whole prefix (prev_kv, progress requests every 100 ms).
+    #[arg(long, default_value_t = 10)]
+    pub watchers: usize,
     /// Key prefix of the objects.
     #[arg(long, default_value = "/registry/bench/")]
     pub prefix: String,
@@ -305,7 +311,7 @@ pub struct KubernetesArgs {
     #[arg(long, default_value_t = 10)]
     pub creates: u32,
     /// Percent of updates (CAS on mod_revision).
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 55)]
     pub updates: u32,
     /// Percent of deletes (CAS on mod_revision).
     #[arg(long, default_value_t = 10)]

@@ -10,6 +10,13 @@
 //!   first at the current revision, the rest at the first page's, each
 //!   continuing from the last key + "\0"
 //!
+//! - event: a create under a lease, as kube-apiserver writes Events (one
+//!   lease per client, granted with Events' TTL and reused)
+//! - alongside, `--watchers` watch the whole prefix from the preload's
+//!   revision + 1 with prev_kv and progress_notify, each sending a progress
+//!   request every 100 ms, as the watch cache does; the events they receive
+//!   are counted
+//!
 //! Each client owns its own objects, so conflicts only come from outside.
 //! Objects are 1–8 KiB by default.
 
@@ -37,7 +44,9 @@ use crate::report::BenchResult;
 use crate::runner::{Client, Outcome, run_closed_loop};
 use crate::workloads::list::paged_list;
 
-const CLASSES: [&str; 5] = ["create", "update", "delete", "get", "list"];
+const CLASSES: [&str; 6] = ["create", "update", "delete", "get", "list", "event"];
+/// Events' TTL in kube-apiserver (1 h) plus its 5 % / 60 s margin.
+const EVENT_LEASE_TTL: i64 = 3660;
 
 /// A compare of `key`'s mod_revision with `rev`.
 pub fn mod_equals(key: &Bytes, rev: i64) -> Compare {
@@ -67,7 +76,7 @@ fn failure_revision(resp: &TxnResponse) -> i64 {
 struct Shape {
     prefix: String,
     namespaces: u64,
-    cumulative: [u32; 4],
+    cumulative: [u32; 5],
     page_limit: i64,
     cluster_wide_lists: bool,
     min_val: usize,
@@ -100,9 +109,35 @@ struct KubeClient {
     objects: Vec<(Bytes, i64)>,
     rng: fastrand::Rng,
     conflicts: Arc<AtomicU64>,
+    /// The lease this client's events are written under.
+    lease: i64,
+    events: u64,
 }
 
 impl KubeClient {
+    async fn event(&mut self) -> Result<(), Status> {
+        let ns = self.rng.u64(0..self.shape.namespaces);
+        let key: Bytes = format!(
+            "{}events/ns{ns}/e{}-{}",
+            self.shape.prefix, self.id, self.events
+        )
+        .into_bytes()
+        .into();
+        self.events += 1;
+        let put = PutRequest {
+            key: key.clone(),
+            value: self.shape.value(&mut self.rng),
+            lease: self.lease,
+            ..Default::default()
+        };
+        let req = TxnRequest {
+            compare: vec![mod_equals(&key, 0)],
+            success: vec![op(Request::RequestPut(put))],
+            failure: vec![],
+        };
+        self.kv.txn(req).await.map(drop)
+    }
+
     async fn create(&mut self) -> Result<(), Status> {
         let ns = self.rng.u64(0..self.shape.namespaces);
         let key = self
@@ -225,7 +260,7 @@ impl Client for KubeClient {
             .cumulative
             .iter()
             .position(|&c| roll < c)
-            .unwrap_or(4);
+            .unwrap_or(5);
         if self.objects.is_empty() && (1..=3).contains(&class) {
             class = 0;
         }
@@ -234,7 +269,8 @@ impl Client for KubeClient {
             1 => self.update().await,
             2 => self.delete().await,
             3 => self.get().await,
-            _ => self.list().await,
+            4 => self.list().await,
+            _ => self.event().await,
         };
         Outcome { class, result }
     }
@@ -249,14 +285,14 @@ pub async fn run(g: &Global, a: &KubernetesArgs) -> Result<BenchResult> {
     {
         bail!("need 0 < --min-val-size <= --max-val-size, --namespaces >= 1 and --page-limit >= 1");
     }
-    let mix = [a.creates, a.updates, a.deletes, a.gets, a.lists];
+    let mix = [a.creates, a.updates, a.deletes, a.gets, a.lists, a.events];
     if mix.iter().sum::<u32>() != 100 {
         bail!(
-            "--creates, --updates, --deletes, --gets and --lists must add up to 100 (they add up to {})",
+            "--creates, --updates, --deletes, --gets, --lists and --events must add up to 100 (they add up to {})",
             mix.iter().sum::<u32>()
         );
     }
-    let mut cumulative = [0u32; 4];
+    let mut cumulative = [0u32; 5];
     let mut acc = 0;
     for (c, m) in cumulative.iter_mut().zip(mix) {
         acc += m;
@@ -294,8 +330,25 @@ pub async fn run(g: &Global, a: &KubernetesArgs) -> Result<BenchResult> {
         Vec::new()
     };
     let conflicts = Arc::new(AtomicU64::new(0));
+    let mut leases = Vec::new();
+    for c in 0..g.clients {
+        let grant = kine::proto::LeaseGrantRequest {
+            ttl: EVENT_LEASE_TTL,
+            id: 0,
+        };
+        let lease = conn::lease(&channels[c % channels.len()])
+            .lease_grant(grant)
+            .await
+            .map_err(|s| anyhow::anyhow!("LeaseGrant: {}", s.message()))?;
+        leases.push(lease.into_inner().id);
+    }
+    let start_rev = revs.iter().copied().max().unwrap_or(0) + 1;
+    let (watch_events, watchers) =
+        start_watchers(&channels, &shape.prefix, a.watchers, start_rev).await?;
     let mut clients: Vec<KubeClient> = (0..g.clients)
         .map(|c| KubeClient {
+            lease: leases[c],
+            events: 0,
             kv: conn::kv(&channels[c % channels.len()]),
             shape: shape.clone(),
             id: c,
@@ -317,7 +370,15 @@ pub async fn run(g: &Global, a: &KubernetesArgs) -> Result<BenchResult> {
         &g.run_opts("kubernetes", a.total, a.rate),
     )
     .await?;
+    for w in watchers {
+        w.abort();
+    }
     let extra = BTreeMap::from([
+        ("watchers".to_string(), a.watchers as f64),
+        (
+            "watch_events_received".to_string(),
+            watch_events.load(Ordering::Relaxed) as f64,
+        ),
         (
             "conflicts".to_string(),
             conflicts.load(Ordering::Relaxed) as f64,
@@ -325,4 +386,52 @@ pub async fn run(g: &Global, a: &KubernetesArgs) -> Result<BenchResult> {
         ("preloaded_objects".to_string(), a.preload as f64),
     ]);
     Ok(result_from(g, "kubernetes", &CLASSES, out, extra))
+}
+
+/// Opens `n` watchers of `prefix` from `start_rev`, spread over the
+/// connections; returns the count of events they receive and their tasks.
+async fn start_watchers(
+    channels: &[Channel],
+    prefix: &str,
+    n: usize,
+    start_rev: i64,
+) -> Result<(Arc<AtomicU64>, Vec<tokio::task::JoinHandle<()>>)> {
+    let received = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    for i in 0..n {
+        let create = kine::proto::WatchCreateRequest {
+            key: prefix.as_bytes().to_vec().into(),
+            range_end: end.clone().into(),
+            start_revision: start_rev,
+            prev_kv: true,
+            progress_notify: true,
+            ..Default::default()
+        };
+        let (mut stream, _) =
+            super::watch::WatchStream::open(&channels[i % channels.len()], create).await?;
+        let received = received.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if stream.request_progress().await.is_err() {
+                            return;
+                        }
+                    }
+                    msg = stream.next() => match msg {
+                        Ok(Some(resp)) => {
+                            received.fetch_add(resp.events.len() as u64, Ordering::Relaxed);
+                        }
+                        _ => return,
+                    },
+                }
+            }
+        }));
+    }
+    Ok((received, tasks))
 }

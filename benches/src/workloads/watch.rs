@@ -75,6 +75,20 @@ impl WatchStream {
         }
     }
 
+    /// Asks for a progress notification (kube-apiserver does this while a
+    /// consistent read waits on its watch cache).
+    pub async fn request_progress(&self) -> Result<()> {
+        let req = WatchRequest {
+            request_union: Some(kine::proto::watch_request::RequestUnion::ProgressRequest(
+                Default::default(),
+            )),
+        };
+        self.tx
+            .send(req)
+            .await
+            .map_err(|_| anyhow!("the watch stream closed"))
+    }
+
     /// The next response, `None` at the end of the stream.
     pub async fn next(&mut self) -> Result<Option<WatchResponse>> {
         self.rx

@@ -385,7 +385,9 @@ impl Writer {
                 // Rows found key by key lie all over the file; deleted in
                 // revision order, each chunk touches neighbouring pages
                 // (a few dozen instead of one page per row).
-                self.compacted_rows.make_contiguous().sort_unstable_by_key(|(rev, _)| *rev);
+                self.compacted_rows
+                    .make_contiguous()
+                    .sort_unstable_by_key(|(rev, _)| *rev);
                 tracing::debug!(
                     revision,
                     rows = self.compacted_rows.len(),
