@@ -6,7 +6,7 @@ use crate::error::Error;
 use crate::proto::{ResponseHeader, WatchResponse};
 
 /// Revisions read from history per round: bounds memory per watcher.
-const REVISIONS_PER_ROUND: i64 = 1000;
+const REVISIONS_PER_ROUND: i64 = 256;
 
 /// Starts catching up watcher `(stream, id)`.
 pub(super) fn spawn(hub: Hub, stream: u64, id: i64) {
@@ -15,6 +15,10 @@ pub(super) fn spawn(hub: Hub, stream: u64, id: i64) {
 
 async fn run(hub: Hub, stream: u64, id: i64) {
     loop {
+        // Held while this round's history is in memory.
+        let Ok(_slot) = hub.catchup_slots.clone().acquire_owned().await else {
+            return;
+        };
         // Decide the next round, or rejoin the synced set, under the lock.
         let (range, from, to, tx, fragment) = {
             let mut s = hub.lock();

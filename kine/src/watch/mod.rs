@@ -84,7 +84,13 @@ pub struct Hub {
     /// Catch-up tasks are started from the dispatcher thread, which is not
     /// a runtime thread: they go to this runtime.
     runtime: tokio::runtime::Handle,
+    /// Bounds the catch-up rounds in flight, and so the history held in
+    /// memory, however many watchers fall behind at once.
+    catchup_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Catch-up rounds that may hold history in memory at once.
+const CATCHUP_SLOTS: usize = 32;
 
 impl Hub {
     /// Starts the dispatcher (fed by `store`'s commits) and the periodic
@@ -104,6 +110,7 @@ impl Hub {
             store,
             msgs,
             runtime: tokio::runtime::Handle::current(),
+            catchup_slots: Arc::new(tokio::sync::Semaphore::new(CATCHUP_SLOTS)),
         };
         let dispatcher = hub.clone();
         std::thread::Builder::new()
