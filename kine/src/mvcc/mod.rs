@@ -69,11 +69,6 @@ impl Shared {
         self.compact.load(Ordering::Acquire)
     }
 
-    /// Caller holds the index lock.
-    fn compact_revision_locked(&self) -> i64 {
-        self.compact_revision()
-    }
-
     /// Caller holds the index write lock.
     fn set_compact_revision_locked(&self, revision: i64) {
         self.compact.store(revision, Ordering::Release);
@@ -333,10 +328,6 @@ impl Store {
         .map_err(|e| Error::Storage(e.to_string()))?
     }
 
-    async fn lease_write(&self, op: WriteOp) -> Result<WriteReply> {
-        self.write(op).await
-    }
-
     /// LeaseGrant: `id` 0 lets the server choose; TTLs below the minimum
     /// are raised to it.
     pub async fn lease_grant(&self, id: i64, ttl: i64) -> Result<LeaseGrantResponse> {
@@ -344,7 +335,7 @@ impl Store {
             return Err(Error::LeaseTtlTooLarge);
         }
         match self
-            .lease_write(WriteOp::LeaseGrant {
+            .write(WriteOp::LeaseGrant {
                 id,
                 ttl: ttl.max(lease::MIN_TTL_SECONDS),
             })
@@ -358,7 +349,7 @@ impl Store {
     /// LeaseRevoke: deletes the attached keys in one revision; returns it.
     pub async fn lease_revoke(&self, id: i64) -> Result<i64> {
         match self
-            .lease_write(WriteOp::LeaseRevoke {
+            .write(WriteOp::LeaseRevoke {
                 id,
                 only_if_expired: false,
             })
@@ -375,7 +366,7 @@ impl Store {
         let expired = self.shared.leases().expired(std::time::Instant::now());
         for id in expired {
             if let Err(e) = self
-                .lease_write(WriteOp::LeaseRevoke {
+                .write(WriteOp::LeaseRevoke {
                     id,
                     only_if_expired: true,
                 })

@@ -195,7 +195,7 @@ impl Writer {
             let shared = &*self.shared;
             let mut index = shared.index.write().unwrap_or_else(|p| p.into_inner());
             let mut leases = shared.leases();
-            let compact = shared.compact_revision_locked();
+            let compact = shared.compact_revision();
             for (op, reply) in writes {
                 let log = &mut self.log;
                 let mut log_value =

@@ -67,7 +67,8 @@ impl Cluster for ClusterService {
             header: None,
             members: self.members(),
         };
-        self.header.fill_identity(&mut resp.header);
+        // etcd's Cluster service leaves the header revision at 0.
+        self.header.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
 

@@ -63,7 +63,8 @@ impl Maintenance for MaintenanceService {
             header: None,
             alarms: answer,
         };
-        self.header.fill_identity(&mut resp.header);
+        // etcd leaves an Alarm answer's header revision at 0.
+        self.header.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
 

@@ -79,12 +79,6 @@ impl Header {
         h.raft_term = RAFT_TERM;
     }
 
-    /// Fills a header's identity only: etcd's Cluster service and Alarm
-    /// leave the revision at 0.
-    pub(crate) fn fill_identity(&self, header: &mut Option<ResponseHeader>) {
-        self.fill(header);
-    }
-
     /// Fills a header at `revision`.
     pub(crate) fn fill_at(&self, header: &mut Option<ResponseHeader>, revision: i64) {
         header.get_or_insert_with(Default::default).revision = revision;
