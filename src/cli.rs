@@ -22,7 +22,90 @@ pub enum Command {
     /// Run a server: today the datastore (the etcd v3 API); the control plane joins it later.
     Server(DatastoreArgs),
     /// Run the datastore alone: a drop-in for kine or etcd under K3s or kube-apiserver.
-    Kine(DatastoreArgs),
+    Kine(KineArgs),
+    /// Certificates for TLS and client-certificate auth.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+/// `k3rs kine`: serve, or a maintenance command.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct KineArgs {
+    #[command(subcommand)]
+    pub command: Option<KineCommand>,
+    #[command(flatten)]
+    pub datastore: DatastoreArgs,
+}
+
+/// Maintenance commands of `k3rs kine`.
+#[derive(Debug, Subcommand)]
+pub enum KineCommand {
+    /// Save a running server's data to a file, or restore a file into a new database.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+/// `k3rs kine snapshot`.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Save a snapshot of a running server (as `etcdctl snapshot save`).
+    Save(SnapshotSaveArgs),
+    /// Restore a snapshot into a new database (offline; SQLite backend).
+    Restore(SnapshotRestoreArgs),
+}
+
+/// Flags of `k3rs kine snapshot save`; etcdctl's names.
+#[derive(Debug, Args)]
+pub struct SnapshotSaveArgs {
+    /// Where to write the snapshot.
+    pub file: PathBuf,
+    /// The server, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:2379")]
+    pub endpoints: String,
+    /// CA of the server's certificate (turns on TLS).
+    #[arg(long)]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate.
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// Client certificate's key.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+}
+
+/// Flags of `k3rs kine snapshot restore`.
+#[derive(Debug, Args)]
+pub struct SnapshotRestoreArgs {
+    /// The snapshot file.
+    pub file: PathBuf,
+    /// The new database, sqlite://PATH. Default: DATA_DIR/server/db/state.db.
+    #[arg(long, env = "KINE_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// Directory for k3rs's state (as for the server).
+    #[arg(long, env = "K3RS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Restore a file without a SHA-256 trailer (a plain copy of a database).
+    #[arg(long)]
+    pub skip_hash_check: bool,
+}
+
+/// `k3rs certs`.
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Generate a CA, a server and a client certificate for a quick start.
+    Generate(CertsGenerateArgs),
+}
+
+/// Flags of `k3rs certs generate`.
+#[derive(Debug, Args)]
+pub struct CertsGenerateArgs {
+    /// Directory to write ca.crt/key, server.crt/key and client.crt/key into.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Names and addresses the server certificate is valid for.
+    #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1,::1")]
+    pub hosts: Vec<String>,
 }
 
 /// Log output format.
@@ -83,6 +166,42 @@ pub struct DatastoreArgs {
     /// Log at debug level (RUST_LOG overrides).
     #[arg(long, env = "KINE_DEBUG")]
     pub debug: bool,
+
+    /// Certificate of the etcd listener (PEM); with --server-key-file, serves TLS.
+    #[arg(long, env = "KINE_SERVER_CERT_FILE", requires = "server_key_file")]
+    pub server_cert_file: Option<PathBuf>,
+
+    /// Private key of --server-cert-file (PEM).
+    #[arg(long, env = "KINE_SERVER_KEY_FILE", requires = "server_cert_file")]
+    pub server_key_file: Option<PathBuf>,
+
+    /// CA for client certificates (PEM): clients without a certificate it
+    /// signed are refused at the TLS handshake.
+    #[arg(long, env = "KINE_TRUSTED_CA_FILE", requires = "server_cert_file")]
+    pub trusted_ca_file: Option<PathBuf>,
+
+    /// Address of /metrics, /healthz and /readyz (HTTP). Default
+    /// 127.0.0.1:8080, skipped with a warning if taken; "" or "0" turns it off.
+    #[arg(long, env = "KINE_METRICS_BIND_ADDRESS")]
+    pub metrics_bind_address: Option<String>,
+
+    /// Log requests slower than this (e.g. 500ms, 1s).
+    #[arg(long, env = "K3RS_SLOW_REQUEST_THRESHOLD", default_value = "1s", value_parser = parse_duration)]
+    pub slow_request_threshold: std::time::Duration,
+
+    /// Space quota in bytes, as etcd's: past it writes fail and the NOSPACE
+    /// alarm is raised. 0: etcd's default (2 GiB); negative: no quota.
+    #[arg(
+        long,
+        env = "K3RS_QUOTA_BACKEND_BYTES",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub quota_backend_bytes: i64,
+
+    /// Most concurrent gRPC streams per client connection.
+    #[arg(long, env = "K3RS_MAX_CONCURRENT_STREAMS", default_value_t = kine::server::DEFAULT_MAX_CONCURRENT_STREAMS)]
+    pub max_concurrent_streams: u32,
 }
 
 /// A storage endpoint, parsed once.
@@ -91,6 +210,20 @@ pub enum Endpoint {
     /// Embedded SQLite.
     Sqlite(SqliteConfig),
 }
+
+/// Where the monitoring endpoints listen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsBind {
+    /// Not at all.
+    Off,
+    /// At the default address, if it is free.
+    Default(SocketAddr),
+    /// At an address the user chose: failing to bind is an error.
+    Required(SocketAddr),
+}
+
+/// The default monitoring address (kine's port, on loopback).
+const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:8080";
 
 /// Validated datastore settings.
 #[derive(Debug)]
@@ -102,6 +235,9 @@ pub struct DatastoreConfig {
     pub debug: bool,
     /// Own compaction: interval and revisions kept; `None` is off.
     pub auto_compact: Option<(std::time::Duration, i64)>,
+    pub metrics: MetricsBind,
+    /// Space quota in bytes; 0 is none.
+    pub quota_bytes: u64,
 }
 
 /// Parses argv and the environment.
@@ -182,7 +318,59 @@ fn parse_endpoint(dsn: &str, durability: Durability) -> Result<Endpoint> {
     }
 }
 
+/// The database an `--endpoint` or `--data-dir` names.
+pub fn database_endpoint(
+    endpoint: Option<&str>,
+    data_dir: Option<PathBuf>,
+    durability: Durability,
+) -> Result<Endpoint> {
+    match endpoint {
+        Some(dsn) if !dsn.is_empty() => parse_endpoint(dsn, durability),
+        _ => {
+            let dir = data_dir.unwrap_or_else(default_data_dir);
+            Ok(Endpoint::Sqlite(SqliteConfig {
+                path: dir.join("server/db/state.db"),
+                durability,
+            }))
+        }
+    }
+}
+
+fn read_pem(path: &PathBuf, flag: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{flag} {}: cannot read it", path.display()))
+}
+
 impl DatastoreArgs {
+    fn tls(&self) -> Result<Option<kine::TlsConfig>> {
+        let (Some(cert), Some(key)) = (&self.server_cert_file, &self.server_key_file) else {
+            return Ok(None);
+        };
+        Ok(Some(kine::TlsConfig {
+            cert_pem: read_pem(cert, "--server-cert-file")?,
+            key_pem: read_pem(key, "--server-key-file")?,
+            client_ca_pem: self
+                .trusted_ca_file
+                .as_ref()
+                .map(|ca| read_pem(ca, "--trusted-ca-file"))
+                .transpose()?,
+        }))
+    }
+
+    fn metrics_bind(&self) -> Result<MetricsBind> {
+        let parse = |s: &str| -> Result<SocketAddr> {
+            s.parse().with_context(|| {
+                format!("--metrics-bind-address {s:?} is not HOST:PORT (e.g. 127.0.0.1:8080)")
+            })
+        };
+        Ok(match self.metrics_bind_address.as_deref() {
+            None => MetricsBind::Default(parse(DEFAULT_METRICS_ADDRESS)?),
+            Some("" | "0") => MetricsBind::Off,
+            // kine's form ":8080" means every address.
+            Some(s) if s.starts_with(':') => MetricsBind::Required(parse(&format!("0.0.0.0{s}"))?),
+            Some(s) => MetricsBind::Required(parse(s)?),
+        })
+    }
+
     /// Validates the flags into a config.
     pub fn into_config(self) -> Result<DatastoreConfig> {
         let listen: SocketAddr = self.listen_address.parse().with_context(|| {
@@ -198,16 +386,10 @@ impl DatastoreArgs {
         } else {
             Durability::Fsync
         };
-        let endpoint = match &self.endpoint {
-            Some(dsn) if !dsn.is_empty() => parse_endpoint(dsn, durability)?,
-            _ => {
-                let dir = self.data_dir.clone().unwrap_or_else(default_data_dir);
-                Endpoint::Sqlite(SqliteConfig {
-                    path: dir.join("server/db/state.db"),
-                    durability,
-                })
-            }
-        };
+        let endpoint =
+            database_endpoint(self.endpoint.as_deref(), self.data_dir.clone(), durability)?;
+        let tls = self.tls()?;
+        let metrics = self.metrics_bind()?;
         let name = self.name.clone().unwrap_or_else(|| {
             std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_string())
@@ -218,10 +400,16 @@ impl DatastoreArgs {
         } else {
             listen.ip().to_string()
         };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let client_url = if listen.is_ipv6() {
-            format!("http://[{host}]:{}", listen.port())
+            format!("{scheme}://[{host}]:{}", listen.port())
         } else {
-            format!("http://{host}:{}", listen.port())
+            format!("{scheme}://{host}:{}", listen.port())
+        };
+        let quota_bytes = match self.quota_backend_bytes {
+            0 => kine::mvcc::quota::DEFAULT_QUOTA_BYTES,
+            q if q < 0 => 0,
+            q => q as u64,
         };
         Ok(DatastoreConfig {
             listen,
@@ -231,10 +419,16 @@ impl DatastoreArgs {
                 name,
                 advertise_client_urls: vec![client_url],
                 watch_progress_notify_interval: self.watch_progress_notify_interval,
+                tls,
+                slow_request_threshold: self.slow_request_threshold,
+                max_concurrent_streams: self.max_concurrent_streams.max(1),
+                ..Default::default()
             },
             log_format: self.log_format,
             debug: self.debug,
             auto_compact: compact_interval.map(|i| (i, self.compact_min_retain.max(0))),
+            metrics,
+            quota_bytes,
         })
     }
 }
@@ -245,8 +439,10 @@ mod tests {
 
     fn parse_args(args: &[&str]) -> Result<DatastoreConfig> {
         let cli = Cli::try_parse_from(args)?;
-        let (Command::Kine(a) | Command::Server(a)) = cli.command;
-        a.into_config()
+        match cli.command {
+            Command::Server(a) | Command::Kine(KineArgs { datastore: a, .. }) => a.into_config(),
+            other => anyhow::bail!("not a serving command: {other:?}"),
+        }
     }
 
     #[test]

@@ -1,13 +1,18 @@
 //! The k3rs binary: parses flags, sets up logging, runs the chosen command.
 
+mod certs;
 mod cli;
+mod snapshot;
 
 use std::fs::{File, TryLockError};
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow};
-use cli::{Cli, Command, DatastoreConfig, Endpoint, LogFormat};
+use cli::{
+    CertsCommand, Cli, Command, DatastoreConfig, Endpoint, KineCommand, LogFormat, MetricsBind,
+    SnapshotCommand,
+};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc: the request path allocates many small buffers per call, and
@@ -28,14 +33,53 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     let config = match cli.command {
-        Command::Server(args) | Command::Kine(args) => args.into_config()?,
+        Command::Server(args) => args.into_config()?,
+        Command::Kine(kine) => match kine.command {
+            None => kine.datastore.into_config()?,
+            Some(KineCommand::Snapshot(command)) => return run_snapshot(command),
+        },
+        Command::Certs(CertsCommand::Generate(args)) => {
+            certs::generate(&args.dir, &args.hosts)?;
+            eprintln!(
+                "wrote ca.crt, server.crt, client.crt and their keys to {}",
+                args.dir.display()
+            );
+            return Ok(());
+        }
     };
     init_tracing(config.log_format, config.debug);
+    runtime()?.block_on(run_datastore(config))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?
-        .block_on(run_datastore(config))
+        .context("cannot start the async runtime")
+}
+
+fn run_snapshot(command: SnapshotCommand) -> Result<()> {
+    match command {
+        SnapshotCommand::Save(args) => {
+            let client = snapshot::ClientConfig {
+                endpoint: args.endpoints,
+                cacert: args.cacert,
+                cert: args.cert,
+                key: args.key,
+            };
+            runtime()?.block_on(snapshot::save(&client, &args.file))
+        }
+        SnapshotCommand::Restore(args) => {
+            let Endpoint::Sqlite(target) = cli::database_endpoint(
+                args.endpoint.as_deref(),
+                args.data_dir,
+                Default::default(),
+            )?;
+            // A server running on the target would not see the restore.
+            let _lock = lock_database(&target.path)?;
+            snapshot::restore(&args.file, &target.path, args.skip_hash_check)
+        }
+    }
 }
 
 fn init_tracing(format: LogFormat, debug: bool) {
@@ -89,6 +133,7 @@ async fn run_datastore(config: DatastoreConfig) -> Result<()> {
     let _lock = lock_database(&sqlite.path)?;
     let store = kine::open_sqlite(sqlite)
         .with_context(|| format!("cannot open the datastore {}", sqlite.path.display()))?;
+    store.alarms().set_quota(config.quota_bytes);
     let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             anyhow!("cannot listen on {}: the address is in use (another etcd, kine or k3rs?); choose another with --listen-address", config.listen)
@@ -96,8 +141,13 @@ async fn run_datastore(config: DatastoreConfig) -> Result<()> {
             anyhow!("cannot listen on {}: {e}", config.listen)
         }
     })?;
+    let monitor = bind_monitor(config.metrics).await?;
     tracing::info!(
         listen = %config.listen,
+        tls = config.server.tls.is_some(),
+        client_cert_auth = config.server.tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()),
+        metrics = ?monitor.as_ref().and_then(|l| l.local_addr().ok()),
+        quota_bytes = config.quota_bytes,
         database = %sqlite.path.display(),
         fsync = sqlite.durability == kine::backend::sqlite::Durability::Fsync,
         revision = store.current_revision(),
@@ -106,12 +156,38 @@ async fn run_datastore(config: DatastoreConfig) -> Result<()> {
     if let Some((interval, min_retain)) = config.auto_compact {
         tokio::spawn(kine::auto_compact(store.clone(), interval, min_retain));
     }
-    kine::serve(listener, store.clone(), config.server, shutdown_signal())
-        .await
-        .context("the gRPC server failed")?;
+    kine::serve_with_monitor(
+        listener,
+        monitor,
+        store.clone(),
+        config.server,
+        shutdown_signal(),
+    )
+    .await
+    .context("the gRPC server failed")?;
     store.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds the monitoring listener: a taken default port is a warning, a
+/// taken chosen one an error.
+async fn bind_monitor(bind: MetricsBind) -> Result<Option<tokio::net::TcpListener>> {
+    let (addr, required) = match bind {
+        MetricsBind::Off => return Ok(None),
+        MetricsBind::Default(addr) => (addr, false),
+        MetricsBind::Required(addr) => (addr, true),
+    };
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => Ok(Some(listener)),
+        Err(e) if !required => {
+            tracing::warn!(address = %addr, error = %e, "metrics not served: the default address is taken; choose one with --metrics-bind-address");
+            Ok(None)
+        }
+        Err(e) => Err(anyhow!(
+            "cannot serve metrics on {addr}: {e}; choose another --metrics-bind-address"
+        )),
+    }
 }
 
 async fn shutdown_signal() {

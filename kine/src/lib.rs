@@ -11,6 +11,7 @@
 pub mod backend;
 mod crc32c;
 pub mod error;
+pub mod metrics;
 pub mod mvcc;
 pub mod proto;
 pub mod server;
@@ -18,7 +19,7 @@ pub mod watch;
 
 pub use error::{Error, Result};
 pub use mvcc::Store;
-pub use server::{ServerConfig, serve};
+pub use server::{ServerConfig, TlsConfig, serve, serve_with_monitor};
 
 use backend::sqlite::SqliteConfig;
 

@@ -7,6 +7,7 @@
 
 #![deny(missing_docs)]
 
+pub mod snapshot;
 pub mod sqlite;
 
 pub(crate) use sqlite::random_id;
@@ -118,4 +119,8 @@ pub trait LogReader: Send + Sync + 'static {
 
     /// `(total, in_use)` bytes of the database.
     fn size(&self) -> Result<(i64, i64)>;
+
+    /// A consistent copy of the whole database, as a file open for reading
+    /// that is deleted when closed (see `snapshot`).
+    fn snapshot(&self) -> Result<std::fs::File>;
 }

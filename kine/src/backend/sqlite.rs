@@ -23,9 +23,9 @@ use super::{CommitBatch, Loaded, LogReader, LogRecord, LogWriter, StoreIdentity,
 use crate::error::{Error, Result};
 
 /// `PRAGMA application_id` of a k3rs database: "k3rs" in ASCII.
-const APPLICATION_ID: i64 = 0x6b33_7273;
+pub(crate) const APPLICATION_ID: i64 = 0x6b33_7273;
 /// The schema this code writes; older ones are migrated forward on open.
-const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 1;
 /// Bits of a row id that number the rows within one revision.
 const ROW_BITS: u32 = 24;
 /// Reader connections: enough for concurrent historic reads on two cores.
@@ -351,6 +351,7 @@ fn value_at(conn: &Connection, key: &[u8], mod_revision: i64) -> Result<Option<B
 /// Read-only connections for historic values and sizes.
 pub struct SqliteReader {
     pool: Vec<Mutex<Connection>>,
+    path: PathBuf,
 }
 
 impl SqliteReader {
@@ -364,7 +365,10 @@ impl SqliteReader {
                 .map(Mutex::new)
             })
             .collect::<Result<_>>()?;
-        Ok(SqliteReader { pool })
+        Ok(SqliteReader {
+            pool,
+            path: path.to_owned(),
+        })
     }
 
     fn with_conn<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
@@ -400,6 +404,10 @@ impl LogReader for SqliteReader {
             let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
             Ok((pages * page_size, (pages - free) * page_size))
         })
+    }
+
+    fn snapshot(&self) -> Result<File> {
+        self.with_conn(|conn| super::snapshot::copy_database(conn, &self.path))
     }
 }
 

@@ -57,6 +57,11 @@ pub struct LeaseTable {
 }
 
 impl LeaseTable {
+    /// Number of live leases.
+    pub fn len(&self) -> usize {
+        self.leases.len()
+    }
+
     /// Whether `id` is a live lease.
     pub fn contains(&self, id: i64) -> bool {
         self.leases.contains_key(&id)

@@ -9,6 +9,7 @@
 pub mod apply;
 pub mod index;
 pub mod lease;
+pub mod quota;
 pub mod read;
 pub mod writer;
 
@@ -20,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::{LogReader, LogWriter, StoreIdentity};
 use crate::error::{Error, Result};
+use crate::metrics::METRICS;
 use crate::proto::{
     DeleteRangeRequest, DeleteRangeResponse, Event, LeaseGrantResponse, PutRequest, PutResponse,
     RangeRequest, RangeResponse, TxnRequest, TxnResponse,
@@ -46,6 +48,8 @@ pub(crate) struct Shared {
     leases: Mutex<LeaseTable>,
     /// Called with every committed batch, in revision order, by the writer.
     subscribers: RwLock<Vec<Subscriber>>,
+    /// Raised alarms and the space quota.
+    alarms: quota::Alarms,
 }
 
 /// A callback fed every committed batch.
@@ -150,6 +154,7 @@ impl Store {
             reader,
             leases: Mutex::new(leases),
             subscribers: RwLock::new(Vec::new()),
+            alarms: quota::Alarms::default(),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = Writer::new(shared.clone(), log, rx, leftover);
@@ -178,6 +183,22 @@ impl Store {
     /// `(total, in_use)` bytes of the database.
     pub fn db_size(&self) -> Result<(i64, i64)> {
         self.shared.reader.size()
+    }
+
+    /// Raised alarms and the space quota (0: none; see `quota`).
+    pub fn alarms(&self) -> &quota::Alarms {
+        &self.shared.alarms
+    }
+
+    /// `(keys, revisions)` held in the index, for metrics.
+    pub fn index_counts(&self) -> (usize, usize) {
+        let index = self.shared.index.read().unwrap_or_else(|p| p.into_inner());
+        (index.key_count(), index.revision_count())
+    }
+
+    /// Live leases, for metrics.
+    pub fn lease_count(&self) -> usize {
+        self.shared.leases().len()
     }
 
     /// Range, at the published revision or an older one. Never waits for the
@@ -265,6 +286,15 @@ impl Store {
         rx.await.map_err(|_| Error::Stopped)?
     }
 
+    /// A consistent copy of the whole database (see `backend::snapshot`),
+    /// open for reading and deleted when closed.
+    pub async fn snapshot(&self) -> Result<std::fs::File> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || shared.reader.snapshot())
+            .await
+            .map_err(|e| Error::Storage(e.to_string()))?
+    }
+
     /// Registers a callback for every committed batch (the watch hub).
     pub fn subscribe(&self, subscriber: Subscriber) {
         self.shared
@@ -341,7 +371,10 @@ impl Store {
             })
             .await?
         {
-            WriteReply::LeaseGrant(r) => Ok(r),
+            WriteReply::LeaseGrant(r) => {
+                METRICS.leases_granted.inc();
+                Ok(r)
+            }
             _ => unreachable!("the writer answers a grant with a grant"),
         }
     }
@@ -355,7 +388,10 @@ impl Store {
             })
             .await?
         {
-            WriteReply::Revision(r) => Ok(r),
+            WriteReply::Revision(r) => {
+                METRICS.leases_revoked.inc();
+                Ok(r)
+            }
             _ => unreachable!("the writer answers a revoke with a revision"),
         }
     }
@@ -365,15 +401,17 @@ impl Store {
     pub async fn expire_leases(&self) {
         let expired = self.shared.leases().expired(std::time::Instant::now());
         for id in expired {
-            if let Err(e) = self
+            match self
                 .write(WriteOp::LeaseRevoke {
                     id,
                     only_if_expired: true,
                 })
                 .await
             {
-                if e != Error::LeaseNotFound {
-                    tracing::warn!(lease = id, error = %e, "lease expiry failed; will retry");
+                Ok(_) => METRICS.leases_expired.inc(),
+                Err(Error::LeaseNotFound) => {}
+                Err(e) => {
+                    tracing::warn!(lease = id, error = %e, "lease expiry failed; will retry")
                 }
             }
         }
@@ -381,7 +419,11 @@ impl Store {
 
     /// Restarts a lease's TTL: its TTL, or 0 if it does not exist (etcd).
     pub fn lease_keep_alive(&self, id: i64) -> i64 {
-        self.shared.leases().keep_alive(id).unwrap_or(0)
+        let ttl = self.shared.leases().keep_alive(id).unwrap_or(0);
+        if ttl > 0 {
+            METRICS.leases_renewed.inc();
+        }
+        ttl
     }
 
     /// `(remaining, granted, keys)` of a lease; `None` if it does not exist.

@@ -14,9 +14,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::apply::{self, WriteCtx};
 use super::lease::Lease;
-use super::{Committed, Shared, read};
+use super::{Committed, Shared, quota, read};
 use crate::backend::{CommitBatch, LogWriter, StoredLease};
 use crate::error::{Error, Result};
+use crate::metrics::METRICS;
 use crate::proto::{
     DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse, PutRequest, PutResponse,
     ResponseHeader, TxnRequest, TxnResponse,
@@ -111,6 +112,9 @@ pub struct Writer {
     last_compaction_step: std::time::Instant,
     /// Physical compactions waiting for `compacted_rows` to drain.
     physical_waiters: Vec<(oneshot::Sender<Result<i64>>, i64)>,
+    /// The database's size after the last commit, for the quota; `None`
+    /// until first needed.
+    db_size: Option<u64>,
 }
 
 impl Writer {
@@ -132,7 +136,53 @@ impl Writer {
             compacted_rows: leftover.into(),
             last_compaction_step: std::time::Instant::now(),
             physical_waiters: Vec::new(),
+            db_size: None,
         }
+    }
+
+    /// Whether a write costing `cost` more (after `pending` already
+    /// admitted in this batch) fits the quota. Raises NOSPACE if not.
+    fn admit(&mut self, cost: u64, pending: u64) -> Result<()> {
+        let shared = self.shared.clone();
+        let alarms = &shared.alarms;
+        if !alarms.nospace() {
+            let quota = alarms.quota();
+            if quota == 0 {
+                return Ok(());
+            }
+            let size = match self.db_size {
+                Some(size) => size,
+                None => self.measure_db_size(),
+            };
+            if size + pending + cost < quota {
+                return Ok(());
+            }
+            let member_id = self.shared.identity.member_id;
+            if alarms.activate(crate::proto::AlarmMember {
+                member_id,
+                alarm: crate::proto::AlarmType::Nospace as i32,
+            }) {
+                tracing::warn!(
+                    db_size = size,
+                    quota,
+                    "space quota exhausted: NOSPACE alarm raised; compact, defragment, then disarm (etcdctl alarm disarm)"
+                );
+            }
+        }
+        METRICS.quota_refusals.inc();
+        Err(Error::NoSpace)
+    }
+
+    fn measure_db_size(&mut self) -> u64 {
+        let size = match self.shared.reader.size() {
+            Ok((total, _)) => total.max(0) as u64,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the database size for the quota");
+                0
+            }
+        };
+        self.db_size = Some(size);
+        size
     }
 
     /// Runs until shutdown or until every `Store` handle is gone.
@@ -192,11 +242,20 @@ impl Writer {
         let mut revoked: Vec<(i64, Lease)> = Vec::new();
         let mut replies = Vec::with_capacity(writes.len());
         {
-            let shared = &*self.shared;
+            let shared = self.shared.clone();
             let mut index = shared.index.write().unwrap_or_else(|p| p.into_inner());
             let mut leases = shared.leases();
             let compact = shared.compact_revision();
+            let mut admitted = 0;
             for (op, reply) in writes {
+                let cost = quota::cost(&op);
+                if cost > 0 {
+                    if let Err(e) = self.admit(cost, admitted) {
+                        replies.push((reply, Err(e), false));
+                        continue;
+                    }
+                    admitted += cost;
+                }
                 let log = &mut self.log;
                 let mut log_value =
                     |key: &[u8], rev: i64| log.value_at(key, rev)?.ok_or(Error::Compacted);
@@ -251,7 +310,17 @@ impl Writer {
         let committed = if batch.is_empty() {
             Ok(())
         } else {
-            self.log.commit(&batch)
+            let started = std::time::Instant::now();
+            let committed = self.log.commit(&batch);
+            METRICS.backend_commit.observe_duration(started.elapsed());
+            METRICS.commit_batch_requests.observe(replies.len() as f64);
+            if committed.is_err() {
+                METRICS.commit_failures.inc();
+            }
+            if self.db_size.is_some() {
+                self.measure_db_size();
+            }
+            committed
         };
         let mut events = Vec::new();
         {
@@ -334,6 +403,9 @@ impl Writer {
             },
             Job::Defragment(reply) => {
                 let _ = reply.send(self.log.defragment());
+                if self.db_size.is_some() {
+                    self.measure_db_size();
+                }
             }
             Job::Shutdown(reply) => {
                 let _ = reply.send(());
@@ -357,6 +429,7 @@ impl Writer {
         }
         // A newer compaction subsumes one still walking the index.
         self.compacting = Some((revision, Bytes::new()));
+        METRICS.compactions.inc();
         tracing::debug!(revision, "compaction started");
         Ok(())
     }
@@ -409,6 +482,7 @@ impl Writer {
             std::thread::sleep(std::time::Duration::from_millis(100));
             return;
         }
+        METRICS.compacted_rows.add(chunk.len() as u64);
         if !self.compaction_pending() {
             for (reply, head) in self.physical_waiters.drain(..) {
                 let _ = reply.send(Ok(head));

@@ -1,11 +1,13 @@
-//! The Maintenance service: status, hashes, defragment and alarms as a
-//! healthy single etcd member answers them.
+//! The Maintenance service: status, hashes, defragment, alarms and
+//! snapshots as a single etcd member answers them.
 
-use std::sync::Mutex;
+use std::io::Read;
 
+use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use super::Header;
+use crate::backend::snapshot::Sha256;
 use crate::error::Error;
 use crate::mvcc::Store;
 use crate::proto::alarm_request::AlarmAction;
@@ -17,9 +19,10 @@ pub struct MaintenanceService {
     pub(super) store: Store,
     pub(super) header: Header,
     pub(super) version: String,
-    /// Raised alarms. A std Mutex: nothing awaits while holding it.
-    pub(super) alarms: Mutex<Vec<AlarmMember>>,
 }
+
+/// Bytes per snapshot message (etcd's send buffer).
+const SNAPSHOT_CHUNK: usize = 32 * 1024;
 
 type SnapshotStream =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
@@ -31,27 +34,22 @@ impl Maintenance for MaintenanceService {
         request: Request<AlarmRequest>,
     ) -> Result<Response<AlarmResponse>, Status> {
         let req = request.into_inner();
-        let mut alarms = self.alarms.lock().unwrap_or_else(|p| p.into_inner());
+        let alarms = self.store.alarms();
         let member = AlarmMember {
             member_id: req.member_id,
             alarm: req.alarm,
         };
         let answer = match AlarmAction::try_from(req.action) {
-            Ok(AlarmAction::Get) => alarms
-                .iter()
-                .filter(|a| req.alarm == AlarmType::None as i32 || a.alarm == req.alarm)
-                .cloned()
-                .collect(),
+            Ok(AlarmAction::Get) => alarms.list(req.alarm),
             Ok(AlarmAction::Activate) => {
-                if req.alarm != AlarmType::None as i32 && !alarms.contains(&member) {
-                    alarms.push(member.clone());
+                if alarms.activate(member.clone()) {
+                    tracing::warn!(alarm = req.alarm, "alarm raised by a client");
                 }
                 vec![member]
             }
             Ok(AlarmAction::Deactivate) => {
-                let before = alarms.len();
-                alarms.retain(|a| a != &member);
-                if alarms.len() < before {
+                if alarms.deactivate(&member) {
+                    tracing::info!(alarm = req.alarm, "alarm disarmed");
                     vec![member]
                 } else {
                     Vec::new()
@@ -84,7 +82,7 @@ impl Maintenance for MaintenanceService {
             db_size_in_use,
             is_learner: false,
             storage_version: String::new(),
-            db_size_quota: 0,
+            db_size_quota: self.store.alarms().quota() as i64,
         };
         self.header.fill_at(&mut resp.header, revision);
         Ok(Response::new(resp))
@@ -131,7 +129,15 @@ impl Maintenance for MaintenanceService {
         &self,
         _: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
-        Err(Error::Unimplemented("k3rs: snapshot is not implemented yet".into()).into())
+        let file = self.store.snapshot().await?;
+        let mut header = None;
+        self.header
+            .fill_at(&mut header, self.store.current_revision());
+        let (tx, rx) = mpsc::channel(4);
+        tokio::task::spawn_blocking(move || stream_snapshot(file, header, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn move_leader(
@@ -147,4 +153,50 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<DowngradeResponse>, Status> {
         Err(Error::Unimplemented("k3rs: downgrade is not implemented".into()).into())
     }
+}
+
+/// Sends the snapshot file in chunks, then its SHA-256 (etcd's framing:
+/// `remaining_bytes` counts down to 0 at the hash). Stops early if the
+/// client goes away; the file is deleted when dropped.
+fn stream_snapshot(
+    mut file: std::fs::File,
+    header: Option<ResponseHeader>,
+    tx: mpsc::Sender<Result<SnapshotResponse, Status>>,
+) {
+    let total = match file.metadata() {
+        Ok(m) => m.len(),
+        Err(e) => {
+            let _ = tx.blocking_send(Err(Error::Storage(e.to_string()).into()));
+            return;
+        }
+    };
+    let mut sha = Sha256::default();
+    let mut sent = 0u64;
+    let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+    while sent < total {
+        let want = SNAPSHOT_CHUNK.min((total - sent) as usize);
+        if let Err(e) = file.read_exact(&mut buf[..want]) {
+            let _ = tx.blocking_send(Err(
+                Error::Storage(format!("reading the snapshot: {e}")).into()
+            ));
+            return;
+        }
+        sha.update(&buf[..want]);
+        sent += want as u64;
+        let chunk = SnapshotResponse {
+            header: header.clone(),
+            remaining_bytes: total - sent,
+            blob: bytes::Bytes::copy_from_slice(&buf[..want]),
+            ..Default::default()
+        };
+        if tx.blocking_send(Ok(chunk)).is_err() {
+            return;
+        }
+    }
+    let _ = tx.blocking_send(Ok(SnapshotResponse {
+        header,
+        remaining_bytes: 0,
+        blob: bytes::Bytes::copy_from_slice(&sha.finish()),
+        ..Default::default()
+    }));
 }

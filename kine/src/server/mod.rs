@@ -6,16 +6,21 @@ pub mod cluster;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+mod monitor;
+pub mod observe;
 pub mod shutdown;
 pub mod status;
+pub mod transport;
 pub mod watch;
 
 use std::future::Future;
-use std::sync::Mutex;
 use std::time::Duration;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
+pub use transport::TlsConfig;
 
 use crate::mvcc::Store;
 use crate::proto::ResponseHeader;
@@ -43,6 +48,15 @@ pub struct ServerConfig {
     /// How often watchers that asked for progress notifications get one
     /// (etcd's default is 10 minutes).
     pub watch_progress_notify_interval: Duration,
+    /// TLS on the client listener; `None` serves plain HTTP/2.
+    pub tls: Option<TlsConfig>,
+    /// Unary calls slower than this are logged (method, peer, time).
+    pub slow_request_threshold: Duration,
+    /// Most streams (calls in flight, watch streams) per connection;
+    /// clients queue beyond it.
+    pub max_concurrent_streams: u32,
+    /// How long a new connection has to send its first bytes.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -52,9 +66,23 @@ impl Default for ServerConfig {
             name: "default".into(),
             advertise_client_urls: Vec::new(),
             watch_progress_notify_interval: DEFAULT_PROGRESS_NOTIFY_INTERVAL,
+            tls: None,
+            slow_request_threshold: DEFAULT_SLOW_REQUEST_THRESHOLD,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            handshake_timeout: transport::HANDSHAKE_TIMEOUT,
         }
     }
 }
+
+/// Unary calls slower than this are logged by default.
+pub const DEFAULT_SLOW_REQUEST_THRESHOLD: Duration = Duration::from_secs(1);
+/// Streams per connection by default: far above what kube-apiserver opens
+/// on one connection, and a bound on what one peer can hold.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 4096;
+/// How often the server pings each connection, and how long it waits for
+/// the answer, to find peers that went away without closing (half-open).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// etcd's default periodic progress notification interval.
 pub const DEFAULT_PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_secs(600);
@@ -86,16 +114,21 @@ impl Header {
     }
 }
 
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)))
-}
-
 /// Serves the etcd API on `listener` until `shutdown` resolves, then stops
 /// accepting, lets in-flight requests finish and returns.
 pub async fn serve(
     listener: TcpListener,
+    store: Store,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    serve_with_monitor(listener, None, store, config, shutdown).await
+}
+
+/// `serve`, plus `/metrics` and health endpoints on `monitor`.
+pub async fn serve_with_monitor(
+    listener: TcpListener,
+    monitor: Option<TcpListener>,
     store: Store,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
@@ -134,7 +167,6 @@ pub async fn serve(
         store: store.clone(),
         header: header.clone(),
         version: config.emulated_etcd_version.clone(),
-        alarms: Mutex::new(Vec::new()),
     };
     let cluster = cluster::ClusterService {
         store: store.clone(),
@@ -143,10 +175,25 @@ pub async fn serve(
         client_urls: config.advertise_client_urls.clone(),
         peer_urls: vec!["http://localhost:2380".into()],
     };
-    let served = tonic::transport::Server::builder()
-        // etcd's server keepalive policy: clients ping every 30 s.
-        .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+    let ready = Arc::new(AtomicBool::new(true));
+    let monitor = monitor.map(|listener| {
+        let m = monitor::Monitor {
+            store: store.clone(),
+            hub: watch.hub.clone(),
+            ready: ready.clone(),
+            started: std::time::SystemTime::now(),
+        };
+        tokio::spawn(monitor::serve(listener, m, std::future::pending()))
+    });
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls.server_config())?;
+    }
+    let served = builder
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(config.max_concurrent_streams))
+        .layer(observe::ObserveLayer::new(config.slow_request_threshold))
         .add_service(
             KvServer::new(kv)
                 .max_decoding_message_size(MAX_RECV_BYTES)
@@ -158,10 +205,14 @@ pub async fn serve(
         .add_service(LeaseServer::new(lease).max_decoding_message_size(MAX_RECV_BYTES))
         // Builder-level TCP options do not apply to an incoming stream we
         // hand over: set them on the listener's own stream (no Nagle delay).
-        .serve_with_incoming_shutdown(incoming(listener), async move {
-            shutdown.await;
-            stop_streams.fire();
-        });
+        .serve_with_incoming_shutdown(
+            transport::incoming(listener, config.handshake_timeout),
+            async move {
+                shutdown.await;
+                ready.store(false, Ordering::Release);
+                stop_streams.fire();
+            },
+        );
     // A client that keeps its half of a stream open would hold graceful
     // shutdown forever: give in-flight work a grace period, then stop.
     let served = tokio::select! {
@@ -172,5 +223,8 @@ pub async fn serve(
         }
     };
     expiry.abort();
+    if let Some(monitor) = monitor {
+        monitor.abort();
+    }
     served
 }

@@ -9,6 +9,7 @@ use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Header;
+use crate::metrics::METRICS;
 use crate::proto::watch_request::RequestUnion;
 use crate::proto::watch_server::Watch;
 use crate::proto::{WatchRequest, WatchResponse};
@@ -59,6 +60,7 @@ impl Watch for WatchService {
         });
         let header = self.header.clone();
         let out = ReceiverStream::new(rx).map(move |mut resp| {
+            METRICS.watch_events_sent.add(resp.events.len() as u64);
             header.fill(&mut resp.header);
             Ok(resp)
         });

@@ -143,6 +143,13 @@ impl Hub {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// `(streams, watchers, unsynced watchers)`, for metrics.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let s = self.lock();
+        let unsynced = s.watchers.values().filter(|w| !w.synced).count();
+        (s.streams.len(), s.watchers.len(), unsynced)
+    }
+
     /// Opens a stream; watch ids are per stream.
     pub fn open_stream(&self) -> u64 {
         let mut s = self.lock();
