@@ -199,6 +199,20 @@ pub struct DatastoreArgs {
     )]
     pub quota_backend_bytes: i64,
 
+    /// How long a new connection has to send its first bytes (slow or
+    /// silent clients are closed after it).
+    #[arg(long, env = "K3RS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: std::time::Duration,
+
+    /// How often the server pings each client connection (etcd's flag;
+    /// etcd's default is 2h).
+    #[arg(long, env = "K3RS_GRPC_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub grpc_keepalive_interval: std::time::Duration,
+
+    /// How long a ping may go unanswered before the connection is closed.
+    #[arg(long, env = "K3RS_GRPC_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub grpc_keepalive_timeout: std::time::Duration,
+
     /// Most concurrent gRPC streams per client connection.
     #[arg(long, env = "K3RS_MAX_CONCURRENT_STREAMS", default_value_t = kine::server::DEFAULT_MAX_CONCURRENT_STREAMS)]
     pub max_concurrent_streams: u32,
@@ -422,7 +436,9 @@ impl DatastoreArgs {
                 tls,
                 slow_request_threshold: self.slow_request_threshold,
                 max_concurrent_streams: self.max_concurrent_streams.max(1),
-                ..Default::default()
+                handshake_timeout: self.handshake_timeout,
+                keepalive_interval: self.grpc_keepalive_interval,
+                keepalive_timeout: self.grpc_keepalive_timeout,
             },
             log_format: self.log_format,
             debug: self.debug,

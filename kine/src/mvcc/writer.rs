@@ -443,6 +443,12 @@ impl Writer {
     fn compaction_step(&mut self) {
         self.step_compaction();
         self.last_compaction_step = std::time::Instant::now();
+        // Also when the walk found nothing to delete.
+        if !self.compaction_pending() {
+            for (reply, head) in self.physical_waiters.drain(..) {
+                let _ = reply.send(Ok(head));
+            }
+        }
     }
 
     fn step_compaction(&mut self) {
@@ -483,11 +489,6 @@ impl Writer {
             return;
         }
         METRICS.compacted_rows.add(chunk.len() as u64);
-        if !self.compaction_pending() {
-            for (reply, head) in self.physical_waiters.drain(..) {
-                let _ = reply.send(Ok(head));
-            }
-        }
     }
 }
 

@@ -57,6 +57,11 @@ pub struct ServerConfig {
     pub max_concurrent_streams: u32,
     /// How long a new connection has to send its first bytes.
     pub handshake_timeout: Duration,
+    /// How often the server pings each connection, and how long it waits
+    /// for the answer, to close peers that went away without closing
+    /// (half-open) or stopped reading.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +75,8 @@ impl Default for ServerConfig {
             slow_request_threshold: DEFAULT_SLOW_REQUEST_THRESHOLD,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             handshake_timeout: transport::HANDSHAKE_TIMEOUT,
+            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
         }
     }
 }
@@ -79,10 +86,11 @@ pub const DEFAULT_SLOW_REQUEST_THRESHOLD: Duration = Duration::from_secs(1);
 /// Streams per connection by default: far above what kube-apiserver opens
 /// on one connection, and a bound on what one peer can hold.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 4096;
-/// How often the server pings each connection, and how long it waits for
-/// the answer, to find peers that went away without closing (half-open).
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Server pings: etcd waits 2 hours; 30 s finds dead peers while they
+/// still matter, at the cost of one small frame per connection.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// etcd's keepalive timeout.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// etcd's default periodic progress notification interval.
 pub const DEFAULT_PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_secs(600);
@@ -187,11 +195,11 @@ pub async fn serve_with_monitor(
     });
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &config.tls {
-        builder = builder.tls_config(tls.server_config())?;
+        builder = builder.tls_config(tls.server_config(config.handshake_timeout))?;
     }
     let served = builder
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .max_concurrent_streams(Some(config.max_concurrent_streams))
         .layer(observe::ObserveLayer::new(config.slow_request_threshold))
         .add_service(

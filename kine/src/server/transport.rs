@@ -51,11 +51,11 @@ impl std::fmt::Debug for TlsConfig {
 }
 
 impl TlsConfig {
-    pub(super) fn server_config(&self) -> tonic::transport::ServerTlsConfig {
+    pub(super) fn server_config(&self, handshake: Duration) -> tonic::transport::ServerTlsConfig {
         let identity = tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem);
         let mut config = tonic::transport::ServerTlsConfig::new()
             .identity(identity)
-            .timeout(HANDSHAKE_TIMEOUT);
+            .timeout(handshake);
         if let Some(ca) = &self.client_ca_pem {
             config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
         }
