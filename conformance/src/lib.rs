@@ -95,6 +95,7 @@ macro_rules! for_each_case {
                 compact_keeps_current_state,
                 compact_and_deletes,
                 compact_takes_no_revision,
+                physical_compaction_with_nothing_to_delete,
             }
             kubernetes {
                 get_object,

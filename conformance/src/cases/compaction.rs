@@ -246,3 +246,30 @@ pub async fn compact_takes_no_revision(cx: Ctx) -> CaseResult {
     cx.eq("revision", r0 + 2, cx.rev().await?)?;
     cx.eq("next put", r0 + 3, cx.put("a", "3").await?)
 }
+
+/// A physical compaction answers even when it has no row to delete
+/// (k3rs once waited for a deletion that never came).
+pub async fn physical_compaction_with_nothing_to_delete(cx: Ctx) -> CaseResult {
+    cx.put("a", "1").await?;
+    let first = cx.rev().await?;
+    cx.ok(CompactionRequest {
+        revision: first,
+        physical: true,
+    })
+    .await?;
+    // A new key, so nothing below the next revision is superseded.
+    cx.put("fresh", "1").await?;
+    let second = CompactionRequest {
+        revision: first + 1,
+        physical: true,
+    };
+    let answered = tokio::time::timeout(std::time::Duration::from_secs(10), cx.ok(second)).await;
+    match answered {
+        Ok(r) => cx.eq("header.revision", first + 1, hrev(&r?.header)),
+        Err(_) => Err(cx.fail(
+            "physical compaction answers",
+            "an answer",
+            "no answer in 10 s",
+        )),
+    }
+}
