@@ -5,12 +5,9 @@
 //! dashboards and alerts work; k3rs's own carry a `k3rs_` prefix. Values
 //! that are cheap to read at scrape time (sizes, revisions, watcher counts)
 //! are not kept here: `server::monitor` reads them from the store.
-//! Everything is lock-free on the hot path except the per-method gRPC
-//! table, whose lock is held for a map lookup.
+//! Everything is atomics: nothing on the request path takes a lock.
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -160,18 +157,84 @@ impl CallKind {
 /// A known gRPC method: `("etcdserverpb.KV", "Range", Unary)`.
 pub type Method = (&'static str, &'static str, CallKind);
 
+/// Every method k3rs serves; metrics are kept for these alone, so a
+/// client sending made-up paths cannot grow them.
+pub const METHODS: [Method; 24] = [
+    ("etcdserverpb.KV", "Range", CallKind::Unary),
+    ("etcdserverpb.KV", "Put", CallKind::Unary),
+    ("etcdserverpb.KV", "DeleteRange", CallKind::Unary),
+    ("etcdserverpb.KV", "Txn", CallKind::Unary),
+    ("etcdserverpb.KV", "Compact", CallKind::Unary),
+    ("etcdserverpb.Watch", "Watch", CallKind::BidiStream),
+    ("etcdserverpb.Lease", "LeaseGrant", CallKind::Unary),
+    ("etcdserverpb.Lease", "LeaseRevoke", CallKind::Unary),
+    ("etcdserverpb.Lease", "LeaseKeepAlive", CallKind::BidiStream),
+    ("etcdserverpb.Lease", "LeaseTimeToLive", CallKind::Unary),
+    ("etcdserverpb.Lease", "LeaseLeases", CallKind::Unary),
+    ("etcdserverpb.Maintenance", "Alarm", CallKind::Unary),
+    ("etcdserverpb.Maintenance", "Status", CallKind::Unary),
+    ("etcdserverpb.Maintenance", "Defragment", CallKind::Unary),
+    ("etcdserverpb.Maintenance", "Hash", CallKind::Unary),
+    ("etcdserverpb.Maintenance", "HashKV", CallKind::Unary),
+    (
+        "etcdserverpb.Maintenance",
+        "Snapshot",
+        CallKind::ServerStream,
+    ),
+    ("etcdserverpb.Maintenance", "MoveLeader", CallKind::Unary),
+    ("etcdserverpb.Maintenance", "Downgrade", CallKind::Unary),
+    ("etcdserverpb.Cluster", "MemberAdd", CallKind::Unary),
+    ("etcdserverpb.Cluster", "MemberRemove", CallKind::Unary),
+    ("etcdserverpb.Cluster", "MemberUpdate", CallKind::Unary),
+    ("etcdserverpb.Cluster", "MemberList", CallKind::Unary),
+    ("etcdserverpb.Cluster", "MemberPromote", CallKind::Unary),
+];
+
+/// gRPC status code names by code, as go-grpc-prometheus labels them.
+pub const CODES: [&str; 17] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
+
+/// One method's counters: lock-free, as every call touches them.
 #[derive(Debug)]
 struct MethodStats {
-    started: u64,
-    /// Finished calls by gRPC status code name.
-    handled: BTreeMap<&'static str, u64>,
+    started: Counter,
+    /// Finished calls by gRPC status code.
+    handled: [Counter; CODES.len()],
     latency: Histogram,
+}
+
+impl MethodStats {
+    const fn new() -> Self {
+        MethodStats {
+            started: Counter::new(),
+            handled: [const { Counter::new() }; CODES.len()],
+            latency: Histogram::new(LATENCY_BUCKETS),
+        }
+    }
 }
 
 /// Every metric the process keeps.
 #[derive(Debug)]
 pub struct Metrics {
-    grpc: Mutex<BTreeMap<Method, MethodStats>>,
+    /// Per method, in `METHODS` order.
+    grpc: [MethodStats; METHODS.len()],
     /// Time of one backend commit, fsync included.
     pub backend_commit: Histogram,
     /// Write requests per commit.
@@ -203,7 +266,7 @@ pub struct Metrics {
 impl Metrics {
     const fn new() -> Self {
         Metrics {
-            grpc: Mutex::new(BTreeMap::new()),
+            grpc: [const { MethodStats::new() }; METHODS.len()],
             backend_commit: Histogram::new(DISK_BUCKETS),
             commit_batch_requests: Histogram::new(BATCH_BUCKETS),
             commit_failures: Counter::new(),
@@ -220,45 +283,38 @@ impl Metrics {
         }
     }
 
-    fn grpc(&self) -> std::sync::MutexGuard<'_, BTreeMap<Method, MethodStats>> {
-        self.grpc.lock().unwrap_or_else(|p| p.into_inner())
+    /// A call of `METHODS[method]` started.
+    pub fn grpc_started(&self, method: usize) {
+        self.grpc[method].started.inc();
     }
 
-    /// A call of `method` started.
-    pub fn grpc_started(&self, method: Method) {
-        self.grpc()
-            .entry(method)
-            .or_insert_with(|| MethodStats {
-                started: 0,
-                handled: BTreeMap::new(),
-                latency: Histogram::new(LATENCY_BUCKETS),
-            })
-            .started += 1;
-    }
-
-    /// A call of `method` finished with `code` (a gRPC code name) after
+    /// A call of `METHODS[method]` finished with gRPC status `code` after
     /// `elapsed`; the latency is kept for unary calls only, as etcd does.
-    pub fn grpc_handled(&self, method: Method, code: &'static str, elapsed: Duration) {
-        let mut grpc = self.grpc();
-        if let Some(stats) = grpc.get_mut(&method) {
-            *stats.handled.entry(code).or_default() += 1;
-            if method.2 == CallKind::Unary {
-                stats.latency.observe_duration(elapsed);
-            }
+    pub fn grpc_handled(&self, method: usize, code: usize, elapsed: Duration) {
+        let stats = &self.grpc[method];
+        stats.handled[code.min(CODES.len() - 1)].inc();
+        if METHODS[method].2 == CallKind::Unary {
+            stats.latency.observe_duration(elapsed);
         }
     }
 
     /// Renders the process-wide metrics into `out`.
     pub fn render(&self, out: &mut String) {
         {
-            let grpc = self.grpc();
+            // Only methods that were called, as go-grpc-prometheus.
+            let grpc = || {
+                METHODS
+                    .iter()
+                    .zip(&self.grpc)
+                    .filter(|(_, s)| s.started.get() > 0)
+            };
             header(out, "grpc_server_started_total", "counter", "RPCs started.");
-            for ((service, method, kind), s) in grpc.iter() {
+            for ((service, method, kind), s) in grpc() {
                 let _ = writeln!(
                     out,
                     "grpc_server_started_total{{grpc_method=\"{method}\",grpc_service=\"{service}\",grpc_type=\"{}\"}} {}",
                     kind.label(),
-                    s.started
+                    s.started.get()
                 );
             }
             header(
@@ -267,8 +323,12 @@ impl Metrics {
                 "counter",
                 "RPCs finished, by gRPC status code.",
             );
-            for ((service, method, kind), s) in grpc.iter() {
-                for (code, n) in &s.handled {
+            for ((service, method, kind), s) in grpc() {
+                for (code, n) in CODES.iter().zip(&s.handled) {
+                    let n = n.get();
+                    if n == 0 {
+                        continue;
+                    }
                     let _ = writeln!(
                         out,
                         "grpc_server_handled_total{{grpc_code=\"{code}\",grpc_method=\"{method}\",grpc_service=\"{service}\",grpc_type=\"{}\"}} {n}",
@@ -282,7 +342,7 @@ impl Metrics {
                 "histogram",
                 "Latency of unary RPCs.",
             );
-            for ((service, method, kind), s) in grpc.iter() {
+            for ((service, method, kind), s) in grpc() {
                 if *kind == CallKind::Unary {
                     let labels = format!(
                         "grpc_method=\"{method}\",grpc_service=\"{service}\",grpc_type=\"unary\""

@@ -112,8 +112,10 @@ pub struct Writer {
     last_compaction_step: std::time::Instant,
     /// Physical compactions waiting for `compacted_rows` to drain.
     physical_waiters: Vec<(oneshot::Sender<Result<i64>>, i64)>,
-    /// The database's size after the last commit, for the quota; `None`
-    /// until first needed.
+    /// For the quota: the database's size when last measured plus the
+    /// cost of every write admitted since (an upper bound: overwrites and
+    /// free pages cost less). Measured again only when the bound would
+    /// refuse a write; `None` until first needed.
     db_size: Option<u64>,
 }
 
@@ -150,11 +152,12 @@ impl Writer {
             if quota == 0 {
                 return Ok(());
             }
-            let size = match self.db_size {
-                Some(size) => size,
-                None => self.measure_db_size(),
-            };
-            if size + pending + cost < quota {
+            let fits = |size: u64| size + pending + cost < quota;
+            if self.db_size.is_some_and(fits) {
+                return Ok(());
+            }
+            let size = self.measure_db_size();
+            if fits(size) {
                 return Ok(());
             }
             let member_id = self.shared.identity.member_id;
@@ -241,12 +244,12 @@ impl Writer {
         let mut batch = CommitBatch::default();
         let mut revoked: Vec<(i64, Lease)> = Vec::new();
         let mut replies = Vec::with_capacity(writes.len());
+        let mut admitted = 0;
         {
             let shared = self.shared.clone();
             let mut index = shared.index.write().unwrap_or_else(|p| p.into_inner());
             let mut leases = shared.leases();
             let compact = shared.compact_revision();
-            let mut admitted = 0;
             for (op, reply) in writes {
                 let cost = quota::cost(&op);
                 if cost > 0 {
@@ -317,8 +320,8 @@ impl Writer {
             if committed.is_err() {
                 METRICS.commit_failures.inc();
             }
-            if self.db_size.is_some() {
-                self.measure_db_size();
+            if let (Ok(()), Some(size)) = (&committed, self.db_size.as_mut()) {
+                *size += admitted;
             }
             committed
         };
@@ -403,9 +406,6 @@ impl Writer {
             },
             Job::Defragment(reply) => {
                 let _ = reply.send(self.log.defragment());
-                if self.db_size.is_some() {
-                    self.measure_db_size();
-                }
             }
             Job::Shutdown(reply) => {
                 let _ = reply.send(());

@@ -16,71 +16,24 @@ use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tonic::transport::server::TcpConnectInfo;
 
-use crate::metrics::{CallKind, METRICS, Method};
+use crate::metrics::{CODES, CallKind, METHODS, METRICS};
 
-/// Every method k3rs serves.
-const METHODS: &[Method] = &[
-    ("etcdserverpb.KV", "Range", CallKind::Unary),
-    ("etcdserverpb.KV", "Put", CallKind::Unary),
-    ("etcdserverpb.KV", "DeleteRange", CallKind::Unary),
-    ("etcdserverpb.KV", "Txn", CallKind::Unary),
-    ("etcdserverpb.KV", "Compact", CallKind::Unary),
-    ("etcdserverpb.Watch", "Watch", CallKind::BidiStream),
-    ("etcdserverpb.Lease", "LeaseGrant", CallKind::Unary),
-    ("etcdserverpb.Lease", "LeaseRevoke", CallKind::Unary),
-    ("etcdserverpb.Lease", "LeaseKeepAlive", CallKind::BidiStream),
-    ("etcdserverpb.Lease", "LeaseTimeToLive", CallKind::Unary),
-    ("etcdserverpb.Lease", "LeaseLeases", CallKind::Unary),
-    ("etcdserverpb.Maintenance", "Alarm", CallKind::Unary),
-    ("etcdserverpb.Maintenance", "Status", CallKind::Unary),
-    ("etcdserverpb.Maintenance", "Defragment", CallKind::Unary),
-    ("etcdserverpb.Maintenance", "Hash", CallKind::Unary),
-    ("etcdserverpb.Maintenance", "HashKV", CallKind::Unary),
-    (
-        "etcdserverpb.Maintenance",
-        "Snapshot",
-        CallKind::ServerStream,
-    ),
-    ("etcdserverpb.Maintenance", "MoveLeader", CallKind::Unary),
-    ("etcdserverpb.Maintenance", "Downgrade", CallKind::Unary),
-    ("etcdserverpb.Cluster", "MemberAdd", CallKind::Unary),
-    ("etcdserverpb.Cluster", "MemberRemove", CallKind::Unary),
-    ("etcdserverpb.Cluster", "MemberUpdate", CallKind::Unary),
-    ("etcdserverpb.Cluster", "MemberList", CallKind::Unary),
-    ("etcdserverpb.Cluster", "MemberPromote", CallKind::Unary),
-];
-
-/// The method a request path (`/etcdserverpb.KV/Range`) names, if known.
-fn method_of(path: &str) -> Option<Method> {
+/// The index in `METHODS` of the method a request path
+/// (`/etcdserverpb.KV/Range`) names, if known.
+fn method_of(path: &str) -> Option<usize> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
     METHODS
         .iter()
-        .find(|(s, m, _)| *s == service && *m == method)
-        .copied()
+        .position(|(s, m, _)| *m == method && *s == service)
 }
 
-/// gRPC status code names, as go-grpc-prometheus labels them.
-fn code_name(code: &[u8]) -> &'static str {
-    match code {
-        b"0" => "OK",
-        b"1" => "Canceled",
-        b"2" => "Unknown",
-        b"3" => "InvalidArgument",
-        b"4" => "DeadlineExceeded",
-        b"5" => "NotFound",
-        b"6" => "AlreadyExists",
-        b"7" => "PermissionDenied",
-        b"8" => "ResourceExhausted",
-        b"9" => "FailedPrecondition",
-        b"10" => "Aborted",
-        b"11" => "OutOfRange",
-        b"12" => "Unimplemented",
-        b"13" => "Internal",
-        b"14" => "Unavailable",
-        b"15" => "DataLoss",
-        b"16" => "Unauthenticated",
-        _ => "Unknown",
-    }
+/// The code a `grpc-status` value carries (Unknown if unreadable).
+fn code_of(value: &[u8]) -> usize {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|c| *c < CODES.len())
+        .unwrap_or(2)
 }
 
 /// The layer: install with `Server::builder().layer(ObserveLayer::new(..))`.
@@ -153,7 +106,7 @@ where
                 c.code = response
                     .headers()
                     .get("grpc-status")
-                    .map(|v| code_name(v.as_bytes()));
+                    .map(|v| code_of(v.as_bytes()));
             }
             Ok(response.map(|inner| ObservedBody { inner, call }))
         })
@@ -163,24 +116,26 @@ where
 /// One call in flight; recorded when dropped.
 #[derive(Debug)]
 struct Call {
-    method: Method,
+    /// Index in `METHODS`.
+    method: usize,
     started: Instant,
     slow: Duration,
     peer: Option<std::net::SocketAddr>,
-    code: Option<&'static str>,
+    code: Option<usize>,
 }
 
 impl Drop for Call {
     fn drop(&mut self) {
         let elapsed = self.started.elapsed();
         // A body dropped before its trailers: the client went away.
-        let code = self.code.unwrap_or("Canceled");
+        let code = self.code.unwrap_or(1);
         METRICS.grpc_handled(self.method, code, elapsed);
-        if self.method.2 == CallKind::Unary && elapsed >= self.slow {
+        let (service, method, kind) = METHODS[self.method];
+        if kind == CallKind::Unary && elapsed >= self.slow {
             METRICS.slow_requests.inc();
             tracing::warn!(
-                method = format_args!("/{}/{}", self.method.0, self.method.1),
-                code,
+                method = format_args!("/{service}/{method}"),
+                code = CODES[code],
                 elapsed_ms = elapsed.as_millis() as u64,
                 peer = ?self.peer,
                 "slow request"
@@ -213,7 +168,7 @@ where
         let polled = this.inner.poll_frame(cx);
         if let (Poll::Ready(Some(Ok(frame))), Some(call)) = (&polled, this.call.as_mut()) {
             if let Some(status) = frame.trailers_ref().and_then(|t| t.get("grpc-status")) {
-                call.code = Some(code_name(status.as_bytes()));
+                call.code = Some(code_of(status.as_bytes()));
             }
         }
         if let Poll::Ready(None) = polled {
@@ -239,12 +194,14 @@ mod tests {
     #[test]
     fn only_known_methods_are_tracked() {
         assert_eq!(
-            method_of("/etcdserverpb.KV/Range"),
+            method_of("/etcdserverpb.KV/Range").map(|m| METHODS[m]),
             Some(("etcdserverpb.KV", "Range", CallKind::Unary))
         );
         assert_eq!(method_of("/etcdserverpb.KV/Nope"), None);
+        assert_eq!(method_of("/etcdserverpb.Watch/Range"), None);
         assert_eq!(method_of("/x"), None);
         assert_eq!(method_of(""), None);
-        assert_eq!(code_name(b"8"), "ResourceExhausted");
+        assert_eq!(CODES[code_of(b"8")], "ResourceExhausted");
+        assert_eq!(CODES[code_of(b"99")], "Unknown");
     }
 }
