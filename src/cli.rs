@@ -124,7 +124,7 @@ pub struct DatastoreArgs {
     #[arg(long, env = "KINE_LISTEN_ADDRESS", default_value = "127.0.0.1:2379")]
     pub listen_address: String,
 
-    /// Storage DSN, in kine's form: sqlite://PATH (postgres:// and mysql:// are not built yet).
+    /// Storage DSN, in kine's form: sqlite://PATH or postgres://USER:PASS@HOST:PORT/DB (mysql:// is not built yet).
     /// Default: SQLite at DATA_DIR/server/db/state.db.
     #[arg(long, env = "KINE_ENDPOINT")]
     pub endpoint: Option<String>,
@@ -223,6 +223,8 @@ pub struct DatastoreArgs {
 pub enum Endpoint {
     /// Embedded SQLite.
     Sqlite(SqliteConfig),
+    /// An external PostgreSQL database.
+    Postgres(kine::backend::postgres::PostgresConfig),
 }
 
 /// Where the monitoring endpoints listen.
@@ -325,10 +327,16 @@ fn parse_endpoint(dsn: &str, durability: Durability) -> Result<Endpoint> {
                 durability,
             }))
         }
-        "postgres" | "postgresql" | "mysql" => {
-            bail!("--endpoint {scheme}:// is not supported yet; use sqlite://PATH")
+        "postgres" | "postgresql" => {
+            let config = kine::backend::postgres::PostgresConfig { dsn: dsn.into() };
+            // Check the DSN now, so a typo fails before anything starts.
+            let _ = config.describe();
+            Ok(Endpoint::Postgres(config))
         }
-        other => bail!("--endpoint scheme {other:?} is unknown; use sqlite://PATH"),
+        "mysql" => {
+            bail!("--endpoint mysql:// is not supported yet; use sqlite://PATH or postgres://")
+        }
+        other => bail!("--endpoint scheme {other:?} is unknown; use sqlite://PATH or postgres://"),
     }
 }
 

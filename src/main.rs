@@ -74,7 +74,12 @@ fn run_snapshot(command: SnapshotCommand) -> Result<()> {
                 args.endpoint.as_deref(),
                 args.data_dir,
                 Default::default(),
-            )?;
+            )?
+            else {
+                anyhow::bail!(
+                    "snapshot restore is built for SQLite; restore a PostgreSQL database with its own tools"
+                );
+            };
             // A server running on the target would not see the restore.
             let _lock = lock_database(&target.path)?;
             snapshot::restore(&args.file, &target.path, args.skip_hash_check)
@@ -129,10 +134,24 @@ fn lock_database(db: &Path) -> Result<File> {
 }
 
 async fn run_datastore(config: DatastoreConfig) -> Result<()> {
-    let Endpoint::Sqlite(sqlite) = &config.endpoint;
-    let _lock = lock_database(&sqlite.path)?;
-    let store = kine::open_sqlite(sqlite)
-        .with_context(|| format!("cannot open the datastore {}", sqlite.path.display()))?;
+    let (store, database, _lock) = match &config.endpoint {
+        Endpoint::Sqlite(sqlite) => {
+            let lock = lock_database(&sqlite.path)?;
+            let store = kine::open_sqlite(sqlite)
+                .with_context(|| format!("cannot open the datastore {}", sqlite.path.display()))?;
+            let fsync = sqlite.durability == kine::backend::sqlite::Durability::Fsync;
+            let what = format!("sqlite {} (fsync {fsync})", sqlite.path.display());
+            (store, what, Some(lock))
+        }
+        Endpoint::Postgres(pg) => {
+            let what = pg.describe();
+            let pg = pg.clone();
+            let store = tokio::task::spawn_blocking(move || kine::open_postgres(&pg))
+                .await?
+                .with_context(|| format!("cannot open the datastore {what}"))?;
+            (store, what, None)
+        }
+    };
     store.alarms().set_quota(config.quota_bytes);
     let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
@@ -148,8 +167,7 @@ async fn run_datastore(config: DatastoreConfig) -> Result<()> {
         client_cert_auth = config.server.tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()),
         metrics = ?monitor.as_ref().and_then(|l| l.local_addr().ok()),
         quota_bytes = config.quota_bytes,
-        database = %sqlite.path.display(),
-        fsync = sqlite.durability == kine::backend::sqlite::Durability::Fsync,
+        database = %database,
         revision = store.current_revision(),
         "serving the etcd v3 API"
     );

@@ -30,10 +30,29 @@ const START_ATTEMPTS: usize = 3;
 pub enum TargetKind {
     /// Real etcd (the oracle).
     Etcd,
-    /// k3rs in-process.
+    /// k3rs in-process, on SQLite.
     K3rs,
+    /// k3rs in-process, on a fresh PostgreSQL database.
+    K3rsPostgres,
     /// An endpoint somebody else runs; its store cannot be made fresh.
     Endpoint,
+}
+
+impl TargetKind {
+    /// Whether this is k3rs, on any backend.
+    pub fn is_k3rs(self) -> bool {
+        matches!(self, TargetKind::K3rs | TargetKind::K3rsPostgres)
+    }
+
+    /// Parses a target name as the runner's flags give it.
+    pub fn parse(name: &str) -> Option<TargetKind> {
+        match name {
+            "etcd" => Some(TargetKind::Etcd),
+            "k3rs" => Some(TargetKind::K3rs),
+            "k3rs-postgres" => Some(TargetKind::K3rsPostgres),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for TargetKind {
@@ -41,6 +60,7 @@ impl fmt::Display for TargetKind {
         f.write_str(match self {
             TargetKind::Etcd => "etcd",
             TargetKind::K3rs => "k3rs",
+            TargetKind::K3rsPostgres => "k3rs-postgres",
             TargetKind::Endpoint => "endpoint",
         })
     }
@@ -66,6 +86,7 @@ pub async fn start(kind: TargetKind) -> Result<Box<dyn Target>, String> {
     match kind {
         TargetKind::Etcd => Ok(Box::new(EtcdTarget::start().await?)),
         TargetKind::K3rs => Ok(Box::new(K3rsTarget::start().await?)),
+        TargetKind::K3rsPostgres => Ok(Box::new(K3rsTarget::start_postgres().await?)),
         TargetKind::Endpoint => Err("an endpoint target cannot be started".into()),
     }
 }
@@ -211,13 +232,15 @@ impl Drop for EtcdTarget {
 /// cases may block a thread on a child process while the server runs.
 pub struct K3rsTarget {
     endpoint: String,
+    kind: TargetKind,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
-    _dir: TempDir,
+    _dir: Option<TempDir>,
+    database: Option<TestDatabase>,
 }
 
 impl K3rsTarget {
-    /// Opens the store, starts serving and waits until it answers.
+    /// Opens a store on SQLite, starts serving and waits until it answers.
     pub async fn start() -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("conformance-k3rs-")
@@ -228,6 +251,28 @@ impl K3rsTarget {
             durability: Default::default(),
         })
         .map_err(|e| format!("open k3rs store: {e}"))?;
+        let mut t = Self::serve(store, TargetKind::K3rs).await?;
+        t._dir = Some(dir);
+        Ok(t)
+    }
+
+    /// Opens a store on a fresh PostgreSQL database (dropped with the
+    /// target), starts serving and waits until it answers.
+    pub async fn start_postgres() -> Result<Self, String> {
+        let database = TestDatabase::create().await?;
+        let config = kine::backend::postgres::PostgresConfig {
+            dsn: database.dsn.clone(),
+        };
+        let store = tokio::task::spawn_blocking(move || kine::open_postgres(&config))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("open k3rs store on PostgreSQL: {e}"))?;
+        let mut t = Self::serve(store, TargetKind::K3rsPostgres).await?;
+        t.database = Some(database);
+        Ok(t)
+    }
+
+    async fn serve(store: kine::Store, kind: TargetKind) -> Result<Self, String> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| format!("bind: {e}"))?;
@@ -252,12 +297,76 @@ impl K3rsTarget {
         });
         let t = K3rsTarget {
             endpoint,
+            kind,
             shutdown: Some(tx),
             task: Some(task),
-            _dir: dir,
+            _dir: None,
+            database: None,
         };
         wait_ready(&t.endpoint, || true).await?;
         Ok(t)
+    }
+}
+
+/// The PostgreSQL server tests use: `K3RS_TEST_POSTGRES`, or the local one.
+pub fn postgres_admin_dsn() -> String {
+    std::env::var("K3RS_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A database of its own for one test, dropped (with any connection still
+/// open to it) when the test is done.
+pub struct TestDatabase {
+    /// The DSN of the new database.
+    pub dsn: String,
+    name: String,
+}
+
+impl TestDatabase {
+    /// Creates `k3rs_test_<random>` on the test server.
+    pub async fn create() -> Result<Self, String> {
+        let name = format!(
+            "k3rs_test_{:x}{:x}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+        );
+        let admin = postgres_admin_dsn();
+        let sql = format!("CREATE DATABASE {name}");
+        // The sync client must not run on an async thread.
+        run_admin(admin.clone(), sql).await?;
+        let (base, _) = admin
+            .rsplit_once('/')
+            .ok_or("K3RS_TEST_POSTGRES has no database")?;
+        Ok(TestDatabase {
+            dsn: format!("{base}/{name}"),
+            name,
+        })
+    }
+}
+
+async fn run_admin(dsn: String, sql: String) -> Result<(), String> {
+    tokio::task::spawn_blocking(move || admin_sql(&dsn, &sql))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+fn admin_sql(dsn: &str, sql: &str) -> Result<(), String> {
+    let mut client = postgres::Client::connect(dsn, postgres::NoTls)
+        .map_err(|e| format!("connect to the test PostgreSQL ({dsn}): {e}"))?;
+    client.batch_execute(sql).map_err(|e| format!("{sql}: {e}"))
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (dsn, sql) = (
+            postgres_admin_dsn(),
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+        // A thread of its own: drop may run on an async thread.
+        let _ = std::thread::spawn(move || admin_sql(&dsn, &sql)).join();
     }
 }
 
@@ -266,7 +375,7 @@ impl Target for K3rsTarget {
         &self.endpoint
     }
     fn kind(&self) -> TargetKind {
-        TargetKind::K3rs
+        self.kind
     }
 }
 
@@ -280,6 +389,9 @@ impl Drop for K3rsTarget {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+        // The store's connections close with it; the database goes after
+        // (WITH (FORCE) ends any connection still open).
+        drop(self.database.take());
     }
 }
 

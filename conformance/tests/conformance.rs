@@ -1,5 +1,6 @@
-//! Every case against real etcd and against k3rs, one `#[test]` per case
-//! and target (`kv::range_limit::etcd`, `kv::range_limit::k3rs`), expanded
+//! Every case against real etcd and against k3rs on SQLite and on
+//! PostgreSQL, one `#[test]` per case and target (`kv::range_limit::etcd`,
+//! `kv::range_limit::k3rs`, `kv::range_limit::k3rs_postgres`), expanded
 //! from the single case list in `conformance::for_each_case!`.
 //!
 //! Each test starts its own server (cargo-nextest runs each test in its own
@@ -20,6 +21,10 @@ macro_rules! conformance_tests {
                         #[test]
                         fn k3rs() {
                             conformance::run::run_test(stringify!($group), stringify!($name), conformance::TargetKind::K3rs);
+                        }
+                        #[test]
+                        fn k3rs_postgres() {
+                            conformance::run::run_test(stringify!($group), stringify!($name), conformance::TargetKind::K3rsPostgres);
                         }
                     }
                 )*

@@ -54,6 +54,10 @@ pub enum Error {
     /// A feature k3rs does not have (yet); never a silent wrong answer.
     #[error("{0}")]
     Unimplemented(String),
+    /// The connection to the database broke during a commit: whether it
+    /// landed is settled once the database is back. Clients retry.
+    #[error("k3rs: database unavailable: {0}")]
+    CommitUnknown(String),
     /// The storage engine failed; the write was not applied.
     #[error("k3rs: storage error: {0}")]
     Storage(String),

@@ -33,6 +33,12 @@ pub fn open_sqlite(config: &SqliteConfig) -> Result<Store> {
     Store::open(Box::new(writer), Box::new(reader))
 }
 
+/// Opens a store on PostgreSQL.
+pub fn open_postgres(config: &backend::postgres::PostgresConfig) -> Result<Store> {
+    let (writer, reader) = backend::postgres::open(config)?;
+    Store::open(Box::new(writer), Box::new(reader))
+}
+
 /// kine's own compaction loop, for users without kube-apiserver (which
 /// compacts through the API): every `interval`, compact to the current
 /// revision minus `min_retain`. Runs until the store stops.

@@ -17,7 +17,7 @@ struct Args {
     endpoints: Vec<String>,
     /// Start a server to test: etcd (/usr/bin/etcd) or k3rs (in-process);
     /// repeatable. Default, without --endpoint: both.
-    #[arg(long = "target", value_name = "etcd|k3rs", value_parser = ["etcd", "k3rs"])]
+    #[arg(long = "target", value_name = "etcd|k3rs|k3rs-postgres", value_parser = ["etcd", "k3rs", "k3rs-postgres"])]
     targets: Vec<String>,
     /// Run only these groups; repeatable. Default: all.
     #[arg(long = "group", value_name = "NAME")]
@@ -87,14 +87,7 @@ fn main() -> ExitCode {
     let (passed, failed) = rt.block_on(async {
         let mut specs: Vec<(TargetKind, Option<String>)> = Vec::new();
         for t in &args.targets {
-            specs.push((
-                if t == "etcd" {
-                    TargetKind::Etcd
-                } else {
-                    TargetKind::K3rs
-                },
-                None,
-            ));
+            specs.push((TargetKind::parse(t).unwrap_or(TargetKind::K3rs), None));
         }
         for e in &args.endpoints {
             specs.push((TargetKind::Endpoint, Some(e.clone())));
@@ -154,11 +147,7 @@ fn main() -> ExitCode {
 async fn serve(kinds: &[String]) -> ExitCode {
     let mut up = Vec::new();
     for k in kinds {
-        let kind = if k == "etcd" {
-            TargetKind::Etcd
-        } else {
-            TargetKind::K3rs
-        };
+        let kind = TargetKind::parse(k).unwrap_or(TargetKind::K3rs);
         match target::start(kind).await {
             Ok(t) => {
                 println!("{kind} at {}", t.endpoint());

@@ -378,7 +378,7 @@ pub async fn per_endpoint_calls(cx: Ctx) -> CaseResult {
             vec![e.as_str(), "endpoint", "status"],
         ] {
             let out = etcdctl(&cx, &args, None).await?;
-            if scheme_in_authority && cx.kind == crate::target::TargetKind::K3rs {
+            if scheme_in_authority && cx.kind.is_k3rs() {
                 cx.check(
                     &format!(
                         "etcdctl {} fails on k3rs (FIXME: h2 rejects the authority)",

@@ -96,8 +96,12 @@ pub fn check_structure(log: &WatchLog) -> Vec<String> {
 
 /// Resolves unknown puts and CASes with what watches saw; drops those no
 /// watch saw when `complete` (the watches saw every revision of the run).
+/// Unknown lease revokes are resolved too: two of them cut short by one
+/// kill could otherwise be linearized in either order, and the watch check
+/// would then blame the server for the checker's guess.
 /// Returns (patched, dropped).
 pub fn patch_history(ops: &mut Vec<Op>, logs: &[WatchLog], complete: bool) -> (usize, usize) {
+    let revokes = patch_revokes(ops, logs);
     // value -> (revision, first time a watcher had it)
     let mut seen: HashMap<u32, (i64, u64)> = HashMap::new();
     for log in logs {
@@ -138,7 +142,59 @@ pub fn patch_history(ops: &mut Vec<Op>, logs: &[WatchLog], complete: bool) -> (u
             None => true,
         }
     });
-    (patched, dropped)
+    (patched + revokes, dropped)
+}
+
+/// Gives an unknown revoke of lease L the revision R when a watch saw, at
+/// R, only deletes of keys attached to L, and no op with a known outcome
+/// claims R (so a client's delete of such a key is not mistaken for it).
+fn patch_revokes(ops: &mut [Op], logs: &[WatchLog]) -> usize {
+    let claimed: std::collections::HashSet<i64> = ops
+        .iter()
+        .filter_map(|op| match op.resp {
+            Response::Put { rev, .. }
+            | Response::LeaseRevoke { rev }
+            | Response::Cas {
+                rev,
+                succeeded: true,
+                ..
+            } => Some(rev),
+            Response::Delete { rev, deleted, .. } if deleted > 0 => Some(rev),
+            _ => None,
+        })
+        .collect();
+    // lease -> (revision, first time a watcher had it)
+    let mut revoked: HashMap<i64, (i64, u64)> = HashMap::new();
+    for log in logs {
+        for r in &log.responses {
+            let mut by_rev: BTreeMap<i64, Vec<&Event>> = BTreeMap::new();
+            for e in &r.events {
+                by_rev.entry(e.kv.modr).or_default().push(e);
+            }
+            for (rev, events) in by_rev {
+                let lease = events[0].prev.as_ref().map(|p| p.lease).unwrap_or(0);
+                let all_revoked = lease != 0
+                    && events
+                        .iter()
+                        .all(|e| e.delete && e.prev.as_ref().is_some_and(|p| p.lease == lease));
+                if all_revoked && !claimed.contains(&rev) {
+                    let entry = revoked.entry(lease).or_insert((rev, r.at));
+                    entry.1 = entry.1.min(r.at);
+                }
+            }
+        }
+    }
+    let mut patched = 0;
+    for op in ops.iter_mut().filter(|op| op.resp.is_unknown()) {
+        if let Request::LeaseRevoke { id } = op.req
+            && let Some(&(rev, at)) = revoked.get(&id)
+        {
+            op.resp = Response::LeaseRevoke { rev };
+            op.ret = at.max(op.invoke);
+            patched += 1;
+        }
+    }
+    patched
 }
 
 /// Replays a linearization: the events of each revision.

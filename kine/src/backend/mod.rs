@@ -7,6 +7,7 @@
 
 #![deny(missing_docs)]
 
+pub mod postgres;
 pub mod snapshot;
 pub mod sqlite;
 
@@ -94,8 +95,20 @@ pub trait LogWriter: Send + 'static {
 
     /// Writes `batch` in one transaction. On `Ok` the batch is durable
     /// (fsynced unless the backend was opened in a named faster mode);
-    /// on `Err` nothing of it was written.
+    /// on `Err(CommitUnknown)` the connection broke and the outcome is
+    /// unknown until `resolve_commit` answers; on any other `Err` nothing
+    /// of it was written.
     fn commit(&mut self, batch: &CommitBatch) -> Result<()>;
+
+    /// After `CommitUnknown`: reconnects and tells whether the batch that
+    /// ends at `revision` was committed. `Err` while the database stays
+    /// unreachable.
+    fn resolve_commit(&mut self, revision: i64) -> Result<bool> {
+        let _ = revision;
+        Err(crate::Error::Unimplemented(
+            "k3rs: this backend has no unknown commit outcomes".into(),
+        ))
+    }
 
     /// Records a new compact revision, durably.
     fn set_compact_revision(&mut self, revision: i64) -> Result<()>;

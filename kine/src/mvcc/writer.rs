@@ -117,6 +117,8 @@ pub struct Writer {
     /// free pages cost less). Measured again only when the bound would
     /// refuse a write; `None` until first needed.
     db_size: Option<u64>,
+    /// A batch whose commit outcome the backend could not tell.
+    pending: Option<Pending>,
 }
 
 impl Writer {
@@ -139,6 +141,7 @@ impl Writer {
             last_compaction_step: std::time::Instant::now(),
             physical_waiters: Vec::new(),
             db_size: None,
+            pending: None,
         }
     }
 
@@ -191,6 +194,9 @@ impl Writer {
     /// Runs until shutdown or until every `Store` handle is gone.
     pub fn run(mut self) {
         loop {
+            if self.pending.is_some() && !self.resolve_pending() {
+                return;
+            }
             let first = if !self.compaction_pending() {
                 match self.jobs.blocking_recv() {
                     Some(job) => job,
@@ -310,6 +316,8 @@ impl Writer {
             }
         }
         batch.current_revision = self.head;
+        let granted_ids: Vec<i64> = batch.granted_leases.iter().map(|l| l.id).collect();
+        self.net_lease_changes(&mut batch);
         let committed = if batch.is_empty() {
             Ok(())
         } else {
@@ -325,42 +333,22 @@ impl Writer {
             }
             committed
         };
-        let mut events = Vec::new();
-        {
-            let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
-            match &committed {
-                Ok(()) => {
-                    let watched = !self
-                        .shared
-                        .subscribers
-                        .read()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .is_empty();
-                    if watched {
-                        events.reserve(batch.records.len());
-                    }
-                    for record in &batch.records {
-                        let published = index.publish(&record.key, record.mod_revision);
-                        if let (true, Some((this, prev))) = (watched, published) {
-                            let prev = prev.map(|p| read::to_kv(&record.key, &p, true));
-                            events
-                                .push(read::to_event(read::to_kv(&record.key, &this, true), prev));
-                        }
-                    }
-                    self.shared.publish(self.head);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "commit failed; the batch's writes are refused");
-                    let mut leases = self.shared.leases();
-                    for (id, lease) in revoked {
-                        leases.insert(id, lease);
-                    }
-                    for granted in &batch.granted_leases {
-                        leases.remove(granted.id);
-                    }
-                    apply::undo(&mut index, &mut leases, &batch.records, published);
-                    self.head = published;
-                }
+        let outcome = Pending {
+            batch,
+            published,
+            revoked,
+            granted_ids,
+        };
+        match &committed {
+            Ok(()) => self.publish_committed(&outcome.batch),
+            Err(Error::CommitUnknown(e)) => {
+                // Neither publish nor undo until the database says which.
+                tracing::error!(error = %e, "the database connection broke during a commit; writes wait until it is back");
+                self.pending = Some(outcome);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "commit failed; the batch's writes are refused");
+                self.undo(outcome);
             }
         }
         for (reply, result, wrote) in replies {
@@ -371,9 +359,56 @@ impl Writer {
             };
             let _ = reply.send(result);
         }
+    }
+
+    /// Hands the backend the net lease changes of the batch: a lease
+    /// granted and revoked in one batch (or the reverse) ends as whatever
+    /// the lease table holds now, whatever order the backend applies them.
+    fn net_lease_changes(&self, batch: &mut CommitBatch) {
+        if batch.granted_leases.is_empty() && batch.revoked_leases.is_empty() {
+            return;
+        }
+        let mut ids: Vec<i64> = batch.granted_leases.iter().map(|l| l.id).collect();
+        ids.extend(&batch.revoked_leases);
+        ids.sort_unstable();
+        ids.dedup();
+        let leases = self.shared.leases();
+        batch.granted_leases.clear();
+        batch.revoked_leases.clear();
+        for id in ids {
+            match leases.get(id) {
+                Some(l) => batch.granted_leases.push(StoredLease { id, ttl: l.ttl }),
+                None => batch.revoked_leases.push(id),
+            }
+        }
+    }
+
+    /// Publishes a committed batch and hands its events to the watchers.
+    fn publish_committed(&mut self, batch: &CommitBatch) {
+        let mut events = Vec::new();
+        {
+            let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
+            let watched = !self
+                .shared
+                .subscribers
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty();
+            if watched {
+                events.reserve(batch.records.len());
+            }
+            for record in &batch.records {
+                let published = index.publish(&record.key, record.mod_revision);
+                if let (true, Some((this, prev))) = (watched, published) {
+                    let prev = prev.map(|p| read::to_kv(&record.key, &p, true));
+                    events.push(read::to_event(read::to_kv(&record.key, &this, true), prev));
+                }
+            }
+            self.shared.publish(batch.current_revision);
+        }
         if !events.is_empty() {
             let committed = Arc::new(Committed {
-                revision: self.head,
+                revision: batch.current_revision,
                 events,
             });
             for subscriber in self
@@ -385,6 +420,71 @@ impl Writer {
             {
                 subscriber(committed.clone());
             }
+        }
+    }
+
+    /// Takes back a batch the backend did not commit.
+    fn undo(&mut self, outcome: Pending) {
+        let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
+        let mut leases = self.shared.leases();
+        for (id, lease) in outcome.revoked {
+            leases.insert(id, lease);
+        }
+        for id in &outcome.granted_ids {
+            leases.remove(*id);
+        }
+        apply::undo(
+            &mut index,
+            &mut leases,
+            &outcome.batch.records,
+            outcome.published,
+        );
+        self.head = outcome.published;
+    }
+
+    /// After a commit whose outcome is unknown: asks the backend, with
+    /// back-off, until it answers; then publishes or undoes the batch.
+    /// Jobs that arrive meanwhile are refused, so clients retry.
+    fn resolve_pending(&mut self) -> bool {
+        let mut delay = std::time::Duration::from_millis(50);
+        loop {
+            let Some(pending) = self.pending.as_ref() else {
+                return true;
+            };
+            match self.log.resolve_commit(pending.batch.current_revision) {
+                Ok(committed) => {
+                    let pending = self.pending.take().expect("checked above");
+                    if committed {
+                        tracing::info!(
+                            revision = pending.batch.current_revision,
+                            "the database is back; the interrupted commit had landed"
+                        );
+                        self.publish_committed(&pending.batch);
+                    } else {
+                        tracing::info!(
+                            "the database is back; the interrupted commit had not landed"
+                        );
+                        self.undo(pending);
+                    }
+                    return true;
+                }
+                Err(e) => tracing::warn!(error = %e, "the database is still unreachable; retrying"),
+            }
+            let deadline = std::time::Instant::now() + delay;
+            while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+                match self.jobs.try_recv() {
+                    Ok(Job::Shutdown(reply)) => {
+                        let _ = reply.send(());
+                        return false;
+                    }
+                    Ok(job) => refuse(job),
+                    Err(mpsc::error::TryRecvError::Disconnected) => return false,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        std::thread::sleep(left.min(std::time::Duration::from_millis(10)))
+                    }
+                }
+            }
+            delay = (delay * 2).min(std::time::Duration::from_secs(2));
         }
     }
 
@@ -489,6 +589,36 @@ impl Writer {
             return;
         }
         METRICS.compacted_rows.add(chunk.len() as u64);
+    }
+}
+
+/// A batch evaluated against the index, not yet published.
+struct Pending {
+    batch: CommitBatch,
+    /// The revision before the batch.
+    published: i64,
+    /// Leases the batch revoked, as they were.
+    revoked: Vec<(i64, Lease)>,
+    /// Leases the batch granted.
+    granted_ids: Vec<i64>,
+}
+
+/// Answers a job the writer cannot run while the database is unreachable.
+fn refuse(job: Job) {
+    let unavailable = || Error::CommitUnknown("the database is unreachable; retry".into());
+    match job {
+        Job::Write(_, reply) => {
+            let _ = reply.send(Err(unavailable()));
+        }
+        Job::Compact { reply, .. } => {
+            let _ = reply.send(Err(unavailable()));
+        }
+        Job::Defragment(reply) => {
+            let _ = reply.send(Err(unavailable()));
+        }
+        Job::Shutdown(reply) => {
+            let _ = reply.send(());
+        }
     }
 }
 

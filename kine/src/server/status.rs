@@ -21,7 +21,7 @@ pub fn code(e: &Error) -> Code {
         Error::LeaseNotFound => Code::NotFound,
         Error::LeaseExists => Code::FailedPrecondition,
         Error::LeaseTtlTooLarge => Code::OutOfRange,
-        Error::Stopped | Error::Storage(_) => Code::Unavailable,
+        Error::Stopped | Error::Storage(_) | Error::CommitUnknown(_) => Code::Unavailable,
         Error::Unimplemented(_) => Code::Unimplemented,
     }
 }
