@@ -1,0 +1,274 @@
+//! k3rs on PostgreSQL as a process: faults of the database and of k3rs,
+//! and the errors a user sees. Each test gets a database of its own.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use conformance::target::{TestDatabase, postgres_admin_dsn};
+use kine::proto::kv_client::KvClient;
+use kine::proto::watch_client::WatchClient;
+use kine::proto::watch_request::RequestUnion;
+use kine::proto::{PutRequest, RangeRequest, WatchCreateRequest, WatchRequest};
+use support::K3rs;
+use tonic::transport::Channel;
+
+/// Ends every connection k3rs has to `db`, as a database restart would.
+fn drop_connections(db: &TestDatabase) {
+    let name = db.dsn.rsplit('/').next().unwrap().to_string();
+    let admin = postgres_admin_dsn();
+    std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
+        c.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            &[&name],
+        )
+        .unwrap();
+    })
+    .join()
+    .unwrap();
+}
+
+fn start(dir: &std::path::Path, db: &TestDatabase) -> K3rs {
+    K3rs::start(dir, &["--endpoint", &db.dsn])
+}
+
+/// Puts unique keys from 8 clients until told to stop; returns what was
+/// acknowledged, with revisions. With `server_stays`, every failure must
+/// be a clean Unavailable (the database's fault, not the server's).
+fn writers(
+    channel: &Channel,
+    stop: &tokio::sync::watch::Receiver<bool>,
+    server_stays: bool,
+) -> Vec<tokio::task::JoinHandle<Vec<(String, i64)>>> {
+    (0..8)
+        .map(|w| {
+            let mut kv = KvClient::new(channel.clone());
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                let mut i = 0;
+                while !*stop.borrow() {
+                    i += 1;
+                    let key = format!("/pg/{w}/{i}");
+                    let put = PutRequest {
+                        key: key.clone().into(),
+                        value: "v".into(),
+                        ..Default::default()
+                    };
+                    match kv.put(put).await {
+                        Ok(r) => acked.push((key, r.into_inner().header.unwrap().revision)),
+                        Err(s) => {
+                            if server_stays {
+                                assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}");
+                            }
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+                acked
+            })
+        })
+        .collect()
+}
+
+/// Connections to PostgreSQL cut twice under write load: writes in flight
+/// fail with Unavailable, k3rs reconnects by itself, nothing acknowledged
+/// is lost, and a watcher sees every revision once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_connections_cut_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::create().await.unwrap();
+    let server = start(dir.path(), &db);
+    let channel = server.channel().await;
+
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: "/pg/".into(),
+            range_end: "/pg0".into(),
+            start_revision: 1,
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut watch = WatchClient::new(channel.clone())
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let running = writers(&channel, &stop, true);
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        drop_connections(&db);
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop_tx.send(true).unwrap();
+    let mut acked = Vec::new();
+    for w in running {
+        acked.extend(w.await.unwrap());
+    }
+    assert!(acked.len() > 50, "only {} puts acknowledged", acked.len());
+    let last = acked.iter().map(|a| a.1).max().unwrap();
+
+    let mut kv = KvClient::new(channel.clone());
+    for (key, revision) in &acked {
+        let got = kv
+            .range(RangeRequest {
+                key: key.clone().into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.kvs.len(), 1, "{key} lost");
+        assert_eq!(got.kvs[0].mod_revision, *revision, "{key}");
+    }
+
+    let mut seen = Vec::new();
+    while seen.last().copied().unwrap_or(0) < last {
+        let resp = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .expect("the watcher went silent")
+            .unwrap()
+            .unwrap();
+        seen.extend(
+            resp.events
+                .iter()
+                .map(|e| e.kv.as_ref().unwrap().mod_revision),
+        );
+    }
+    // Every write here is a put of one key: one event per revision.
+    let expected: Vec<i64> = (2..=last).collect();
+    assert_eq!(
+        seen, expected,
+        "watch events lost, repeated or out of order"
+    );
+    drop(server);
+}
+
+/// kill -9 of k3rs under write load, then a restart on the same database:
+/// every acknowledged write is there and revisions go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::create().await.unwrap();
+    let server = start(dir.path(), &db);
+    let channel = server.channel().await;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let running = writers(&channel, &stop, false);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop(server); // SIGKILL
+    stop_tx.send(true).unwrap();
+    let mut acked = Vec::new();
+    for w in running {
+        acked.extend(w.await.unwrap());
+    }
+    assert!(acked.len() > 50, "only {} puts acknowledged", acked.len());
+    let server = start(dir.path(), &db);
+    let mut kv = server.kv().await;
+    let reply = kv
+        .put(PutRequest {
+            key: "/pg/after".into(),
+            value: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let after = reply.header.unwrap().revision;
+    for (key, revision) in &acked {
+        let got = kv
+            .range(RangeRequest {
+                key: key.clone().into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.kvs[0].mod_revision, *revision, "{key}");
+        assert!(after > *revision);
+    }
+}
+
+fn run_to_exit(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_k3rs"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A second server on the same database is refused (several servers on
+/// one database are not built yet), as are wrong credentials; a database
+/// that does not exist yet is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_name_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::create().await.unwrap();
+    let first = start(&dir.path().join("a"), &db);
+    first.channel().await;
+    let (ok, stderr) = run_to_exit(&[
+        "kine",
+        "--endpoint",
+        &db.dsn,
+        "--listen-address",
+        "127.0.0.1:0",
+        "--metrics-bind-address",
+        "0",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("in use by another k3rs server"), "{stderr}");
+
+    let (base, _) = db.dsn.rsplit_once('/').unwrap();
+    let stranger = base.replacen("postgres://postgres@", "postgres://nobody_k3rs@", 1);
+    let (ok, stderr) = run_to_exit(&[
+        "kine",
+        "--endpoint",
+        &format!("{stranger}/postgres"),
+        "--listen-address",
+        "127.0.0.1:0",
+        "--metrics-bind-address",
+        "0",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("wrong user or password"), "{stderr}");
+
+    // A fresh name: k3rs creates the database (cleaned up by the guard).
+    let fresh = TestDatabase::create().await.unwrap();
+    drop_database_keep_guard(&fresh);
+    let server = start(&dir.path().join("b"), &fresh);
+    let mut kv = server.kv().await;
+    kv.put(PutRequest {
+        key: "a".into(),
+        value: "b".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(
+        server.log().contains("created the database"),
+        "{}",
+        server.log()
+    );
+}
+
+/// Drops the guard's database so k3rs has to create it; the guard drops
+/// it again at the end.
+fn drop_database_keep_guard(db: &TestDatabase) {
+    let name = db.dsn.rsplit('/').next().unwrap().to_string();
+    let admin = postgres_admin_dsn();
+    std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
+        c.batch_execute(&format!("DROP DATABASE {name}")).unwrap();
+    })
+    .join()
+    .unwrap();
+}
