@@ -506,5 +506,17 @@ mod tests {
         assert!(parse_endpoint("state.db", Durability::Fsync).is_err());
         assert!(parse_endpoint("sqlite://", Durability::Fsync).is_err());
         assert!(parse_endpoint("nats://x", Durability::Fsync).is_err());
+        assert!(matches!(
+            parse_endpoint(
+                "postgres://u:p@db:5432/k?sslmode=disable",
+                Durability::Fsync
+            ),
+            Ok(Endpoint::Postgres(_))
+        ));
+        assert!(matches!(
+            parse_endpoint("postgresql://u@db/k", Durability::Fsync),
+            Ok(Endpoint::Postgres(_))
+        ));
+        assert!(parse_endpoint("mysql://u@tcp(db:3306)/k", Durability::Fsync).is_err());
     }
 }

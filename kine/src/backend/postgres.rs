@@ -72,11 +72,21 @@ impl PostgresConfig {
     /// The host and database, for logs and errors (no credentials).
     pub fn describe(&self) -> String {
         match self.parse() {
-            Ok(c) => format!(
-                "postgres {:?}/{}",
-                c.get_hosts(),
-                c.get_dbname().unwrap_or(DEFAULT_DATABASE)
-            ),
+            Ok(c) => {
+                let hosts: Vec<String> = c
+                    .get_hosts()
+                    .iter()
+                    .map(|h| match h {
+                        postgres::config::Host::Tcp(name) => name.clone(),
+                        postgres::config::Host::Unix(path) => path.display().to_string(),
+                    })
+                    .collect();
+                format!(
+                    "postgres://{}/{}",
+                    hosts.join(","),
+                    c.get_dbname().unwrap_or(DEFAULT_DATABASE)
+                )
+            }
             Err(_) => "postgres (unparsable DSN)".into(),
         }
     }
