@@ -124,7 +124,7 @@ pub struct DatastoreArgs {
     #[arg(long, env = "KINE_LISTEN_ADDRESS", default_value = "127.0.0.1:2379")]
     pub listen_address: String,
 
-    /// Storage DSN, in kine's form: sqlite://PATH or postgres://USER:PASS@HOST:PORT/DB (mysql:// is not built yet).
+    /// Storage DSN, in kine's form: sqlite://PATH, postgres://USER:PASS@HOST:PORT/DB or mysql://USER:PASS@tcp(HOST:PORT)/DB.
     /// Default: SQLite at DATA_DIR/server/db/state.db.
     #[arg(long, env = "KINE_ENDPOINT")]
     pub endpoint: Option<String>,
@@ -225,6 +225,8 @@ pub enum Endpoint {
     Sqlite(SqliteConfig),
     /// An external PostgreSQL database.
     Postgres(kine::backend::postgres::PostgresConfig),
+    /// An external MySQL or MariaDB database.
+    Mysql(kine::backend::mysql::MysqlConfig),
 }
 
 /// Where the monitoring endpoints listen.
@@ -333,10 +335,12 @@ fn parse_endpoint(dsn: &str, durability: Durability) -> Result<Endpoint> {
             let _ = config.describe();
             Ok(Endpoint::Postgres(config))
         }
-        "mysql" => {
-            bail!("--endpoint mysql:// is not supported yet; use sqlite://PATH or postgres://")
-        }
-        other => bail!("--endpoint scheme {other:?} is unknown; use sqlite://PATH or postgres://"),
+        "mysql" => Ok(Endpoint::Mysql(kine::backend::mysql::MysqlConfig {
+            dsn: dsn.into(),
+        })),
+        other => bail!(
+            "--endpoint scheme {other:?} is unknown; use sqlite://PATH, postgres:// or mysql://"
+        ),
     }
 }
 
@@ -517,6 +521,9 @@ mod tests {
             parse_endpoint("postgresql://u@db/k", Durability::Fsync),
             Ok(Endpoint::Postgres(_))
         ));
-        assert!(parse_endpoint("mysql://u@tcp(db:3306)/k", Durability::Fsync).is_err());
+        assert!(matches!(
+            parse_endpoint("mysql://u@tcp(db:3306)/k", Durability::Fsync),
+            Ok(Endpoint::Mysql(_))
+        ));
     }
 }

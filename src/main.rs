@@ -77,7 +77,7 @@ fn run_snapshot(command: SnapshotCommand) -> Result<()> {
             )?
             else {
                 anyhow::bail!(
-                    "snapshot restore is built for SQLite; restore a PostgreSQL database with its own tools"
+                    "snapshot restore is built for SQLite; restore PostgreSQL or MySQL with their own tools"
                 );
             };
             // A server running on the target would not see the restore.
@@ -147,6 +147,14 @@ async fn run_datastore(config: DatastoreConfig) -> Result<()> {
             let what = pg.describe();
             let pg = pg.clone();
             let store = tokio::task::spawn_blocking(move || kine::open_postgres(&pg))
+                .await?
+                .with_context(|| format!("cannot open the datastore {what}"))?;
+            (store, what, None)
+        }
+        Endpoint::Mysql(my) => {
+            let what = my.describe();
+            let my = my.clone();
+            let store = tokio::task::spawn_blocking(move || kine::open_mysql(&my))
                 .await?
                 .with_context(|| format!("cannot open the datastore {what}"))?;
             (store, what, None)

@@ -34,6 +34,8 @@ pub enum TargetKind {
     K3rs,
     /// k3rs in-process, on a fresh PostgreSQL database.
     K3rsPostgres,
+    /// k3rs in-process, on a fresh MySQL/MariaDB database.
+    K3rsMysql,
     /// An endpoint somebody else runs; its store cannot be made fresh.
     Endpoint,
 }
@@ -41,7 +43,10 @@ pub enum TargetKind {
 impl TargetKind {
     /// Whether this is k3rs, on any backend.
     pub fn is_k3rs(self) -> bool {
-        matches!(self, TargetKind::K3rs | TargetKind::K3rsPostgres)
+        matches!(
+            self,
+            TargetKind::K3rs | TargetKind::K3rsPostgres | TargetKind::K3rsMysql
+        )
     }
 
     /// Parses a target name as the runner's flags give it.
@@ -50,6 +55,7 @@ impl TargetKind {
             "etcd" => Some(TargetKind::Etcd),
             "k3rs" => Some(TargetKind::K3rs),
             "k3rs-postgres" => Some(TargetKind::K3rsPostgres),
+            "k3rs-mysql" => Some(TargetKind::K3rsMysql),
             _ => None,
         }
     }
@@ -61,6 +67,7 @@ impl fmt::Display for TargetKind {
             TargetKind::Etcd => "etcd",
             TargetKind::K3rs => "k3rs",
             TargetKind::K3rsPostgres => "k3rs-postgres",
+            TargetKind::K3rsMysql => "k3rs-mysql",
             TargetKind::Endpoint => "endpoint",
         })
     }
@@ -87,6 +94,7 @@ pub async fn start(kind: TargetKind) -> Result<Box<dyn Target>, String> {
         TargetKind::Etcd => Ok(Box::new(EtcdTarget::start().await?)),
         TargetKind::K3rs => Ok(Box::new(K3rsTarget::start().await?)),
         TargetKind::K3rsPostgres => Ok(Box::new(K3rsTarget::start_postgres().await?)),
+        TargetKind::K3rsMysql => Ok(Box::new(K3rsTarget::start_mysql().await?)),
         TargetKind::Endpoint => Err("an endpoint target cannot be started".into()),
     }
 }
@@ -272,6 +280,22 @@ impl K3rsTarget {
         Ok(t)
     }
 
+    /// Opens a store on a fresh MySQL/MariaDB database (dropped with the
+    /// target), starts serving and waits until it answers.
+    pub async fn start_mysql() -> Result<Self, String> {
+        let database = TestDatabase::create_mysql().await?;
+        let config = kine::backend::mysql::MysqlConfig {
+            dsn: database.dsn.clone(),
+        };
+        let store = tokio::task::spawn_blocking(move || kine::open_mysql(&config))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("open k3rs store on MySQL: {e}"))?;
+        let mut t = Self::serve(store, TargetKind::K3rsMysql).await?;
+        t.database = Some(database);
+        Ok(t)
+    }
+
     async fn serve(store: kine::Store, kind: TargetKind) -> Result<Self, String> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -314,25 +338,54 @@ pub fn postgres_admin_dsn() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
+/// The MySQL/MariaDB server tests use: `K3RS_TEST_MYSQL`, or the local one.
+pub fn mysql_admin_dsn() -> String {
+    std::env::var("K3RS_TEST_MYSQL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
 /// A database of its own for one test, dropped (with any connection still
 /// open to it) when the test is done.
 pub struct TestDatabase {
     /// The DSN of the new database.
     pub dsn: String,
     name: String,
+    mysql: bool,
+}
+
+fn test_database_name() -> String {
+    format!(
+        "k3rs_test_{:x}{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    )
 }
 
 impl TestDatabase {
-    /// Creates `k3rs_test_<random>` on the test server.
+    /// Creates `k3rs_test_<random>` on the test MySQL server.
+    pub async fn create_mysql() -> Result<Self, String> {
+        let name = test_database_name();
+        let admin = mysql_admin_dsn();
+        let sql = format!("CREATE DATABASE {name}");
+        let dsn = admin.clone();
+        tokio::task::spawn_blocking(move || mysql_admin_sql(&dsn, &sql))
+            .await
+            .map_err(|e| e.to_string())??;
+        let (base, _) = admin
+            .rsplit_once('/')
+            .ok_or("K3RS_TEST_MYSQL has no database")?;
+        Ok(TestDatabase {
+            dsn: format!("{base}/{name}"),
+            name,
+            mysql: true,
+        })
+    }
+
+    /// Creates `k3rs_test_<random>` on the test PostgreSQL server.
     pub async fn create() -> Result<Self, String> {
-        let name = format!(
-            "k3rs_test_{:x}{:x}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos()
-        );
+        let name = test_database_name();
         let admin = postgres_admin_dsn();
         let sql = format!("CREATE DATABASE {name}");
         // The sync client must not run on an async thread.
@@ -343,8 +396,28 @@ impl TestDatabase {
         Ok(TestDatabase {
             dsn: format!("{base}/{name}"),
             name,
+            mysql: false,
         })
     }
+}
+
+fn mysql_admin_sql(dsn: &str, sql: &str) -> Result<(), String> {
+    use mysql_async::prelude::Queryable;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let opts = mysql_async::Opts::from_url(dsn).map_err(|e| e.to_string())?;
+        let mut conn = mysql_async::Conn::new(opts)
+            .await
+            .map_err(|e| format!("connect to the test MySQL ({dsn}): {e}"))?;
+        conn.query_drop(sql)
+            .await
+            .map_err(|e| format!("{sql}: {e}"))?;
+        let _ = conn.disconnect().await;
+        Ok(())
+    })
 }
 
 async fn run_admin(dsn: String, sql: String) -> Result<(), String> {
@@ -361,12 +434,20 @@ fn admin_sql(dsn: &str, sql: &str) -> Result<(), String> {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        let (dsn, sql) = (
-            postgres_admin_dsn(),
-            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        );
         // A thread of its own: drop may run on an async thread.
-        let _ = std::thread::spawn(move || admin_sql(&dsn, &sql)).join();
+        if self.mysql {
+            let (dsn, sql) = (
+                mysql_admin_dsn(),
+                format!("DROP DATABASE IF EXISTS {}", self.name),
+            );
+            let _ = std::thread::spawn(move || mysql_admin_sql(&dsn, &sql)).join();
+        } else {
+            let (dsn, sql) = (
+                postgres_admin_dsn(),
+                format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            );
+            let _ = std::thread::spawn(move || admin_sql(&dsn, &sql)).join();
+        }
     }
 }
 

@@ -1,6 +1,7 @@
-//! Every case against real etcd and against k3rs on SQLite and on
-//! PostgreSQL, one `#[test]` per case and target (`kv::range_limit::etcd`,
-//! `kv::range_limit::k3rs`, `kv::range_limit::k3rs_postgres`), expanded
+//! Every case against real etcd and against k3rs on SQLite, PostgreSQL and
+//! MariaDB, one `#[test]` per case and target (`kv::range_limit::etcd`,
+//! `kv::range_limit::k3rs`, `kv::range_limit::k3rs_postgres`,
+//! `kv::range_limit::k3rs_mysql`), expanded
 //! from the single case list in `conformance::for_each_case!`.
 //!
 //! Each test starts its own server (cargo-nextest runs each test in its own
@@ -25,6 +26,10 @@ macro_rules! conformance_tests {
                         #[test]
                         fn k3rs_postgres() {
                             conformance::run::run_test(stringify!($group), stringify!($name), conformance::TargetKind::K3rsPostgres);
+                        }
+                        #[test]
+                        fn k3rs_mysql() {
+                            conformance::run::run_test(stringify!($group), stringify!($name), conformance::TargetKind::K3rsMysql);
                         }
                     }
                 )*

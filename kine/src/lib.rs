@@ -39,6 +39,12 @@ pub fn open_postgres(config: &backend::postgres::PostgresConfig) -> Result<Store
     Store::open(Box::new(writer), Box::new(reader))
 }
 
+/// Opens a store on MySQL or MariaDB.
+pub fn open_mysql(config: &backend::mysql::MysqlConfig) -> Result<Store> {
+    let (writer, reader) = backend::mysql::open(config)?;
+    Store::open(Box::new(writer), Box::new(reader))
+}
+
 /// kine's own compaction loop, for users without kube-apiserver (which
 /// compacts through the API): every `interval`, compact to the current
 /// revision minus `min_retain`. Runs until the store stops.

@@ -17,7 +17,7 @@ struct Args {
     endpoints: Vec<String>,
     /// Start a server to test: etcd (/usr/bin/etcd) or k3rs (in-process);
     /// repeatable. Default, without --endpoint: both.
-    #[arg(long = "target", value_name = "etcd|k3rs|k3rs-postgres", value_parser = ["etcd", "k3rs", "k3rs-postgres"])]
+    #[arg(long = "target", value_name = "etcd|k3rs|k3rs-postgres|k3rs-mysql", value_parser = ["etcd", "k3rs", "k3rs-postgres", "k3rs-mysql"])]
     targets: Vec<String>,
     /// Run only these groups; repeatable. Default: all.
     #[arg(long = "group", value_name = "NAME")]

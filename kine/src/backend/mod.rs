@@ -7,7 +7,9 @@
 
 #![deny(missing_docs)]
 
+pub mod mysql;
 pub mod postgres;
+mod reader_threads;
 pub mod snapshot;
 pub mod sqlite;
 

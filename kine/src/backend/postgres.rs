@@ -19,13 +19,13 @@
 //! connection breaks during it, `resolve_commit` reads the counter once
 //! the database is back to tell whether it landed.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
 use postgres::error::SqlState;
 use postgres::{Client, Config, NoTls};
 
+use super::reader_threads::ReaderThreads;
 use super::{CommitBatch, Loaded, LogReader, LogRecord, LogWriter, StoreIdentity, StoredLease};
 use crate::error::{Error, Result};
 
@@ -457,64 +457,28 @@ fn value_at(client: &mut Client, key: &[u8], mod_revision: i64) -> Result<Option
         .map(|r| Bytes::from(r.get::<_, Vec<u8>>(0))))
 }
 
-/// A query for a reader connection.
-type ReadJob = Box<dyn FnOnce(&mut Option<Client>) + Send>;
-
-/// Connections for historic values and sizes, each on its own thread.
-/// The `postgres` client blocks on a runtime of its own, which must not
-/// run inside the server's async threads; callers block on a reply
-/// instead, as they block on a SQLite read.
+/// Connections for historic values and sizes (see `reader_threads`).
 pub struct PostgresReader {
-    jobs: Mutex<std::sync::mpsc::Sender<ReadJob>>,
+    threads: ReaderThreads<Client>,
 }
 
 impl PostgresReader {
     fn start(config: &PostgresConfig, clients: Vec<Client>) -> Result<Self> {
-        let (tx, rx) = std::sync::mpsc::channel::<ReadJob>();
-        let rx = std::sync::Arc::new(Mutex::new(rx));
-        for (i, client) in clients.into_iter().enumerate() {
-            let rx = rx.clone();
-            let config = config.clone();
-            std::thread::Builder::new()
-                .name(format!("k3rs-pg-read-{i}"))
-                .spawn(move || {
-                    let mut client = Some(client);
-                    loop {
-                        let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
-                            Ok(job) => job,
-                            Err(_) => return,
-                        };
-                        if client.as_ref().is_none_or(|c| c.is_closed()) {
-                            client = config.parse().ok().and_then(|c| c.connect(NoTls).ok());
-                        }
-                        job(&mut client);
-                    }
-                })
-                .map_err(|e| Error::Storage(format!("cannot start a reader thread: {e}")))?;
-        }
-        Ok(PostgresReader {
-            jobs: Mutex::new(tx),
-        })
+        let config = config.clone();
+        let threads = ReaderThreads::start(
+            "k3rs-pg-read",
+            clients,
+            |c: &Client| !c.is_closed(),
+            move || config.parse().ok()?.connect(NoTls).ok(),
+        )?;
+        Ok(PostgresReader { threads })
     }
 
     fn with_client<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Client) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let (reply, answer) = std::sync::mpsc::sync_channel(1);
-        let job: ReadJob = Box::new(move |client| {
-            let result = match client {
-                Some(c) => f(c),
-                None => Err(Error::Storage("PostgreSQL is unreachable".into())),
-            };
-            let _ = reply.send(result);
-        });
-        self.jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(job)
-            .map_err(|_| Error::Stopped)?;
-        answer.recv().map_err(|_| Error::Stopped)?
+        self.threads.run(f)
     }
 }
 
