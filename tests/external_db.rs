@@ -1,5 +1,6 @@
-//! k3rs on PostgreSQL as a process: faults of the database and of k3rs,
-//! and the errors a user sees. Each test gets a database of its own.
+//! k3rs on PostgreSQL and on MariaDB as a process: faults of the database
+//! and of k3rs, and the errors a user sees. Each test gets a database of
+//! its own.
 
 mod support;
 
@@ -17,6 +18,9 @@ use tonic::transport::Channel;
 /// Ends every connection k3rs has to `db`, as a database restart would.
 fn drop_connections(db: &TestDatabase) {
     let name = db.dsn.rsplit('/').next().unwrap().to_string();
+    if db.dsn.starts_with("mysql://") {
+        return drop_mysql_connections(name);
+    }
     let admin = postgres_admin_dsn();
     std::thread::spawn(move || {
         let mut c = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
@@ -25,6 +29,32 @@ fn drop_connections(db: &TestDatabase) {
             &[&name],
         )
         .unwrap();
+    })
+    .join()
+    .unwrap();
+}
+
+fn drop_mysql_connections(name: String) {
+    use mysql_async::prelude::Queryable;
+    let admin = conformance::target::mysql_admin_dsn();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut c = mysql_async::Conn::from_url(admin).await.unwrap();
+            let ids: Vec<u64> = c
+                .exec(
+                    "SELECT id FROM information_schema.processlist WHERE db = ?",
+                    (name,),
+                )
+                .await
+                .unwrap();
+            for id in ids {
+                let _ = c.query_drop(format!("KILL CONNECTION {id}")).await;
+            }
+        });
     })
     .join()
     .unwrap();
@@ -73,13 +103,31 @@ fn writers(
         .collect()
 }
 
-/// Connections to PostgreSQL cut twice under write load: writes in flight
-/// fail with Unavailable, k3rs reconnects by itself, nothing acknowledged
-/// is lost, and a watcher sees every revision once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn database_connections_cut_under_load() {
+async fn postgres_connections_cut_under_load() {
+    connections_cut_under_load(TestDatabase::create().await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_connections_cut_under_load() {
+    connections_cut_under_load(TestDatabase::create_mysql().await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_acknowledged_writes_survive_kill_9() {
+    acknowledged_writes_survive_kill_9(TestDatabase::create().await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_acknowledged_writes_survive_kill_9() {
+    acknowledged_writes_survive_kill_9(TestDatabase::create_mysql().await.unwrap()).await;
+}
+
+/// Connections to the database cut twice under write load: writes in
+/// flight fail with Unavailable, k3rs reconnects by itself, nothing
+/// acknowledged is lost, and a watcher sees every revision once, in order.
+async fn connections_cut_under_load(db: TestDatabase) {
     let dir = tempfile::tempdir().unwrap();
-    let db = TestDatabase::create().await.unwrap();
     let server = start(dir.path(), &db);
     let channel = server.channel().await;
 
@@ -153,10 +201,8 @@ async fn database_connections_cut_under_load() {
 
 /// kill -9 of k3rs under write load, then a restart on the same database:
 /// every acknowledged write is there and revisions go on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_writes_survive_kill_9() {
+async fn acknowledged_writes_survive_kill_9(db: TestDatabase) {
     let dir = tempfile::tempdir().unwrap();
-    let db = TestDatabase::create().await.unwrap();
     let server = start(dir.path(), &db);
     let channel = server.channel().await;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -210,7 +256,7 @@ fn run_to_exit(args: &[&str]) -> (bool, String) {
 /// one database are not built yet), as are wrong credentials; a database
 /// that does not exist yet is created.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn errors_name_the_problem() {
+async fn postgres_errors_name_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let db = TestDatabase::create().await.unwrap();
     let first = start(&dir.path().join("a"), &db);
