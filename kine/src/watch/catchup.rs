@@ -26,11 +26,15 @@ async fn run(hub: Hub, stream: u64, id: i64) {
             let Some(w) = s.watchers.get_mut(&(stream, id)) else {
                 return;
             };
-            if w.next_rev > dispatched {
+            let compacted = w.next_rev < hub.store.compact_revision();
+            if w.next_rev > dispatched && !compacted {
                 w.synced = true;
                 return;
             }
-            let to = dispatched.min(w.next_rev + REVISIONS_PER_ROUND - 1);
+            // A compacted start fails in `history` whatever `to` is.
+            let to = dispatched
+                .min(w.next_rev + REVISIONS_PER_ROUND - 1)
+                .max(w.next_rev);
             (w.range.clone(), w.next_rev, to, w.tx.clone(), w.fragment)
         };
         let history = hub.store.history(range, from, to).await;

@@ -268,7 +268,11 @@ impl Hub {
             {
                 return; // canceled or closed meanwhile
             }
-            let behind = watcher.next_rev <= s.dispatched;
+            // Compacted history is canceled by catch-up, even when the
+            // dispatcher has not yet caught up with the commits (etcd
+            // cancels such a watcher whatever its sync state).
+            let behind = watcher.next_rev <= s.dispatched
+                || watcher.next_rev < self.store.compact_revision();
             s.watchers.insert(
                 (stream, id),
                 Watcher {
