@@ -31,7 +31,7 @@ use kine::{Error, Store};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::select;
-use proptest::test_runner::{TestCaseError, TestRunner};
+use proptest::test_runner::{TestCaseError, TestError, TestRunner};
 use prost::Message;
 
 // ---------------------------------------------------------------------------
@@ -91,12 +91,11 @@ async fn within<T>(what: &str, fut: impl Future<Output = T>) -> Result<T, TestCa
         .map_err(|_| TestCaseError::fail(format!("{what} took over {HANG:?}")))
 }
 
-fn run(
-    runner: &mut TestRunner,
-    result: Result<(), proptest::test_runner::TestError<impl std::fmt::Debug>>,
-) {
+/// Fails the test with proptest's report, which shows the smallest
+/// failing input it found.
+fn report(result: Result<(), TestError<impl std::fmt::Debug>>) {
     if let Err(e) = result {
-        panic!("{e}\n(after {} cases)", runner.config().cases);
+        panic!("{e}");
     }
 }
 
@@ -603,7 +602,7 @@ fn fuzzed_requests_get_an_answer_or_an_etcd_error() {
             Ok(())
         })
     });
-    run(&mut runner, result);
+    report(result);
 }
 
 // ---------------------------------------------------------------------------
@@ -1088,13 +1087,16 @@ fn check_txn(req: &TxnRequest) -> Result<(), Error> {
     Ok(())
 }
 
+/// A delete's `(key, range_end)`.
+type Interval = (Bytes, Bytes);
+
 /// etcd's `checkIntervals`, as it is written there: within one branch a key
 /// is put at most once and never both put and deleted. A nested txn's two
 /// branches may put the same key, since only one runs; a delete's "\0" end
 /// is compared literally (so it covers nothing here); a nested delete is
 /// checked only against the puts that come after it.
-fn check_intervals(ops: &[RequestOp]) -> Result<(BTreeSet<Bytes>, Vec<(Bytes, Bytes)>), Error> {
-    let covered = |dels: &[(Bytes, Bytes)], k: &Bytes| {
+fn check_intervals(ops: &[RequestOp]) -> Result<(BTreeSet<Bytes>, Vec<Interval>), Error> {
+    let covered = |dels: &[Interval], k: &Bytes| {
         dels.iter().any(|(key, end)| {
             if end.is_empty() {
                 k == key
@@ -1103,7 +1105,7 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(BTreeSet<Bytes>, Vec<(Bytes, By
             }
         })
     };
-    let mut dels: Vec<(Bytes, Bytes)> = ops
+    let mut dels: Vec<Interval> = ops
         .iter()
         .filter_map(|op| match &op.request {
             Some(Request::RequestDeleteRange(d)) => Some((d.key.clone(), d.range_end.clone())),
@@ -1213,11 +1215,11 @@ async fn check_against_model(ops: &[Op]) -> Result<(), TestCaseError> {
 #[test]
 fn store_agrees_with_a_model_of_etcd() {
     let rt = runtime();
-    let mut runner = TestRunner::new(config(128));
+    let mut runner = TestRunner::new(config(256));
     let result = runner.run(&vec(top_op(), 1..32), |ops| {
         rt.block_on(check_against_model(&ops))
     });
-    run(&mut runner, result);
+    report(result);
 }
 
 /// Where the store and etcd (3.4.23, checked against the binary) answer the

@@ -107,6 +107,17 @@ pub async fn put_ignore_flags_errors(cx: Ctx) -> CaseResult {
         errors::KEY_NOT_FOUND,
     )
     .await?;
+    // A plain put checks its lease before the key (etcd's applier); a
+    // lease id no test grants.
+    cx.err(
+        PutRequest {
+            ignore_value: true,
+            lease: 0x6b33_7273_dead,
+            ..put(cx.k("missing"), "")
+        },
+        errors::LEASE_NOT_FOUND,
+    )
+    .await?;
     cx.put("a", "1").await?;
     cx.err(
         PutRequest {

@@ -229,6 +229,15 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(HashSet<&[u8]>, Vec<DeleteInter
 }
 
 /// Put (after `check_put`).
+/// A Put request on its own (not inside a txn): etcd checks its lease
+/// before the key its ignore flags need, where a txn checks the key first.
+pub fn put_request(ctx: &mut WriteCtx, req: &PutRequest) -> Result<PutResponse> {
+    if !req.ignore_lease && req.lease != 0 && !ctx.leases.contains(req.lease) {
+        return Err(Error::LeaseNotFound);
+    }
+    put(ctx, req)
+}
+
 pub fn put(ctx: &mut WriteCtx, req: &PutRequest) -> Result<PutResponse> {
     let prev = ctx.current(&req.key).cloned();
     if (req.ignore_value || req.ignore_lease) && prev.is_none() {

@@ -279,7 +279,7 @@ impl Writer {
                     log_value: &mut log_value,
                 };
                 let result = match op {
-                    WriteOp::Put(p) => apply::put(&mut ctx, &p).map(WriteReply::Put),
+                    WriteOp::Put(p) => apply::put_request(&mut ctx, &p).map(WriteReply::Put),
                     WriteOp::DeleteRange(d) => {
                         apply::delete_range(&mut ctx, &d).map(WriteReply::DeleteRange)
                     }
