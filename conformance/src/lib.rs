@@ -88,6 +88,7 @@ macro_rules! for_each_case {
                 compare_empty_key,
                 txn_delete_and_sorted_range,
                 concurrent_cas_one_winner,
+                txn_range_revisions_are_checked_first,
             }
             compaction {
                 compact_then_read,

@@ -745,12 +745,8 @@ impl Tx<'_> {
 
     fn range(&self, req: &RangeRequest) -> Result<RangeResponse, Error> {
         let current = self.read_revision();
-        // FIXME: etcd checks the ranges of a txn against the revision before
-        // the txn (`checkRequestRange`): a range at the txn's own new
-        // revision, after a put in the same txn, fails there with "future
-        // revision", and a negative revision below the compact revision
-        // (-1 once anything was compacted) with "compacted". The store
-        // serves both. See `known_differences_from_etcd`.
+        // Inside a txn, `check_puts` has already refused ranges past the
+        // revision before the txn (etcd's checkRequestRange).
         if req.revision > current {
             return Err(Error::FutureRevision);
         }
@@ -905,6 +901,15 @@ impl Tx<'_> {
         let ok = path.next().unwrap();
         for op in branch(req, ok) {
             match &op.request {
+                // etcd's checkRequestRange, against the revision before the txn.
+                Some(Request::RequestRange(r)) if r.revision != 0 => {
+                    if r.revision > self.model.current() {
+                        return Err(Error::FutureRevision);
+                    }
+                    if r.revision < self.model.compacted {
+                        return Err(Error::Compacted);
+                    }
+                }
                 Some(Request::RequestPut(p)) => {
                     if (p.ignore_value || p.ignore_lease) && !self.keys.contains_key(&p.key) {
                         return Err(Error::KeyNotFound);
@@ -1258,15 +1263,11 @@ fn known_differences_from_etcd() {
             .unwrap();
         assert_eq!(store.current_revision(), 2);
 
-        // FIXME: etcd answers "required revision is a future revision": it
-        // checks a txn's ranges against the revision before the txn. The
-        // store reads the txn's own write.
+        // As etcd: a txn's ranges are checked against the revision before
+        // the txn, so not at the txn's own new revision.
         let r = store.txn(txn(vec![put_a(b"x"), range_a(3)])).await;
-        let r = r.expect("the store serves a range at the txn's own revision");
-        let Some(Response::ResponseRange(read)) = &r.responses[1].response else {
-            panic!("not a range response: {r:?}");
-        };
-        assert_eq!(read.kvs[0].mod_revision, 3);
+        assert_eq!(r.unwrap_err(), kine::Error::FutureRevision);
+        store.txn(txn(vec![put_a(b"x")])).await.unwrap();
 
         // FIXME: etcd leaves a nested txn's header empty (revision 0); the
         // store fills in the revision.
@@ -1287,13 +1288,15 @@ fn known_differences_from_etcd() {
         ops.push(nested);
         assert!(store.txn(txn(ops)).await.is_ok());
 
-        // FIXME: etcd answers "required revision has been compacted" for a
-        // range in a txn whose negative revision is below the compact
-        // revision (-5 on a new store; -1 after any compaction). A plain
-        // range, there as here, reads the current revision.
-        assert!(store.txn(txn(vec![range_a(-5)])).await.is_ok());
-        store.compact(2, true).await.unwrap();
+        // As etcd: a range in a txn whose negative revision is below the
+        // compact revision (-5 on a new store; -1 after any compaction) is
+        // "compacted"; a plain range, there as here, reads the current one.
         assert!(store.txn(txn(vec![range_a(-1)])).await.is_ok());
+        let r = store.txn(txn(vec![range_a(-5)])).await;
+        assert_eq!(r.unwrap_err(), kine::Error::Compacted);
+        store.compact(2, true).await.unwrap();
+        let r = store.txn(txn(vec![range_a(-1)])).await;
+        assert_eq!(r.unwrap_err(), kine::Error::Compacted);
 
         ts.close().await;
     });

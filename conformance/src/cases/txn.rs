@@ -771,3 +771,41 @@ pub async fn concurrent_cas_one_winner(cx: Ctx) -> CaseResult {
     }
     cx.eq("revision", m0 + 1, cx.rev().await?)
 }
+
+/// A txn's ranges are checked against the revision before the txn: not at
+/// the txn's own new revision; and a negative revision below the compact
+/// revision is "compacted" (a plain Range reads the current one instead).
+pub async fn txn_range_revisions_are_checked_first(cx: Ctx) -> CaseResult {
+    cx.put("a", "1").await?;
+    let r0 = cx.rev().await?;
+    let at = |revision: i64| {
+        op_range(RangeRequest {
+            revision,
+            ..range(cx.k("a"), "")
+        })
+    };
+    cx.err(
+        txn(
+            vec![],
+            vec![op_put(put(cx.k("a"), "2")), at(r0 + 1)],
+            vec![],
+        ),
+        errors::FUTURE_REV,
+    )
+    .await?;
+    cx.eq("a refused txn writes nothing", r0, cx.rev().await?)?;
+    cx.ok(CompactionRequest {
+        revision: r0,
+        physical: true,
+    })
+    .await?;
+    cx.err(txn(vec![], vec![at(-1)], vec![]), errors::COMPACTED)
+        .await?;
+    let plain = cx
+        .ok(RangeRequest {
+            revision: -1,
+            ..range(cx.k("a"), "")
+        })
+        .await?;
+    cx.eq("a plain range at -1 reads current", 1, plain.kvs.len())
+}

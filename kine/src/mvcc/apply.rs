@@ -341,7 +341,8 @@ pub fn delete_range(ctx: &mut WriteCtx, req: &DeleteRangeRequest) -> Result<Dele
 
 /// Txn (after `check_txn`): compares, then the chosen branch in order.
 pub fn txn(ctx: &mut WriteCtx, req: &TxnRequest) -> Result<TxnResponse> {
-    // etcd checks every put of the path that will run before running any.
+    // etcd checks every range and put of the path that will run, in order,
+    // before running any.
     let mut path = Vec::new();
     choose_path(ctx, req, &mut path);
     check_path_puts(ctx, req, &path, &mut 0)?;
@@ -373,6 +374,17 @@ fn check_path_puts(
     *next += 1;
     for op in if ok { &req.success } else { &req.failure } {
         match &op.request {
+            // etcd's checkRequestRange: against the revision before the
+            // txn, so not at the txn's own new revision; and, unlike a plain
+            // Range, a negative revision below the compact revision counts.
+            Some(Request::RequestRange(r)) if r.revision != 0 => {
+                if r.revision > ctx.base {
+                    return Err(Error::FutureRevision);
+                }
+                if r.revision < ctx.compact {
+                    return Err(Error::Compacted);
+                }
+            }
             Some(Request::RequestPut(p)) => {
                 let prev = ctx.current(&p.key);
                 if (p.ignore_value || p.ignore_lease) && prev.is_none() {
