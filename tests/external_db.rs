@@ -11,7 +11,7 @@ use conformance::target::{TestDatabase, postgres_admin_dsn};
 use kine::proto::kv_client::KvClient;
 use kine::proto::watch_client::WatchClient;
 use kine::proto::watch_request::RequestUnion;
-use kine::proto::{PutRequest, RangeRequest, WatchCreateRequest, WatchRequest};
+use kine::proto::{PutRequest, WatchCreateRequest, WatchRequest};
 use support::K3rs;
 use tonic::transport::Channel;
 
@@ -164,18 +164,7 @@ async fn connections_cut_under_load(db: TestDatabase) {
     let last = acked.iter().map(|a| a.1).max().unwrap();
 
     let mut kv = KvClient::new(channel.clone());
-    for (key, revision) in &acked {
-        let got = kv
-            .range(RangeRequest {
-                key: key.clone().into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(got.kvs.len(), 1, "{key} lost");
-        assert_eq!(got.kvs[0].mod_revision, *revision, "{key}");
-    }
+    support::assert_acked_present(&mut kv, &acked).await;
 
     let mut seen = Vec::new();
     while seen.last().copied().unwrap_or(0) < last {
@@ -227,18 +216,8 @@ async fn acknowledged_writes_survive_kill_9(db: TestDatabase) {
         .unwrap()
         .into_inner();
     let after = reply.header.unwrap().revision;
-    for (key, revision) in &acked {
-        let got = kv
-            .range(RangeRequest {
-                key: key.clone().into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(got.kvs[0].mod_revision, *revision, "{key}");
-        assert!(after > *revision);
-    }
+    support::assert_acked_present(&mut kv, &acked).await;
+    assert!(acked.iter().all(|(_, revision)| after > *revision));
 }
 
 fn run_to_exit(args: &[&str]) -> (bool, String) {

@@ -612,18 +612,7 @@ async fn sigterm_under_load_loses_nothing_acknowledged() {
     );
     let server = K3rs::start(dir.path(), &[]);
     let mut kv = server.kv().await;
-    for (key, revision) in &acked {
-        let got = kv
-            .range(RangeRequest {
-                key: key.clone().into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(got.kvs.len(), 1, "{key} lost");
-        assert_eq!(got.kvs[0].mod_revision, *revision, "{key}");
-    }
+    support::assert_acked_present(&mut kv, &acked).await;
 }
 
 /// Bad input in bulk: silent and slow connections, garbage bytes, broken
@@ -684,17 +673,7 @@ async fn a_flood_of_bad_input_leaves_good_clients_alone() {
         "a good put took {slowest:?}"
     );
     let mut kv = server.kv().await;
-    for (key, revision) in &acked {
-        let got = kv
-            .range(RangeRequest {
-                key: key.clone().into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(got.kvs[0].mod_revision, *revision, "{key}");
-    }
+    support::assert_acked_present(&mut kv, &acked).await;
     let samples = parse_metrics(&http_get(server.metrics_port, "/metrics").1);
     assert!(sample(&samples, "k3rs_handshake_timeouts_total", "") >= 220.0);
     assert!(server.is_running(), "{}", server.log());

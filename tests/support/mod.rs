@@ -131,6 +131,23 @@ impl Drop for K3rs {
     }
 }
 
+/// Asserts that every acknowledged `(key, revision)` reads back as the
+/// key's current version, written at that revision.
+pub async fn assert_acked_present(kv: &mut KvClient<Channel>, acked: &[(String, i64)]) {
+    for (key, revision) in acked {
+        let got = kv
+            .range(kine::proto::RangeRequest {
+                key: key.clone().into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.kvs.len(), 1, "{key} lost");
+        assert_eq!(got.kvs[0].mod_revision, *revision, "{key}");
+    }
+}
+
 /// Real etcd with its own data directory; killed when dropped.
 pub struct Etcd {
     child: Child,
