@@ -274,24 +274,26 @@ fn parse_optional_duration(s: &str) -> Result<Option<std::time::Duration>, Strin
     parse_duration(s).map(Some)
 }
 
-/// Parses durations like `500ms`, `5s`, `10m`, `1h`.
+/// Parses durations like `500us`, `500ms`, `5s`, `10m`, `1h`.
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
     let n: u64 = n
         .parse()
         .map_err(|_| format!("{s:?} is not a duration like 5s or 10m"))?;
-    let ms = match unit {
-        "ms" => n,
-        "s" | "" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        _ => return Err(format!("{s:?} has an unknown unit; use ms, s, m or h")),
-    };
-    if ms == 0 {
+    let micros = match unit {
+        "us" | "µs" => Some(n),
+        "ms" => n.checked_mul(1_000),
+        "s" | "" => n.checked_mul(1_000_000),
+        "m" => n.checked_mul(60_000_000),
+        "h" => n.checked_mul(3_600_000_000),
+        _ => return Err(format!("{s:?} has an unknown unit; use us, ms, s, m or h")),
+    }
+    .ok_or_else(|| format!("{s:?} is too long"))?;
+    if micros == 0 {
         return Err("the interval must be above zero".into());
     }
-    Ok(std::time::Duration::from_millis(ms))
+    Ok(std::time::Duration::from_micros(micros))
 }
 
 fn default_data_dir() -> PathBuf {

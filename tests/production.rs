@@ -483,7 +483,8 @@ fn sample(samples: &[(String, String, f64)], name: &str, label: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_health() {
     let dir = tempfile::tempdir().unwrap();
-    let server = K3rs::start(dir.path(), &["--slow-request-threshold", "1ms"]);
+    // 1µs: every unary call is "slow", whatever the machine's disk.
+    let server = K3rs::start(dir.path(), &["--slow-request-threshold", "1us"]);
     let channel = server.channel().await;
     let mut kv = KvClient::new(channel.clone());
     for i in 0..20 {

@@ -401,6 +401,61 @@ impl TestDatabase {
     }
 }
 
+impl TestDatabase {
+    /// Ends every connection to this database, as a restart of the
+    /// database server would (blocking; call it off async threads or
+    /// accept a short stall).
+    pub fn drop_connections(&self) {
+        let name = self.name.clone();
+        let _ = if self.mysql {
+            let admin = mysql_admin_dsn();
+            std::thread::spawn(move || {
+                let sql = format!(
+                    "SELECT GROUP_CONCAT(id) FROM information_schema.processlist WHERE db = '{name}'"
+                );
+                mysql_kill_all(&admin, &sql)
+            })
+            .join()
+        } else {
+            let admin = postgres_admin_dsn();
+            std::thread::spawn(move || {
+                admin_sql(
+                    &admin,
+                    &format!(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+                    ),
+                )
+            })
+            .join()
+        };
+    }
+}
+
+/// Kills every MySQL connection whose ids `list_sql` returns (one row, ids
+/// separated by commas).
+fn mysql_kill_all(dsn: &str, list_sql: &str) -> Result<(), String> {
+    use mysql_async::prelude::Queryable;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let opts = mysql_async::Opts::from_url(dsn).map_err(|e| e.to_string())?;
+        let mut conn = mysql_async::Conn::new(opts)
+            .await
+            .map_err(|e| format!("connect to the test MySQL ({dsn}): {e}"))?;
+        let ids: Option<Option<String>> = conn
+            .query_first(list_sql)
+            .await
+            .map_err(|e| e.to_string())?;
+        for id in ids.flatten().unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
+            let _ = conn.query_drop(format!("KILL CONNECTION {id}")).await;
+        }
+        let _ = conn.disconnect().await;
+        Ok(())
+    })
+}
+
 fn mysql_admin_sql(dsn: &str, sql: &str) -> Result<(), String> {
     use mysql_async::prelude::Queryable;
     let runtime = tokio::runtime::Builder::new_current_thread()

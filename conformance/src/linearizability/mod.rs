@@ -31,7 +31,7 @@ pub use checker::{Checked, Diagnosis, Outcome, check};
 pub use history::{INFINITY, Op};
 pub use model::{Cmp, EtcdError, Kv, Request, Response, State};
 pub use server::{K3rsProcess, k3rs_binary};
-pub use workload::{Config, Recorded, record};
+pub use workload::{Config, Recorded, record, record_cluster};
 
 use history::{op_line, time_text};
 

@@ -34,6 +34,8 @@ pub struct K3rsProcess {
     port: u16,
     dir: TempDir,
     child: Option<Child>,
+    /// Arguments after the listen address and data directory.
+    extra: Vec<String>,
     /// How many times it was killed.
     pub kills: usize,
 }
@@ -41,6 +43,11 @@ pub struct K3rsProcess {
 impl K3rsProcess {
     /// Starts k3rs from `bin` on a free port with a fresh data directory.
     pub async fn start(bin: PathBuf) -> Result<Self, String> {
+        Self::start_with(bin, Vec::new()).await
+    }
+
+    /// Like [`start`](Self::start), with more arguments (`--endpoint DSN`).
+    pub async fn start_with(bin: PathBuf, extra: Vec<String>) -> Result<Self, String> {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| e.to_string())?
@@ -54,6 +61,7 @@ impl K3rsProcess {
             port,
             dir,
             child: None,
+            extra,
             kills: 0,
         };
         p.spawn().await?;
@@ -74,9 +82,17 @@ impl K3rsProcess {
             ])
             .arg("--data-dir")
             .arg(self.dir.path())
+            .args(["--metrics-bind-address", "0"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.log_path())
+                    .map_err(|e| format!("open the log: {e}"))?,
+            )
             .spawn()
             .map_err(|e| format!("start {}: {e}", self.bin.display()))?;
         self.child = Some(child);
@@ -100,6 +116,16 @@ impl K3rsProcess {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Where its stderr goes (appended to across restarts).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("k3rs.log")
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
     /// SIGKILL and reap (counted in [`kills`](Self::kills)).

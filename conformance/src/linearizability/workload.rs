@@ -652,7 +652,57 @@ pub async fn record(
     cfg: &Config,
     process: Option<K3rsProcess>,
 ) -> (Recorded, Option<K3rsProcess>) {
+    let (kills, duration) = (cfg.kills, cfg.duration);
+    record_on(vec![endpoint], cfg, move |sh: Arc<Shared>| {
+        tokio::spawn(async move {
+            let mut process = process;
+            if let Some(p) = process.as_mut() {
+                for i in 0..kills {
+                    tokio::time::sleep_until(
+                        (sh.start + duration * (i as u32 + 1) / (kills as u32 + 1)).into(),
+                    )
+                    .await;
+                    sh.up.store(false, SeqCst);
+                    p.kill();
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if let Err(e) = p.restart().await {
+                        panic!("restarting k3rs after kill -9: {e}");
+                    }
+                    sh.up.store(true, SeqCst);
+                }
+            }
+            let killed = process.as_ref().map_or(0, |p| p.kills);
+            (process, killed)
+        })
+    })
+    .await
+}
+
+/// Runs the workload against several servers of one cluster: client `i`
+/// and watcher `i` talk to `endpoints[i % n]`, the compactor and the final
+/// read to the first. `faults` runs beside the workload (it kills servers,
+/// cuts the database...) and returns how many servers it killed; the
+/// clients are not paused for it.
+pub async fn record_cluster(
+    endpoints: Vec<String>,
+    cfg: &Config,
+    faults: impl std::future::Future<Output = usize> + Send + 'static,
+) -> Recorded {
+    record_on(endpoints, cfg, move |_| {
+        tokio::spawn(async move { (None, faults.await) })
+    })
+    .await
+    .0
+}
+
+async fn record_on(
+    endpoints: Vec<String>,
+    cfg: &Config,
+    faults: impl FnOnce(Arc<Shared>) -> tokio::task::JoinHandle<(Option<K3rsProcess>, usize)>,
+) -> (Recorded, Option<K3rsProcess>) {
     assert!(cfg.keys <= 100, "at most 100 keys");
+    let at = |i: usize| endpoints[i % endpoints.len()].clone();
+    let endpoint = at(0);
     let keys: Vec<String> = (0..cfg.keys)
         .map(|i| format!("{}k{i:02}", cfg.prefix))
         .collect();
@@ -674,13 +724,13 @@ pub async fn record(
                 format!("watcher w{i}"),
                 Some(i),
                 sh.clone(),
-                endpoint.clone(),
+                at(i),
                 1,
             ))
         })
         .collect();
     let clients: Vec<_> = (0..cfg.clients)
-        .map(|i| tokio::spawn(client_loop(i, sh.clone(), endpoint.clone(), cfg.clone())))
+        .map(|i| tokio::spawn(client_loop(i, sh.clone(), at(i), cfg.clone())))
         .collect();
     let compactor = tokio::spawn(compactor_loop(
         cfg.clients,
@@ -688,32 +738,10 @@ pub async fn record(
         endpoint.clone(),
         cfg.clone(),
     ));
-    let faults = {
-        let sh = sh.clone();
-        let (kills, duration) = (cfg.kills, cfg.duration);
-        tokio::spawn(async move {
-            let mut process = process;
-            if let Some(p) = process.as_mut() {
-                for i in 0..kills {
-                    tokio::time::sleep_until(
-                        (sh.start + duration * (i as u32 + 1) / (kills as u32 + 1)).into(),
-                    )
-                    .await;
-                    sh.up.store(false, SeqCst);
-                    p.kill();
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    if let Err(e) = p.restart().await {
-                        panic!("restarting k3rs after kill -9: {e}");
-                    }
-                    sh.up.store(true, SeqCst);
-                }
-            }
-            process
-        })
-    };
+    let faults = faults(sh.clone());
     tokio::time::sleep_until((sh.start + cfg.duration).into()).await;
     sh.stop.store(true, SeqCst);
-    let process = faults.await.expect("fault task");
+    let (process, kills) = faults.await.expect("fault task");
     let mut ops = Vec::new();
     for c in clients {
         ops.extend(c.await.expect("client task"));
@@ -756,7 +784,7 @@ pub async fn record(
             format!("resumed watch from {from}"),
             None,
             sh.clone(),
-            endpoint.clone(),
+            at(endpoints.len() - 1),
             from,
         ));
         join_watchers(&sh, vec![h], Duration::from_secs(10))
@@ -766,7 +794,6 @@ pub async fn record(
         None
     };
     ops.sort_by_key(|o| (o.invoke, o.client));
-    let kills = process.as_ref().map_or(0, |p| p.kills);
     (
         Recorded {
             ops,

@@ -89,6 +89,24 @@ pub struct Loaded {
     pub leases: Vec<StoredLease>,
 }
 
+/// What other servers committed to a shared database since this one last
+/// looked: their rows in revision order, and lease changes.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// New log rows, in revision order, all above the revision asked from.
+    pub records: Vec<LogRecord>,
+    /// The database's revision: every row at or below it is in `records`
+    /// or was known before.
+    pub current_revision: i64,
+    /// The database's compact revision.
+    pub compact_revision: i64,
+    /// Leases granted or kept alive since (`ttl` > 0), or revoked (`ttl` 0).
+    pub leases: Vec<StoredLease>,
+    /// Whether `leases` lists every live lease (the revocations this server
+    /// missed were purged): a lease missing from it is gone.
+    pub leases_complete: bool,
+}
+
 /// The write side of a backend, owned by the single writer thread.
 pub trait LogWriter: Send + 'static {
     /// Streams every retained log row to `f` in revision order, then returns
@@ -124,6 +142,46 @@ pub trait LogWriter: Send + 'static {
 
     /// Returns free space to the file system.
     fn defragment(&mut self) -> Result<()>;
+
+    /// Whether other servers write to the same database. If so, every
+    /// write batch starts with `lock_and_catch_up`, and reads that must be
+    /// linearizable first `catch_up`.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Shared databases: opens the batch's transaction, taking the lock
+    /// that orders every server's commits, and returns what others
+    /// committed above `head`. The lock is held until `commit`,
+    /// `set_compact_revision` or `release`.
+    fn lock_and_catch_up(&mut self, head: i64) -> Result<Changes> {
+        let _ = head;
+        Err(crate::Error::Unimplemented(
+            "k3rs: this backend is not shared by several servers".into(),
+        ))
+    }
+
+    /// Shared databases: what others committed above `head`, without
+    /// taking the lock.
+    fn catch_up(&mut self, head: i64) -> Result<Changes> {
+        let _ = head;
+        Err(crate::Error::Unimplemented(
+            "k3rs: this backend is not shared by several servers".into(),
+        ))
+    }
+
+    /// Shared databases: ends the transaction `lock_and_catch_up` opened,
+    /// writing nothing (the batch turned out empty).
+    fn release(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Shared databases: starts a thread that calls `wake` whenever
+    /// another server may have committed, until `wake` returns false.
+    fn listen(&mut self, wake: Box<dyn Fn() -> bool + Send>) -> Result<()> {
+        let _ = wake;
+        Ok(())
+    }
 }
 
 /// The read side of a backend: shared by every reader, safe to call from

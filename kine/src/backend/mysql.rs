@@ -5,29 +5,35 @@
 //! `k3rs_log(revision, sub, key LONGBLOB, create_revision, version, lease,
 //! value LONGBLOB)` with primary key `(revision, sub)` (keys are compared as
 //! bytes, never through a collation, and never need an index of their
-//! own: a row is found by revision first), `k3rs_meta(name, value)` and
-//! `k3rs_leases(id, ttl)`.
+//! own: a row is found by revision first), `k3rs_meta(name, value)`,
+//! `k3rs_leases(id, ttl, changed)` and `k3rs_members(member_id, commits)`,
+//! as on PostgreSQL (see `postgres` for what each holds).
 //!
-//! One server owns a database at a time (`GET_LOCK`), as on PostgreSQL.
-//! A commit is one transaction: multi-row inserts, lease changes and the
-//! revision counter. InnoDB's default `innodb_flush_log_at_trx_commit=1`
-//! makes it durable at commit.
+//! Several servers share one database, as on PostgreSQL: a batch locks the
+//! meta rows (`SELECT … FOR UPDATE`), catches up with what the others
+//! committed, and commits in one transaction. MySQL has no notifications,
+//! so each server polls the counters (every 2 ms while they move, every
+//! 50 ms at rest). InnoDB's default `innodb_flush_log_at_trx_commit=1`
+//! makes a commit durable.
 
 use bytes::Bytes;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Params, Value};
 
 use super::reader_threads::ReaderThreads;
-use super::{CommitBatch, Loaded, LogReader, LogRecord, LogWriter, StoreIdentity, StoredLease};
+use super::{Changes, CommitBatch, Loaded, LogReader, LogRecord, LogWriter, StoreIdentity, StoredLease};
 use crate::error::{Error, Result};
 
 /// The schema this code writes.
 const SCHEMA_VERSION: i64 = 1;
 /// kine's database when the DSN names none.
 const DEFAULT_DATABASE: &str = "kubernetes";
-/// The lock that marks the database's owner, followed by the database's
-/// name: MySQL's named locks are server-wide.
-const OWNER_LOCK: &str = "k3rs-owner:";
+/// The named lock that serialises schema creation, followed by the
+/// database's name: MySQL's named locks are server-wide.
+const SCHEMA_LOCK: &str = "k3rs-schema:";
+/// Revoked leases' tombstones kept, in lease epochs: a server further
+/// behind than this reloads every lease.
+const LEASE_TOMBSTONES_KEPT: i64 = 1_000;
 /// Connections for historic values and sizes.
 const READER_CONNECTIONS: usize = 2;
 /// Rows per INSERT statement: well under MySQL's default 64 MiB packet
@@ -197,8 +203,16 @@ fn create_database(opts: &Opts) -> std::result::Result<(), mysql_async::Error> {
 /// the reader.
 pub fn open(config: &MysqlConfig) -> Result<(MysqlWriter, MysqlReader)> {
     let mut client = connect(config)?;
-    take_owner_lock(&mut client, config)?;
     migrate(&mut client, config)?;
+    let member_id = (super::random_id() >> 1) as i64;
+    client.run("registering this server", async |c| {
+        c.exec_drop(
+            "INSERT INTO k3rs_members (member_id, commits) VALUES (?, 0)",
+            (member_id,),
+        )
+        .await
+    })?;
+    fence(&mut client, member_id)?;
     let readers = (0..READER_CONNECTIONS)
         .map(|_| connect(config))
         .collect::<Result<_>>()?;
@@ -213,29 +227,41 @@ pub fn open(config: &MysqlConfig) -> Result<(MysqlWriter, MysqlReader)> {
         MysqlWriter {
             client,
             config: config.clone(),
+            member_id,
+            commits: 0,
+            lease_epoch: 0,
+            unsettled_epoch: None,
+            in_transaction: false,
         },
         MysqlReader { threads },
     ))
 }
 
-fn take_owner_lock(client: &mut Client, config: &MysqlConfig) -> Result<()> {
-    let owned: Option<Option<i64>> = client.run("taking the owner lock", async |c| {
-        // NULL (no database selected) counts as not owned.
+fn migrate(client: &mut Client, config: &MysqlConfig) -> Result<()> {
+    // Two first starts racing to create the schema take turns.
+    let locked: Option<Option<i64>> = client.run("creating the schema", async |c| {
         c.query_first(format!(
-            "SELECT GET_LOCK(LEFT(CONCAT('{OWNER_LOCK}', DATABASE()), 64), 0)"
+            "SELECT GET_LOCK(LEFT(CONCAT('{SCHEMA_LOCK}', DATABASE()), 64), 30)"
         ))
         .await
     })?;
-    if owned.flatten() != Some(1) {
+    if locked.flatten() != Some(1) {
         return Err(Error::Storage(format!(
-            "{} is in use by another k3rs server; several servers on one database are not built yet",
+            "{}: another k3rs server held the schema lock for 30 s",
             config.describe()
         )));
     }
-    Ok(())
+    let migrated = create_schema(client, config);
+    let _ = client.run("creating the schema", async |c| {
+        c.query_drop(format!(
+            "DO RELEASE_LOCK(LEFT(CONCAT('{SCHEMA_LOCK}', DATABASE()), 64))"
+        ))
+        .await
+    });
+    migrated
 }
 
-fn migrate(client: &mut Client, config: &MysqlConfig) -> Result<()> {
+fn create_schema(client: &mut Client, config: &MysqlConfig) -> Result<()> {
     let version: Option<i64> = client.run("creating the schema", async |c| {
         c.query_drop(
             "CREATE TABLE IF NOT EXISTS k3rs_meta (name VARCHAR(64) NOT NULL PRIMARY KEY,
@@ -252,7 +278,7 @@ fn migrate(client: &mut Client, config: &MysqlConfig) -> Result<()> {
         ))),
         Some(_) => Ok(()),
         None => {
-            let (cluster, member) = (super::random_id() as i64, super::random_id() as i64);
+            let cluster = super::random_id() as i64;
             client.run("creating the schema", async |c| {
                 c.query_drop(
                     "CREATE TABLE IF NOT EXISTS k3rs_log (
@@ -268,14 +294,22 @@ fn migrate(client: &mut Client, config: &MysqlConfig) -> Result<()> {
                 .await?;
                 c.query_drop(
                     "CREATE TABLE IF NOT EXISTS k3rs_leases (id BIGINT NOT NULL PRIMARY KEY,
-                         ttl BIGINT NOT NULL) ENGINE=InnoDB",
+                         ttl BIGINT NOT NULL, changed BIGINT NOT NULL,
+                         KEY k3rs_leases_changed (changed)) ENGINE=InnoDB",
+                )
+                .await?;
+                c.query_drop(
+                    "CREATE TABLE IF NOT EXISTS k3rs_members (member_id BIGINT NOT NULL PRIMARY KEY,
+                         commits BIGINT NOT NULL,
+                         started TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP) ENGINE=InnoDB",
                 )
                 .await?;
                 c.exec_drop(
                     "INSERT INTO k3rs_meta (name, value) VALUES
                          ('current_revision', 1), ('compact_revision', -1),
-                         ('cluster_id', ?), ('member_id', ?), ('schema_version', ?)",
-                    (cluster, member, SCHEMA_VERSION),
+                         ('cluster_id', ?), ('lease_epoch', 0), ('lease_purged', 0),
+                         ('schema_version', ?)",
+                    (cluster, SCHEMA_VERSION),
                 )
                 .await
             })?;
@@ -289,25 +323,137 @@ fn migrate(client: &mut Client, config: &MysqlConfig) -> Result<()> {
 pub struct MysqlWriter {
     client: Client,
     config: MysqlConfig,
+    /// This server's row in `k3rs_members`.
+    member_id: i64,
+    /// Commits this server attempted; the database holds the count of the
+    /// ones that landed.
+    commits: i64,
+    /// The lease epoch this server has taken in.
+    lease_epoch: i64,
+    /// The lease epoch of a commit whose outcome is unknown.
+    unsettled_epoch: Option<i64>,
+    /// Whether `lock_and_catch_up` opened a transaction not yet ended.
+    in_transaction: bool,
+}
+
+/// Takes this server's named lock on a new write connection. While an
+/// earlier write connection of this server lives on in the database (its
+/// break not noticed there yet), its commit could still land, so a new one
+/// must not decide that it did not: it waits until the old one is gone.
+fn fence(client: &mut Client, member_id: i64) -> Result<()> {
+    let taken: Option<Option<i64>> = client.run("taking this server's lock", async |c| {
+        c.query_first(format!("SELECT GET_LOCK('k3rs-member:{member_id}', 0)"))
+            .await
+    })?;
+    if taken.flatten() == Some(1) {
+        Ok(())
+    } else {
+        Err(Error::CommitUnknown(
+            "this server's previous database connection is not gone yet".into(),
+        ))
+    }
+}
+
+/// The meta rows a batch locks, in name order.
+const META_ROWS: &str = "SELECT name, value FROM k3rs_meta
+     WHERE name IN ('compact_revision', 'current_revision', 'lease_epoch', 'lease_purged')
+     ORDER BY name";
+
+fn parse_meta(rows: Vec<(String, i64)>) -> Result<[i64; 4]> {
+    let values: Vec<i64> = rows.into_iter().map(|(_, v)| v).collect();
+    values.try_into().map_err(|v: Vec<i64>| {
+        Error::Storage(format!(
+            "the k3rs_meta table lacks rows k3rs needs (found {} of 4); is the schema damaged?",
+            v.len()
+        ))
+    })
+}
+
+type Row7 = (i64, i64, Vec<u8>, i64, i64, i64, Vec<u8>);
+
+fn to_record(row: Row7) -> LogRecord {
+    let (mod_revision, sub, key, create_revision, version, lease, value) = row;
+    LogRecord {
+        mod_revision,
+        sub: sub as u32,
+        key: Bytes::from(key),
+        create_revision,
+        version,
+        lease,
+        value: Bytes::from(value),
+    }
 }
 
 impl MysqlWriter {
-    /// Reconnects if the connection broke, taking the owner lock again.
+    /// Reconnects if the connection broke.
     fn ensure_connected(&mut self) -> Result<()> {
         if self.client.conn.is_some() {
             return Ok(());
         }
+        self.in_transaction = false;
         let mut client = Client::connect(self.config.opts()?)
             .map_err(|e| Error::CommitUnknown(format!("reconnecting: {e}")))?;
-        take_owner_lock(&mut client, &self.config).map_err(|_| {
-            Error::CommitUnknown(
-                "another session still holds the owner lock (the old connection is not gone yet)"
-                    .into(),
-            )
-        })?;
+        fence(&mut client, self.member_id)?;
         tracing::info!(database = %self.config.describe(), "reconnected to MySQL");
         self.client = client;
         Ok(())
+    }
+
+    /// Ends an open transaction after a failure; the connection may be gone.
+    fn abandon(&mut self) {
+        if self.in_transaction {
+            self.in_transaction = false;
+            let _ = self
+                .client
+                .run("rolling back", async |c| c.query_drop("ROLLBACK").await);
+        }
+    }
+
+    /// Rows and lease changes above `head`, up to what `meta` says the
+    /// database holds.
+    fn read_changes(&mut self, head: i64, meta: [i64; 4]) -> Result<Changes> {
+        let [compact_revision, current_revision, lease_epoch, lease_purged] = meta;
+        let known_epoch = self.lease_epoch;
+        let leases_complete = known_epoch < lease_purged;
+        let (records, leases) = self.client.run("catching up with the other servers", async |c| {
+            let records: Vec<Row7> = if current_revision > head {
+                c.exec(
+                    "SELECT revision, sub, `key`, create_revision, version, lease, value
+                     FROM k3rs_log WHERE revision > ? AND revision <= ? ORDER BY revision, sub",
+                    (head, current_revision),
+                )
+                .await?
+            } else {
+                Vec::new()
+            };
+            let leases: Vec<(i64, i64)> = if lease_epoch <= known_epoch {
+                Vec::new()
+            } else if leases_complete {
+                c.exec(
+                    "SELECT id, ttl FROM k3rs_leases WHERE ttl > 0 AND changed <= ?",
+                    (lease_epoch,),
+                )
+                .await?
+            } else {
+                c.exec(
+                    "SELECT id, ttl FROM k3rs_leases WHERE changed > ? AND changed <= ?",
+                    (known_epoch, lease_epoch),
+                )
+                .await?
+            };
+            Ok((records, leases))
+        })?;
+        self.lease_epoch = known_epoch.max(lease_epoch);
+        Ok(Changes {
+            records: records.into_iter().map(to_record).collect(),
+            current_revision,
+            compact_revision,
+            leases: leases
+                .into_iter()
+                .map(|(id, ttl)| StoredLease { id, ttl })
+                .collect(),
+            leases_complete: leases_complete && lease_epoch > known_epoch,
+        })
     }
 }
 
@@ -352,6 +498,35 @@ fn insert_statements(records: &[LogRecord]) -> Vec<(String, Vec<Value>)> {
     out
 }
 
+/// The statements that record a batch's lease changes at `epoch`.
+fn lease_statements(batch: &CommitBatch, epoch: i64) -> Vec<(String, Vec<Value>)> {
+    let mut out = Vec::new();
+    for chunk in batch.granted_leases.chunks(ROWS_PER_INSERT) {
+        let rows = vec!["(?,?,?)"; chunk.len()].join(",");
+        let params = chunk
+            .iter()
+            .flat_map(|l| [Value::Int(l.id), Value::Int(l.ttl), Value::Int(epoch)])
+            .collect();
+        out.push((
+            format!(
+                "INSERT INTO k3rs_leases (id, ttl, changed) VALUES {rows}
+                 ON DUPLICATE KEY UPDATE ttl = VALUES(ttl), changed = VALUES(changed)"
+            ),
+            params,
+        ));
+    }
+    for chunk in batch.revoked_leases.chunks(ROWS_PER_INSERT) {
+        let ids = vec!["?"; chunk.len()].join(",");
+        let mut params = vec![Value::Int(epoch)];
+        params.extend(chunk.iter().map(|id| Value::Int(*id)));
+        out.push((
+            format!("UPDATE k3rs_leases SET ttl = 0, changed = ? WHERE id IN ({ids})"),
+            params,
+        ));
+    }
+    out
+}
+
 impl LogWriter for MysqlWriter {
     fn load(&mut self, f: &mut dyn FnMut(LogRecord)) -> Result<Loaded> {
         let mut max_revision = 1;
@@ -366,29 +541,13 @@ impl LogWriter for MysqlWriter {
                 )
                 .await?;
             rows.for_each(|row| {
-                let (mod_revision, sub, key, create_revision, version, lease, value): (
-                    i64,
-                    i64,
-                    Vec<u8>,
-                    i64,
-                    i64,
-                    i64,
-                    Vec<u8>,
-                ) = mysql_async::from_row(row);
-                max_revision = mod_revision;
-                f(LogRecord {
-                    mod_revision,
-                    sub: sub as u32,
-                    key: Bytes::from(key),
-                    create_revision,
-                    version,
-                    lease,
-                    value: Bytes::from(value),
-                });
+                let record = to_record(mysql_async::from_row(row));
+                max_revision = record.mod_revision;
+                f(record);
             })
             .await?;
             let leases: Vec<(i64, i64)> = tx
-                .query("SELECT id, ttl FROM k3rs_leases ORDER BY id")
+                .query("SELECT id, ttl FROM k3rs_leases WHERE ttl > 0 ORDER BY id")
                 .await?;
             let meta: Vec<(String, i64)> = tx.query("SELECT name, value FROM k3rs_meta").await?;
             tx.commit().await?;
@@ -396,12 +555,13 @@ impl LogWriter for MysqlWriter {
         })?;
         let meta: std::collections::HashMap<String, i64> = meta.into_iter().collect();
         let get = |name: &str| meta.get(name).copied().unwrap_or_default();
+        self.lease_epoch = get("lease_epoch");
         Ok(Loaded {
             current_revision: get("current_revision").max(max_revision),
             compact_revision: get("compact_revision"),
             identity: StoreIdentity {
                 cluster_id: get("cluster_id") as u64,
-                member_id: get("member_id") as u64,
+                member_id: self.member_id as u64,
             },
             leases: leases
                 .into_iter()
@@ -412,52 +572,100 @@ impl LogWriter for MysqlWriter {
 
     fn commit(&mut self, batch: &CommitBatch) -> Result<()> {
         self.ensure_connected()?;
-        let inserts = insert_statements(&batch.records);
-        self.client.run("commit", async |c| {
-            let mut tx = c.start_transaction(Default::default()).await?;
-            for (sql, params) in inserts {
-                tx.exec_drop(sql, Params::Positional(params)).await?;
+        if !self.in_transaction {
+            return Err(Error::Storage(
+                "k3rs: a commit to a shared database without its lock (a bug)".into(),
+            ));
+        }
+        let lease_changes = !batch.granted_leases.is_empty() || !batch.revoked_leases.is_empty();
+        // Under the lock, after catching up: the database's epoch is ours.
+        let epoch = self.lease_epoch + lease_changes as i64;
+        let mut statements = insert_statements(&batch.records);
+        statements.extend(lease_statements(batch, epoch));
+        self.commits += 1;
+        self.unsettled_epoch = Some(epoch);
+        let (commits, member) = (self.commits, self.member_id);
+        let written = self.client.run("commit", async |c| {
+            for (sql, params) in statements {
+                c.exec_drop(sql, Params::Positional(params)).await?;
             }
-            for l in &batch.granted_leases {
-                tx.exec_drop(
-                    "INSERT INTO k3rs_leases (id, ttl) VALUES (?, ?)
-                     ON DUPLICATE KEY UPDATE ttl = VALUES(ttl)",
-                    (l.id, l.ttl),
-                )
-                .await?;
-            }
-            for id in &batch.revoked_leases {
-                tx.exec_drop("DELETE FROM k3rs_leases WHERE id = ?", (*id,))
-                    .await?;
-            }
-            tx.exec_drop(
-                "UPDATE k3rs_meta SET value = ? WHERE name = 'current_revision'",
-                (batch.current_revision,),
+            c.exec_drop(
+                "UPDATE k3rs_members SET commits = ? WHERE member_id = ?",
+                (commits, member),
             )
             .await?;
-            tx.commit().await
-        })
+            c.exec_drop(
+                "UPDATE k3rs_meta SET value = CASE name WHEN 'current_revision' THEN ? ELSE ? END
+                 WHERE name IN ('current_revision', 'lease_epoch')",
+                (batch.current_revision, epoch),
+            )
+            .await?;
+            c.query_drop("COMMIT").await
+        });
+        match written {
+            Ok(()) => {
+                self.in_transaction = false;
+                self.lease_epoch = epoch;
+                self.unsettled_epoch = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.abandon();
+                if !matches!(e, Error::CommitUnknown(_)) {
+                    self.unsettled_epoch = None;
+                }
+                Err(e)
+            }
+        }
     }
 
-    fn resolve_commit(&mut self, revision: i64) -> Result<bool> {
+    fn resolve_commit(&mut self, _revision: i64) -> Result<bool> {
         self.ensure_connected()?;
-        let current: Option<i64> = self.client.run("reading the revision", async |c| {
-            c.query_first("SELECT value FROM k3rs_meta WHERE name = 'current_revision'")
-                .await
+        let member = self.member_id;
+        let landed: Option<i64> = self.client.run("reading this server's commits", async |c| {
+            c.exec_first(
+                "SELECT commits FROM k3rs_members WHERE member_id = ?",
+                (member,),
+            )
+            .await
         })?;
-        Ok(current.unwrap_or_default() >= revision)
+        let landed = landed == Some(self.commits);
+        if let (true, Some(epoch)) = (landed, self.unsettled_epoch.take()) {
+            self.lease_epoch = epoch;
+        }
+        Ok(landed)
     }
 
     fn set_compact_revision(&mut self, revision: i64) -> Result<()> {
         self.ensure_connected()?;
-        self.client
-            .run("recording the compact revision", async |c| {
-                c.exec_drop(
-                    "UPDATE k3rs_meta SET value = ? WHERE name = 'compact_revision'",
-                    (revision,),
-                )
-                .await
-            })
+        let purge_below = self.lease_epoch - LEASE_TOMBSTONES_KEPT;
+        let in_transaction = self.in_transaction;
+        let done = self.client.run("recording the compact revision", async |c| {
+            c.exec_drop(
+                "UPDATE k3rs_meta SET value = ? WHERE name = 'compact_revision'",
+                (revision,),
+            )
+            .await?;
+            c.exec_drop(
+                "DELETE FROM k3rs_leases WHERE ttl = 0 AND changed <= ?",
+                (purge_below,),
+            )
+            .await?;
+            c.exec_drop(
+                "UPDATE k3rs_meta SET value = GREATEST(value, ?) WHERE name = 'lease_purged'",
+                (purge_below,),
+            )
+            .await?;
+            if in_transaction {
+                c.query_drop("COMMIT").await?;
+            }
+            Ok(())
+        });
+        if done.is_err() {
+            self.abandon();
+        }
+        self.in_transaction = false;
+        done
     }
 
     fn delete_revisions(&mut self, rows: &[(i64, Bytes)]) -> Result<()> {
@@ -489,6 +697,92 @@ impl LogWriter for MysqlWriter {
             c.query_drop("OPTIMIZE TABLE k3rs_leases").await
         })
     }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn lock_and_catch_up(&mut self, head: i64) -> Result<Changes> {
+        self.ensure_connected()?;
+        self.abandon();
+        self.in_transaction = true;
+        let locked = self
+            .client
+            .run("taking the commit lock", async |c| {
+                c.query_drop("START TRANSACTION").await?;
+                c.query(format!("{META_ROWS} FOR UPDATE")).await
+            })
+            .and_then(parse_meta)
+            .and_then(|meta| self.read_changes(head, meta));
+        if locked.is_err() {
+            self.abandon();
+        }
+        locked
+    }
+
+    fn catch_up(&mut self, head: i64) -> Result<Changes> {
+        self.ensure_connected()?;
+        let rows = self
+            .client
+            .run("reading the revision", async |c| c.query(META_ROWS).await)?;
+        let meta = parse_meta(rows)?;
+        self.read_changes(head, meta)
+    }
+
+    fn release(&mut self) -> Result<()> {
+        if !self.in_transaction {
+            return Ok(());
+        }
+        self.in_transaction = false;
+        self.client
+            .run("ending a transaction", async |c| c.query_drop("ROLLBACK").await)
+    }
+
+    fn listen(&mut self, wake: Box<dyn Fn() -> bool + Send>) -> Result<()> {
+        let config = self.config.clone();
+        std::thread::Builder::new()
+            .name("k3rs-mysql-poll".into())
+            .spawn(move || poll(&config, wake))
+            .map(drop)
+            .map_err(|e| Error::Storage(format!("cannot start the poller thread: {e}")))
+    }
+}
+
+/// MySQL has no notifications: polls the counters, every 2 ms while they
+/// move and backing off to every 50 ms while they rest, and wakes the
+/// writer when they changed.
+fn poll(config: &MysqlConfig, wake: Box<dyn Fn() -> bool + Send>) {
+    const FASTEST: std::time::Duration = std::time::Duration::from_millis(2);
+    const SLOWEST: std::time::Duration = std::time::Duration::from_millis(50);
+    let mut client = None;
+    let mut last: Option<Vec<(String, i64)>> = None;
+    let mut interval = FASTEST;
+    loop {
+        std::thread::sleep(interval);
+        if client.is_none() {
+            client = config.opts().ok().and_then(|o| Client::connect(o).ok());
+        }
+        let Some(c) = client.as_mut() else {
+            interval = SLOWEST;
+            continue;
+        };
+        match c.run("polling the revision", async |c| c.query(META_ROWS).await) {
+            Ok(now) if last.as_ref() == Some(&now) => {
+                interval = (interval * 2).min(SLOWEST);
+            }
+            Ok(now) => {
+                last = Some(now);
+                interval = FASTEST;
+                if !wake() {
+                    return;
+                }
+            }
+            Err(_) => {
+                client = None;
+                last = None;
+            }
+        }
+    }
 }
 
 fn value_at(client: &mut Client, key: Vec<u8>, mod_revision: i64) -> Result<Option<Bytes>> {
@@ -510,7 +804,7 @@ pub struct MysqlReader {
 impl LogReader for MysqlReader {
     fn value_at(&self, key: &[u8], mod_revision: i64) -> Result<Option<Bytes>> {
         let key = key.to_vec();
-        self.threads.run(move |c| value_at(c, key, mod_revision))
+        self.threads.run(move |c| value_at(c, key.clone(), mod_revision))
     }
 
     fn size(&self) -> Result<(i64, i64)> {

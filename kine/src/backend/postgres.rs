@@ -7,17 +7,22 @@
 //!   a row found by revision and key through the key's prefix. Keys are
 //!   `bytea`, compared bytewise whatever the database's collation.
 //! - `k3rs_meta(name, value)`: schema version, current and compact
-//!   revision, cluster and member id.
-//! - `k3rs_leases(id, ttl)`.
+//!   revision, cluster id, lease epoch.
+//! - `k3rs_leases(id, ttl, changed)`: `changed` is the lease epoch of the
+//!   last grant, keep-alive or revoke; a revoked lease stays as a
+//!   tombstone (`ttl` 0) until compaction purges old ones.
+//! - `k3rs_members(member_id, commits)`: each server's count of commits,
+//!   which tells it after a broken connection whether its last one landed.
 //!
-//! One server owns the database at a time (a session advisory lock): the
-//! writer assigns revisions from its own index, so a second writer would
-//! fork the history. Several servers on one database are not built yet.
+//! Several servers share one database. Every write batch locks the meta
+//! rows (`SELECT … FOR UPDATE`), takes in the rows and lease changes other
+//! servers committed since it last looked, evaluates its requests against
+//! that state and commits, all in one transaction: revisions stay gapless
+//! and commit order is revision order. A commit `NOTIFY`s the others, who
+//! catch up at once; linearizable reads catch up first.
 //!
-//! A commit is one statement (insert, lease changes and the revision
-//! counter together), so it costs one round trip and is atomic. If the
-//! connection breaks during it, `resolve_commit` reads the counter once
-//! the database is back to tell whether it landed.
+//! The rows, lease changes and counters of a commit go in one statement,
+//! then `NOTIFY` and `COMMIT` in one more round trip.
 
 use std::time::Duration;
 
@@ -26,15 +31,24 @@ use postgres::error::SqlState;
 use postgres::{Client, Config, NoTls};
 
 use super::reader_threads::ReaderThreads;
-use super::{CommitBatch, Loaded, LogReader, LogRecord, LogWriter, StoreIdentity, StoredLease};
+use super::{Changes, CommitBatch, Loaded, LogReader, LogRecord, LogWriter, StoreIdentity, StoredLease};
 use crate::error::{Error, Result};
 
 /// The schema this code writes.
 const SCHEMA_VERSION: i64 = 1;
 /// kine's database when the DSN names none.
 const DEFAULT_DATABASE: &str = "kubernetes";
-/// The advisory lock key that marks the database's owner: "k3rs" in ASCII.
-const OWNER_LOCK: i64 = 0x6b33_7273;
+/// The advisory lock that serialises schema creation: "k3rs" in ASCII.
+const SCHEMA_LOCK: i64 = 0x6b33_7274;
+/// The channel commits are announced on.
+const CHANNEL: &str = "k3rs_commits";
+/// Revoked leases' tombstones kept, in lease epochs: a server further
+/// behind than this reloads every lease.
+const LEASE_TOMBSTONES_KEPT: i64 = 1_000;
+/// The meta rows a batch locks and catch-up reads, in this order.
+const META_ROWS: &str = "SELECT name, value FROM k3rs_meta
+     WHERE name IN ('compact_revision', 'current_revision', 'lease_epoch', 'lease_purged')
+     ORDER BY name";
 /// Connections for historic values and sizes.
 const READER_CONNECTIONS: usize = 2;
 /// How long start-up keeps trying a database that is down.
@@ -177,17 +191,15 @@ fn create_database(parsed: &Config) -> std::result::Result<(), postgres::Error> 
 /// the reader.
 pub fn open(config: &PostgresConfig) -> Result<(PostgresWriter, PostgresReader)> {
     let mut client = connect(config)?;
-    let owned: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&OWNER_LOCK])
-        .map_err(|e| sql_error("taking the owner lock", e))?
-        .get(0);
-    if !owned {
-        return Err(Error::Storage(format!(
-            "{} is in use by another k3rs server; several servers on one database are not built yet",
-            config.describe()
-        )));
-    }
     migrate(&mut client, config)?;
+    let member_id = (super::random_id() >> 1) as i64;
+    client
+        .execute(
+            "INSERT INTO k3rs_members (member_id, commits) VALUES ($1, 0)",
+            &[&member_id],
+        )
+        .map_err(|e| sql_error("registering this server", e))?;
+    fence(&mut client, member_id)?;
     let readers = (0..READER_CONNECTIONS)
         .map(|_| connect(config))
         .collect::<Result<_>>()?;
@@ -195,6 +207,11 @@ pub fn open(config: &PostgresConfig) -> Result<(PostgresWriter, PostgresReader)>
         PostgresWriter {
             client,
             config: config.clone(),
+            member_id,
+            commits: 0,
+            lease_epoch: 0,
+            unsettled_epoch: None,
+            in_transaction: false,
         },
         PostgresReader::start(config, readers)?,
     ))
@@ -204,7 +221,7 @@ fn migrate(client: &mut Client, config: &PostgresConfig) -> Result<()> {
     let sql = |e| sql_error("creating the schema", e);
     let mut tx = client.transaction().map_err(sql)?;
     // Serialises two first starts racing to create the schema.
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&(OWNER_LOCK + 1)])
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
         .map_err(sql)?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS k3rs_meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
@@ -236,7 +253,12 @@ fn migrate(client: &mut Client, config: &PostgresConfig) -> Result<()> {
                      lease BIGINT NOT NULL,
                      value BYTEA NOT NULL,
                      PRIMARY KEY (revision, sub));
-                 CREATE TABLE k3rs_leases (id BIGINT PRIMARY KEY, ttl BIGINT NOT NULL);",
+                 CREATE TABLE k3rs_leases (id BIGINT PRIMARY KEY, ttl BIGINT NOT NULL,
+                     changed BIGINT NOT NULL);
+                 CREATE INDEX k3rs_leases_changed ON k3rs_leases (changed);
+                 CREATE TABLE k3rs_members (member_id BIGINT PRIMARY KEY,
+                     commits BIGINT NOT NULL,
+                     started TIMESTAMPTZ NOT NULL DEFAULT now());",
             )
             .map_err(sql)?;
             let identity = [
@@ -244,7 +266,8 @@ fn migrate(client: &mut Client, config: &PostgresConfig) -> Result<()> {
                 ("current_revision", 1),
                 ("compact_revision", -1),
                 ("cluster_id", super::random_id() as i64),
-                ("member_id", super::random_id() as i64),
+                ("lease_epoch", 0),
+                ("lease_purged", 0),
             ];
             for (name, value) in identity {
                 tx.execute(
@@ -263,40 +286,142 @@ fn migrate(client: &mut Client, config: &PostgresConfig) -> Result<()> {
 pub struct PostgresWriter {
     client: Client,
     config: PostgresConfig,
+    /// This server's row in `k3rs_members`.
+    member_id: i64,
+    /// Commits this server attempted; the database holds the count of the
+    /// ones that landed.
+    commits: i64,
+    /// The lease epoch this server has taken in.
+    lease_epoch: i64,
+    /// The lease epoch of a commit whose outcome is unknown.
+    unsettled_epoch: Option<i64>,
+    /// Whether `lock_and_catch_up` opened a transaction not yet ended.
+    in_transaction: bool,
+}
+
+/// Takes this server's session lock on a new write connection. While an
+/// earlier write connection of this server lives on in the database (its
+/// break not noticed there yet), its commit could still land, so a new one
+/// must not decide that it did not: it waits until the old one is gone.
+fn fence(client: &mut Client, member_id: i64) -> Result<()> {
+    let taken: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&member_id])
+        .map_err(|e| sql_error("taking this server's lock", e))?
+        .get(0);
+    if taken {
+        Ok(())
+    } else {
+        Err(Error::CommitUnknown(
+            "this server's previous database connection is not gone yet".into(),
+        ))
+    }
+}
+
+/// The meta rows a batch locks: `(compact, current, lease epoch, purged)`.
+fn parse_meta(messages: &[postgres::SimpleQueryMessage]) -> Result<[i64; 4]> {
+    let values: Vec<i64> = messages
+        .iter()
+        .filter_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(row) => row.get(1).and_then(|v| v.parse().ok()),
+            _ => None,
+        })
+        .collect();
+    values.try_into().map_err(|v: Vec<i64>| {
+        Error::Storage(format!(
+            "the k3rs_meta table lacks rows k3rs needs (found {} of 4); is the schema damaged?",
+            v.len()
+        ))
+    })
+}
+
+fn read_record(row: &postgres::Row) -> LogRecord {
+    LogRecord {
+        mod_revision: row.get(0),
+        sub: row.get::<_, i32>(1) as u32,
+        key: Bytes::from(row.get::<_, Vec<u8>>(2)),
+        create_revision: row.get(3),
+        version: row.get(4),
+        lease: row.get(5),
+        value: Bytes::from(row.get::<_, Vec<u8>>(6)),
+    }
 }
 
 impl PostgresWriter {
-    fn meta(&mut self, name: &str) -> Result<i64> {
-        Ok(self
-            .client
-            .query_one("SELECT value FROM k3rs_meta WHERE name = $1", &[&name])
-            .map_err(|e| sql_error("reading metadata", e))?
-            .get(0))
-    }
-
-    /// Reconnects if the connection broke, taking the owner lock again.
+    /// Reconnects if the connection broke.
     fn ensure_connected(&mut self) -> Result<()> {
         if !self.client.is_closed() {
             return Ok(());
         }
+        self.in_transaction = false;
         let mut client = self
             .config
             .parse()?
             .connect(NoTls)
             .map_err(|e| Error::CommitUnknown(format!("reconnecting: {e}")))?;
-        let owned: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&OWNER_LOCK])
-            .map_err(|e| sql_error("taking the owner lock", e))?
-            .get(0);
-        if !owned {
-            return Err(Error::CommitUnknown(
-                "another session still holds the owner lock (the old connection is not gone yet)"
-                    .into(),
-            ));
-        }
+        fence(&mut client, self.member_id)?;
         tracing::info!(database = %self.config.describe(), "reconnected to PostgreSQL");
         self.client = client;
         Ok(())
+    }
+
+    /// Ends an open transaction after a failure; the connection may be gone.
+    fn abandon(&mut self) {
+        if self.in_transaction {
+            self.in_transaction = false;
+            let _ = self.client.batch_execute("ROLLBACK");
+        }
+    }
+
+    /// Rows and lease changes above `head`, up to what `meta` says the
+    /// database holds.
+    fn read_changes(&mut self, head: i64, meta: [i64; 4]) -> Result<Changes> {
+        let [compact_revision, current_revision, lease_epoch, lease_purged] = meta;
+        let sql = |e| sql_error("catching up with the other servers", e);
+        let records = if current_revision > head {
+            self.client
+                .query(
+                    "SELECT revision, sub, key, create_revision, version, lease, value
+                     FROM k3rs_log WHERE revision > $1 AND revision <= $2 ORDER BY revision, sub",
+                    &[&head, &current_revision],
+                )
+                .map_err(sql)?
+                .iter()
+                .map(read_record)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let leases_complete = self.lease_epoch < lease_purged;
+        let leases = if lease_epoch > self.lease_epoch {
+            let rows = if leases_complete {
+                self.client.query(
+                    "SELECT id, ttl FROM k3rs_leases WHERE ttl > 0 AND changed <= $1",
+                    &[&lease_epoch],
+                )
+            } else {
+                self.client.query(
+                    "SELECT id, ttl FROM k3rs_leases WHERE changed > $1 AND changed <= $2",
+                    &[&self.lease_epoch, &lease_epoch],
+                )
+            };
+            rows.map_err(sql)?
+                .iter()
+                .map(|r| StoredLease {
+                    id: r.get(0),
+                    ttl: r.get(1),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.lease_epoch = self.lease_epoch.max(lease_epoch);
+        Ok(Changes {
+            records,
+            current_revision,
+            compact_revision,
+            leases,
+            leases_complete: leases_complete && lease_epoch > 0,
+        })
     }
 }
 
@@ -317,21 +442,13 @@ impl LogWriter for PostgresWriter {
                 .map_err(sql)?;
             use postgres::fallible_iterator::FallibleIterator;
             while let Some(row) = rows.next().map_err(sql)? {
-                let record = LogRecord {
-                    mod_revision: row.get(0),
-                    sub: row.get::<_, i32>(1) as u32,
-                    key: Bytes::from(row.get::<_, Vec<u8>>(2)),
-                    create_revision: row.get(3),
-                    version: row.get(4),
-                    lease: row.get(5),
-                    value: Bytes::from(row.get::<_, Vec<u8>>(6)),
-                };
+                let record = read_record(&row);
                 max_revision = record.mod_revision;
                 f(record);
             }
         }
         let leases = tx
-            .query("SELECT id, ttl FROM k3rs_leases ORDER BY id", &[])
+            .query("SELECT id, ttl FROM k3rs_leases WHERE ttl > 0 ORDER BY id", &[])
             .map_err(sql)?
             .iter()
             .map(|r| StoredLease {
@@ -347,12 +464,13 @@ impl LogWriter for PostgresWriter {
             .collect();
         tx.commit().map_err(sql)?;
         let get = |name: &str| meta.get(name).copied().unwrap_or_default();
+        self.lease_epoch = get("lease_epoch");
         Ok(Loaded {
             current_revision: get("current_revision").max(max_revision),
             compact_revision: get("compact_revision"),
             identity: StoreIdentity {
                 cluster_id: get("cluster_id") as u64,
-                member_id: get("member_id") as u64,
+                member_id: self.member_id as u64,
             },
             leases,
         })
@@ -360,6 +478,11 @@ impl LogWriter for PostgresWriter {
 
     fn commit(&mut self, batch: &CommitBatch) -> Result<()> {
         self.ensure_connected()?;
+        if !self.in_transaction {
+            return Err(Error::Storage(
+                "k3rs: a commit to a shared database without its lock (a bug)".into(),
+            ));
+        }
         let records = &batch.records;
         let revisions: Vec<i64> = records.iter().map(|r| r.mod_revision).collect();
         let subs: Vec<i32> = records.iter().map(|r| r.sub as i32).collect();
@@ -370,18 +493,27 @@ impl LogWriter for PostgresWriter {
         let values: Vec<&[u8]> = records.iter().map(|r| r.value.as_ref()).collect();
         let granted_ids: Vec<i64> = batch.granted_leases.iter().map(|l| l.id).collect();
         let granted_ttls: Vec<i64> = batch.granted_leases.iter().map(|l| l.ttl).collect();
+        let lease_changes = !batch.granted_leases.is_empty() || !batch.revoked_leases.is_empty();
+        // Under the lock, after catching up: the database's epoch is ours.
+        let epoch = self.lease_epoch + lease_changes as i64;
+        self.commits += 1;
+        self.unsettled_epoch = Some(epoch);
         // One statement: atomic, and one round trip. The lease sets are
         // disjoint (the writer nets them out), so the CTEs cannot collide.
-        self.client
+        let written = self
+            .client
             .execute(
                 "WITH log AS (
                      INSERT INTO k3rs_log (revision, sub, key, create_revision, version, lease, value)
                      SELECT * FROM UNNEST($1::bigint[], $2::int[], $3::bytea[], $4::bigint[],
                                           $5::bigint[], $6::bigint[], $7::bytea[])),
                  granted AS (
-                     INSERT INTO k3rs_leases (id, ttl) SELECT * FROM UNNEST($8::bigint[], $9::bigint[])
-                     ON CONFLICT (id) DO UPDATE SET ttl = EXCLUDED.ttl),
-                 revoked AS (DELETE FROM k3rs_leases WHERE id = ANY($10::bigint[]))
+                     INSERT INTO k3rs_leases (id, ttl, changed)
+                     SELECT g.id, g.ttl, $12 FROM UNNEST($8::bigint[], $9::bigint[]) AS g(id, ttl)
+                     ON CONFLICT (id) DO UPDATE SET ttl = EXCLUDED.ttl, changed = EXCLUDED.changed),
+                 revoked AS (UPDATE k3rs_leases SET ttl = 0, changed = $12 WHERE id = ANY($10::bigint[])),
+                 member AS (UPDATE k3rs_members SET commits = $13 WHERE member_id = $14),
+                 epoch AS (UPDATE k3rs_meta SET value = $12 WHERE name = 'lease_epoch')
                  UPDATE k3rs_meta SET value = $11 WHERE name = 'current_revision'",
                 &[
                     &revisions,
@@ -395,26 +527,74 @@ impl LogWriter for PostgresWriter {
                     &granted_ttls,
                     &batch.revoked_leases,
                     &batch.current_revision,
+                    &epoch,
+                    &self.commits,
+                    &self.member_id,
                 ],
             )
-            .map(drop)
             .map_err(|e| sql_error("commit", e))
+            .and_then(|_| {
+                self.client
+                    .batch_execute(&format!("NOTIFY {CHANNEL}, '{}'; COMMIT", self.member_id))
+                    .map_err(|e| sql_error("commit", e))
+            });
+        match written {
+            Ok(()) => {
+                self.in_transaction = false;
+                self.lease_epoch = epoch;
+                self.unsettled_epoch = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.abandon();
+                if !matches!(e, Error::CommitUnknown(_)) {
+                    self.unsettled_epoch = None;
+                }
+                Err(e)
+            }
+        }
     }
 
-    fn resolve_commit(&mut self, revision: i64) -> Result<bool> {
+    fn resolve_commit(&mut self, _revision: i64) -> Result<bool> {
         self.ensure_connected()?;
-        Ok(self.meta("current_revision")? >= revision)
+        let landed: i64 = self
+            .client
+            .query_one(
+                "SELECT commits FROM k3rs_members WHERE member_id = $1",
+                &[&self.member_id],
+            )
+            .map_err(|e| sql_error("reading this server's commits", e))?
+            .get(0);
+        let landed = landed == self.commits;
+        if let (true, Some(epoch)) = (landed, self.unsettled_epoch.take()) {
+            self.lease_epoch = epoch;
+        }
+        Ok(landed)
     }
 
     fn set_compact_revision(&mut self, revision: i64) -> Result<()> {
         self.ensure_connected()?;
-        self.client
-            .execute(
-                "UPDATE k3rs_meta SET value = $1 WHERE name = 'compact_revision'",
-                &[&revision],
-            )
-            .map(drop)
-            .map_err(|e| sql_error("recording the compact revision", e))
+        let purge_below = self.lease_epoch - LEASE_TOMBSTONES_KEPT;
+        let statement = format!(
+            "UPDATE k3rs_meta SET value = {revision} WHERE name = 'compact_revision';
+             DELETE FROM k3rs_leases WHERE ttl = 0 AND changed <= {purge_below};
+             UPDATE k3rs_meta SET value = GREATEST(value, {purge_below}) WHERE name = 'lease_purged';
+             {end}",
+            end = if self.in_transaction {
+                format!("NOTIFY {CHANNEL}, '{}'; COMMIT;", self.member_id)
+            } else {
+                String::new()
+            }
+        );
+        let done = self
+            .client
+            .batch_execute(&statement)
+            .map_err(|e| sql_error("recording the compact revision", e));
+        if done.is_err() {
+            self.abandon();
+        }
+        self.in_transaction = false;
+        done
     }
 
     fn delete_revisions(&mut self, rows: &[(i64, Bytes)]) -> Result<()> {
@@ -444,6 +624,97 @@ impl LogWriter for PostgresWriter {
             .batch_execute("VACUUM FULL k3rs_log")
             .and_then(|()| self.client.batch_execute("VACUUM FULL k3rs_leases"))
             .map_err(|e| sql_error("defragment", e))
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn lock_and_catch_up(&mut self, head: i64) -> Result<Changes> {
+        self.ensure_connected()?;
+        self.abandon();
+        self.in_transaction = true;
+        let locked = self
+            .client
+            .simple_query(&format!("BEGIN; {META_ROWS} FOR UPDATE"))
+            .map_err(|e| sql_error("taking the commit lock", e))
+            .and_then(|rows| parse_meta(&rows))
+            .and_then(|meta| self.read_changes(head, meta));
+        if locked.is_err() {
+            self.abandon();
+        }
+        locked
+    }
+
+    fn catch_up(&mut self, head: i64) -> Result<Changes> {
+        self.ensure_connected()?;
+        let rows = self
+            .client
+            .simple_query(META_ROWS)
+            .map_err(|e| sql_error("reading the revision", e))?;
+        let meta = parse_meta(&rows)?;
+        self.read_changes(head, meta)
+    }
+
+    fn release(&mut self) -> Result<()> {
+        if !self.in_transaction {
+            return Ok(());
+        }
+        self.in_transaction = false;
+        self.client
+            .batch_execute("ROLLBACK")
+            .map_err(|e| sql_error("ending a transaction", e))
+    }
+
+    fn listen(&mut self, wake: Box<dyn Fn() -> bool + Send>) -> Result<()> {
+        let config = self.config.clone();
+        let me = self.member_id.to_string();
+        std::thread::Builder::new()
+            .name("k3rs-pg-listen".into())
+            .spawn(move || listen(&config, &me, wake))
+            .map(drop)
+            .map_err(|e| Error::Storage(format!("cannot start the listener thread: {e}")))
+    }
+}
+
+/// Wakes the writer on every commit another server announces (each names
+/// its server: `me` is this one), and once a second in case an
+/// announcement was lost with a connection.
+fn listen(config: &PostgresConfig, me: &str, wake: Box<dyn Fn() -> bool + Send>) {
+    loop {
+        let client = config.parse().ok().and_then(|c| c.connect(NoTls).ok());
+        let Some(mut client) = client else {
+            std::thread::sleep(Duration::from_millis(500));
+            if !wake() {
+                return;
+            }
+            continue;
+        };
+        if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")) {
+            tracing::debug!(error = %e, "LISTEN failed; retrying");
+            continue;
+        }
+        // Commits missed while reconnecting.
+        let mut woken = true;
+        loop {
+            if woken && !wake() {
+                return;
+            }
+            use postgres::fallible_iterator::FallibleIterator;
+            let mut notifications = client.notifications();
+            woken = match notifications.timeout_iter(Duration::from_secs(1)).next() {
+                Ok(Some(n)) => n.payload() != me,
+                Ok(None) => true,
+                Err(e) => {
+                    tracing::debug!(error = %e, "the commit listener lost its connection");
+                    break;
+                }
+            };
+            // Several notifications are one wake-up.
+            while let Ok(Some(n)) = notifications.iter().next() {
+                woken |= n.payload() != me;
+            }
+        }
     }
 }
 
@@ -476,7 +747,7 @@ impl PostgresReader {
 
     fn with_client<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Client) -> Result<T> + Send + 'static,
+        f: impl Fn(&mut Client) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         self.threads.run(f)
     }

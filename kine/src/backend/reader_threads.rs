@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 
-type Job<C> = Box<dyn FnOnce(&mut Option<C>) + Send>;
+type Job<C> = Box<dyn FnOnce(&mut Option<C>, &dyn Fn() -> Option<C>) + Send>;
 
 /// A pool of connection-owning threads.
 pub(crate) struct ReaderThreads<C> {
@@ -44,7 +44,7 @@ impl<C: Send + 'static> ReaderThreads<C> {
                         if !client.as_ref().is_some_and(healthy) {
                             client = reconnect();
                         }
-                        job(&mut client);
+                        job(&mut client, &|| reconnect());
                     }
                 })
                 .map_err(|e| Error::Storage(format!("cannot start a reader thread: {e}")))?;
@@ -54,17 +54,25 @@ impl<C: Send + 'static> ReaderThreads<C> {
         })
     }
 
-    /// Runs `f` on a connection and waits for its answer.
+    /// Runs `f` on a connection and waits for its answer. A connection
+    /// found broken by `f` (a database restart) is opened again and `f`
+    /// tried once more: reads are idempotent.
     pub(crate) fn run<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut C) -> Result<T> + Send + 'static,
+        f: impl Fn(&mut C) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (reply, answer) = sync_channel(1);
-        let job: Job<C> = Box::new(move |client| {
-            let result = match client {
+        let job: Job<C> = Box::new(move |client, reconnect| {
+            let mut result = match client {
                 Some(c) => f(c),
                 None => Err(Error::Storage("the database is unreachable".into())),
             };
+            if matches!(result, Err(Error::CommitUnknown(_))) {
+                *client = reconnect();
+                if let Some(c) = client {
+                    result = f(c);
+                }
+            }
             let _ = reply.send(result);
         });
         self.jobs

@@ -92,6 +92,17 @@ impl LeaseTable {
         Some(lease.ttl)
     }
 
+    /// Restarts a lease's TTL as another server's keep-alive did (also
+    /// when it expired here meanwhile); false if there is no such lease.
+    pub fn renew(&mut self, id: i64, ttl: i64) -> bool {
+        let Some(lease) = self.leases.get_mut(&id) else {
+            return false;
+        };
+        lease.ttl = ttl;
+        lease.expiry = deadline(ttl);
+        true
+    }
+
     /// Moves `key` from lease `from` to lease `to` (0: none).
     pub fn reattach(&mut self, key: &Bytes, from: i64, to: i64) {
         if from == to {

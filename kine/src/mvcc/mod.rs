@@ -97,6 +97,8 @@ impl Shared {
 pub struct Store {
     shared: Arc<Shared>,
     jobs: mpsc::UnboundedSender<Job>,
+    /// Whether other servers write to the same database.
+    shared_db: bool,
 }
 
 impl Store {
@@ -157,12 +159,25 @@ impl Store {
             alarms: quota::Alarms::default(),
         });
         let (tx, rx) = mpsc::unbounded_channel();
+        let shared_db = log.is_shared();
+        if shared_db {
+            // Woken when another server commits; stops once the store is gone.
+            let jobs = tx.downgrade();
+            log.listen(Box::new(move || {
+                jobs.upgrade()
+                    .is_some_and(|jobs| jobs.send(Job::Sync(None)).is_ok())
+            }))?;
+        }
         let writer = Writer::new(shared.clone(), log, rx, leftover);
         std::thread::Builder::new()
             .name("k3rs-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| Error::Storage(format!("cannot start the writer thread: {e}")))?;
-        Ok(Store { shared, jobs: tx })
+        Ok(Store {
+            shared,
+            jobs: tx,
+            shared_db,
+        })
     }
 
     /// The published revision.
@@ -205,6 +220,11 @@ impl Store {
     /// writer; reads the log only for values of superseded revisions.
     pub async fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
         read::check_range(req)?;
+        if self.shared_db && !req.serializable {
+            // Linearizable: first take in every revision another server
+            // committed before this request.
+            self.sync().await?;
+        }
         let shared = &self.shared;
         let partial = {
             let index = shared.index.read().unwrap_or_else(|p| p.into_inner());
@@ -223,6 +243,19 @@ impl Store {
         })
         .await
         .map_err(|e| Error::Storage(e.to_string()))?
+    }
+
+    /// On a shared database: returns once this server holds every revision
+    /// committed (by any server) before the call.
+    pub async fn sync(&self) -> Result<()> {
+        if !self.shared_db {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Sync(Some(tx)))
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)?
     }
 
     async fn write(&self, op: WriteOp) -> Result<WriteReply> {
@@ -418,12 +451,21 @@ impl Store {
     }
 
     /// Restarts a lease's TTL: its TTL, or 0 if it does not exist (etcd).
-    pub fn lease_keep_alive(&self, id: i64) -> i64 {
-        let ttl = self.shared.leases().keep_alive(id).unwrap_or(0);
+    /// On a shared database the keep-alive is recorded there, so that the
+    /// other servers' expiry sees it.
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<i64> {
+        let ttl = if self.shared_db {
+            match self.write(WriteOp::LeaseKeepAlive { id }).await? {
+                WriteReply::KeepAlive(ttl) => ttl,
+                _ => unreachable!("the writer answers a keep-alive with a TTL"),
+            }
+        } else {
+            self.shared.leases().keep_alive(id).unwrap_or(0)
+        };
         if ttl > 0 {
             METRICS.leases_renewed.inc();
         }
-        ttl
+        Ok(ttl)
     }
 
     /// `(remaining, granted, keys)` of a lease; `None` if it does not exist.

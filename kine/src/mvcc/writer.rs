@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::apply::{self, WriteCtx};
 use super::lease::Lease;
 use super::{Committed, Shared, quota, read};
-use crate::backend::{CommitBatch, LogWriter, StoredLease};
+use crate::backend::{Changes, CommitBatch, LogWriter, StoredLease};
 use crate::error::{Error, Result};
 use crate::metrics::METRICS;
 use crate::proto::{
@@ -51,6 +51,9 @@ pub enum WriteOp {
     /// Revoke a lease and delete its keys; with `only_if_expired`, only if
     /// no keep-alive came in since it expired (the expiry loop).
     LeaseRevoke { id: i64, only_if_expired: bool },
+    /// Restart a lease's TTL, recorded in a shared database so that every
+    /// server's expiry sees it. Answered with the TTL, 0 if it is gone.
+    LeaseKeepAlive { id: i64 },
 }
 
 /// The answer to a `WriteOp`, of the same kind.
@@ -66,6 +69,8 @@ pub enum WriteReply {
     LeaseGrant(LeaseGrantResponse),
     /// The revision a request left the store at (`LeaseRevoke`).
     Revision(i64),
+    /// The TTL a keep-alive restarted, 0 if the lease is gone.
+    KeepAlive(i64),
 }
 
 /// Work queued for the writer thread.
@@ -80,6 +85,9 @@ pub enum Job {
     },
     /// Reclaim free space.
     Defragment(oneshot::Sender<Result<()>>),
+    /// A shared database: take in what other servers committed; answered
+    /// once this server has every revision committed before the job.
+    Sync(Option<oneshot::Sender<Result<()>>>),
     /// Finish what is queued, then stop.
     Shutdown(oneshot::Sender<()>),
 }
@@ -92,7 +100,9 @@ impl WriteOp {
             WriteOp::Put(p) => p.encoded_len(),
             WriteOp::DeleteRange(d) => d.encoded_len(),
             WriteOp::Txn(t) => t.encoded_len(),
-            WriteOp::LeaseGrant { .. } | WriteOp::LeaseRevoke { .. } => 16,
+            WriteOp::LeaseGrant { .. }
+            | WriteOp::LeaseRevoke { .. }
+            | WriteOp::LeaseKeepAlive { .. } => 16,
         }
     }
 }
@@ -106,6 +116,9 @@ pub struct Writer {
     head: i64,
     /// A compaction still walking the index: its revision and next key.
     compacting: Option<(i64, Bytes)>,
+    /// Whether this server deletes the rows its compaction walk finds (on
+    /// a shared database, only the server that ran the compaction does).
+    compaction_deletes_rows: bool,
     /// Log rows compaction made unreachable, still to delete.
     compacted_rows: VecDeque<(i64, Bytes)>,
     /// When the last compaction step ended.
@@ -137,6 +150,7 @@ impl Writer {
             jobs,
             head,
             compacting: None,
+            compaction_deletes_rows: true,
             compacted_rows: leftover.into(),
             last_compaction_step: std::time::Instant::now(),
             physical_waiters: Vec::new(),
@@ -213,6 +227,7 @@ impl Writer {
                 }
             };
             let mut writes = Vec::new();
+            let mut syncs = Vec::new();
             let mut bytes = 0;
             let mut next = Some(first);
             while let Some(job) = next.take() {
@@ -221,8 +236,9 @@ impl Writer {
                         bytes += op.size();
                         writes.push((op, reply));
                     }
+                    Job::Sync(reply) => syncs.push(reply),
                     other => {
-                        self.commit_writes(std::mem::take(&mut writes));
+                        self.commit_writes(std::mem::take(&mut writes), std::mem::take(&mut syncs));
                         if !self.run_control(other) {
                             return;
                         }
@@ -232,7 +248,7 @@ impl Writer {
                     next = self.jobs.try_recv().ok();
                 }
             }
-            self.commit_writes(writes);
+            self.commit_writes(writes, syncs);
             if self.compaction_pending()
                 && self.last_compaction_step.elapsed() >= COMPACTION_PAUSE_UNDER_LOAD
             {
@@ -241,8 +257,32 @@ impl Writer {
         }
     }
 
-    /// Evaluates, commits and answers one batch of writes.
-    fn commit_writes(&mut self, writes: Vec<(WriteOp, oneshot::Sender<Result<WriteReply>>)>) {
+    /// Evaluates, commits and answers one batch of writes. On a shared
+    /// database it first takes the commit lock and catches up with the
+    /// other servers, which also answers `syncs`.
+    fn commit_writes(
+        &mut self,
+        writes: Vec<(WriteOp, oneshot::Sender<Result<WriteReply>>)>,
+        syncs: Vec<Option<oneshot::Sender<Result<()>>>>,
+    ) {
+        if self.log.is_shared() && (!writes.is_empty() || !syncs.is_empty()) {
+            let caught_up = if writes.is_empty() {
+                self.log.catch_up(self.head)
+            } else {
+                self.log.lock_and_catch_up(self.head)
+            };
+            let caught_up = caught_up.map(|changes| self.apply_changes(changes));
+            for reply in syncs.into_iter().flatten() {
+                let _ = reply.send(caught_up.clone());
+            }
+            if let Err(e) = caught_up {
+                tracing::warn!(error = %e, "cannot catch up with the shared database");
+                for (_, reply) in writes {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                return;
+            }
+        }
         if writes.is_empty() {
             return;
         }
@@ -305,6 +345,13 @@ impl Writer {
                             None => Err(Error::LeaseNotFound),
                         }
                     }
+                    WriteOp::LeaseKeepAlive { id } => {
+                        let ttl = ctx.leases.keep_alive(id).unwrap_or(0);
+                        if ttl > 0 {
+                            batch.granted_leases.push(StoredLease { id, ttl });
+                        }
+                        Ok(WriteReply::KeepAlive(ttl))
+                    }
                 };
                 let wrote = ctx.wrote();
                 if result.is_err() {
@@ -319,6 +366,9 @@ impl Writer {
         let granted_ids: Vec<i64> = batch.granted_leases.iter().map(|l| l.id).collect();
         self.net_lease_changes(&mut batch);
         let committed = if batch.is_empty() {
+            if let Err(e) = self.log.release() {
+                tracing::warn!(error = %e, "ending an empty transaction failed");
+            }
             Ok(())
         } else {
             let started = std::time::Instant::now();
@@ -358,6 +408,68 @@ impl Writer {
                 _ => result,
             };
             let _ = reply.send(result);
+        }
+    }
+
+    /// Takes in what other servers committed to a shared database: their
+    /// leases, rows and compactions, published to this server's readers
+    /// and watchers in revision order.
+    fn apply_changes(&mut self, changes: Changes) {
+        let mut revoked = Vec::new();
+        {
+            let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
+            let mut leases = self.shared.leases();
+            // Grants first, so that rows attach to them; revokes after,
+            // once their keys' tombstones have moved the keys off them.
+            if changes.leases_complete {
+                let live: std::collections::HashSet<i64> =
+                    changes.leases.iter().filter(|l| l.ttl > 0).map(|l| l.id).collect();
+                revoked.extend(leases.ids().into_iter().filter(|id| !live.contains(id)));
+            }
+            for lease in &changes.leases {
+                if lease.ttl <= 0 {
+                    revoked.push(lease.id);
+                } else if !leases.renew(lease.id, lease.ttl) {
+                    leases.insert(lease.id, Lease::new(lease.ttl));
+                }
+            }
+            for record in &changes.records {
+                let (old_lease, _) = index.push(
+                    record.key.clone(),
+                    super::index::Revision {
+                        mod_revision: record.mod_revision,
+                        create_revision: record.create_revision,
+                        version: record.version,
+                        lease: record.lease,
+                        sub: record.sub,
+                        value: Some(record.value.clone()),
+                    },
+                );
+                leases.reattach(&record.key, old_lease, record.lease);
+            }
+            for id in &revoked {
+                leases.remove(*id);
+            }
+        }
+        let head = changes.current_revision.max(self.head);
+        if head > self.head || !changes.records.is_empty() {
+            self.head = head;
+            self.publish_committed(&CommitBatch {
+                records: changes.records,
+                current_revision: head,
+                ..Default::default()
+            });
+        }
+        if changes.compact_revision > self.shared.compact_revision() {
+            {
+                let _index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
+                self.shared
+                    .set_compact_revision_locked(changes.compact_revision);
+            }
+            // The server that compacted deletes the rows; this one only
+            // drops them from its index.
+            self.compacting = Some((changes.compact_revision, Bytes::new()));
+            self.compaction_deletes_rows = false;
         }
     }
 
@@ -496,7 +608,7 @@ impl Writer {
                 revision,
                 physical,
                 reply,
-            } => match self.compact(revision) {
+            } => match self.compact_shared_or_not(revision) {
                 Ok(()) if physical && self.compaction_pending() => {
                     self.physical_waiters.push((reply, self.head));
                 }
@@ -507,12 +619,30 @@ impl Writer {
             Job::Defragment(reply) => {
                 let _ = reply.send(self.log.defragment());
             }
+            Job::Sync(_) => unreachable!("syncs are batched by the caller"),
             Job::Shutdown(reply) => {
                 let _ = reply.send(());
                 return false;
             }
         }
         true
+    }
+
+    /// Compacts; on a shared database under the commit lock, after
+    /// catching up, so that compactions of several servers are ordered.
+    fn compact_shared_or_not(&mut self, revision: i64) -> Result<()> {
+        if !self.log.is_shared() {
+            return self.compact(revision);
+        }
+        let changes = self.log.lock_and_catch_up(self.head)?;
+        self.apply_changes(changes);
+        let result = self.compact(revision);
+        if result.is_err() {
+            if let Err(e) = self.log.release() {
+                tracing::warn!(error = %e, "ending a refused compaction's transaction failed");
+            }
+        }
+        result
     }
 
     fn compact(&mut self, revision: i64) -> Result<()> {
@@ -529,6 +659,7 @@ impl Writer {
         }
         // A newer compaction subsumes one still walking the index.
         self.compacting = Some((revision, Bytes::new()));
+        self.compaction_deletes_rows = true;
         METRICS.compactions.inc();
         tracing::debug!(revision, "compaction started");
         Ok(())
@@ -558,7 +689,9 @@ impl Writer {
                 let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
                 index.compact_some(revision, from, COMPACTION_KEYS_PER_STEP, &mut removed)
             };
-            self.compacted_rows.extend(removed);
+            if self.compaction_deletes_rows {
+                self.compacted_rows.extend(removed);
+            }
             self.compacting = next.map(|key| (revision, key));
             if self.compacting.is_none() {
                 // Rows found key by key lie all over the file; deleted in
@@ -615,6 +748,11 @@ fn refuse(job: Job) {
         }
         Job::Defragment(reply) => {
             let _ = reply.send(Err(unavailable()));
+        }
+        Job::Sync(reply) => {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(unavailable()));
+            }
         }
         Job::Shutdown(reply) => {
             let _ = reply.send(());

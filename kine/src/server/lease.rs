@@ -57,7 +57,13 @@ impl Lease for LeaseService {
         let header = self.header.clone();
         tokio::spawn(async move {
             while let Ok(Some(req)) = inbound.message().await {
-                let ttl = store.lease_keep_alive(req.id);
+                let ttl = match store.lease_keep_alive(req.id).await {
+                    Ok(ttl) => ttl,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        break;
+                    }
+                };
                 let mut resp = LeaseKeepAliveResponse {
                     header: None,
                     id: req.id,
