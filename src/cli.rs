@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use kine::backend::pg_tls::DatabaseTls;
 use kine::backend::sqlite::{Durability, SqliteConfig};
 
 /// k3rs: a lightweight Kubernetes datastore and control plane.
@@ -132,6 +133,18 @@ pub struct DatastoreArgs {
     /// Directory for k3rs's state. Default: /var/lib/k3rs as root, ~/.k3rs otherwise.
     #[arg(long, env = "K3RS_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+
+    /// CA of the database server's certificate (PostgreSQL; with sslmode=verify-ca or verify-full).
+    #[arg(long, alias = "ca-file", env = "KINE_CA_FILE")]
+    pub datastore_cafile: Option<PathBuf>,
+
+    /// Client certificate for the database (PostgreSQL).
+    #[arg(long, alias = "cert-file", env = "KINE_CERT_FILE")]
+    pub datastore_certfile: Option<PathBuf>,
+
+    /// Client certificate's key for the database (PostgreSQL).
+    #[arg(long, alias = "key-file", env = "KINE_KEY_FILE")]
+    pub datastore_keyfile: Option<PathBuf>,
 
     /// etcd version reported by Status; kube-apiserver enables watch-progress features from 3.5.13.
     #[arg(long, env = "KINE_EMULATED_ETCD_VERSION", default_value = kine::DEFAULT_EMULATED_ETCD_VERSION)]
@@ -308,11 +321,15 @@ fn default_data_dir() -> PathBuf {
     }
 }
 
-fn parse_endpoint(dsn: &str, durability: Durability) -> Result<Endpoint> {
+fn parse_endpoint(dsn: &str, durability: Durability, tls: &DatabaseTls) -> Result<Endpoint> {
+    let tls_flags = tls.ca_pem.is_some() || tls.cert_pem.is_some();
     let Some((scheme, rest)) = dsn.split_once("://") else {
         bail!("--endpoint {dsn:?} has no scheme; use sqlite://PATH");
     };
     match scheme {
+        "sqlite" if tls_flags => {
+            bail!("--datastore-cafile/-certfile/-keyfile are for PostgreSQL; SQLite is a local file")
+        }
         "sqlite" => {
             let (path, params) = rest.split_once('?').unwrap_or((rest, ""));
             if path.is_empty() {
@@ -331,15 +348,25 @@ fn parse_endpoint(dsn: &str, durability: Durability) -> Result<Endpoint> {
                 durability,
             }))
         }
-        "postgres" | "postgresql" => {
-            let config = kine::backend::postgres::PostgresConfig { dsn: dsn.into() };
-            // Check the DSN now, so a typo fails before anything starts.
-            let _ = config.describe();
-            Ok(Endpoint::Postgres(config))
+        // Checks the DSN and the TLS files now, so a typo fails before anything starts.
+        "postgres" | "postgresql" => Ok(Endpoint::Postgres(
+            kine::backend::postgres::PostgresConfig::new(dsn, tls)
+                .map_err(|e| anyhow::anyhow!("--endpoint: {e}"))?,
+        )),
+        "mysql" => {
+            let asks_tls = dsn.split_once('?').is_some_and(|(_, q)| {
+                q.split('&')
+                    .any(|p| p.starts_with("tls=") && p != "tls=false" && p != "tls=")
+            });
+            if asks_tls || tls_flags {
+                bail!(
+                    "TLS to MySQL and MariaDB is not built yet (unimplemented); use a TLS tunnel or PostgreSQL"
+                );
+            }
+            Ok(Endpoint::Mysql(kine::backend::mysql::MysqlConfig {
+                dsn: dsn.into(),
+            }))
         }
-        "mysql" => Ok(Endpoint::Mysql(kine::backend::mysql::MysqlConfig {
-            dsn: dsn.into(),
-        })),
         other => bail!(
             "--endpoint scheme {other:?} is unknown; use sqlite://PATH, postgres:// or mysql://"
         ),
@@ -351,9 +378,10 @@ pub fn database_endpoint(
     endpoint: Option<&str>,
     data_dir: Option<PathBuf>,
     durability: Durability,
+    tls: &DatabaseTls,
 ) -> Result<Endpoint> {
     match endpoint {
-        Some(dsn) if !dsn.is_empty() => parse_endpoint(dsn, durability),
+        Some(dsn) if !dsn.is_empty() => parse_endpoint(dsn, durability, tls),
         _ => {
             let dir = data_dir.unwrap_or_else(default_data_dir);
             Ok(Endpoint::Sqlite(SqliteConfig {
@@ -414,8 +442,29 @@ impl DatastoreArgs {
         } else {
             Durability::Fsync
         };
-        let endpoint =
-            database_endpoint(self.endpoint.as_deref(), self.data_dir.clone(), durability)?;
+        let database_tls = DatabaseTls {
+            ca_pem: self
+                .datastore_cafile
+                .as_ref()
+                .map(|f| read_pem(f, "--datastore-cafile"))
+                .transpose()?,
+            cert_pem: self
+                .datastore_certfile
+                .as_ref()
+                .map(|f| read_pem(f, "--datastore-certfile"))
+                .transpose()?,
+            key_pem: self
+                .datastore_keyfile
+                .as_ref()
+                .map(|f| read_pem(f, "--datastore-keyfile"))
+                .transpose()?,
+        };
+        let endpoint = database_endpoint(
+            self.endpoint.as_deref(),
+            self.data_dir.clone(),
+            durability,
+            &database_tls,
+        )?;
         let tls = self.tls()?;
         let metrics = self.metrics_bind()?;
         let name = self.name.clone().unwrap_or_else(|| {
@@ -504,28 +553,45 @@ mod tests {
     #[test]
     fn endpoints() {
         assert!(
-            matches!(parse_endpoint("sqlite://./db/state.db", Durability::Fsync), Ok(Endpoint::Sqlite(c)) if c.path == PathBuf::from("./db/state.db"))
+            matches!(parse_endpoint("sqlite://./db/state.db", Durability::Fsync, &DatabaseTls::default()), Ok(Endpoint::Sqlite(c)) if c.path == PathBuf::from("./db/state.db"))
         );
         assert!(
-            matches!(parse_endpoint("sqlite:///abs/x.db?_journal=WAL", Durability::Fsync), Ok(Endpoint::Sqlite(c)) if c.path == PathBuf::from("/abs/x.db"))
+            matches!(parse_endpoint("sqlite:///abs/x.db?_journal=WAL", Durability::Fsync, &DatabaseTls::default()), Ok(Endpoint::Sqlite(c)) if c.path == PathBuf::from("/abs/x.db"))
         );
-        assert!(parse_endpoint("state.db", Durability::Fsync).is_err());
-        assert!(parse_endpoint("sqlite://", Durability::Fsync).is_err());
-        assert!(parse_endpoint("nats://x", Durability::Fsync).is_err());
+        assert!(parse_endpoint("state.db", Durability::Fsync, &DatabaseTls::default()).is_err());
+        assert!(parse_endpoint("sqlite://", Durability::Fsync, &DatabaseTls::default()).is_err());
+        assert!(parse_endpoint("nats://x", Durability::Fsync, &DatabaseTls::default()).is_err());
         assert!(matches!(
             parse_endpoint(
                 "postgres://u:p@db:5432/k?sslmode=disable",
-                Durability::Fsync
+                Durability::Fsync,
+                &DatabaseTls::default()
             ),
             Ok(Endpoint::Postgres(_))
         ));
         assert!(matches!(
-            parse_endpoint("postgresql://u@db/k", Durability::Fsync),
+            parse_endpoint("postgresql://u@db/k", Durability::Fsync, &DatabaseTls::default()),
             Ok(Endpoint::Postgres(_))
         ));
         assert!(matches!(
-            parse_endpoint("mysql://u@tcp(db:3306)/k", Durability::Fsync),
+            parse_endpoint("mysql://u@tcp(db:3306)/k", Durability::Fsync, &DatabaseTls::default()),
             Ok(Endpoint::Mysql(_))
         ));
+        assert!(
+            parse_endpoint(
+                "mysql://u@tcp(db:3306)/k?tls=true",
+                Durability::Fsync,
+                &DatabaseTls::default()
+            )
+            .is_err()
+        );
+        assert!(
+            parse_endpoint(
+                "postgres://u@db/k?sslmode=verify-full",
+                Durability::Fsync,
+                &DatabaseTls::default()
+            )
+            .is_err()
+        );
     }
 }

@@ -74,6 +74,7 @@ fn run_snapshot(command: SnapshotCommand) -> Result<()> {
                 args.endpoint.as_deref(),
                 args.data_dir,
                 Default::default(),
+                &Default::default(),
             )?
             else {
                 anyhow::bail!(

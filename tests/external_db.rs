@@ -242,3 +242,77 @@ fn drop_database_keep_guard(db: &TestDatabase) {
     .join()
     .unwrap();
 }
+
+/// TLS to PostgreSQL (the test server's own self-signed certificate):
+/// `sslmode=require` encrypts; `verify-ca` with that certificate as the CA
+/// accepts it; `verify-full` refuses it, since it does not name 127.0.0.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_tls() {
+    const SERVER_CERT: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::create().await.unwrap();
+    let name = db.dsn.rsplit('/').next().unwrap().to_string();
+    let encrypted = |name: String| {
+        let admin = postgres_admin_dsn();
+        std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
+            c.query(
+                "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+                 WHERE a.datname = $1 AND a.application_name = 'k3rs'",
+                &[&name],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, bool>(0))
+            .collect::<Vec<bool>>()
+        })
+        .join()
+        .unwrap()
+    };
+
+    let require = format!("{}?sslmode=require", db.dsn);
+    let server = K3rs::start(&dir.path().join("a"), &["--endpoint", &require]);
+    server.kv().await.put(PutRequest {
+        key: "a".into(),
+        value: "b".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let ssl = encrypted(name.clone());
+    assert!(!ssl.is_empty() && ssl.iter().all(|s| *s), "{ssl:?}");
+    drop(server);
+
+    let verify_ca = format!("{}?sslmode=verify-ca", db.dsn);
+    let server = K3rs::start(
+        &dir.path().join("b"),
+        &["--endpoint", &verify_ca, "--datastore-cafile", SERVER_CERT],
+    );
+    let got = server
+        .kv()
+        .await
+        .range(kine::proto::RangeRequest {
+            key: "a".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.count, 1);
+    drop(server);
+
+    let verify_full = format!("{}?sslmode=verify-full", db.dsn);
+    let (ok, stderr) = run_to_exit(&[
+        "kine",
+        "--endpoint",
+        &verify_full,
+        "--datastore-cafile",
+        SERVER_CERT,
+        "--listen-address",
+        "127.0.0.1:0",
+        "--metrics-bind-address",
+        "0",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("certificate"), "{stderr}");
+}

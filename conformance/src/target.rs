@@ -268,9 +268,9 @@ impl K3rsTarget {
     /// target), starts serving and waits until it answers.
     pub async fn start_postgres() -> Result<Self, String> {
         let database = TestDatabase::create().await?;
-        let config = kine::backend::postgres::PostgresConfig {
-            dsn: database.dsn.clone(),
-        };
+        let config =
+            kine::backend::postgres::PostgresConfig::new(&database.dsn, &Default::default())
+                .map_err(|e| e.to_string())?;
         let store = tokio::task::spawn_blocking(move || kine::open_postgres(&config))
             .await
             .map_err(|e| e.to_string())?

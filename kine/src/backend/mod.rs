@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod mysql;
+pub mod pg_tls;
 pub mod postgres;
 mod reader_threads;
 pub mod snapshot;

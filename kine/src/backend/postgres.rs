@@ -24,12 +24,14 @@
 //! The rows, lease changes and counters of a commit go in one statement,
 //! then `NOTIFY` and `COMMIT` in one more round trip.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use postgres::error::SqlState;
 use postgres::{Client, Config, NoTls};
 
+use super::pg_tls::{self, DatabaseTls, SslMode};
 use super::reader_threads::ReaderThreads;
 use super::{Changes, CommitBatch, Loaded, LogReader, LogRecord, LogWriter, StoreIdentity, StoredLease};
 use crate::error::{Error, Result};
@@ -57,8 +59,11 @@ const START_RETRY_FOR: Duration = Duration::from_secs(120);
 /// Where and how to reach PostgreSQL.
 #[derive(Clone)]
 pub struct PostgresConfig {
-    /// The DSN, in kine's form: `postgres://user:pass@host:port/db?sslmode=…`.
-    pub dsn: String,
+    /// The DSN, in kine's form (`postgres://user:pass@host:port/db`),
+    /// without the TLS parameters, which are in `mode` and `tls`.
+    dsn: String,
+    mode: SslMode,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -69,6 +74,35 @@ impl std::fmt::Debug for PostgresConfig {
 }
 
 impl PostgresConfig {
+    /// Checks a DSN (kine's form, with libpq's `sslmode`, `sslrootcert`,
+    /// `sslcert`, `sslkey`) and the TLS files given by flags.
+    pub fn new(dsn: &str, tls: &DatabaseTls) -> Result<Self> {
+        let (dsn, dsn_tls) = pg_tls::split_dsn(dsn);
+        let (mode, files) = pg_tls::resolve(&dsn_tls, tls)?;
+        let config = PostgresConfig {
+            dsn,
+            mode,
+            tls: pg_tls::client_config(mode, &files)?.map(Arc::new),
+        };
+        config.parse()?;
+        Ok(config)
+    }
+
+    /// The TLS mode in force.
+    pub fn ssl_mode(&self) -> SslMode {
+        self.mode
+    }
+
+    /// Opens a connection, with TLS as configured.
+    fn open(&self, config: &Config) -> std::result::Result<Client, postgres::Error> {
+        match &self.tls {
+            None => config.connect(NoTls),
+            Some(tls) => config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(
+                tls.as_ref().clone(),
+            )),
+        }
+    }
+
     fn parse(&self) -> Result<Config> {
         let mut config: Config = self.dsn.parse().map_err(|e| {
             Error::Storage(format!("the PostgreSQL endpoint is not a valid DSN: {e}"))
@@ -80,6 +114,7 @@ impl PostgresConfig {
             config.connect_timeout(Duration::from_secs(5));
         }
         config.application_name("k3rs");
+        config.ssl_mode(self.mode.negotiation());
         Ok(config)
     }
 
@@ -122,9 +157,27 @@ fn sql_error(what: &str, e: postgres::Error) -> Error {
 /// it refused us.
 fn is_unreachable(e: &postgres::Error) -> bool {
     match e.code() {
-        None => true,
+        // A certificate that fails verification will not pass on a retry.
+        None => !is_tls_failure(e),
         Some(code) => *code == SqlState::CANNOT_CONNECT_NOW || *code == SqlState::ADMIN_SHUTDOWN,
     }
+}
+
+fn is_tls_failure(e: &postgres::Error) -> bool {
+    e.to_string().contains("TLS")
+}
+
+/// An error with every cause it wraps ("error performing TLS handshake:
+/// invalid peer certificate: ...").
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Explains a connection error in terms of what to fix.
@@ -140,12 +193,13 @@ fn explain(config: &PostgresConfig, e: &postgres::Error) -> Error {
             "the user lacks a privilege k3rs needs"
         }
         Some(c) if *c == SqlState::TOO_MANY_CONNECTIONS => "the server has no connection slot left",
+        None if is_tls_failure(e) => "TLS to the database failed (check sslmode and the CA)",
         _ => "cannot connect",
     };
     let detail = e
         .as_db_error()
         .map(|d| d.message().to_string())
-        .unwrap_or_else(|| e.to_string());
+        .unwrap_or_else(|| with_causes(e));
     Error::Storage(format!("{}: {what}: {detail}", config.describe()))
 }
 
@@ -156,10 +210,10 @@ fn connect(config: &PostgresConfig) -> Result<Client> {
     let started = std::time::Instant::now();
     let mut delay = Duration::from_millis(200);
     loop {
-        match parsed.connect(NoTls) {
+        match config.open(&parsed) {
             Ok(client) => return Ok(client),
             Err(e) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {
-                create_database(&parsed).map_err(|e| explain(config, &e))?;
+                create_database(config, &parsed).map_err(|e| explain(config, &e))?;
             }
             Err(e) if is_unreachable(&e) && started.elapsed() < START_RETRY_FOR => {
                 tracing::warn!(database = %config.describe(), error = %e, retry_in_ms = delay.as_millis() as u64, "PostgreSQL is unreachable; retrying");
@@ -172,11 +226,11 @@ fn connect(config: &PostgresConfig) -> Result<Client> {
 }
 
 /// Creates the DSN's database through the `postgres` database, as kine does.
-fn create_database(parsed: &Config) -> std::result::Result<(), postgres::Error> {
+fn create_database(config: &PostgresConfig, parsed: &Config) -> std::result::Result<(), postgres::Error> {
     let name = parsed.get_dbname().unwrap_or(DEFAULT_DATABASE).to_owned();
     let mut admin = parsed.clone();
     admin.dbname("postgres");
-    let mut client = admin.connect(NoTls)?;
+    let mut client = config.open(&admin)?;
     let quoted = format!("\"{}\"", name.replace('"', "\"\""));
     match client.batch_execute(&format!("CREATE DATABASE {quoted}")) {
         Err(e) if e.code() != Some(&SqlState::DUPLICATE_DATABASE) => Err(e),
@@ -353,10 +407,10 @@ impl PostgresWriter {
             return Ok(());
         }
         self.in_transaction = false;
+        let parsed = self.config.parse()?;
         let mut client = self
             .config
-            .parse()?
-            .connect(NoTls)
+            .open(&parsed)
             .map_err(|e| Error::CommitUnknown(format!("reconnecting: {e}")))?;
         fence(&mut client, self.member_id)?;
         tracing::info!(database = %self.config.describe(), "reconnected to PostgreSQL");
@@ -682,7 +736,7 @@ impl LogWriter for PostgresWriter {
 /// announcement was lost with a connection.
 fn listen(config: &PostgresConfig, me: &str, wake: Box<dyn Fn() -> bool + Send>) {
     loop {
-        let client = config.parse().ok().and_then(|c| c.connect(NoTls).ok());
+        let client = config.parse().ok().and_then(|c| config.open(&c).ok());
         let Some(mut client) = client else {
             std::thread::sleep(Duration::from_millis(500));
             if !wake() {
@@ -740,7 +794,7 @@ impl PostgresReader {
             "k3rs-pg-read",
             clients,
             |c: &Client| !c.is_closed(),
-            move || config.parse().ok()?.connect(NoTls).ok(),
+            move || config.open(&config.parse().ok()?).ok(),
         )?;
         Ok(PostgresReader { threads })
     }
