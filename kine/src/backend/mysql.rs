@@ -78,8 +78,13 @@ impl MysqlConfig {
     }
 
     fn opts(&self) -> Result<Opts> {
-        Opts::from_url(&self.url())
-            .map_err(|e| Error::Storage(format!("the MySQL endpoint is not a valid DSN: {e}")))
+        let opts = Opts::from_url(&self.url())
+            .map_err(|e| Error::Storage(format!("the MySQL endpoint is not a valid DSN: {e}")))?;
+        // A database that vanished without closing the connection fails
+        // the call instead of holding it for ever.
+        Ok(OptsBuilder::from_opts(opts)
+            .tcp_keepalive(Some(10_000u32))
+            .into())
     }
 
     /// The host and database, for logs and errors (no credentials).

@@ -114,6 +114,12 @@ impl PostgresConfig {
             config.connect_timeout(Duration::from_secs(5));
         }
         config.application_name("k3rs");
+        // A database that vanished without closing the connection (a host
+        // down, a cable cut) fails the call within ~30 s instead of never.
+        config.keepalives_idle(Duration::from_secs(10));
+        config.keepalives_interval(Duration::from_secs(5));
+        config.keepalives_retries(3);
+        config.tcp_user_timeout(Duration::from_secs(30));
         config.ssl_mode(self.mode.negotiation());
         Ok(config)
     }
