@@ -20,8 +20,8 @@ pub struct Cli {
 /// What to run.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a server: today the datastore (the etcd v3 API); the control plane joins it later.
-    Server(DatastoreArgs),
+    /// Run a server: the datastore (the etcd v3 API) and the Kubernetes API on it.
+    Server(ServerArgs),
     /// Run the datastore alone: a drop-in for kine or etcd under K3s or kube-apiserver.
     Kine(KineArgs),
     /// Certificates for TLS and client-certificate auth.
@@ -116,6 +116,74 @@ pub enum LogFormat {
     Plain,
     /// One JSON object per line.
     Json,
+}
+
+/// Flags of `k3rs server`: the datastore's, and the Kubernetes API's
+/// (K3s's names).
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub datastore: DatastoreArgs,
+
+    /// Port of the Kubernetes API (HTTPS).
+    #[arg(long, env = "K3RS_HTTPS_LISTEN_PORT", default_value_t = 6443)]
+    pub https_listen_port: u16,
+
+    /// Address the Kubernetes API listens on.
+    #[arg(long, env = "K3RS_BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: std::net::IpAddr,
+
+    /// An etcd v3 endpoint (http://HOST:PORT, real etcd included) for the
+    /// Kubernetes API instead of the embedded datastore, which then does not run.
+    #[arg(long, env = "K3RS_DATASTORE_ENDPOINT")]
+    pub datastore_endpoint: Option<String>,
+
+    /// Run the datastore only, without the Kubernetes API.
+    #[arg(long)]
+    pub disable_apiserver: bool,
+}
+
+/// What `k3rs server` runs.
+pub struct ServerConfig {
+    /// The embedded datastore; `None` when the API uses an external etcd.
+    pub datastore: Option<DatastoreConfig>,
+    pub log_format: LogFormat,
+    pub debug: bool,
+    /// The Kubernetes API; `None` with --disable-apiserver.
+    pub api: Option<apiserver::Config>,
+}
+
+impl ServerArgs {
+    pub fn into_config(self) -> Result<ServerConfig> {
+        let server_dir = self.datastore.data_dir.clone().unwrap_or_else(default_data_dir).join("server");
+        let external = match self.datastore_endpoint.as_deref() {
+            Some(e) if e.starts_with("http://") || e.starts_with("https://") => Some(e.to_string()),
+            Some(e) => bail!("--datastore-endpoint {e:?} is not an etcd endpoint (http://HOST:PORT); for a database use --endpoint"),
+            None => None,
+        };
+        let (log_format, debug) = (self.datastore.log_format, self.datastore.debug);
+        let datastore = match external {
+            Some(_) => None,
+            None => Some(self.datastore.into_config()?),
+        };
+        let etcd_endpoint = match (&external, &datastore) {
+            (Some(e), _) => e.clone(),
+            (None, Some(d)) => {
+                let ip = if d.listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { d.listen.ip().to_string() };
+                format!("http://{ip}:{}", d.listen.port())
+            }
+            (None, None) => unreachable!("one of the two is set"),
+        };
+        if datastore.as_ref().is_some_and(|d| d.server.tls.is_some()) && !self.disable_apiserver {
+            bail!("the Kubernetes API reaches the embedded datastore over plain loopback; TLS on the datastore with the API is not built yet (use `k3rs kine` for a TLS datastore)");
+        }
+        let api = (!self.disable_apiserver).then(|| apiserver::Config {
+            listen: SocketAddr::new(self.bind_address, self.https_listen_port),
+            server_dir,
+            etcd_endpoint,
+        });
+        Ok(ServerConfig { datastore, log_format, debug, api })
+    }
 }
 
 /// Flags of the datastore; names follow kine's where kine has one.
@@ -519,7 +587,7 @@ mod tests {
     fn parse_args(args: &[&str]) -> Result<DatastoreConfig> {
         let cli = Cli::try_parse_from(args)?;
         match cli.command {
-            Command::Server(a) | Command::Kine(KineArgs { datastore: a, .. }) => a.into_config(),
+            Command::Server(ServerArgs { datastore: a, .. }) | Command::Kine(KineArgs { datastore: a, .. }) => a.into_config(),
             other => anyhow::bail!("not a serving command: {other:?}"),
         }
     }

@@ -33,7 +33,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     let config = match cli.command {
-        Command::Server(args) => args.into_config()?,
+        Command::Server(args) => {
+            let config = args.into_config()?;
+            init_tracing(config.log_format, config.debug);
+            return runtime()?.block_on(run_server(config));
+        }
         Command::Kine(kine) => match kine.command {
             None => kine.datastore.into_config()?,
             Some(KineCommand::Snapshot(command)) => return run_snapshot(command),
@@ -48,7 +52,42 @@ fn run(cli: Cli) -> Result<()> {
         }
     };
     init_tracing(config.log_format, config.debug);
-    runtime()?.block_on(run_datastore(config))
+    runtime()?.block_on(run_datastore(config, shutdown_signal()))
+}
+
+/// `k3rs server`: the embedded datastore and the Kubernetes API on it,
+/// stopped together by SIGINT or SIGTERM.
+async fn run_server(config: cli::ServerConfig) -> Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let datastore = config
+        .datastore
+        .map(|d| tokio::spawn(run_datastore(d, stopped())));
+    if let Some(api) = config.api {
+        let endpoint = api.etcd_endpoint.clone();
+        let running = apiserver::start(api, stopped()).await?;
+        tracing::info!(
+            listen = %running.local_addr,
+            datastore = %endpoint,
+            kubeconfig = %running.kubeconfig.display(),
+            "serving the Kubernetes API; use it with: kubectl --kubeconfig {}",
+            running.kubeconfig.display()
+        );
+        running.task.await?;
+    }
+    match datastore {
+        Some(d) => d.await?,
+        None => Ok(()),
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -134,7 +173,7 @@ fn lock_database(db: &Path) -> Result<File> {
     }
 }
 
-async fn run_datastore(config: DatastoreConfig) -> Result<()> {
+async fn run_datastore(config: DatastoreConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
     let (store, database, _lock) = match &config.endpoint {
         Endpoint::Sqlite(sqlite) => {
             let lock = lock_database(&sqlite.path)?;
@@ -188,7 +227,7 @@ async fn run_datastore(config: DatastoreConfig) -> Result<()> {
         monitor,
         store.clone(),
         config.server,
-        shutdown_signal(),
+        shutdown,
     )
     .await
     .context("the gRPC server failed")?;

@@ -1,0 +1,561 @@
+//! Routing and the verbs: get, list, watch, create, update, patch, delete.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::discovery;
+use crate::list::{self, ListParams};
+use crate::objects;
+use crate::patch;
+use crate::resources::{self, Resource};
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::status::{ApiError, ApiResult};
+use crate::store::{self, Store, Swap};
+
+/// What every request handler shares.
+pub struct Api {
+    pub store: Store,
+    /// Bearer tokens accepted besides client certificates.
+    pub tokens: Vec<String>,
+}
+
+/// How the connection authenticated at the TLS layer.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnAuth {
+    pub client_certificate: bool,
+}
+
+fn json_response(code: StatusCode, value: &Value) -> Response {
+    (code, [(http::header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
+}
+
+fn ok(value: &Value) -> Response {
+    json_response(StatusCode::OK, value)
+}
+
+/// Query string into pairs (percent-decoded).
+fn query(uri: &http::Uri) -> Vec<(String, String)> {
+    let decode = |s: &str| {
+        let s = s.replace('+', " ");
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' && i + 2 < bytes.len() + 0 && i + 2 <= bytes.len() - 1 {
+                if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+            }
+            out.push(bytes[i]);
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    uri.query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn param<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// The object or collection a resource path names.
+struct Target {
+    res: &'static Resource,
+    namespace: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+fn parse_target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
+    let t = |plural: &str, ns: Option<&str>, name: Option<&str>, sub: Option<&str>| {
+        let res = resources::find(group, version, plural)?;
+        if ns.is_some() && !res.namespaced {
+            return None;
+        }
+        Some(Target {
+            res,
+            namespace: ns.map(str::to_string),
+            name: name.map(str::to_string),
+            sub: sub.map(str::to_string),
+        })
+    };
+    match rest {
+        ["namespaces", ns, plural, tail @ ..]
+            if resources::find(group, version, plural).is_some_and(|r| r.namespaced) =>
+        {
+            match tail {
+                [] => t(plural, Some(ns), None, None),
+                [name] => t(plural, Some(ns), Some(name), None),
+                [name, sub] => t(plural, Some(ns), Some(name), Some(sub)),
+                _ => None,
+            }
+        }
+        [plural] => t(plural, None, None, None),
+        [plural, name] => t(plural, None, Some(name), None),
+        [plural, name, sub] => t(plural, None, Some(name), Some(sub)),
+        _ => None,
+    }
+}
+
+fn list_params(q: &[(String, String)], res: &Resource) -> ApiResult<ListParams> {
+    Ok(ListParams {
+        labels: LabelSelector::parse(param(q, "labelSelector").unwrap_or(""))?,
+        fields: FieldSelector::parse(param(q, "fieldSelector").unwrap_or(""), res.kind)?,
+        limit: param(q, "limit").and_then(|l| l.parse().ok()).unwrap_or(0),
+        continue_token: param(q, "continue").filter(|c| !c.is_empty()).map(str::to_string),
+        resource_version: param(q, "resourceVersion").map(str::to_string),
+        timeout_seconds: param(q, "timeoutSeconds").and_then(|t| t.parse().ok()),
+        allow_bookmarks: param(q, "allowWatchBookmarks") == Some("true"),
+    })
+}
+
+fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("as=Table"))
+}
+
+fn authenticated(api: &Api, conn: ConnAuth, headers: &HeaderMap) -> bool {
+    if conn.client_certificate {
+        return true;
+    }
+    let bearer = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "));
+    bearer.is_some_and(|b| api.tokens.iter().any(|t| t == b.trim()))
+}
+
+/// Every request.
+pub async fn handle(api: Arc<Api>, conn: ConnAuth, method: Method, uri: http::Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let path = uri.path().trim_end_matches('/').to_string();
+    match path.as_str() {
+        "/healthz" | "/livez" | "/readyz" => return (StatusCode::OK, "ok").into_response(),
+        _ => {}
+    }
+    if !authenticated(&api, conn, &headers) {
+        return ApiError::unauthorized().into_response();
+    }
+    match route(&api, &method, &uri, &path, &headers, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn route(api: &Api, method: &Method, uri: &http::Uri, path: &str, headers: &HeaderMap, body: Bytes) -> ApiResult<Response> {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let is_get = *method == Method::GET;
+    match segments.as_slice() {
+        ["version"] if is_get => return Ok(ok(&discovery::version())),
+        ["api"] if is_get => return Ok(ok(&discovery::core_versions())),
+        ["apis"] if is_get => return Ok(ok(&discovery::groups())),
+        ["api", v] if is_get => return discovery::resource_list("", v).map(|l| ok(&l)).ok_or_else(|| ApiError::no_route(path)),
+        ["apis", g] if is_get => return discovery::one_group(g).map(|l| ok(&l)).ok_or_else(|| ApiError::no_route(path)),
+        ["apis", g, v] if is_get => return discovery::resource_list(g, v).map(|l| ok(&l)).ok_or_else(|| ApiError::no_route(path)),
+        ["openapi", "v3"] if is_get => return Ok(ok(&discovery::openapi_index())),
+        ["openapi", "v3", rest @ ..] if is_get => {
+            return discovery::openapi_document(&rest.join("/")).map(|d| ok(&d)).ok_or_else(|| ApiError::no_route(path));
+        }
+        _ => {}
+    }
+    let target = match segments.as_slice() {
+        ["api", v, rest @ ..] => parse_target("", v, rest),
+        ["apis", g, v, rest @ ..] => parse_target(g, v, rest),
+        _ => None,
+    }
+    .ok_or_else(|| ApiError::no_route(path))?;
+    let q = query(uri);
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|c| c.to_str().ok())
+        .unwrap_or("application/json")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let Target { res, namespace, name, sub } = target;
+    let ns = namespace.as_deref();
+    match (method.clone(), name.as_deref(), sub.as_deref()) {
+        (Method::GET, None, None) => {
+            let p = list_params(&q, res)?;
+            if matches!(param(&q, "watch"), Some("true" | "1")) {
+                let rx = crate::watch::start(api.store.clone(), res, namespace.clone(), p).await?;
+                let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+                return Ok(Response::builder()
+                    .status(StatusCode::OK)
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .header(http::header::TRANSFER_ENCODING, "chunked")
+                    .body(body)
+                    .expect("a valid response"));
+            }
+            let list = list::list(&api.store, res, ns, &p).await?;
+            Ok(ok(&if wants_table(headers) { list::table(res, &list) } else { list }))
+        }
+        (Method::GET, Some(name), None | Some("status")) => {
+            let obj = get(api, res, ns, name).await?;
+            Ok(ok(&if wants_table(headers) { list::table(res, &obj) } else { obj }))
+        }
+        (Method::GET, Some(name), Some("scale")) if has_scale(res) => Ok(ok(&scale_of(&get(api, res, ns, name).await?))),
+        (Method::PUT | Method::PATCH, Some(name), Some("scale")) if has_scale(res) => {
+            let body: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
+            let written = update(api, res, ns, name, false, |current| {
+                let mut scale = scale_of(current);
+                match (method, content_type.as_str()) {
+                    (&Method::PUT, _) => scale = body.clone(),
+                    (_, "application/json-patch+json") => scale = patch::json_patch(&scale, &body)?,
+                    _ => patch::merge(&mut scale, &body),
+                }
+                if let Some(rv) = scale.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+                    if rv != store::revision_of(current).to_string() {
+                        return Err(ApiError::conflict(res.plural, name));
+                    }
+                }
+                let replicas = scale
+                    .pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .filter(|r| *r >= 0)
+                    .ok_or_else(|| ApiError::invalid("Scale", name, vec![("spec.replicas".into(), "Invalid value: must be a non-negative integer".into())]))?;
+                let mut new = current.clone();
+                new["spec"]["replicas"] = json!(replicas);
+                Ok(new)
+            })
+            .await?;
+            Ok(ok(&scale_of(&written)))
+        }
+        (Method::GET, Some(_), Some("log")) if res.kind == "Pod" => Err(ApiError::method_not_allowed(
+            "pod logs come from the node agent, which k3rs does not have yet",
+        )),
+        (Method::POST, None, None) => {
+            let mut obj = parse_body(&body, &content_type)?;
+            objects::prepare_create(res, &mut obj, ns)?;
+            if param(&q, "dryRun").is_some() {
+                return Ok(json_response(StatusCode::CREATED, &obj));
+            }
+            if let Some(ns) = ns.filter(|_| res.kind != "Namespace") {
+                ensure_namespace(api, ns).await?;
+            }
+            let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            match api.store.swap(&res.key(ns, &name), &obj, 0).await? {
+                Swap::Done(written) => {
+                    if res.kind == "Namespace" {
+                        // What the service-account controller does: every
+                        // namespace gets a `default` ServiceAccount.
+                        default_service_account(&api.store, &name).await?;
+                    }
+                    Ok(json_response(StatusCode::CREATED, &written))
+                }
+                Swap::Mismatch(_) => Err(ApiError::already_exists(res.plural, &name)),
+            }
+        }
+        (Method::PUT, Some(name), None | Some("status")) => {
+            let new = parse_body(&body, &content_type)?;
+            let status_only = sub.is_some();
+            let expected = new.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string);
+            update(api, res, ns, name, status_only, |current| {
+                if let Some(rv) = &expected {
+                    if *rv != store::revision_of(current).to_string() {
+                        return Err(ApiError::conflict(res.plural, name));
+                    }
+                }
+                Ok(new.clone())
+            })
+            .await
+            .map(|o| ok(&o))
+        }
+        (Method::PATCH, Some(name), None | Some("status")) => {
+            let status_only = sub.is_some();
+            let patch_body: Value = if content_type == "application/apply-patch+yaml" {
+                return Err(ApiError::unsupported_media(
+                    "server-side apply is not built yet in k3rs; use kubectl apply without --server-side",
+                ));
+            } else {
+                serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("the patch is not JSON: {e}")))?
+            };
+            update(api, res, ns, name, status_only, |current| {
+                let mut out = current.clone();
+                match content_type.as_str() {
+                    "application/merge-patch+json" => patch::merge(&mut out, &patch_body),
+                    "application/strategic-merge-patch+json" => patch::strategic(&mut out, &patch_body)?,
+                    "application/json-patch+json" => out = patch::json_patch(&out, &patch_body)?,
+                    other => {
+                        return Err(ApiError::unsupported_media(format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {other})")));
+                    }
+                }
+                if let Some(rv) = patch_body.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+                    if rv != store::revision_of(current).to_string() {
+                        return Err(ApiError::conflict(res.plural, name));
+                    }
+                }
+                Ok(out)
+            })
+            .await
+            .map(|o| ok(&o))
+        }
+        (Method::DELETE, Some(name), None) => {
+            let options: Value = if body.is_empty() { json!({}) } else { serde_json::from_slice(&body).unwrap_or(json!({})) };
+            delete(api, res, ns, name, &options).await.map(|o| ok(&o))
+        }
+        (Method::DELETE, None, None) => {
+            let p = list_params(&q, res)?;
+            let list = list::list(&api.store, res, ns, &p).await?;
+            let mut deleted = Vec::new();
+            for item in list["items"].as_array().into_iter().flatten() {
+                let name = item.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+                let item_ns = item.pointer("/metadata/namespace").and_then(Value::as_str);
+                match delete(api, res, item_ns, name, &json!({})).await {
+                    Ok(o) => deleted.push(o),
+                    Err(e) if e.code == 404 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(ok(&json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": {}, "items": deleted})))
+        }
+        _ => Err(ApiError::method_not_allowed(format!(
+            "{method} is not supported on {}{}",
+            res.plural,
+            sub.map(|s| format!("/{s}")).unwrap_or_default()
+        ))),
+    }
+}
+
+fn parse_body(body: &[u8], content_type: &str) -> ApiResult<Value> {
+    if !(content_type.is_empty() || content_type == "application/json" || content_type == "*/*") {
+        return Err(ApiError::unsupported_media(format!(
+            "the body of the request was in an unknown format - accepted media types include: application/json (got {content_type})"
+        )));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body is not JSON: {e}")))
+}
+
+async fn get(api: &Api, res: &Resource, ns: Option<&str>, name: &str) -> ApiResult<Value> {
+    api.store
+        .get(&res.key(ns, name))
+        .await?
+        .ok_or_else(|| ApiError::not_found(res.plural, name))
+}
+
+async fn ensure_namespace(api: &Api, ns: &str) -> ApiResult<()> {
+    let namespaces = resources::find("", "v1", "namespaces").expect("namespaces are served");
+    match api.store.get(&namespaces.key(None, ns)).await? {
+        None => Err(ApiError::not_found("namespaces", ns)),
+        Some(n) if n.pointer("/metadata/deletionTimestamp").is_some() => Err(ApiError {
+            code: 403,
+            reason: "Forbidden",
+            message: format!("unable to create new content in namespace {ns} because it is being terminated"),
+            details: None,
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Read, change, compare-and-swap; retried when another writer got in
+/// between (only the change function decides conflicts).
+async fn update(
+    api: &Api,
+    res: &Resource,
+    ns: Option<&str>,
+    name: &str,
+    status_only: bool,
+    change: impl Fn(&Value) -> ApiResult<Value>,
+) -> ApiResult<Value> {
+    let key = res.key(ns, name);
+    for _ in 0..16 {
+        let current = get(api, res, ns, name).await?;
+        let mut new = change(&current)?;
+        keep_server_fields(res, &current, &mut new, status_only)?;
+        // The last finalizer removed from an object being deleted: it goes.
+        let finalizers_empty = new.pointer("/metadata/finalizers").and_then(Value::as_array).is_none_or(|f| f.is_empty());
+        if current.pointer("/metadata/deletionTimestamp").is_some() && finalizers_empty {
+            return match api.store.delete(&key, store::revision_of(&current)).await? {
+                Swap::Done(obj) => Ok(obj),
+                Swap::Mismatch(_) => continue,
+            };
+        }
+        if new == current {
+            return Ok(current);
+        }
+        match api.store.swap(&key, &new, store::revision_of(&current)).await? {
+            Swap::Done(obj) => return Ok(obj),
+            Swap::Mismatch(None) => return Err(ApiError::not_found(res.plural, name)),
+            Swap::Mismatch(Some(_)) => continue,
+        }
+    }
+    Err(ApiError::conflict(res.plural, name))
+}
+
+/// What a client cannot change: identity and server-set metadata; on the
+/// main resource the status (its own subresource), on /status the rest.
+fn keep_server_fields(res: &Resource, current: &Value, new: &mut Value, status_only: bool) -> ApiResult<()> {
+    if !new.is_object() {
+        return Err(ApiError::bad_request("the body is not a JSON object"));
+    }
+    if status_only {
+        let status = new.get("status").cloned();
+        *new = current.clone();
+        match status {
+            Some(s) => new["status"] = s,
+            None => {
+                new.as_object_mut().expect("an object").remove("status");
+            }
+        }
+        return Ok(());
+    }
+    new["kind"] = json!(res.kind);
+    new["apiVersion"] = json!(res.api_version());
+    if !new.get("metadata").is_some_and(Value::is_object) {
+        new["metadata"] = json!({});
+    }
+    for field in ["name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "generation", "resourceVersion"] {
+        match current["metadata"].get(field) {
+            Some(v) => new["metadata"][field] = v.clone(),
+            None => {
+                new["metadata"].as_object_mut().expect("an object").remove(field);
+            }
+        }
+    }
+    if res.has_status {
+        match current.get("status") {
+            Some(s) => new["status"] = s.clone(),
+            None => {
+                new.as_object_mut().expect("an object").remove("status");
+            }
+        }
+    }
+    // generation counts changes of everything but metadata and status.
+    let spec_changed = {
+        let strip = |v: &Value| {
+            let mut v = v.clone();
+            if let Some(m) = v.as_object_mut() {
+                m.remove("metadata");
+                m.remove("status");
+            }
+            v
+        };
+        strip(current) != strip(new)
+    };
+    if spec_changed {
+        let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+        new["metadata"]["generation"] = json!(generation + 1);
+    }
+    objects::validate(res, new)
+}
+
+/// Delete with preconditions and finalizers; answers the last state.
+async fn delete(api: &Api, res: &Resource, ns: Option<&str>, name: &str, options: &Value) -> ApiResult<Value> {
+    let key = res.key(ns, name);
+    for _ in 0..16 {
+        let current = get(api, res, ns, name).await?;
+        if let Some(uid) = options.pointer("/preconditions/uid").and_then(Value::as_str) {
+            if current.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
+                return Err(ApiError::conflict(res.plural, name));
+            }
+        }
+        if let Some(rv) = options.pointer("/preconditions/resourceVersion").and_then(Value::as_str) {
+            if rv != store::revision_of(&current).to_string() {
+                return Err(ApiError::conflict(res.plural, name));
+            }
+        }
+        let mut finalizers: Vec<Value> = current
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        // Namespaces keep the `kubernetes` finalizer only until a
+        // namespace controller exists to empty them; without one, k3rs
+        // deletes the namespace object at once (its contents stay).
+        if res.kind == "Namespace" {
+            finalizers.clear();
+        }
+        if !finalizers.is_empty() {
+            if current.pointer("/metadata/deletionTimestamp").is_some() {
+                return Ok(current);
+            }
+            let mut marked = current.clone();
+            marked["metadata"]["deletionTimestamp"] = json!(objects::now());
+            marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            match api.store.swap(&key, &marked, store::revision_of(&current)).await? {
+                Swap::Done(obj) => return Ok(obj),
+                Swap::Mismatch(_) => continue,
+            }
+        }
+        match api.store.delete(&key, store::revision_of(&current)).await? {
+            Swap::Done(obj) => return Ok(obj),
+            Swap::Mismatch(None) => return Err(ApiError::not_found(res.plural, name)),
+            Swap::Mismatch(Some(_)) => continue,
+        }
+    }
+    Err(ApiError::conflict(res.plural, name))
+}
+
+fn has_scale(res: &Resource) -> bool {
+    matches!(res.kind, "Deployment" | "ReplicaSet")
+}
+
+/// The `autoscaling/v1` Scale of a Deployment or ReplicaSet.
+fn scale_of(obj: &Value) -> Value {
+    let meta = &obj["metadata"];
+    let selector = obj
+        .pointer("/spec/selector/matchLabels")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(","))
+        .unwrap_or_default();
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
+                     "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"]},
+        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(1))},
+        "status": {"replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector},
+    })
+}
+
+async fn default_service_account(store: &Store, namespace: &str) -> ApiResult<()> {
+    let accounts = resources::find("", "v1", "serviceaccounts").expect("served");
+    let mut sa = json!({"metadata": {"name": "default"}});
+    objects::prepare_create(accounts, &mut sa, Some(namespace))?;
+    store.swap(&accounts.key(Some(namespace), "default"), &sa, 0).await.map(drop)
+}
+
+/// Creates what every cluster starts with, if missing: the four
+/// namespaces, a `default` ServiceAccount in each, Service default/kubernetes.
+pub async fn bootstrap(store: &Store, advertise_port: u16) -> ApiResult<()> {
+    let put = |res: &'static Resource, ns: Option<&'static str>, obj: Value| {
+        let store = store.clone();
+        async move {
+            let mut obj = obj;
+            objects::prepare_create(res, &mut obj, ns)?;
+            let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            store.swap(&res.key(ns, &name), &obj, 0).await.map(drop)
+        }
+    };
+    let namespaces = resources::find("", "v1", "namespaces").expect("served");
+    let services = resources::find("", "v1", "services").expect("served");
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        put(namespaces, None, json!({"metadata": {"name": ns}})).await?;
+        default_service_account(store, ns).await?;
+    }
+    put(
+        services,
+        Some("default"),
+        json!({"metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+               "spec": {"ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": advertise_port}]}}),
+    )
+    .await
+}

@@ -1,0 +1,170 @@
+//! k3rs's thin Kubernetes API server: the REST API kubectl and client
+//! libraries use, over any etcd v3 endpoint (k3rs's own datastore or real
+//! etcd), with kube-apiserver's storage layout.
+//!
+//! - `resources`: the served resources and their etcd prefixes.
+//! - `store`: objects in etcd (JSON, compare-and-swap writes).
+//! - `handlers`: routing and the verbs; `list` and `watch`.
+//! - `objects`: what the server fills in and validates; `patch`: merge,
+//!   JSON and strategic merge patch; `selectors`: label and field selectors.
+//! - `discovery`: `/version`, `/api`, `/apis`, OpenAPI v3.
+//! - `pki`: certificates, token and admin kubeconfig; `status`: errors.
+
+pub mod discovery;
+pub mod handlers;
+pub mod list;
+pub mod objects;
+pub mod patch;
+pub mod pki;
+pub mod resources;
+pub mod selectors;
+pub mod status;
+pub mod store;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use http_body_util::BodyExt;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Largest request body (kube-apiserver's limit is 3 MiB).
+const MAX_BODY: usize = 3 << 20;
+/// A new connection's TLS handshake must finish within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to run the API server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where HTTPS listens (K3s: 0.0.0.0:6443).
+    pub listen: SocketAddr,
+    /// `DATA_DIR/server`: certificates, token and kubeconfig live here.
+    pub server_dir: PathBuf,
+    /// The etcd v3 endpoint objects are stored through, `http://HOST:PORT`.
+    pub etcd_endpoint: String,
+}
+
+/// What `start` made: where the kubeconfig is, and the server task.
+pub struct Running {
+    pub kubeconfig: PathBuf,
+    pub local_addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+fn tls_config(pki: &pki::Pki) -> Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    // Clients without a certificate may still connect and use a bearer
+    // token; requests with neither are refused per request (401).
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()?;
+    let chain = CertificateDer::pem_slice_iter(pki.serving_cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(pki.serving_key_pem.as_bytes())?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Makes the PKI and kubeconfig, waits for the datastore, creates the
+/// bootstrap objects and starts serving until `shutdown` resolves.
+pub async fn start(config: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<Running> {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let mut hosts = vec![hostname];
+    if !config.listen.ip().is_unspecified() {
+        hosts.push(config.listen.ip().to_string());
+    }
+    let pki = pki::ensure(&config.server_dir.join("tls"), &hosts)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for the Kubernetes API", config.listen))?;
+    let local_addr = listener.local_addr()?;
+    let kubeconfig = config.server_dir.join("cred").join("admin.kubeconfig");
+    let host = if local_addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { local_addr.ip().to_string() };
+    pki::write_kubeconfig(&kubeconfig, &format!("https://{host}:{}", local_addr.port()), &pki)?;
+
+    let store = store::Store::connect(&config.etcd_endpoint)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match handlers::bootstrap(&store, local_addr.port()).await {
+            Ok(()) => break,
+            Err(e) if tokio::time::Instant::now() < deadline && e.code == 503 => {
+                tracing::warn!(error = %e.message, "waiting for the datastore");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => anyhow::bail!("cannot create the bootstrap objects: {}", e.message),
+        }
+    }
+    let api = Arc::new(handlers::Api {
+        store,
+        tokens: vec![pki.token.clone()],
+    });
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&pki)?));
+    let task = tokio::spawn(serve(listener, acceptor, api, shutdown));
+    Ok(Running {
+        kubeconfig,
+        local_addr,
+        task,
+    })
+}
+
+async fn serve(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    api: Arc<handlers::Api>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, _peer) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a Kubernetes API connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, api) = (acceptor.clone(), api.clone());
+        tokio::spawn(async move {
+            let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else {
+                return;
+            };
+            let conn = handlers::ConnAuth {
+                client_certificate: tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()),
+            };
+            let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let api = api.clone();
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let response = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+                        Ok(b) => handlers::handle(api, conn, parts.method, parts.uri, parts.headers, b.to_bytes()).await,
+                        Err(_) => axum::response::IntoResponse::into_response(status::ApiError {
+                            code: 413,
+                            reason: "RequestEntityTooLarge",
+                            message: "the request body is larger than 3 MiB".into(),
+                            details: None,
+                        }),
+                    };
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}

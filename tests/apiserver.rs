@@ -1,0 +1,259 @@
+//! `k3rs server`'s Kubernetes API driven by the real kubectl, on the
+//! embedded datastore and on real etcd 3.4.23: the same scenario, the same
+//! results.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const KUBECTL: &str = "/usr/bin/kubectl";
+
+/// `k3rs server` on free ports; killed when dropped.
+struct Server {
+    child: Child,
+    kubeconfig: PathBuf,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(dir: &Path, extra: &[&str]) -> Server {
+        std::fs::create_dir_all(dir).unwrap();
+        let log = dir.join("k3rs.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_k3rs"))
+            .arg("server")
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--listen-address", &format!("127.0.0.1:{}", support::free_port())])
+            .args(["--https-listen-port", &support::free_port().to_string()])
+            .args(["--bind-address", "127.0.0.1", "--metrics-bind-address", "0"])
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let server = Server {
+            child,
+            kubeconfig: dir.join("server/cred/admin.kubeconfig"),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&server.log).unwrap_or_default().contains("serving the Kubernetes API") {
+            assert!(Instant::now() < deadline, "no Kubernetes API: {}", server.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs kubectl; `(success, stdout, stderr)`.
+    fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(KUBECTL)
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self.kubeconfig.parent().unwrap())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// kubectl that must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.kubectl(args);
+        assert!(ok, "kubectl {args:?} failed: {err}\n{out}\nserver log:\n{}", self.log());
+        out
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const MANIFESTS: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+  labels: {app: web}
+data:
+  color: blue
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: creds
+type: Opaque
+stringData:
+  password: hunter2
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {app: web}
+  ports:
+  - port: 80
+    targetPort: 8080
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.25
+"#;
+
+/// The scenario; returns a transcript that must be the same on every
+/// datastore.
+fn scenario(server: &Server, dir: &Path) -> Vec<String> {
+    let mut transcript = Vec::new();
+    let mut note = |s: String| transcript.push(s);
+    let manifests = dir.join("app.yaml");
+    std::fs::write(&manifests, MANIFESTS).unwrap();
+    let file = manifests.to_str().unwrap();
+
+    // Bootstrap objects.
+    note(server.ok(&["get", "namespaces", "-o", "name"]));
+    note(server.ok(&["get", "serviceaccounts", "-A", "-o", "name"]));
+    note(server.ok(&["get", "service", "kubernetes", "-o", "jsonpath={.spec.ports[0].port}"]));
+
+    // apply creates, then changes.
+    note(server.ok(&["apply", "-f", file]));
+    note(server.ok(&["apply", "-f", file]));
+    std::fs::write(&manifests, MANIFESTS.replace("color: blue", "color: red").replace("replicas: 2", "replicas: 3")).unwrap();
+    note(server.ok(&["apply", "-f", file]));
+    note(server.ok(&["get", "configmap", "settings", "-o", "jsonpath={.data.color}"]));
+    note(server.ok(&["get", "deployment", "web", "-o", "jsonpath={.spec.replicas} {.metadata.generation}"]));
+
+    // Output formats.
+    let json: serde_json::Value = serde_json::from_str(&server.ok(&["get", "configmap", "settings", "-o", "json"])).unwrap();
+    assert_eq!(json["kind"], "ConfigMap");
+    assert!(json["metadata"]["uid"].as_str().is_some_and(|u| u.len() == 36));
+    let yaml = server.ok(&["get", "deployment", "web", "-o", "yaml"]);
+    assert!(yaml.contains("kind: Deployment") && yaml.contains("image: nginx:1.25"), "{yaml}");
+    let table = server.ok(&["get", "configmaps,secrets,services,deployments"]);
+    assert!(table.contains("configmap/settings") && table.contains("deployment.apps/web"), "{table}");
+
+    // get -w sees a change made meanwhile.
+    let mut watch = Command::new(KUBECTL)
+        .args(["get", "configmap", "settings", "-w", "-o", "jsonpath={.data.color}{\"\\n\"}", "--request-timeout=20s"])
+        .env("KUBECONFIG", &server.kubeconfig)
+        .env("HOME", server.kubeconfig.parent().unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+
+    // Patches of each type, labels and selectors.
+    note(server.ok(&["patch", "configmap", "settings", "--type", "merge", "-p", r#"{"data":{"color":"green"}}"#]));
+    note(server.ok(&["patch", "configmap", "settings", "--type", "json", "-p", r#"[{"op":"add","path":"/data/size","value":"L"}]"#]));
+    note(server.ok(&["patch", "deployment", "web", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","image":"nginx:1.26"}]}}}}"#]));
+    note(server.ok(&["get", "deployment", "web", "-o", "jsonpath={.spec.template.spec.containers[*].image}"]));
+    note(server.ok(&["label", "configmap", "settings", "tier=front"]));
+    note(server.ok(&["annotate", "configmap", "settings", "owner=team-a"]));
+    note(server.ok(&["get", "configmaps,deployments", "-l", "app=web", "-o", "name"]));
+    note(server.ok(&["get", "configmaps", "-l", "tier in (front,back),app", "-o", "name"]));
+    note(server.ok(&["get", "configmaps", "--field-selector", "metadata.name=settings", "-o", "name"]));
+    note(server.ok(&["scale", "deployment", "web", "--replicas=5"]));
+    note(server.ok(&["get", "deployment", "web", "-o", "jsonpath={.spec.replicas}"]));
+
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = watch.kill();
+    let watched = String::from_utf8(watch.wait_with_output().unwrap().stdout).unwrap();
+    assert!(watched.lines().any(|l| l == "green"), "get -w missed the change: {watched:?}");
+
+    // Errors read as kubectl prints them for a real cluster.
+    let (ok, _, err) = server.kubectl(&["get", "configmap", "nope"]);
+    assert!(!ok);
+    note(err.trim().to_string());
+    let (ok, _, err) = server.kubectl(&["apply", "-f", "-", "--dry-run=server"]);
+    assert!(!ok, "{err}");
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n").unwrap();
+    let (ok, _, err) = server.kubectl(&["create", "-f", bad.to_str().unwrap()]);
+    assert!(!ok);
+    note(err.trim().to_string());
+
+    // Delete and wait.
+    note(server.ok(&["delete", "-f", file, "--wait=true", "--timeout=20s"]));
+    note(server.ok(&["get", "configmaps,secrets,deployments", "-o", "name"]));
+    transcript
+}
+
+#[test]
+fn kubectl_on_the_embedded_datastore_and_on_etcd_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = Server::start(&dir.path().join("embedded"), &[]);
+    let on_k3rs = scenario(&embedded, &dir.path().join("embedded"));
+    drop(embedded);
+
+    let etcd = support::Etcd::start(&dir.path().join("etcd"), &[]);
+    let endpoint = format!("http://127.0.0.1:{}", etcd.port);
+    let on_etcd_server = Server::start(&dir.path().join("on-etcd"), &["--datastore-endpoint", &endpoint]);
+    let on_etcd = scenario(&on_etcd_server, &dir.path().join("on-etcd"));
+    assert_eq!(on_k3rs, on_etcd, "the API answered differently on etcd");
+    // kube-apiserver's layout, in real etcd.
+    let (ok, keys) = support::etcdctl(&[
+        format!("--endpoints=127.0.0.1:{}", etcd.port),
+        "get".into(),
+        "/registry/".into(),
+        "--prefix".into(),
+        "--keys-only".into(),
+    ]);
+    assert!(ok, "{keys}");
+    assert!(keys.contains("/registry/namespaces/default"), "{keys}");
+    assert!(keys.contains("/registry/services/specs/default/kubernetes"), "{keys}");
+}
+
+#[test]
+fn requests_without_credentials_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&server.kubeconfig).unwrap()).unwrap();
+    let url = config["clusters"][0]["cluster"]["server"].as_str().unwrap().to_string();
+    let anonymous = dir.path().join("anonymous.kubeconfig");
+    let mut anon = config.clone();
+    anon["users"][0]["user"] = serde_json::json!({});
+    std::fs::write(&anonymous, anon.to_string()).unwrap();
+    // A wrong token (without one kubectl would prompt for a password).
+    let out = Command::new(KUBECTL)
+        .args(["get", "namespaces", "--kubeconfig", anonymous.to_str().unwrap(), "--token", "wrong"])
+        .env("HOME", dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Unauthorized") || err.contains("must be logged in"), "{err}");
+    // The token works as a bearer token.
+    let token = std::fs::read_to_string(dir.path().join("server/tls/token")).unwrap();
+    let out = Command::new(KUBECTL)
+        .args(["get", "namespaces", "-o", "name", "--kubeconfig", anonymous.to_str().unwrap(), "--token", token.trim(), "--server", &url])
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("namespace/kube-system"));
+}
