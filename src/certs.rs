@@ -92,39 +92,7 @@ fn named(common_name: &str) -> DistinguishedName {
 
 /// Valid from yesterday (clock skew) for `days` days.
 fn set_validity(params: &mut CertificateParams, days: i64) {
-    let today = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64 / 86_400)
-        .unwrap_or(0);
-    let (y, m, d) = civil_date(today - 1);
-    params.not_before = rcgen::date_time_ymd(y, m, d);
-    let (y, m, d) = civil_date(today + days);
-    params.not_after = rcgen::date_time_ymd(y, m, d);
-}
-
-/// The calendar date `days` after 1970-01-01 (Howard Hinnant's
-/// civil-from-days algorithm).
-fn civil_date(days: i64) -> (i32, u8, u8) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year as i32, month as u8, day as u8)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn civil_dates() {
-        assert_eq!(super::civil_date(0), (1970, 1, 1));
-        assert_eq!(super::civil_date(11_016), (2000, 2, 29));
-        assert_eq!(super::civil_date(20_785), (2026, 11, 28));
-    }
+    apiserver::pki::validity(params, days);
 }
 
 fn write(dir: &Path, name: &str, content: &str, mode: u32) -> Result<()> {

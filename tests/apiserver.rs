@@ -196,6 +196,27 @@ fn scenario(server: &Server, dir: &Path) -> Vec<String> {
     assert!(!ok);
     note(err.trim().to_string());
 
+    // apply of a changed container list: kubectl sends strategic merge
+    // directives ($setElementOrder).
+    std::fs::write(&manifests, MANIFESTS.replace("image: nginx:1.25", "image: nginx:1.27\n        env: [{name: MODE, value: fast}]")).unwrap();
+    note(server.ok(&["apply", "-f", file]));
+    note(server.ok(&["get", "deployment", "web", "-o", "jsonpath={.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].env[0].value}"]));
+
+    // Generator commands send protobuf.
+    note(server.ok(&["create", "namespace", "team-a"]));
+    note(server.ok(&["create", "configmap", "flags", "-n", "team-a", "--from-literal=debug=true"]));
+    note(server.ok(&["create", "secret", "generic", "token", "-n", "team-a", "--from-literal=key=s3cret"]));
+    note(server.ok(&["create", "deployment", "api", "-n", "team-a", "--image=busybox:1.36", "--replicas=2", "--", "sleep", "3600"]));
+    note(server.ok(&["create", "serviceaccount", "robot", "-n", "team-a"]));
+    note(server.ok(&["run", "once", "-n", "team-a", "--image=busybox:1.36", "--restart=Never", "--", "echo", "hi"]));
+    note(server.ok(&["get", "configmap", "flags", "-n", "team-a", "-o", "jsonpath={.data.debug}"]));
+    note(server.ok(&["get", "secret", "token", "-n", "team-a", "-o", "jsonpath={.data.key}"]));
+    note(server.ok(&["get", "deployment", "api", "-n", "team-a", "-o", "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].command}"]));
+    note(server.ok(&["get", "serviceaccounts", "-n", "team-a", "-o", "name"]));
+    let pods = server.ok(&["get", "pods", "-n", "team-a"]);
+    assert!(pods.contains("once") && pods.contains("Pending") && pods.contains("0/1"), "{pods}");
+    note(server.ok(&["delete", "namespace", "team-a"]));
+
     // Delete and wait.
     note(server.ok(&["delete", "-f", file, "--wait=true", "--timeout=20s"]));
     note(server.ok(&["get", "configmaps,secrets,deployments", "-o", "name"]));

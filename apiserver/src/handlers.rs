@@ -336,6 +336,9 @@ async fn route(api: &Api, method: &Method, uri: &http::Uri, path: &str, headers:
 }
 
 fn parse_body(body: &[u8], content_type: &str) -> ApiResult<Value> {
+    if content_type == "application/vnd.kubernetes.protobuf" {
+        return crate::protobuf::decode(body);
+    }
     if !(content_type.is_empty() || content_type == "application/json" || content_type == "*/*") {
         return Err(ApiError::unsupported_media(format!(
             "the body of the request was in an unknown format - accepted media types include: application/json (got {content_type})"

@@ -8,7 +8,8 @@
 //! - `objects`: what the server fills in and validates; `patch`: merge,
 //!   JSON and strategic merge patch; `selectors`: label and field selectors.
 //! - `discovery`: `/version`, `/api`, `/apis`, OpenAPI v3.
-//! - `pki`: certificates, token and admin kubeconfig; `status`: errors.
+//! - `pki`: certificates, token and admin kubeconfig; `status`: errors;
+//!   `protobuf`: request bodies in Kubernetes' protobuf encoding.
 
 pub mod discovery;
 pub mod handlers;
@@ -16,6 +17,7 @@ pub mod list;
 pub mod objects;
 pub mod patch;
 pub mod pki;
+pub mod protobuf;
 pub mod resources;
 pub mod selectors;
 pub mod status;

@@ -163,6 +163,10 @@ pub fn prepare_create(res: &Resource, obj: &mut Value, namespace: Option<&str>) 
     meta.insert("generation".into(), json!(1));
     meta.remove("resourceVersion");
     meta.remove("deletionTimestamp");
+    // Status belongs to the server and its controllers, not the creator.
+    if res.has_status {
+        obj.as_object_mut().expect("checked above").remove("status");
+    }
     defaults(res, obj);
     validate(res, obj)
 }
@@ -200,9 +204,7 @@ fn defaults(res: &Resource, obj: &mut Value) {
                     }
                 }
             }
-            if obj.get("status").is_none() {
-                obj["status"] = json!({"phase": "Pending"});
-            }
+            obj["status"] = json!({"phase": "Pending"});
         }
         "Namespace" => {
             set(obj, "", "spec", json!({"finalizers": ["kubernetes"]}));

@@ -141,61 +141,168 @@ fn merge_key(field: &str) -> Option<&'static str> {
     })
 }
 
-/// Strategic merge patch: merge patch, except that lists with a merge key
-/// are merged element by element. Directives (`$patch`, `$retainKeys`,
-/// `$setElementOrder/…`, `$deleteFromPrimitiveList/…`) are not built yet
-/// and are refused, never ignored.
+/// Lists of primitives that strategic merge patch merges (as sets) rather
+/// than replaces (`patchStrategy: merge` without a merge key).
+fn merges_primitives(field: &str) -> bool {
+    field == "finalizers"
+}
+
+/// Strategic merge patch (Kubernetes' `application/strategic-merge-patch+json`):
+/// maps merge, lists with a merge key merge element by element, other lists
+/// are replaced; with the directives `$patch` (replace, delete, merge),
+/// `$retainKeys`, `$setElementOrder/<list>` and `$deleteFromPrimitiveList/<list>`.
 pub fn strategic(target: &mut Value, patch: &Value) -> ApiResult<()> {
-    if let Some(directive) = find_directive(patch) {
-        return Err(ApiError::unsupported_media(format!(
-            "strategic merge patch directive {directive:?} is not built yet in k3rs; use a JSON merge patch (--type merge) or a JSON patch"
-        )));
+    if !patch.is_object() {
+        return Err(ApiError::bad_request("a strategic merge patch must be a JSON object"));
     }
-    strategic_merge(target, patch, "");
+    match merge_object(Some(target.clone()), patch)? {
+        Some(v) => *target = v,
+        None => return Err(ApiError::bad_request("a strategic merge patch cannot delete the whole object")),
+    }
     Ok(())
 }
 
-fn find_directive(v: &Value) -> Option<String> {
+/// The patch without its directives (for values inserted as they are).
+fn strip(v: &Value) -> Value {
     match v {
-        Value::Object(m) => m
-            .iter()
-            .find_map(|(k, v)| if k.starts_with('$') { Some(k.clone()) } else { find_directive(v) }),
-        Value::Array(a) => a.iter().find_map(find_directive),
-        _ => None,
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| !k.starts_with('$'))
+                .map(|(k, v)| (k.clone(), strip(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .filter(|e| e.get("$patch").is_none() || e.as_object().is_some_and(|m| m.len() > 1))
+                .map(strip)
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }
 
-fn strategic_merge(target: &mut Value, patch: &Value, field: &str) {
-    match (target, patch) {
-        (t @ Value::Object(_), Value::Object(p)) => {
-            let t = t.as_object_mut().expect("matched an object");
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    match t.get_mut(k) {
-                        Some(existing) => strategic_merge(existing, v, k),
+/// Merges an object patch into `target` (`None`: absent); `None` back
+/// means the object is deleted (`$patch: delete`).
+fn merge_object(target: Option<Value>, patch: &Value) -> ApiResult<Option<Value>> {
+    let p = patch.as_object().expect("called with objects");
+    match p.get("$patch").and_then(Value::as_str) {
+        Some("delete") => return Ok(None),
+        Some("replace") => return Ok(Some(strip(patch))),
+        Some("merge") | None => {}
+        Some(other) => return Err(ApiError::bad_request(format!("unknown $patch directive {other:?}"))),
+    }
+    let mut t = match target {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    let mut orders = Vec::new();
+    for (k, v) in p {
+        if k == "$patch" || k == "$retainKeys" {
+            continue;
+        }
+        if let Some(field) = k.strip_prefix("$setElementOrder/") {
+            orders.push((field.to_string(), v.clone()));
+            continue;
+        }
+        if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
+            let gone: Vec<&Value> = v.as_array().map(|a| a.iter().collect()).unwrap_or_default();
+            if let Some(Value::Array(list)) = t.get_mut(field) {
+                list.retain(|e| !gone.contains(&e));
+            }
+            continue;
+        }
+        if k.starts_with('$') {
+            return Err(ApiError::bad_request(format!("unknown strategic merge patch directive {k:?}")));
+        }
+        match v {
+            Value::Null => {
+                t.remove(k);
+            }
+            Value::Object(_) => match merge_object(t.remove(k), v)? {
+                Some(merged) => {
+                    t.insert(k.clone(), merged);
+                }
+                None => {}
+            },
+            Value::Array(items) => {
+                let merged = merge_list(k, t.remove(k), items)?;
+                t.insert(k.clone(), merged);
+            }
+            scalar => {
+                t.insert(k.clone(), scalar.clone());
+            }
+        }
+    }
+    for (field, order) in orders {
+        if let (Some(Value::Array(list)), Some(order)) = (t.get_mut(&field), order.as_array()) {
+            let key = merge_key(&field);
+            let position = |e: &Value| {
+                order.iter().position(|o| match key {
+                    Some(k) => o.get(k).is_some() && o.get(k) == e.get(k),
+                    None => o == e,
+                })
+            };
+            // Listed elements in the given order; the others after them, as they were.
+            let mut indexed: Vec<(usize, usize, Value)> = list
+                .drain(..)
+                .enumerate()
+                .map(|(i, e)| (position(&e).unwrap_or(usize::MAX), i, e))
+                .collect();
+            indexed.sort_by_key(|(p, i, _)| (*p, *i));
+            list.extend(indexed.into_iter().map(|(_, _, e)| e));
+        }
+    }
+    if let Some(keep) = p.get("$retainKeys").and_then(Value::as_array) {
+        let keep: Vec<&str> = keep.iter().filter_map(Value::as_str).collect();
+        t.retain(|k, _| keep.contains(&k.as_str()) || p.contains_key(k));
+    }
+    Ok(Some(Value::Object(t)))
+}
+
+fn merge_list(field: &str, target: Option<Value>, items: &[Value]) -> ApiResult<Value> {
+    // `{"$patch": "replace"}` among the elements: the list is replaced.
+    if items.iter().any(|e| e.get("$patch").and_then(Value::as_str) == Some("replace")) {
+        return Ok(strip(&Value::Array(items.to_vec())));
+    }
+    let mut list = match target {
+        Some(Value::Array(a)) => a,
+        _ => Vec::new(),
+    };
+    if let Some(key) = merge_key(field).filter(|_| items.iter().all(Value::is_object)) {
+        // Ports may be keyed by `port` (services) rather than `containerPort`.
+        let key = if field == "ports" && items.iter().all(|e| e.get(key).is_none()) { "port" } else { key };
+        for element in items {
+            let id = element.get(key);
+            let found = list.iter().position(|e| id.is_some() && e.get(key) == id);
+            let deleting = element.get("$patch").and_then(Value::as_str) == Some("delete");
+            match (found, deleting) {
+                (Some(i), true) => {
+                    list.remove(i);
+                }
+                (None, true) => {}
+                (Some(i), false) => {
+                    let existing = list[i].clone();
+                    match merge_object(Some(existing), element)? {
+                        Some(v) => list[i] = v,
                         None => {
-                            t.insert(k.clone(), v.clone());
+                            list.remove(i);
                         }
                     }
                 }
+                (None, false) => list.push(strip(element)),
             }
         }
-        (Value::Array(t), Value::Array(p)) if merge_key(field).is_some() => {
-            let key = merge_key(field).expect("checked");
-            // Ports may be keyed by `port` (services) rather than `containerPort`.
-            let key = if field == "ports" && p.iter().all(|e| e.get(key).is_none()) { "port" } else { key };
-            for element in p {
-                let id = element.get(key);
-                match t.iter_mut().find(|e| id.is_some() && e.get(key) == id) {
-                    Some(existing) => strategic_merge(existing, element, ""),
-                    None => t.push(element.clone()),
-                }
-            }
-        }
-        (t, p) => *t = p.clone(),
+        return Ok(Value::Array(list));
     }
+    if merges_primitives(field) {
+        for e in items {
+            if !list.contains(e) {
+                list.push(e.clone());
+            }
+        }
+        return Ok(Value::Array(list));
+    }
+    Ok(strip(&Value::Array(items.to_vec())))
 }
 
 #[cfg(test)]
@@ -233,9 +340,22 @@ mod tests {
         let mut pod = json!({"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]}});
         strategic(&mut pod, &json!({"spec": {"containers": [{"name": "b", "image": "z"}]}})).unwrap();
         assert_eq!(pod, json!({"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "z"}]}}));
-        assert_eq!(
-            strategic(&mut pod, &json!({"spec": {"$retainKeys": ["x"]}})).unwrap_err().code,
-            415
-        );
+        // kubectl apply's directives: order, deletion by merge key, retained keys.
+        strategic(
+            &mut pod,
+            &json!({"spec": {"$setElementOrder/containers": [{"name": "b"}, {"name": "a"}],
+                             "containers": [{"name": "a", "image": "x2"}]}}),
+        )
+        .unwrap();
+        assert_eq!(pod["spec"]["containers"], json!([{"name": "b", "image": "z"}, {"name": "a", "image": "x2"}]));
+        strategic(&mut pod, &json!({"spec": {"containers": [{"name": "b", "$patch": "delete"}]}})).unwrap();
+        assert_eq!(pod["spec"]["containers"], json!([{"name": "a", "image": "x2"}]));
+        let mut d = json!({"spec": {"strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}}}});
+        strategic(&mut d, &json!({"spec": {"strategy": {"$retainKeys": ["type"], "type": "Recreate", "rollingUpdate": null}}})).unwrap();
+        assert_eq!(d, json!({"spec": {"strategy": {"type": "Recreate"}}}));
+        let mut m = json!({"metadata": {"finalizers": ["a", "b"]}});
+        strategic(&mut m, &json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"], "finalizers": ["c"]}})).unwrap();
+        assert_eq!(m, json!({"metadata": {"finalizers": ["b", "c"]}}));
+        assert!(strategic(&mut m, &json!({"$bogus": 1})).is_err());
     }
 }

@@ -45,7 +45,8 @@ fn named(cn: &str, org: &str) -> DistinguishedName {
     dn
 }
 
-fn validity(params: &mut CertificateParams, days: i64) {
+/// Valid from yesterday (clock skew) for `days` days.
+pub fn validity(params: &mut CertificateParams, days: i64) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
