@@ -278,3 +278,25 @@ fn requests_without_credentials_are_refused() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("namespace/kube-system"));
 }
+
+/// The official Python client (`kubernetes` on PyPI): CRUD, list and watch
+/// with resourceVersion and timeoutSeconds, patches with dict and list
+/// bodies, 409 and 404.
+#[test]
+fn the_python_client_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/client_crud.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(&server.kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+}
