@@ -152,6 +152,7 @@ fn scenario(server: &Server, dir: &Path) -> Vec<String> {
     assert!(json["metadata"]["uid"].as_str().is_some_and(|u| u.len() == 36));
     let yaml = server.ok(&["get", "deployment", "web", "-o", "yaml"]);
     assert!(yaml.contains("kind: Deployment") && yaml.contains("image: nginx:1.25"), "{yaml}");
+    note(server.ok(&["get", "secret", "creds", "-o", "jsonpath={.data.password} {.stringData}"]));
     let table = server.ok(&["get", "configmaps,secrets,services,deployments"]);
     assert!(table.contains("configmap/settings") && table.contains("deployment.apps/web"), "{table}");
 

@@ -441,6 +441,9 @@ fn keep_server_fields(res: &Resource, current: &Value, new: &mut Value, status_o
             }
         }
     }
+    if res.kind == "Secret" {
+        objects::fold_string_data(new);
+    }
     // generation counts changes of everything but metadata and status.
     let spec_changed = {
         let strip = |v: &Value| {

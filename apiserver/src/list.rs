@@ -120,40 +120,186 @@ pub async fn list(store: &Store, res: &Resource, namespace: Option<&str>, p: &Li
     }))
 }
 
-/// The `Table` kubectl asks for: NAME and AGE for every kind, the usual
-/// columns for pods.
+/// A Table column: name, type, and whether it shows only with `-o wide`.
+type Column = (&'static str, &'static str, bool);
+
+fn str_at<'a>(obj: &'a Value, pointer: &str) -> &'a str {
+    obj.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+fn int_at(obj: &Value, pointer: &str) -> i64 {
+    obj.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn or_none(s: &str) -> Value {
+    json!(if s.is_empty() { "<none>" } else { s })
+}
+
+/// The columns kubectl shows for a kind, as kube-apiserver's printers do.
+fn columns(kind: &str) -> &'static [Column] {
+    match kind {
+        "Pod" => &[("Ready", "string", false), ("Status", "string", false), ("Restarts", "string", false), ("IP", "string", true), ("Node", "string", true)],
+        "Deployment" => &[("Ready", "string", false), ("Up-to-date", "integer", false), ("Available", "integer", false), ("Containers", "string", true), ("Images", "string", true), ("Selector", "string", true)],
+        "ReplicaSet" => &[("Desired", "integer", false), ("Current", "integer", false), ("Ready", "integer", false), ("Containers", "string", true), ("Images", "string", true)],
+        "Service" => &[("Type", "string", false), ("Cluster-IP", "string", false), ("External-IP", "string", false), ("Port(s)", "string", false), ("Selector", "string", true)],
+        "Node" => &[("Status", "string", false), ("Roles", "string", false), ("Version", "string", false), ("Internal-IP", "string", true)],
+        "Namespace" => &[("Status", "string", false)],
+        "ConfigMap" => &[("Data", "integer", false)],
+        "Secret" => &[("Type", "string", false), ("Data", "integer", false)],
+        "ServiceAccount" => &[("Secrets", "integer", false)],
+        "Endpoints" => &[("Endpoints", "string", false)],
+        "Event" => &[("Type", "string", false), ("Reason", "string", false), ("Object", "string", false), ("Message", "string", false)],
+        "Lease" => &[("Holder", "string", false)],
+        _ => &[],
+    }
+}
+
+fn selector_text(obj: &Value, pointer: &str) -> String {
+    obj.pointer(pointer)
+        .and_then(Value::as_object)
+        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(","))
+        .unwrap_or_default()
+}
+
+fn containers(obj: &Value, pointer: &str, field: &str) -> String {
+    obj.pointer(pointer)
+        .and_then(Value::as_array)
+        .map(|cs| cs.iter().map(|c| c.get(field).and_then(Value::as_str).unwrap_or("")).collect::<Vec<_>>().join(","))
+        .unwrap_or_default()
+}
+
+fn cells(kind: &str, obj: &Value) -> Vec<Value> {
+    let count = |p: &str| obj.pointer(p).and_then(Value::as_object).map_or(0, |m| m.len());
+    match kind {
+        "Pod" => {
+            let statuses = obj.pointer("/status/containerStatuses").and_then(Value::as_array);
+            let total = obj.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
+            let ready = statuses.map_or(0, |s| s.iter().filter(|c| c.get("ready") == Some(&json!(true))).count());
+            let restarts: i64 = statuses.map_or(0, |s| s.iter().filter_map(|c| c.get("restartCount").and_then(Value::as_i64)).sum());
+            let waiting = statuses.and_then(|s| s.iter().find_map(|c| c.pointer("/state/waiting/reason").and_then(Value::as_str)));
+            let status = if obj.pointer("/metadata/deletionTimestamp").is_some() {
+                "Terminating"
+            } else if let Some(reason) = waiting {
+                reason
+            } else {
+                obj.pointer("/status/reason").or(obj.pointer("/status/phase")).and_then(Value::as_str).unwrap_or("Pending")
+            };
+            vec![json!(format!("{ready}/{total}")), json!(status), json!(restarts.to_string()), or_none(str_at(obj, "/status/podIP")), or_none(str_at(obj, "/spec/nodeName"))]
+        }
+        "Deployment" => vec![
+            json!(format!("{}/{}", int_at(obj, "/status/readyReplicas"), int_at(obj, "/spec/replicas"))),
+            json!(int_at(obj, "/status/updatedReplicas")),
+            json!(int_at(obj, "/status/availableReplicas")),
+            json!(containers(obj, "/spec/template/spec/containers", "name")),
+            json!(containers(obj, "/spec/template/spec/containers", "image")),
+            json!(selector_text(obj, "/spec/selector/matchLabels")),
+        ],
+        "ReplicaSet" => vec![
+            json!(int_at(obj, "/spec/replicas")),
+            json!(int_at(obj, "/status/replicas")),
+            json!(int_at(obj, "/status/readyReplicas")),
+            json!(containers(obj, "/spec/template/spec/containers", "name")),
+            json!(containers(obj, "/spec/template/spec/containers", "image")),
+        ],
+        "Service" => {
+            let ports = obj
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .map(|ps| {
+                    ps.iter()
+                        .map(|p| {
+                            let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
+                            let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+                            match p.get("nodePort").and_then(Value::as_i64) {
+                                Some(np) => format!("{port}:{np}/{proto}"),
+                                None => format!("{port}/{proto}"),
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            let selector = selector_text(obj, "/spec/selector");
+            vec![json!(str_at(obj, "/spec/type")), or_none(str_at(obj, "/spec/clusterIP")), json!("<none>"), or_none(&ports), or_none(&selector)]
+        }
+        "Node" => {
+            let ready = obj
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .and_then(|cs| cs.iter().find(|c| c.get("type") == Some(&json!("Ready"))))
+                .map_or("Unknown", |c| if c.get("status") == Some(&json!("True")) { "Ready" } else { "NotReady" });
+            let status = if obj.pointer("/spec/unschedulable") == Some(&json!(true)) { format!("{ready},SchedulingDisabled") } else { ready.to_string() };
+            let roles: Vec<&str> = obj
+                .pointer("/metadata/labels")
+                .and_then(Value::as_object)
+                .map(|l| l.keys().filter_map(|k| k.strip_prefix("node-role.kubernetes.io/")).collect())
+                .unwrap_or_default();
+            let ip = obj
+                .pointer("/status/addresses")
+                .and_then(Value::as_array)
+                .and_then(|a| a.iter().find(|x| x.get("type") == Some(&json!("InternalIP"))))
+                .and_then(|x| x.get("address").and_then(Value::as_str))
+                .unwrap_or("");
+            vec![json!(status), or_none(&roles.join(",")), json!(str_at(obj, "/status/nodeInfo/kubeletVersion")), or_none(ip)]
+        }
+        "Namespace" => vec![json!(if obj.pointer("/metadata/deletionTimestamp").is_some() { "Terminating" } else { "Active" })],
+        "ConfigMap" => vec![json!(count("/data") + count("/binaryData"))],
+        "Secret" => vec![json!(str_at(obj, "/type")), json!(count("/data"))],
+        "ServiceAccount" => vec![json!(obj.pointer("/secrets").and_then(Value::as_array).map_or(0, Vec::len))],
+        "Endpoints" => {
+            let eps: Vec<String> = obj
+                .pointer("/subsets")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .flat_map(|s| {
+                    let ports: Vec<i64> = s.get("ports").and_then(Value::as_array).into_iter().flatten().filter_map(|p| p.get("port").and_then(Value::as_i64)).collect();
+                    s.get("addresses").and_then(Value::as_array).into_iter().flatten().flat_map(move |a| {
+                        let ip = a.get("ip").and_then(Value::as_str).unwrap_or("").to_string();
+                        ports.clone().into_iter().map(move |p| format!("{ip}:{p}"))
+                    })
+                })
+                .collect();
+            vec![or_none(&eps.join(","))]
+        }
+        "Event" => vec![
+            json!(str_at(obj, "/type")),
+            json!(str_at(obj, "/reason")),
+            json!(format!("{}/{}", str_at(obj, "/involvedObject/kind").to_lowercase(), str_at(obj, "/involvedObject/name"))),
+            json!(str_at(obj, "/message")),
+        ],
+        "Lease" => vec![or_none(str_at(obj, "/spec/holderIdentity"))],
+        _ => Vec::new(),
+    }
+}
+
+/// The `Table` kubectl asks for: NAME, the kind's columns (`-o wide` adds
+/// the priority-1 ones), AGE.
 pub fn table(res: &Resource, list: &Value) -> Value {
     let items: Vec<&Value> = match list.get("items").and_then(Value::as_array) {
         Some(items) => items.iter().collect(),
         None => vec![list],
     };
-    let mut columns = vec![json!({"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0})];
-    if res.kind == "Pod" {
-        for c in ["Ready", "Status", "Restarts"] {
-            columns.push(json!({"name": c, "type": "string", "format": "", "description": c, "priority": 0}));
-        }
-    }
-    columns.push(json!({"name": "Age", "type": "string", "format": "", "description": "Age", "priority": 0}));
+    let kind_columns = columns(res.kind);
+    let column = |name: &str, ty: &str, wide: bool| {
+        json!({"name": name, "type": ty, "format": if name == "Name" { "name" } else { "" }, "description": name, "priority": wide as i32})
+    };
+    let mut definitions = vec![column("Name", "string", false)];
+    let (narrow, wide): (Vec<_>, Vec<_>) = kind_columns.iter().enumerate().partition(|(_, c)| !c.2);
+    definitions.extend(narrow.iter().map(|(_, c)| column(c.0, c.1, false)));
+    definitions.push(column("Age", "string", false));
+    definitions.extend(wide.iter().map(|(_, c)| column(c.0, c.1, true)));
     let rows: Vec<Value> = items
         .iter()
         .map(|obj| {
-            let name = obj.pointer("/metadata/name").cloned().unwrap_or(json!(""));
-            let mut cells = vec![name];
-            if res.kind == "Pod" {
-                let statuses = obj.pointer("/status/containerStatuses").and_then(Value::as_array);
-                let total = obj.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
-                let ready = statuses.map_or(0, |s| s.iter().filter(|c| c.get("ready") == Some(&json!(true))).count());
-                let restarts: i64 = statuses.map_or(0, |s| s.iter().filter_map(|c| c.get("restartCount").and_then(Value::as_i64)).sum());
-                let status = if obj.pointer("/metadata/deletionTimestamp").is_some() {
-                    "Terminating".to_string()
-                } else {
-                    obj.pointer("/status/phase").and_then(Value::as_str).unwrap_or("Pending").to_string()
-                };
-                cells.extend([json!(format!("{ready}/{total}")), json!(status), json!(restarts)]);
-            }
-            cells.push(json!(crate::objects::age(obj.pointer("/metadata/creationTimestamp").and_then(Value::as_str).unwrap_or(""))));
+            let values = cells(res.kind, obj);
+            let pick = |idx: &[(usize, &Column)]| idx.iter().map(|(i, _)| values.get(*i).cloned().unwrap_or(json!(""))).collect::<Vec<_>>();
+            let mut row = vec![obj.pointer("/metadata/name").cloned().unwrap_or(json!(""))];
+            row.extend(pick(&narrow));
+            row.push(json!(crate::objects::age(str_at(obj, "/metadata/creationTimestamp"))));
+            row.extend(pick(&wide));
             json!({
-                "cells": cells,
+                "cells": row,
                 "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj.get("metadata").cloned().unwrap_or(json!({}))},
             })
         })
@@ -162,7 +308,7 @@ pub fn table(res: &Resource, list: &Value) -> Value {
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
         "metadata": list.get("metadata").cloned().unwrap_or(json!({})),
-        "columnDefinitions": columns,
+        "columnDefinitions": definitions,
         "rows": rows,
     })
 }

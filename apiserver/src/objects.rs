@@ -223,7 +223,10 @@ fn defaults(res: &Resource, obj: &mut Value) {
                 set(obj, "/spec", "strategy", json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}));
             }
         }
-        "Secret" => set(obj, "", "type", json!("Opaque")),
+        "Secret" => {
+            set(obj, "", "type", json!("Opaque"));
+            fold_string_data(obj);
+        }
         _ => {}
     }
 }
@@ -293,5 +296,21 @@ mod time_tests {
         for t in [0, 951_782_400, 1_795_867_200] {
             assert_eq!(super::parse_rfc3339(&super::rfc3339(t)), Some(t));
         }
+    }
+}
+
+/// A Secret's `stringData` is write-only: it is folded into `data`
+/// (base64), overriding keys of the same name.
+pub fn fold_string_data(obj: &mut Value) {
+    use base64::Engine as _;
+    let Some(Value::Object(strings)) = obj.as_object_mut().and_then(|o| o.remove("stringData")) else {
+        return;
+    };
+    if !obj.get("data").is_some_and(Value::is_object) {
+        obj["data"] = json!({});
+    }
+    for (k, v) in strings {
+        let text = v.as_str().unwrap_or_default();
+        obj["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(text));
     }
 }
