@@ -216,7 +216,11 @@ fn scenario(server: &Server, dir: &Path) -> Vec<String> {
     note(server.ok(&["get", "serviceaccounts", "-n", "team-a", "-o", "name"]));
     let pods = server.ok(&["get", "pods", "-n", "team-a"]);
     assert!(pods.contains("once") && pods.contains("Pending") && pods.contains("0/1"), "{pods}");
-    note(server.ok(&["delete", "namespace", "team-a"]));
+    note(server.ok(&["delete", "namespace", "team-a", "--wait=true", "--timeout=20s"]));
+    note(server.ok(&["get", "configmaps,deployments,pods", "-A", "-o", "name"]).lines().filter(|l| l.contains("team-a")).collect::<Vec<_>>().join(","));
+    let (ok, _, err) = server.kubectl(&["create", "configmap", "late", "-n", "team-a"]);
+    assert!(!ok);
+    note(err.trim().to_string());
 
     // Delete and wait.
     note(server.ok(&["delete", "-f", file, "--wait=true", "--timeout=20s"]));

@@ -113,7 +113,20 @@ fn parse_target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
 }
 
 fn list_params(q: &[(String, String)], res: &Resource) -> ApiResult<ListParams> {
+    if param(q, "sendInitialEvents").is_some() {
+        return Err(ApiError::invalid(
+            "ListOptions",
+            "",
+            vec![("sendInitialEvents".into(), "Forbidden: sendInitialEvents (watch-list) is not served by k3rs; use list then watch".into())],
+        ));
+    }
+    let exact = match param(q, "resourceVersionMatch") {
+        None | Some("") | Some("NotOlderThan") => false,
+        Some("Exact") => true,
+        Some(other) => return Err(ApiError::bad_request(format!("unsupported resourceVersionMatch {other:?}"))),
+    };
     Ok(ListParams {
+        exact,
         labels: LabelSelector::parse(param(q, "labelSelector").unwrap_or(""))?,
         fields: FieldSelector::parse(param(q, "fieldSelector").unwrap_or(""), res.kind)?,
         limit: param(q, "limit").and_then(|l| l.parse().ok()).unwrap_or(0),
@@ -483,12 +496,10 @@ async fn delete(api: &Api, res: &Resource, ns: Option<&str>, name: &str, options
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
-        // Namespaces keep the `kubernetes` finalizer only until a
-        // namespace controller exists to empty them; without one, k3rs
-        // deletes the namespace object at once (its contents stay).
         if res.kind == "Namespace" {
-            finalizers.clear();
+            return terminate_namespace(api, current, name).await;
         }
+        finalizers.retain(|f| f.as_str().is_some());
         if !finalizers.is_empty() {
             if current.pointer("/metadata/deletionTimestamp").is_some() {
                 return Ok(current);
@@ -508,6 +519,58 @@ async fn delete(api: &Api, res: &Resource, ns: Option<&str>, name: &str, options
         }
     }
     Err(ApiError::conflict(res.plural, name))
+}
+
+/// Deleting a namespace: it turns Terminating (no new objects in it), its
+/// objects are deleted, then it goes (kube's namespace controller's job,
+/// done here until k3rs has controllers).
+async fn terminate_namespace(api: &Api, current: Value, name: &str) -> ApiResult<Value> {
+    let namespaces = resources::find("", "v1", "namespaces").expect("served");
+    let marked = if current.pointer("/metadata/deletionTimestamp").is_some() {
+        current
+    } else {
+        let mut marked = current.clone();
+        marked["metadata"]["deletionTimestamp"] = json!(objects::now());
+        marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        marked["status"] = json!({"phase": "Terminating"});
+        match api.store.swap(&namespaces.key(None, name), &marked, store::revision_of(&current)).await? {
+            Swap::Done(obj) => obj,
+            Swap::Mismatch(_) => return Err(ApiError::conflict("namespaces", name)),
+        }
+    };
+    let store = api.store.clone();
+    let ns = name.to_string();
+    tokio::spawn(async move {
+        let api = Api { store, tokens: Vec::new() };
+        for attempt in 0.. {
+            match empty_namespace(&api, &ns).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(namespace = %ns, error = %e.message, attempt, "emptying a namespace failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+    Ok(marked)
+}
+
+async fn empty_namespace(api: &Api, ns: &str) -> ApiResult<()> {
+    for res in resources::RESOURCES.iter().filter(|r| r.namespaced) {
+        let page = api.store.list(&res.prefix(Some(ns)), None, 0, 0).await?;
+        for (_, obj) in page.items {
+            let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+            let key = res.key(Some(ns), name);
+            // Straight to the store: finalizers of the contents are not
+            // waited for (no controllers would remove them).
+            api.store.delete(&key, store::revision_of(&obj)).await?;
+        }
+    }
+    let namespaces = resources::find("", "v1", "namespaces").expect("served");
+    if let Some(current) = api.store.get(&namespaces.key(None, ns)).await? {
+        api.store.delete(&namespaces.key(None, ns), store::revision_of(&current)).await?;
+    }
+    Ok(())
 }
 
 fn has_scale(res: &Resource) -> bool {

@@ -17,6 +17,9 @@ pub struct ListParams {
     pub limit: i64,
     pub continue_token: Option<String>,
     pub resource_version: Option<String>,
+    /// `resourceVersionMatch=Exact`: read at exactly that revision (else a
+    /// list from a resourceVersion reads the newest state, "not older than").
+    pub exact: bool,
     pub timeout_seconds: Option<u64>,
     pub allow_bookmarks: bool,
 }
@@ -61,7 +64,10 @@ pub async fn list(store: &Store, res: &Resource, namespace: Option<&str>, p: &Li
         None => {
             let rev = match p.resource_version.as_deref() {
                 None | Some("") | Some("0") => 0,
-                Some(rv) => rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version {rv:?}")))?,
+                Some(rv) => {
+                    let rev: i64 = rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version {rv:?}")))?;
+                    if p.exact { rev } else { 0 }
+                }
             };
             (rev, None)
         }
