@@ -11,6 +11,7 @@ pub mod mysql;
 pub mod pg_tls;
 pub mod postgres;
 mod reader_threads;
+mod shared;
 pub mod snapshot;
 pub mod sqlite;
 

@@ -21,6 +21,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Params, Value};
 
 use super::reader_threads::ReaderThreads;
+use super::shared::{LeaseCatchUp, Session};
 use super::{Changes, CommitBatch, Loaded, LogReader, LogRecord, LogWriter, StoreIdentity, StoredLease};
 use crate::error::{Error, Result};
 
@@ -31,9 +32,7 @@ const DEFAULT_DATABASE: &str = "kubernetes";
 /// The named lock that serialises schema creation, followed by the
 /// database's name: MySQL's named locks are server-wide.
 const SCHEMA_LOCK: &str = "k3rs-schema:";
-/// Revoked leases' tombstones kept, in lease epochs: a server further
-/// behind than this reloads every lease.
-const LEASE_TOMBSTONES_KEPT: i64 = 1_000;
+
 /// Connections for historic values and sizes.
 const READER_CONNECTIONS: usize = 2;
 /// Rows per INSERT statement: well under MySQL's default 64 MiB packet
@@ -209,7 +208,8 @@ fn create_database(opts: &Opts) -> std::result::Result<(), mysql_async::Error> {
 pub fn open(config: &MysqlConfig) -> Result<(MysqlWriter, MysqlReader)> {
     let mut client = connect(config)?;
     migrate(&mut client, config)?;
-    let member_id = (super::random_id() >> 1) as i64;
+    let session = Session::new();
+    let member_id = session.member_id;
     client.run("registering this server", async |c| {
         c.exec_drop(
             "INSERT INTO k3rs_members (member_id, commits) VALUES (?, 0)",
@@ -232,11 +232,7 @@ pub fn open(config: &MysqlConfig) -> Result<(MysqlWriter, MysqlReader)> {
         MysqlWriter {
             client,
             config: config.clone(),
-            member_id,
-            commits: 0,
-            lease_epoch: 0,
-            unsettled_epoch: None,
-            in_transaction: false,
+            session,
         },
         MysqlReader { threads },
     ))
@@ -328,17 +324,7 @@ fn create_schema(client: &mut Client, config: &MysqlConfig) -> Result<()> {
 pub struct MysqlWriter {
     client: Client,
     config: MysqlConfig,
-    /// This server's row in `k3rs_members`.
-    member_id: i64,
-    /// Commits this server attempted; the database holds the count of the
-    /// ones that landed.
-    commits: i64,
-    /// The lease epoch this server has taken in.
-    lease_epoch: i64,
-    /// The lease epoch of a commit whose outcome is unknown.
-    unsettled_epoch: Option<i64>,
-    /// Whether `lock_and_catch_up` opened a transaction not yet ended.
-    in_transaction: bool,
+    session: Session,
 }
 
 /// Takes this server's named lock on a new write connection. While an
@@ -395,10 +381,10 @@ impl MysqlWriter {
         if self.client.conn.is_some() {
             return Ok(());
         }
-        self.in_transaction = false;
+        self.session.in_transaction = false;
         let mut client = Client::connect(self.config.opts()?)
             .map_err(|e| Error::CommitUnknown(format!("reconnecting: {e}")))?;
-        fence(&mut client, self.member_id)?;
+        fence(&mut client, self.session.member_id)?;
         tracing::info!(database = %self.config.describe(), "reconnected to MySQL");
         self.client = client;
         Ok(())
@@ -406,8 +392,8 @@ impl MysqlWriter {
 
     /// Ends an open transaction after a failure; the connection may be gone.
     fn abandon(&mut self) {
-        if self.in_transaction {
-            self.in_transaction = false;
+        if self.session.in_transaction {
+            self.session.in_transaction = false;
             let _ = self
                 .client
                 .run("rolling back", async |c| c.query_drop("ROLLBACK").await);
@@ -418,8 +404,7 @@ impl MysqlWriter {
     /// database holds.
     fn read_changes(&mut self, head: i64, meta: [i64; 4]) -> Result<Changes> {
         let [compact_revision, current_revision, lease_epoch, lease_purged] = meta;
-        let known_epoch = self.lease_epoch;
-        let leases_complete = known_epoch < lease_purged;
+        let catch_up = self.session.lease_catch_up(lease_epoch, lease_purged);
         let (records, leases) = self.client.run("catching up with the other servers", async |c| {
             let records: Vec<Row7> = if current_revision > head {
                 c.exec(
@@ -431,24 +416,26 @@ impl MysqlWriter {
             } else {
                 Vec::new()
             };
-            let leases: Vec<(i64, i64)> = if lease_epoch <= known_epoch {
-                Vec::new()
-            } else if leases_complete {
-                c.exec(
-                    "SELECT id, ttl FROM k3rs_leases WHERE ttl > 0 AND changed <= ?",
-                    (lease_epoch,),
-                )
-                .await?
-            } else {
-                c.exec(
-                    "SELECT id, ttl FROM k3rs_leases WHERE changed > ? AND changed <= ?",
-                    (known_epoch, lease_epoch),
-                )
-                .await?
+            let leases: Vec<(i64, i64)> = match catch_up {
+                LeaseCatchUp::Nothing => Vec::new(),
+                LeaseCatchUp::Everything => {
+                    c.exec(
+                        "SELECT id, ttl FROM k3rs_leases WHERE ttl > 0 AND changed <= ?",
+                        (lease_epoch,),
+                    )
+                    .await?
+                }
+                LeaseCatchUp::ChangedSince(since) => {
+                    c.exec(
+                        "SELECT id, ttl FROM k3rs_leases WHERE changed > ? AND changed <= ?",
+                        (since, lease_epoch),
+                    )
+                    .await?
+                }
             };
             Ok((records, leases))
         })?;
-        self.lease_epoch = known_epoch.max(lease_epoch);
+        self.session.caught_up(lease_epoch);
         Ok(Changes {
             records: records.into_iter().map(to_record).collect(),
             current_revision,
@@ -457,7 +444,7 @@ impl MysqlWriter {
                 .into_iter()
                 .map(|(id, ttl)| StoredLease { id, ttl })
                 .collect(),
-            leases_complete: leases_complete && lease_epoch > known_epoch,
+            leases_complete: matches!(catch_up, LeaseCatchUp::Everything),
         })
     }
 }
@@ -560,13 +547,13 @@ impl LogWriter for MysqlWriter {
         })?;
         let meta: std::collections::HashMap<String, i64> = meta.into_iter().collect();
         let get = |name: &str| meta.get(name).copied().unwrap_or_default();
-        self.lease_epoch = get("lease_epoch");
+        self.session.lease_epoch = get("lease_epoch");
         Ok(Loaded {
             current_revision: get("current_revision").max(max_revision),
             compact_revision: get("compact_revision"),
             identity: StoreIdentity {
                 cluster_id: get("cluster_id") as u64,
-                member_id: self.member_id as u64,
+                member_id: self.session.member_id as u64,
             },
             leases: leases
                 .into_iter()
@@ -577,19 +564,10 @@ impl LogWriter for MysqlWriter {
 
     fn commit(&mut self, batch: &CommitBatch) -> Result<()> {
         self.ensure_connected()?;
-        if !self.in_transaction {
-            return Err(Error::Storage(
-                "k3rs: a commit to a shared database without its lock (a bug)".into(),
-            ));
-        }
-        let lease_changes = !batch.granted_leases.is_empty() || !batch.revoked_leases.is_empty();
-        // Under the lock, after catching up: the database's epoch is ours.
-        let epoch = self.lease_epoch + lease_changes as i64;
+        let (epoch, commits) = self.session.begin_commit(batch)?;
         let mut statements = insert_statements(&batch.records);
         statements.extend(lease_statements(batch, epoch));
-        self.commits += 1;
-        self.unsettled_epoch = Some(epoch);
-        let (commits, member) = (self.commits, self.member_id);
+        let member = self.session.member_id;
         let written = self.client.run("commit", async |c| {
             for (sql, params) in statements {
                 c.exec_drop(sql, Params::Positional(params)).await?;
@@ -607,26 +585,16 @@ impl LogWriter for MysqlWriter {
             .await?;
             c.query_drop("COMMIT").await
         });
-        match written {
-            Ok(()) => {
-                self.in_transaction = false;
-                self.lease_epoch = epoch;
-                self.unsettled_epoch = None;
-                Ok(())
-            }
-            Err(e) => {
-                self.abandon();
-                if !matches!(e, Error::CommitUnknown(_)) {
-                    self.unsettled_epoch = None;
-                }
-                Err(e)
-            }
+        if written.is_err() {
+            self.abandon();
         }
+        self.session.end_commit(epoch, &written);
+        written
     }
 
     fn resolve_commit(&mut self, _revision: i64) -> Result<bool> {
         self.ensure_connected()?;
-        let member = self.member_id;
+        let member = self.session.member_id;
         let landed: Option<i64> = self.client.run("reading this server's commits", async |c| {
             c.exec_first(
                 "SELECT commits FROM k3rs_members WHERE member_id = ?",
@@ -634,17 +602,13 @@ impl LogWriter for MysqlWriter {
             )
             .await
         })?;
-        let landed = landed == Some(self.commits);
-        if let (true, Some(epoch)) = (landed, self.unsettled_epoch.take()) {
-            self.lease_epoch = epoch;
-        }
-        Ok(landed)
+        Ok(self.session.settle(landed.unwrap_or(-1)))
     }
 
     fn set_compact_revision(&mut self, revision: i64) -> Result<()> {
         self.ensure_connected()?;
-        let purge_below = self.lease_epoch - LEASE_TOMBSTONES_KEPT;
-        let in_transaction = self.in_transaction;
+        let purge_below = self.session.purge_below();
+        let in_transaction = self.session.in_transaction;
         let done = self.client.run("recording the compact revision", async |c| {
             c.exec_drop(
                 "UPDATE k3rs_meta SET value = ? WHERE name = 'compact_revision'",
@@ -669,7 +633,7 @@ impl LogWriter for MysqlWriter {
         if done.is_err() {
             self.abandon();
         }
-        self.in_transaction = false;
+        self.session.in_transaction = false;
         done
     }
 
@@ -710,7 +674,7 @@ impl LogWriter for MysqlWriter {
     fn lock_and_catch_up(&mut self, head: i64) -> Result<Changes> {
         self.ensure_connected()?;
         self.abandon();
-        self.in_transaction = true;
+        self.session.in_transaction = true;
         let locked = self
             .client
             .run("taking the commit lock", async |c| {
@@ -735,10 +699,10 @@ impl LogWriter for MysqlWriter {
     }
 
     fn release(&mut self) -> Result<()> {
-        if !self.in_transaction {
+        if !self.session.in_transaction {
             return Ok(());
         }
-        self.in_transaction = false;
+        self.session.in_transaction = false;
         self.client
             .run("ending a transaction", async |c| c.query_drop("ROLLBACK").await)
     }

@@ -32,6 +32,7 @@ use postgres::error::SqlState;
 use postgres::{Client, Config, NoTls};
 
 use super::pg_tls::{self, DatabaseTls, SslMode};
+use super::shared::{LeaseCatchUp, Session};
 use super::reader_threads::ReaderThreads;
 use super::{Changes, CommitBatch, Loaded, LogReader, LogRecord, LogWriter, StoreIdentity, StoredLease};
 use crate::error::{Error, Result};
@@ -44,9 +45,6 @@ const DEFAULT_DATABASE: &str = "kubernetes";
 const SCHEMA_LOCK: i64 = 0x6b33_7274;
 /// The channel commits are announced on.
 const CHANNEL: &str = "k3rs_commits";
-/// Revoked leases' tombstones kept, in lease epochs: a server further
-/// behind than this reloads every lease.
-const LEASE_TOMBSTONES_KEPT: i64 = 1_000;
 /// The meta rows a batch locks and catch-up reads, in this order.
 const META_ROWS: &str = "SELECT name, value FROM k3rs_meta
      WHERE name IN ('compact_revision', 'current_revision', 'lease_epoch', 'lease_purged')
@@ -252,14 +250,14 @@ fn create_database(config: &PostgresConfig, parsed: &Config) -> std::result::Res
 pub fn open(config: &PostgresConfig) -> Result<(PostgresWriter, PostgresReader)> {
     let mut client = connect(config)?;
     migrate(&mut client, config)?;
-    let member_id = (super::random_id() >> 1) as i64;
+    let session = Session::new();
     client
         .execute(
             "INSERT INTO k3rs_members (member_id, commits) VALUES ($1, 0)",
-            &[&member_id],
+            &[&session.member_id],
         )
         .map_err(|e| sql_error("registering this server", e))?;
-    fence(&mut client, member_id)?;
+    fence(&mut client, session.member_id)?;
     let readers = (0..READER_CONNECTIONS)
         .map(|_| connect(config))
         .collect::<Result<_>>()?;
@@ -267,11 +265,7 @@ pub fn open(config: &PostgresConfig) -> Result<(PostgresWriter, PostgresReader)>
         PostgresWriter {
             client,
             config: config.clone(),
-            member_id,
-            commits: 0,
-            lease_epoch: 0,
-            unsettled_epoch: None,
-            in_transaction: false,
+            session,
         },
         PostgresReader::start(config, readers)?,
     ))
@@ -346,17 +340,7 @@ fn migrate(client: &mut Client, config: &PostgresConfig) -> Result<()> {
 pub struct PostgresWriter {
     client: Client,
     config: PostgresConfig,
-    /// This server's row in `k3rs_members`.
-    member_id: i64,
-    /// Commits this server attempted; the database holds the count of the
-    /// ones that landed.
-    commits: i64,
-    /// The lease epoch this server has taken in.
-    lease_epoch: i64,
-    /// The lease epoch of a commit whose outcome is unknown.
-    unsettled_epoch: Option<i64>,
-    /// Whether `lock_and_catch_up` opened a transaction not yet ended.
-    in_transaction: bool,
+    session: Session,
 }
 
 /// Takes this server's session lock on a new write connection. While an
@@ -412,13 +396,13 @@ impl PostgresWriter {
         if !self.client.is_closed() {
             return Ok(());
         }
-        self.in_transaction = false;
+        self.session.in_transaction = false;
         let parsed = self.config.parse()?;
         let mut client = self
             .config
             .open(&parsed)
             .map_err(|e| Error::CommitUnknown(format!("reconnecting: {e}")))?;
-        fence(&mut client, self.member_id)?;
+        fence(&mut client, self.session.member_id)?;
         tracing::info!(database = %self.config.describe(), "reconnected to PostgreSQL");
         self.client = client;
         Ok(())
@@ -426,8 +410,8 @@ impl PostgresWriter {
 
     /// Ends an open transaction after a failure; the connection may be gone.
     fn abandon(&mut self) {
-        if self.in_transaction {
-            self.in_transaction = false;
+        if self.session.in_transaction {
+            self.session.in_transaction = false;
             let _ = self.client.batch_execute("ROLLBACK");
         }
     }
@@ -451,36 +435,37 @@ impl PostgresWriter {
         } else {
             Vec::new()
         };
-        let leases_complete = self.lease_epoch < lease_purged;
-        let leases = if lease_epoch > self.lease_epoch {
-            let rows = if leases_complete {
-                self.client.query(
+        let catch_up = self.session.lease_catch_up(lease_epoch, lease_purged);
+        let rows = match catch_up {
+            LeaseCatchUp::Nothing => Vec::new(),
+            LeaseCatchUp::Everything => self
+                .client
+                .query(
                     "SELECT id, ttl FROM k3rs_leases WHERE ttl > 0 AND changed <= $1",
                     &[&lease_epoch],
                 )
-            } else {
-                self.client.query(
+                .map_err(sql)?,
+            LeaseCatchUp::ChangedSince(since) => self
+                .client
+                .query(
                     "SELECT id, ttl FROM k3rs_leases WHERE changed > $1 AND changed <= $2",
-                    &[&self.lease_epoch, &lease_epoch],
+                    &[&since, &lease_epoch],
                 )
-            };
-            rows.map_err(sql)?
+                .map_err(sql)?,
+        };
+        self.session.caught_up(lease_epoch);
+        Ok(Changes {
+            records,
+            current_revision,
+            compact_revision,
+            leases: rows
                 .iter()
                 .map(|r| StoredLease {
                     id: r.get(0),
                     ttl: r.get(1),
                 })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        self.lease_epoch = self.lease_epoch.max(lease_epoch);
-        Ok(Changes {
-            records,
-            current_revision,
-            compact_revision,
-            leases,
-            leases_complete: leases_complete && lease_epoch > 0,
+                .collect(),
+            leases_complete: matches!(catch_up, LeaseCatchUp::Everything),
         })
     }
 }
@@ -524,13 +509,13 @@ impl LogWriter for PostgresWriter {
             .collect();
         tx.commit().map_err(sql)?;
         let get = |name: &str| meta.get(name).copied().unwrap_or_default();
-        self.lease_epoch = get("lease_epoch");
+        self.session.lease_epoch = get("lease_epoch");
         Ok(Loaded {
             current_revision: get("current_revision").max(max_revision),
             compact_revision: get("compact_revision"),
             identity: StoreIdentity {
                 cluster_id: get("cluster_id") as u64,
-                member_id: self.member_id as u64,
+                member_id: self.session.member_id as u64,
             },
             leases,
         })
@@ -538,11 +523,7 @@ impl LogWriter for PostgresWriter {
 
     fn commit(&mut self, batch: &CommitBatch) -> Result<()> {
         self.ensure_connected()?;
-        if !self.in_transaction {
-            return Err(Error::Storage(
-                "k3rs: a commit to a shared database without its lock (a bug)".into(),
-            ));
-        }
+        let (epoch, commits) = self.session.begin_commit(batch)?;
         let records = &batch.records;
         let revisions: Vec<i64> = records.iter().map(|r| r.mod_revision).collect();
         let subs: Vec<i32> = records.iter().map(|r| r.sub as i32).collect();
@@ -553,11 +534,6 @@ impl LogWriter for PostgresWriter {
         let values: Vec<&[u8]> = records.iter().map(|r| r.value.as_ref()).collect();
         let granted_ids: Vec<i64> = batch.granted_leases.iter().map(|l| l.id).collect();
         let granted_ttls: Vec<i64> = batch.granted_leases.iter().map(|l| l.ttl).collect();
-        let lease_changes = !batch.granted_leases.is_empty() || !batch.revoked_leases.is_empty();
-        // Under the lock, after catching up: the database's epoch is ours.
-        let epoch = self.lease_epoch + lease_changes as i64;
-        self.commits += 1;
-        self.unsettled_epoch = Some(epoch);
         // One statement: atomic, and one round trip. The lease sets are
         // disjoint (the writer nets them out), so the CTEs cannot collide.
         let written = self
@@ -588,31 +564,21 @@ impl LogWriter for PostgresWriter {
                     &batch.revoked_leases,
                     &batch.current_revision,
                     &epoch,
-                    &self.commits,
-                    &self.member_id,
+                    &commits,
+                    &self.session.member_id,
                 ],
             )
             .map_err(|e| sql_error("commit", e))
             .and_then(|_| {
                 self.client
-                    .batch_execute(&format!("NOTIFY {CHANNEL}, '{}'; COMMIT", self.member_id))
+                    .batch_execute(&format!("NOTIFY {CHANNEL}, '{}'; COMMIT", self.session.member_id))
                     .map_err(|e| sql_error("commit", e))
             });
-        match written {
-            Ok(()) => {
-                self.in_transaction = false;
-                self.lease_epoch = epoch;
-                self.unsettled_epoch = None;
-                Ok(())
-            }
-            Err(e) => {
-                self.abandon();
-                if !matches!(e, Error::CommitUnknown(_)) {
-                    self.unsettled_epoch = None;
-                }
-                Err(e)
-            }
+        if written.is_err() {
+            self.abandon();
         }
+        self.session.end_commit(epoch, &written);
+        written
     }
 
     fn resolve_commit(&mut self, _revision: i64) -> Result<bool> {
@@ -621,27 +587,23 @@ impl LogWriter for PostgresWriter {
             .client
             .query_one(
                 "SELECT commits FROM k3rs_members WHERE member_id = $1",
-                &[&self.member_id],
+                &[&self.session.member_id],
             )
             .map_err(|e| sql_error("reading this server's commits", e))?
             .get(0);
-        let landed = landed == self.commits;
-        if let (true, Some(epoch)) = (landed, self.unsettled_epoch.take()) {
-            self.lease_epoch = epoch;
-        }
-        Ok(landed)
+        Ok(self.session.settle(landed))
     }
 
     fn set_compact_revision(&mut self, revision: i64) -> Result<()> {
         self.ensure_connected()?;
-        let purge_below = self.lease_epoch - LEASE_TOMBSTONES_KEPT;
+        let purge_below = self.session.purge_below();
         let statement = format!(
             "UPDATE k3rs_meta SET value = {revision} WHERE name = 'compact_revision';
              DELETE FROM k3rs_leases WHERE ttl = 0 AND changed <= {purge_below};
              UPDATE k3rs_meta SET value = GREATEST(value, {purge_below}) WHERE name = 'lease_purged';
              {end}",
-            end = if self.in_transaction {
-                format!("NOTIFY {CHANNEL}, '{}'; COMMIT;", self.member_id)
+            end = if self.session.in_transaction {
+                format!("NOTIFY {CHANNEL}, '{}'; COMMIT;", self.session.member_id)
             } else {
                 String::new()
             }
@@ -653,7 +615,7 @@ impl LogWriter for PostgresWriter {
         if done.is_err() {
             self.abandon();
         }
-        self.in_transaction = false;
+        self.session.in_transaction = false;
         done
     }
 
@@ -693,7 +655,7 @@ impl LogWriter for PostgresWriter {
     fn lock_and_catch_up(&mut self, head: i64) -> Result<Changes> {
         self.ensure_connected()?;
         self.abandon();
-        self.in_transaction = true;
+        self.session.in_transaction = true;
         let locked = self
             .client
             .simple_query(&format!("BEGIN; {META_ROWS} FOR UPDATE"))
@@ -717,10 +679,10 @@ impl LogWriter for PostgresWriter {
     }
 
     fn release(&mut self) -> Result<()> {
-        if !self.in_transaction {
+        if !self.session.in_transaction {
             return Ok(());
         }
-        self.in_transaction = false;
+        self.session.in_transaction = false;
         self.client
             .batch_execute("ROLLBACK")
             .map_err(|e| sql_error("ending a transaction", e))
@@ -728,7 +690,7 @@ impl LogWriter for PostgresWriter {
 
     fn listen(&mut self, wake: Box<dyn Fn() -> bool + Send>) -> Result<()> {
         let config = self.config.clone();
-        let me = self.member_id.to_string();
+        let me = self.session.member_id.to_string();
         std::thread::Builder::new()
             .name("k3rs-pg-listen".into())
             .spawn(move || listen(&config, &me, wake))
