@@ -191,6 +191,12 @@ fn scenario(server: &Server, dir: &Path) -> Vec<String> {
     note(err.trim().to_string());
     let (ok, _, err) = server.kubectl(&["apply", "-f", "-", "--dry-run=server"]);
     assert!(!ok, "{err}");
+    // kubectl validates strictly by default: a misspelt field is refused.
+    let typo = dir.join("typo.yaml");
+    std::fs::write(&typo, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: typo\ndatta:\n  a: b\n").unwrap();
+    let (ok, _, err) = server.kubectl(&["apply", "-f", typo.to_str().unwrap()]);
+    assert!(!ok && err.contains("unknown field \"datta\""), "{err}");
+    note(err.rsplit_once("typo.yaml\": ").map_or(err.clone(), |(_, m)| m.trim().to_string()));
     let bad = dir.join("bad.yaml");
     std::fs::write(&bad, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n").unwrap();
     let (ok, _, err) = server.kubectl(&["create", "-f", bad.to_str().unwrap()]);

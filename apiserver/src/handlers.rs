@@ -205,6 +205,31 @@ async fn route(api: &Api, method: &Method, uri: &http::Uri, path: &str, headers:
         .to_string();
     let Target { res, namespace, name, sub } = target;
     let ns = namespace.as_deref();
+    let strict = match param(&q, "fieldValidation") {
+        None | Some("") | Some("Ignore") | Some("Warn") => false,
+        Some("Strict") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "fieldValidation {other:?} is not one of Strict, Warn or Ignore"
+            )));
+        }
+    };
+    let check_fields = |obj: &Value| -> ApiResult<()> {
+        if !strict {
+            return Ok(());
+        }
+        let unknown = crate::protobuf::unknown_fields(res.kind, obj);
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+        Err(ApiError::bad_request(format!(
+            "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
+            list.join(", "),
+            kind = res.kind,
+            version = res.version
+        )))
+    };
     match (method.clone(), name.as_deref(), sub.as_deref()) {
         (Method::GET, None, None) => {
             let p = list_params(&q, res)?;
@@ -257,6 +282,7 @@ async fn route(api: &Api, method: &Method, uri: &http::Uri, path: &str, headers:
         )),
         (Method::POST, None, None) => {
             let mut obj = parse_body(&body, &content_type)?;
+            check_fields(&obj)?;
             objects::prepare_create(res, &mut obj, ns)?;
             if param(&q, "dryRun").is_some() {
                 return Ok(json_response(StatusCode::CREATED, &obj));
@@ -279,6 +305,7 @@ async fn route(api: &Api, method: &Method, uri: &http::Uri, path: &str, headers:
         }
         (Method::PUT, Some(name), None | Some("status")) => {
             let new = parse_body(&body, &content_type)?;
+            check_fields(&new)?;
             let status_only = sub.is_some();
             let expected = new.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string);
             update(api, res, ns, name, status_only, |current| {
@@ -316,6 +343,7 @@ async fn route(api: &Api, method: &Method, uri: &http::Uri, path: &str, headers:
                         return Err(ApiError::conflict(res.plural, name));
                     }
                 }
+                check_fields(&out)?;
                 Ok(out)
             })
             .await

@@ -358,3 +358,80 @@ mod tests {
         assert_eq!(decode(b"{}").unwrap_err().code, 400);
     }
 }
+
+/// The JSON fields of `obj` (a `kind` k3rs serves) that its schema does not
+/// have, as dotted paths (`spec.replica`): what `fieldValidation=Strict`
+/// refuses. Parts whose message the table lacks are not checked.
+pub fn unknown_fields(kind: &str, obj: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Value::Object(m) = obj {
+        let top: Map<String, Value> = m
+            .iter()
+            .filter(|(k, _)| *k != "apiVersion" && *k != "kind")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        check(kind, &Value::Object(top), "", &mut out, 0);
+    }
+    out
+}
+
+/// The fields of a message, with embedded (`*`) messages' fields merged in.
+fn fields_of(name: &str, depth: usize) -> Option<HashMap<String, Field>> {
+    let schema = schemas().get(name)?;
+    let mut out = HashMap::new();
+    for f in schema.values() {
+        match (&f.ty, f.name.as_str()) {
+            (Type::Message(m), "*") if depth < 8 => out.extend(fields_of(m, depth + 1)?),
+            _ => {
+                out.insert(f.name.clone(), f.clone());
+            }
+        }
+    }
+    Some(out)
+}
+
+fn check(message: &str, value: &Value, path: &str, out: &mut Vec<String>, depth: usize) {
+    if depth > 32 || matches!(message, "Time" | "MicroTime" | "IntOrString" | "Quantity" | "RawExtension" | "FieldsV1") {
+        return;
+    }
+    let (Value::Object(m), Some(fields)) = (value, fields_of(message, 0)) else {
+        return;
+    };
+    for (k, v) in m {
+        let here = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+        let Some(field) = fields.get(k) else {
+            out.push(here);
+            continue;
+        };
+        if let Type::Message(inner) = &field.ty {
+            match (field.repeated, v) {
+                (true, Value::Array(items)) => {
+                    for (i, item) in items.iter().enumerate() {
+                        check(inner, item, &format!("{here}[{i}]"), out, depth + 1);
+                    }
+                }
+                (false, _) => check(inner, v, &here, out, depth + 1),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod strict_tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_found_by_path() {
+        let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x", "labelz": {}},
+                       "spec": {"replica": 1, "template": {"spec": {"containers": [{"name": "a", "image": "b", "imagePolicy": "x"}]}}}});
+        let mut found = unknown_fields("Deployment", &d);
+        found.sort();
+        assert_eq!(found, ["metadata.labelz", "spec.replica", "spec.template.spec.containers[0].imagePolicy"]);
+        let probe = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "b",
+                           "livenessProbe": {"httpGet": {"path": "/", "port": 80}, "periodSeconds": 5},
+                           "resources": {"limits": {"cpu": "1"}}}],
+                           "volumes": [{"name": "v", "configMap": {"name": "c"}}]}});
+        assert!(unknown_fields("Pod", &probe).is_empty(), "{:?}", unknown_fields("Pod", &probe));
+    }
+}
