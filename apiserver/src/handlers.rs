@@ -234,7 +234,8 @@ async fn route(api: &Api, method: &Method, uri: &http::Uri, path: &str, headers:
         (Method::GET, None, None) => {
             let p = list_params(&q, res)?;
             if matches!(param(&q, "watch"), Some("true" | "1")) {
-                let rx = crate::watch::start(api.store.clone(), res, namespace.clone(), p).await?;
+                let shape = if wants_table(headers) { crate::watch::Shape::Table(res) } else { crate::watch::Shape::Object };
+                let rx = crate::watch::start(api.store.clone(), res, namespace.clone(), p, shape).await?;
                 let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
                 return Ok(Response::builder()
                     .status(StatusCode::OK)

@@ -17,6 +17,21 @@ use crate::store::{self, Store};
 /// Longest watch when the client sets no timeout (kube-apiserver: 30–60 min).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 
+/// How each event's object is sent: as it is, or (for `kubectl get -w`,
+/// which asked for Tables) as a one-row Table.
+#[derive(Clone, Copy)]
+pub enum Shape {
+    Object,
+    Table(&'static Resource),
+}
+
+fn event(shape: Shape, kind: &str, object: &Value) -> Bytes {
+    match shape {
+        Shape::Object => line(kind, object),
+        Shape::Table(res) => line(kind, &crate::list::table(res, object)),
+    }
+}
+
 fn line(kind: &str, object: &Value) -> Bytes {
     let mut s = json!({"type": kind, "object": object}).to_string();
     s.push('\n');
@@ -29,6 +44,7 @@ pub async fn start(
     res: &'static Resource,
     namespace: Option<String>,
     params: ListParams,
+    shape: Shape,
 ) -> ApiResult<mpsc::Receiver<Result<Bytes, std::convert::Infallible>>> {
     let (tx, rx) = mpsc::channel(64);
     let prefix = res.prefix(namespace.as_deref());
@@ -41,7 +57,7 @@ pub async fn start(
             p.resource_version = None;
             let list = crate::list::list(&store, res, namespace.as_deref(), &p).await?;
             for item in list["items"].as_array().into_iter().flatten() {
-                let _ = tx.send(Ok(line("ADDED", item))).await;
+                let _ = tx.send(Ok(event(shape, "ADDED", item))).await;
             }
             store::revision_of(&json!({"metadata": list["metadata"]})) + 1
         }
@@ -110,8 +126,8 @@ pub async fn start(
                 continue;
             }
             for ev in resp.events {
-                let Some(event) = translate(&ev, &params) else { continue };
-                if tx.send(Ok(event)).await.is_err() {
+                let Some((kind, object)) = translate(&ev, &params) else { continue };
+                if tx.send(Ok(event(shape, kind, &object))).await.is_err() {
                     return;
                 }
             }
@@ -122,21 +138,21 @@ pub async fn start(
 
 /// One etcd event as a Kubernetes watch event, after selectors: an object
 /// that starts matching is ADDED, one that stops matching DELETED.
-fn translate(ev: &kine::proto::Event, params: &ListParams) -> Option<Bytes> {
+fn translate(ev: &kine::proto::Event, params: &ListParams) -> Option<(&'static str, Value)> {
     let kv = ev.kv.as_ref()?;
     let prev = ev.prev_kv.as_ref().and_then(|p| store::decode(p).ok());
     if ev.r#type == 1 {
         let mut last = prev?;
         store::set_resource_version(&mut last, kv.mod_revision);
-        return params.matches(&last).then(|| line("DELETED", &last));
+        return params.matches(&last).then_some(("DELETED", last));
     }
     let obj = store::decode(kv).ok()?;
     let now = params.matches(&obj);
     let before = prev.as_ref().is_some_and(|p| params.matches(p));
     match (before, now) {
-        (false, true) => Some(line("ADDED", &obj)),
-        (true, true) => Some(line("MODIFIED", &obj)),
-        (true, false) => Some(line("DELETED", &obj)),
+        (false, true) => Some(("ADDED", obj)),
+        (true, true) => Some(("MODIFIED", obj)),
+        (true, false) => Some(("DELETED", obj)),
         (false, false) => None,
     }
 }
