@@ -46,8 +46,11 @@ fn query(uri: &http::Uri) -> Vec<(String, String)> {
         let mut out = Vec::with_capacity(bytes.len());
         let mut i = 0;
         while i < bytes.len() {
-            if bytes[i] == b'%' && i + 2 < bytes.len() + 0 && i + 2 <= bytes.len() - 1 {
-                if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+            // Bytes, not `&str` slices: a '%' before a multi-byte
+            // character must not split it.
+            if bytes[i] == b'%' && i + 2 < bytes.len() {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                     out.push(b);
                     i += 3;
                     continue;
@@ -178,12 +181,12 @@ async fn route(api: &Api, method: &Method, uri: &http::Uri, path: &str, headers:
         ["version"] if is_get => return Ok(ok(&discovery::version())),
         ["api"] if is_get => return Ok(ok(&discovery::core_versions())),
         ["apis"] if is_get => return Ok(ok(&discovery::groups())),
-        ["api", v] if is_get => return discovery::resource_list("", v).map(|l| ok(&l)).ok_or_else(|| ApiError::no_route(path)),
-        ["apis", g] if is_get => return discovery::one_group(g).map(|l| ok(&l)).ok_or_else(|| ApiError::no_route(path)),
-        ["apis", g, v] if is_get => return discovery::resource_list(g, v).map(|l| ok(&l)).ok_or_else(|| ApiError::no_route(path)),
+        ["api", v] if is_get => return discovery::resource_list("", v).map(|l| ok(&l)).ok_or_else(|| ApiError::no_route()),
+        ["apis", g] if is_get => return discovery::one_group(g).map(|l| ok(&l)).ok_or_else(|| ApiError::no_route()),
+        ["apis", g, v] if is_get => return discovery::resource_list(g, v).map(|l| ok(&l)).ok_or_else(|| ApiError::no_route()),
         ["openapi", "v3"] if is_get => return Ok(ok(&discovery::openapi_index())),
         ["openapi", "v3", rest @ ..] if is_get => {
-            return discovery::openapi_document(&rest.join("/")).map(|d| ok(&d)).ok_or_else(|| ApiError::no_route(path));
+            return discovery::openapi_document(&rest.join("/")).map(|d| ok(&d)).ok_or_else(|| ApiError::no_route());
         }
         _ => {}
     }
@@ -192,7 +195,7 @@ async fn route(api: &Api, method: &Method, uri: &http::Uri, path: &str, headers:
         ["apis", g, v, rest @ ..] => parse_target(g, v, rest),
         _ => None,
     }
-    .ok_or_else(|| ApiError::no_route(path))?;
+    .ok_or_else(|| ApiError::no_route())?;
     let q = query(uri);
     let content_type = headers
         .get(http::header::CONTENT_TYPE)
@@ -520,7 +523,7 @@ async fn delete(api: &Api, res: &Resource, ns: Option<&str>, name: &str, options
                 return Err(ApiError::conflict(res.plural, name));
             }
         }
-        let mut finalizers: Vec<Value> = current
+        let finalizers: Vec<Value> = current
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
             .cloned()
@@ -528,7 +531,6 @@ async fn delete(api: &Api, res: &Resource, ns: Option<&str>, name: &str, options
         if res.kind == "Namespace" {
             return terminate_namespace(api, current, name).await;
         }
-        finalizers.retain(|f| f.as_str().is_some());
         if !finalizers.is_empty() {
             if current.pointer("/metadata/deletionTimestamp").is_some() {
                 return Ok(current);
@@ -656,4 +658,17 @@ pub async fn bootstrap(store: &Store, advertise_port: u16) -> ApiResult<()> {
                "spec": {"ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": advertise_port}]}}),
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn query_strings_decode_without_splitting_characters() {
+        let uri: http::Uri = "/api/v1/pods?labelSelector=app%3Dweb&x=%é&y=a+b&z=%4".parse().unwrap();
+        let q = super::query(&uri);
+        assert_eq!(q[0], ("labelSelector".into(), "app=web".into()));
+        assert_eq!(q[1].1, "%é");
+        assert_eq!(q[2].1, "a b");
+        assert_eq!(q[3].1, "%4");
+    }
 }

@@ -375,26 +375,38 @@ pub fn unknown_fields(kind: &str, obj: &Value) -> Vec<String> {
     out
 }
 
-/// The fields of a message, with embedded (`*`) messages' fields merged in.
-fn fields_of(name: &str, depth: usize) -> Option<HashMap<String, Field>> {
-    let schema = schemas().get(name)?;
-    let mut out = HashMap::new();
-    for f in schema.values() {
-        match (&f.ty, f.name.as_str()) {
-            (Type::Message(m), "*") if depth < 8 => out.extend(fields_of(m, depth + 1)?),
-            _ => {
-                out.insert(f.name.clone(), f.clone());
+/// Each message's fields by JSON name, with embedded (`*`) messages'
+/// fields merged in; built once.
+fn json_fields(name: &str) -> Option<&'static HashMap<String, Field>> {
+    static FLAT: OnceLock<HashMap<String, HashMap<String, Field>>> = OnceLock::new();
+    fn flatten(name: &str, depth: usize, out: &mut HashMap<String, Field>) {
+        for f in schemas().get(name).into_iter().flat_map(|s| s.values()) {
+            match (&f.ty, f.name.as_str()) {
+                (Type::Message(m), "*") if depth < 8 => flatten(m, depth + 1, out),
+                _ => {
+                    out.insert(f.name.clone(), f.clone());
+                }
             }
         }
     }
-    Some(out)
+    FLAT.get_or_init(|| {
+        schemas()
+            .keys()
+            .map(|name| {
+                let mut fields = HashMap::new();
+                flatten(name, 0, &mut fields);
+                (name.clone(), fields)
+            })
+            .collect()
+    })
+    .get(name)
 }
 
 fn check(message: &str, value: &Value, path: &str, out: &mut Vec<String>, depth: usize) {
     if depth > 32 || matches!(message, "Time" | "MicroTime" | "IntOrString" | "Quantity" | "RawExtension" | "FieldsV1") {
         return;
     }
-    let (Value::Object(m), Some(fields)) = (value, fields_of(message, 0)) else {
+    let (Value::Object(m), Some(fields)) = (value, json_fields(message)) else {
         return;
     };
     for (k, v) in m {

@@ -38,8 +38,7 @@ impl ApiError {
         e
     }
 
-    pub fn no_route(path: &str) -> Self {
-        let _ = path;
+    pub fn no_route() -> Self {
         Self::new(404, "NotFound", "the server could not find the requested resource")
     }
 

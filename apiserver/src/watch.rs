@@ -59,7 +59,7 @@ pub async fn start(
             for item in list["items"].as_array().into_iter().flatten() {
                 let _ = tx.send(Ok(event(shape, "ADDED", item))).await;
             }
-            store::revision_of(&json!({"metadata": list["metadata"]})) + 1
+            store::revision_of(&list) + 1
         }
         Some(rv) => rv
             .parse::<i64>()

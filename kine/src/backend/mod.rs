@@ -178,11 +178,32 @@ pub trait LogWriter: Send + 'static {
         Ok(())
     }
 
-    /// Shared databases: starts a thread that calls `wake` whenever
-    /// another server may have committed, until `wake` returns false.
-    fn listen(&mut self, wake: Box<dyn Fn() -> bool + Send>) -> Result<()> {
-        let _ = wake;
+    /// Shared databases: starts a thread that wakes the writer whenever
+    /// another server may have committed, until the store is gone.
+    fn listen(&mut self, waker: Waker) -> Result<()> {
+        let _ = waker;
         Ok(())
+    }
+}
+
+/// How a backend's listener thread reaches the store's writer.
+pub struct Waker(Box<dyn Fn(bool) -> bool + Send>);
+
+impl Waker {
+    /// `f(true)` asks the writer to catch up, `f(false)` only asks whether
+    /// the store still exists; both answer false once it is gone.
+    pub fn new(f: impl Fn(bool) -> bool + Send + 'static) -> Self {
+        Waker(Box::new(f))
+    }
+
+    /// Asks the writer to catch up; false once the store is gone.
+    pub fn wake(&self) -> bool {
+        (self.0)(true)
+    }
+
+    /// Whether the store still exists.
+    pub fn alive(&self) -> bool {
+        (self.0)(false)
     }
 }
 

@@ -22,7 +22,7 @@ use mysql_async::{Conn, Opts, OptsBuilder, Params, Value};
 
 use super::reader_threads::ReaderThreads;
 use super::shared::{LeaseCatchUp, Session};
-use super::{Changes, CommitBatch, Loaded, LogReader, LogRecord, LogWriter, StoreIdentity, StoredLease};
+use super::{Changes, CommitBatch, Waker, Loaded, LogReader, LogRecord, LogWriter, StoreIdentity, StoredLease};
 use crate::error::{Error, Result};
 
 /// The schema this code writes.
@@ -707,11 +707,11 @@ impl LogWriter for MysqlWriter {
             .run("ending a transaction", async |c| c.query_drop("ROLLBACK").await)
     }
 
-    fn listen(&mut self, wake: Box<dyn Fn() -> bool + Send>) -> Result<()> {
+    fn listen(&mut self, waker: Waker) -> Result<()> {
         let config = self.config.clone();
         std::thread::Builder::new()
             .name("k3rs-mysql-poll".into())
-            .spawn(move || poll(&config, wake))
+            .spawn(move || poll(&config, waker))
             .map(drop)
             .map_err(|e| Error::Storage(format!("cannot start the poller thread: {e}")))
     }
@@ -719,8 +719,8 @@ impl LogWriter for MysqlWriter {
 
 /// MySQL has no notifications: polls the counters, every 2 ms while they
 /// move and backing off to every 50 ms while they rest, and wakes the
-/// writer when they changed.
-fn poll(config: &MysqlConfig, wake: Box<dyn Fn() -> bool + Send>) {
+/// writer when they changed. Stops once the store is gone.
+fn poll(config: &MysqlConfig, waker: Waker) {
     const FASTEST: std::time::Duration = std::time::Duration::from_millis(2);
     const SLOWEST: std::time::Duration = std::time::Duration::from_millis(50);
     let mut client = None;
@@ -728,6 +728,9 @@ fn poll(config: &MysqlConfig, wake: Box<dyn Fn() -> bool + Send>) {
     let mut interval = FASTEST;
     loop {
         std::thread::sleep(interval);
+        if !waker.alive() {
+            return;
+        }
         if client.is_none() {
             client = config.opts().ok().and_then(|o| Client::connect(o).ok());
         }
@@ -742,7 +745,7 @@ fn poll(config: &MysqlConfig, wake: Box<dyn Fn() -> bool + Send>) {
             Ok(now) => {
                 last = Some(now);
                 interval = FASTEST;
-                if !wake() {
+                if !waker.wake() {
                     return;
                 }
             }

@@ -34,7 +34,7 @@ use postgres::{Client, Config, NoTls};
 use super::pg_tls::{self, DatabaseTls, SslMode};
 use super::shared::{LeaseCatchUp, Session};
 use super::reader_threads::ReaderThreads;
-use super::{Changes, CommitBatch, Loaded, LogReader, LogRecord, LogWriter, StoreIdentity, StoredLease};
+use super::{Changes, CommitBatch, Waker, Loaded, LogReader, LogRecord, LogWriter, StoreIdentity, StoredLease};
 use crate::error::{Error, Result};
 
 /// The schema this code writes.
@@ -688,12 +688,12 @@ impl LogWriter for PostgresWriter {
             .map_err(|e| sql_error("ending a transaction", e))
     }
 
-    fn listen(&mut self, wake: Box<dyn Fn() -> bool + Send>) -> Result<()> {
+    fn listen(&mut self, waker: Waker) -> Result<()> {
         let config = self.config.clone();
         let me = self.session.member_id.to_string();
         std::thread::Builder::new()
             .name("k3rs-pg-listen".into())
-            .spawn(move || listen(&config, &me, wake))
+            .spawn(move || listen(&config, &me, waker))
             .map(drop)
             .map_err(|e| Error::Storage(format!("cannot start the listener thread: {e}")))
     }
@@ -702,12 +702,12 @@ impl LogWriter for PostgresWriter {
 /// Wakes the writer on every commit another server announces (each names
 /// its server: `me` is this one), and once a second in case an
 /// announcement was lost with a connection.
-fn listen(config: &PostgresConfig, me: &str, wake: Box<dyn Fn() -> bool + Send>) {
+fn listen(config: &PostgresConfig, me: &str, waker: Waker) {
     loop {
         let client = config.parse().ok().and_then(|c| config.open(&c).ok());
         let Some(mut client) = client else {
             std::thread::sleep(Duration::from_millis(500));
-            if !wake() {
+            if !waker.alive() {
                 return;
             }
             continue;
@@ -719,7 +719,7 @@ fn listen(config: &PostgresConfig, me: &str, wake: Box<dyn Fn() -> bool + Send>)
         // Commits missed while reconnecting.
         let mut woken = true;
         loop {
-            if woken && !wake() {
+            if woken && !waker.wake() {
                 return;
             }
             use postgres::fallible_iterator::FallibleIterator;

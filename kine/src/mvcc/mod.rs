@@ -163,9 +163,9 @@ impl Store {
         if shared_db {
             // Woken when another server commits; stops once the store is gone.
             let jobs = tx.downgrade();
-            log.listen(Box::new(move || {
+            log.listen(crate::backend::Waker::new(move |send| {
                 jobs.upgrade()
-                    .is_some_and(|jobs| jobs.send(Job::Sync(None)).is_ok())
+                    .is_some_and(|jobs| !send || jobs.send(Job::Sync(None)).is_ok())
             }))?;
         }
         let writer = Writer::new(shared.clone(), log, rx, leftover);
