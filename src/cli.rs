@@ -2,7 +2,7 @@
 //! Raw flags are validated into plain config values here.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -297,6 +297,52 @@ pub struct DatastoreArgs {
     /// Most concurrent gRPC streams per client connection.
     #[arg(long, env = "K3RS_MAX_CONCURRENT_STREAMS", default_value_t = kine::server::DEFAULT_MAX_CONCURRENT_STREAMS)]
     pub max_concurrent_streams: u32,
+
+    /// Start a new replicated cluster (embedded HA, no external database)
+    /// with this server as its first member.
+    #[arg(long, env = "K3RS_CLUSTER_INIT", conflicts_with = "server")]
+    pub cluster_init: bool,
+
+    /// Join the replicated cluster through a member's peer URL
+    /// (http://HOST:2380); needs --token.
+    #[arg(long, env = "K3RS_URL")]
+    pub server: Option<String>,
+
+    /// The cluster's shared secret, carried by every call between members.
+    /// With --cluster-init and none given, one is generated into
+    /// DATA_DIR/server/db/token.
+    #[arg(long, env = "K3RS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Address the peer protocol (replication between members) listens on.
+    #[arg(long, env = "K3RS_PEER_LISTEN_ADDRESS", default_value = "127.0.0.1:2380")]
+    pub peer_listen_address: String,
+
+    /// The peer URL other members reach this one at. Default: from --peer-listen-address.
+    #[arg(long, env = "K3RS_ADVERTISE_PEER_URL")]
+    pub advertise_peer_url: Option<String>,
+
+    /// Raft heartbeat interval in milliseconds (etcd's flag and default).
+    #[arg(long, env = "K3RS_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+
+    /// Raft election timeout in milliseconds (etcd's flag and default); a
+    /// follower waits between it and twice it before calling an election.
+    #[arg(long, env = "K3RS_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout: u64,
+}
+
+/// Validated settings of a replicated member (the token is resolved at start).
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub bootstrap: raft_store::Bootstrap,
+    pub token: Option<String>,
+    pub dir: PathBuf,
+    pub peer_listen: SocketAddr,
+    pub advertise_peer_url: String,
+    pub fsync: bool,
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: u64,
 }
 
 /// A storage endpoint, parsed once.
@@ -337,6 +383,8 @@ pub struct DatastoreConfig {
     pub metrics: MetricsBind,
     /// Space quota in bytes; 0 is none.
     pub quota_bytes: u64,
+    /// A replicated member's settings; `None` for a single server.
+    pub cluster: Option<ClusterSettings>,
 }
 
 /// Parses argv and the environment.
@@ -527,12 +575,13 @@ impl DatastoreArgs {
                 .map(|f| read_pem(f, "--datastore-keyfile"))
                 .transpose()?,
         };
-        let endpoint = database_endpoint(
+        let mut endpoint = database_endpoint(
             self.endpoint.as_deref(),
             self.data_dir.clone(),
             durability,
             &database_tls,
         )?;
+        let cluster = self.cluster_settings(&mut endpoint)?;
         let tls = self.tls()?;
         let metrics = self.metrics_bind()?;
         let name = self.name.clone().unwrap_or_else(|| {
@@ -576,7 +625,57 @@ impl DatastoreArgs {
             auto_compact: compact_interval.map(|i| (i, self.compact_min_retain.max(0))),
             metrics,
             quota_bytes,
+            cluster,
         })
+    }
+
+    /// A replicated member's settings: with --cluster-init or --server, or
+    /// when the data directory already holds a raft log. The store then
+    /// skips its own fsync: the raft log is fsynced and replays into it.
+    fn cluster_settings(&self, endpoint: &mut Endpoint) -> Result<Option<ClusterSettings>> {
+        let wanted = self.cluster_init || self.server.is_some();
+        let Endpoint::Sqlite(sqlite) = endpoint else {
+            if wanted {
+                bail!("--cluster-init and --server replicate the embedded SQLite datastore; servers sharing an external database need neither");
+            }
+            return Ok(None);
+        };
+        let dir = sqlite.path.parent().map(Path::to_path_buf).unwrap_or_default();
+        if !wanted && !dir.join("raft.db").exists() {
+            return Ok(None);
+        }
+        let bootstrap = match &self.server {
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                if self.token.is_none() {
+                    bail!("--server needs --token: the cluster's token (see the first server's DATA_DIR/server/db/token)");
+                }
+                raft_store::Bootstrap::Join(url.clone())
+            }
+            Some(url) => bail!("--server {url:?} is not a peer URL like http://HOST:2380"),
+            None => raft_store::Bootstrap::ClusterInit,
+        };
+        let peer_listen: SocketAddr = self.peer_listen_address.parse().with_context(|| {
+            format!("--peer-listen-address {:?} is not HOST:PORT", self.peer_listen_address)
+        })?;
+        let advertise_peer_url = self.advertise_peer_url.clone().unwrap_or_else(|| {
+            let ip = if peer_listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { peer_listen.ip().to_string() };
+            format!("http://{ip}:{}", peer_listen.port())
+        });
+        if self.election_timeout < 5 * self.heartbeat_interval.max(1) {
+            bail!("--election-timeout must be at least five times --heartbeat-interval");
+        }
+        let fsync = sqlite.durability == Durability::Fsync;
+        sqlite.durability = Durability::NoSyncUnsafe;
+        Ok(Some(ClusterSettings {
+            bootstrap,
+            token: self.token.clone(),
+            dir,
+            peer_listen,
+            advertise_peer_url,
+            fsync,
+            heartbeat_ms: self.heartbeat_interval.max(1),
+            election_timeout_ms: self.election_timeout,
+        }))
     }
 }
 

@@ -128,7 +128,8 @@ fn run_snapshot(command: SnapshotCommand) -> Result<()> {
 }
 
 fn init_tracing(format: LogFormat, debug: bool) {
-    let default = if debug { "debug" } else { "info" };
+    // openraft narrates every election and membership step at info.
+    let default = if debug { "debug" } else { "info,openraft=warn" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -201,6 +202,10 @@ async fn run_datastore(config: DatastoreConfig, shutdown: impl std::future::Futu
         }
     };
     store.alarms().set_quota(config.quota_bytes);
+    let cluster = match &config.cluster {
+        Some(settings) => Some(start_member(settings, &config, store.clone()).await?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             anyhow!("cannot listen on {}: the address is in use (another etcd, kine or k3rs?); choose another with --listen-address", config.listen)
@@ -231,9 +236,72 @@ async fn run_datastore(config: DatastoreConfig, shutdown: impl std::future::Futu
     )
     .await
     .context("the gRPC server failed")?;
+    if let Some(node) = cluster {
+        let _ = node.raft().shutdown().await;
+    }
     store.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts this server as a member of a replicated cluster.
+async fn start_member(
+    settings: &cli::ClusterSettings,
+    config: &DatastoreConfig,
+    store: kine::Store,
+) -> Result<std::sync::Arc<raft_store::RaftNode>> {
+    let token = match &settings.token {
+        Some(t) => t.clone(),
+        None => cluster_token(&settings.dir)?,
+    };
+    let raft = raft_store::RaftConfig {
+        dir: settings.dir.clone(),
+        name: config.server.name.clone(),
+        peer_listen: settings.peer_listen,
+        advertise_peer_url: settings.advertise_peer_url.clone(),
+        client_urls: config.server.advertise_client_urls.clone(),
+        token,
+        bootstrap: settings.bootstrap.clone(),
+        fsync: settings.fsync,
+        heartbeat_ms: settings.heartbeat_ms,
+        election_timeout_ms: settings.election_timeout_ms,
+    };
+    let node = raft_store::start(raft, store)
+        .await
+        .context("cannot start this cluster member")?;
+    tracing::info!(
+        peer_listen = %settings.peer_listen,
+        peer_url = %settings.advertise_peer_url,
+        member = %format!("{:x}", node.id()),
+        log_fsync = settings.fsync,
+        "replicating with raft"
+    );
+    Ok(node)
+}
+
+/// The first server's generated cluster token, created once (0600).
+fn cluster_token(dir: &Path) -> Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("token");
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        return Ok(token.trim().to_string());
+    }
+    let mut secret = [0u8; 16];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut secret))
+        .context("cannot read random bytes for the cluster token")?;
+    let token: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, token.as_bytes()))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tracing::info!(path = %path.display(), "generated the cluster token; other servers join with --token set to its contents");
+    Ok(token)
 }
 
 /// Binds the monitoring listener: a taken default port is a warning, a

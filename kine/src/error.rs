@@ -51,6 +51,21 @@ pub enum Error {
     /// The server is shutting down.
     #[error("etcdserver: server stopped")]
     Stopped,
+    /// A replicated store has no leader (an election, or no quorum).
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    /// A replicated request did not complete in time (no quorum answered).
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    /// A membership call named a member the cluster does not have.
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    /// MemberPromote of a member that already votes.
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    /// MemberAdd with a peer URL a member already has.
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
     /// A feature k3rs does not have (yet); never a silent wrong answer.
     #[error("{0}")]
     Unimplemented(String),

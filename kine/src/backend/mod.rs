@@ -60,12 +60,23 @@ pub struct CommitBatch {
     pub granted_leases: Vec<StoredLease>,
     /// Leases revoked or expired in this batch.
     pub revoked_leases: Vec<i64>,
+    /// A new compact revision, set in the same transaction (replicated
+    /// stores; others set it with `set_compact_revision`).
+    pub compact_revision: Option<i64>,
+    /// A replicated store's applied position, opaque here, kept in the
+    /// same transaction so that a restart neither loses nor repeats an
+    /// entry. Only the SQLite backend stores it.
+    pub replication: Option<Bytes>,
 }
 
 impl CommitBatch {
     /// Whether the batch changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.granted_leases.is_empty() && self.revoked_leases.is_empty()
+        self.records.is_empty()
+            && self.granted_leases.is_empty()
+            && self.revoked_leases.is_empty()
+            && self.compact_revision.is_none()
+            && self.replication.is_none()
     }
 }
 
@@ -89,6 +100,8 @@ pub struct Loaded {
     pub identity: StoreIdentity,
     /// Leases that were granted and not revoked.
     pub leases: Vec<StoredLease>,
+    /// The replicated store's applied position last committed, if any.
+    pub replication: Option<Bytes>,
 }
 
 /// What other servers committed to a shared database since this one last

@@ -559,6 +559,7 @@ impl LogWriter for MysqlWriter {
                 .into_iter()
                 .map(|(id, ttl)| StoredLease { id, ttl })
                 .collect(),
+            replication: None,
         })
     }
 

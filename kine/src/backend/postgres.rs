@@ -518,6 +518,7 @@ impl LogWriter for PostgresWriter {
                 member_id: self.session.member_id as u64,
             },
             leases,
+            replication: None,
         })
     }
 

@@ -187,6 +187,19 @@ impl SqliteWriter {
         Ok(())
     }
 
+    /// A replicated store's applied position (a blob in `meta`), if any.
+    fn replication_mark(&self) -> Result<Option<Bytes>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE name = 'replication'",
+                [],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .optional()?
+            .map(Bytes::from))
+    }
+
     fn meta(&self, name: &str) -> Result<i64> {
         Ok(self
             .conn
@@ -251,6 +264,7 @@ impl LogWriter for SqliteWriter {
                 member_id: self.meta("member_id")? as u64,
             },
             leases,
+            replication: self.replication_mark()?,
         })
     }
 
@@ -274,6 +288,16 @@ impl LogWriter for SqliteWriter {
             }
             tx.prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'current_revision'")?
                 .execute([batch.current_revision])?;
+            if let Some(revision) = batch.compact_revision {
+                tx.prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'compact_revision'")?
+                    .execute([revision])?;
+            }
+            if let Some(mark) = &batch.replication {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO meta (name, value) VALUES ('replication', ?1)",
+                )?
+                .execute([mark.as_ref()])?;
+            }
             if !batch.granted_leases.is_empty() {
                 let mut grant =
                     tx.prepare_cached("INSERT OR REPLACE INTO leases (id, ttl) VALUES (?1, ?2)")?;

@@ -103,6 +103,14 @@ impl LeaseTable {
         true
     }
 
+    /// Restarts every lease's TTL: a new leader's rule, since deadlines
+    /// were the old leader's alone.
+    pub fn renew_all(&mut self) {
+        for lease in self.leases.values_mut() {
+            lease.expiry = deadline(lease.ttl);
+        }
+    }
+
     /// Moves `key` from lease `from` to lease `to` (0: none).
     pub fn reattach(&mut self, key: &Bytes, from: i64, to: i64) {
         if from == to {

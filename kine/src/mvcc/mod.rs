@@ -11,10 +11,11 @@ pub mod index;
 pub mod lease;
 pub mod quota;
 pub mod read;
+pub mod replication;
 pub mod writer;
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -29,6 +30,7 @@ use crate::proto::{
 use index::{Index, KeyRange, Revision};
 use lease::{Lease, LeaseTable};
 use read::ReadView;
+use replication::Replicator;
 use writer::{Job, WriteOp, WriteReply, Writer};
 
 /// State shared by readers and the writer.
@@ -50,6 +52,10 @@ pub(crate) struct Shared {
     subscribers: RwLock<Vec<Subscriber>>,
     /// Raised alarms and the space quota.
     alarms: quota::Alarms,
+    /// Set once when a replicated store takes over the write path.
+    replicator: OnceLock<Arc<dyn Replicator>>,
+    /// The replicated applied position the store was opened at.
+    loaded_replication: Option<Bytes>,
 }
 
 /// A callback fed every committed batch.
@@ -157,6 +163,8 @@ impl Store {
             leases: Mutex::new(leases),
             subscribers: RwLock::new(Vec::new()),
             alarms: quota::Alarms::default(),
+            replicator: OnceLock::new(),
+            loaded_replication: loaded.replication,
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let shared_db = log.is_shared();
@@ -190,9 +198,88 @@ impl Store {
         self.shared.compact_revision()
     }
 
-    /// Cluster and member ids.
+    /// Cluster and member ids (the cluster's, when replicated).
     pub fn identity(&self) -> StoreIdentity {
-        self.shared.identity
+        match self.replicator() {
+            Some(r) => r.identity(),
+            None => self.shared.identity,
+        }
+    }
+
+    /// Hands the write path to a replicated store: from now on every write
+    /// is proposed to its cluster and applied by `apply_replicated`.
+    pub fn set_replicator(&self, replicator: Arc<dyn Replicator>) -> Result<()> {
+        self.shared
+            .replicator
+            .set(replicator)
+            .map_err(|_| Error::Storage("the store already has a replicator".into()))
+    }
+
+    /// The replicated store driving this one, if any.
+    pub fn replicator(&self) -> Option<&Arc<dyn Replicator>> {
+        self.shared.replicator.get()
+    }
+
+    /// The replicated applied position this store was opened at.
+    pub fn loaded_replication(&self) -> Option<Bytes> {
+        self.shared.loaded_replication.clone()
+    }
+
+    /// Applies entries a replicated store's cluster committed, in order,
+    /// in one commit that also records `mark`; one answer per op.
+    pub async fn apply_replicated(
+        &self,
+        ops: Vec<WriteOp>,
+        mark: Bytes,
+    ) -> Result<Vec<Result<WriteReply>>> {
+        let mut receivers = Vec::with_capacity(ops.len());
+        let mut jobs = Vec::with_capacity(ops.len());
+        for op in ops {
+            let (tx, rx) = oneshot::channel();
+            jobs.push((op, tx));
+            receivers.push(rx);
+        }
+        self.jobs
+            .send(Job::Replicated(jobs, mark))
+            .map_err(|_| Error::Stopped)?;
+        let mut replies = Vec::with_capacity(receivers.len());
+        for rx in receivers {
+            replies.push(rx.await.map_err(|_| Error::Stopped)?);
+        }
+        Ok(replies)
+    }
+
+    /// The space quota for a replicated write, checked where it is
+    /// proposed: applying must not depend on a member's own file size.
+    fn admit_replicated(&self, op: &WriteOp) -> Result<()> {
+        let cost = quota::cost(op);
+        let alarms = &self.shared.alarms;
+        if cost == 0 {
+            return Ok(());
+        }
+        if !alarms.nospace() {
+            let quota = alarms.quota();
+            if quota == 0 || (self.db_size()?.0.max(0) as u64) + cost < quota {
+                return Ok(());
+            }
+            alarms.activate(crate::proto::AlarmMember {
+                member_id: self.identity().member_id,
+                alarm: crate::proto::AlarmType::Nospace as i32,
+            });
+        }
+        METRICS.quota_refusals.inc();
+        Err(Error::NoSpace)
+    }
+
+    /// Restarts every lease's TTL (a member that just became leader).
+    pub fn renew_all_leases(&self) {
+        self.shared.leases().renew_all();
+    }
+
+    /// A fresh lease id, for a grant that asked for none (chosen before
+    /// proposing, so every member grants the same id).
+    pub fn fresh_lease_id(&self) -> i64 {
+        self.shared.leases().fresh_id()
     }
 
     /// `(total, in_use)` bytes of the database.
@@ -220,6 +307,9 @@ impl Store {
     /// writer; reads the log only for values of superseded revisions.
     pub async fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
         read::check_range(req)?;
+        if let (Some(r), false) = (self.replicator(), req.serializable) {
+            r.read_barrier().await?;
+        }
         if self.shared_db && !req.serializable {
             // Linearizable: first take in every revision another server
             // committed before this request.
@@ -259,6 +349,10 @@ impl Store {
     }
 
     async fn write(&self, op: WriteOp) -> Result<WriteReply> {
+        if let Some(r) = self.replicator() {
+            self.admit_replicated(&op)?;
+            return r.propose(op).await;
+        }
         let (tx, rx) = oneshot::channel();
         self.jobs
             .send(Job::Write(op, tx))
@@ -299,6 +393,14 @@ impl Store {
     /// Compact; returns the current revision. With `physical`, answers once
     /// the compacted rows are gone from the log.
     pub async fn compact(&self, revision: i64, physical: bool) -> Result<i64> {
+        if self.replicator().is_some() {
+            // Compaction is an entry like any write; its physical part
+            // runs on each member after it applies.
+            return match self.write(WriteOp::Compact { revision }).await? {
+                WriteReply::Revision(r) => Ok(r),
+                _ => unreachable!("the writer answers a compaction with a revision"),
+            };
+        }
         let (reply, rx) = oneshot::channel();
         self.jobs
             .send(Job::Compact {
@@ -397,6 +499,10 @@ impl Store {
         if ttl > lease::MAX_TTL_SECONDS {
             return Err(Error::LeaseTtlTooLarge);
         }
+        let id = match (id, self.replicator()) {
+            (0, Some(_)) => self.fresh_lease_id(),
+            _ => id,
+        };
         match self
             .write(WriteOp::LeaseGrant {
                 id,
@@ -432,12 +538,18 @@ impl Store {
     /// Revokes every lease whose deadline has passed (unless kept alive
     /// meanwhile); one revision per lease that had keys.
     pub async fn expire_leases(&self) {
+        // Replicated: deadlines are the leader's, and the revoke it proposes
+        // must apply alike everywhere, so it cannot depend on the clock.
+        let replicated = self.replicator();
+        if replicated.is_some_and(|r| !r.is_leader()) {
+            return;
+        }
         let expired = self.shared.leases().expired(std::time::Instant::now());
         for id in expired {
             match self
                 .write(WriteOp::LeaseRevoke {
                     id,
-                    only_if_expired: true,
+                    only_if_expired: replicated.is_none(),
                 })
                 .await
             {
@@ -454,7 +566,9 @@ impl Store {
     /// On a shared database the keep-alive is recorded there, so that the
     /// other servers' expiry sees it.
     pub async fn lease_keep_alive(&self, id: i64) -> Result<i64> {
-        let ttl = if self.shared_db {
+        let ttl = if let Some(r) = self.replicator() {
+            r.keep_alive(id).await?
+        } else if self.shared_db {
             match self.write(WriteOp::LeaseKeepAlive { id }).await? {
                 WriteReply::KeepAlive(ttl) => ttl,
                 _ => unreachable!("the writer answers a keep-alive with a TTL"),
@@ -468,8 +582,31 @@ impl Store {
         Ok(ttl)
     }
 
-    /// `(remaining, granted, keys)` of a lease; `None` if it does not exist.
-    pub fn lease_time_to_live(&self, id: i64, with_keys: bool) -> Option<(i64, i64, Vec<Bytes>)> {
+    /// A keep-alive on this member's own lease table (a replicated
+    /// store's leader): the TTL, or 0 if the lease is gone.
+    pub fn local_keep_alive(&self, id: i64) -> i64 {
+        self.shared.leases().keep_alive(id).unwrap_or(0)
+    }
+
+    /// `(remaining, granted, keys)` of a lease; `None` if it does not
+    /// exist. Replicated: the leader's answer.
+    pub async fn lease_time_to_live(
+        &self,
+        id: i64,
+        with_keys: bool,
+    ) -> Result<Option<(i64, i64, Vec<Bytes>)>> {
+        match self.replicator() {
+            Some(r) => r.time_to_live(id, with_keys).await,
+            None => Ok(self.local_lease_time_to_live(id, with_keys)),
+        }
+    }
+
+    /// `(remaining, granted, keys)` of a lease in this member's own table.
+    pub fn local_lease_time_to_live(
+        &self,
+        id: i64,
+        with_keys: bool,
+    ) -> Option<(i64, i64, Vec<Bytes>)> {
         let leases = self.shared.leases();
         let l = leases.get(id)?;
         let keys = if with_keys {

@@ -98,7 +98,11 @@ pub(super) fn cost(op: &WriteOp) -> u64 {
         WriteOp::Put(p) => KV_OVERHEAD + p.key.len() as u64 + p.value.len() as u64,
         WriteOp::Txn(t) => txn_cost(t),
         WriteOp::LeaseGrant { .. } => LEASE_OVERHEAD,
-        WriteOp::DeleteRange(_) | WriteOp::LeaseRevoke { .. } | WriteOp::LeaseKeepAlive { .. } => 0,
+        WriteOp::DeleteRange(_)
+        | WriteOp::LeaseRevoke { .. }
+        | WriteOp::LeaseKeepAlive { .. }
+        | WriteOp::Compact { .. }
+        | WriteOp::Noop => 0,
     }
 }
 

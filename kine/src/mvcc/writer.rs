@@ -54,6 +54,13 @@ pub enum WriteOp {
     /// Restart a lease's TTL, recorded in a shared database so that every
     /// server's expiry sees it. Answered with the TTL, 0 if it is gone.
     LeaseKeepAlive { id: i64 },
+    /// Compact at a revision, in the batch's transaction (replicated
+    /// stores, where compaction is an entry like any write). Answered with
+    /// the revision the store is at.
+    Compact { revision: i64 },
+    /// Nothing: a replicated entry that changes no key (it still moves the
+    /// applied position). Answered with the revision the store is at.
+    Noop,
 }
 
 /// The answer to a `WriteOp`, of the same kind.
@@ -77,6 +84,10 @@ pub enum WriteReply {
 pub enum Job {
     /// A KV write (or read-only txn), answered after its commit.
     Write(WriteOp, oneshot::Sender<Result<WriteReply>>),
+    /// Entries a replicated store's cluster committed, applied in one
+    /// commit with `mark` (the applied position after the last of them):
+    /// never split, so a commit's mark covers exactly what it wrote.
+    Replicated(Vec<(WriteOp, oneshot::Sender<Result<WriteReply>>)>, Bytes),
     /// Compact at a revision; `physical` answers once the rows are gone.
     Compact {
         revision: i64,
@@ -102,7 +113,9 @@ impl WriteOp {
             WriteOp::Txn(t) => t.encoded_len(),
             WriteOp::LeaseGrant { .. }
             | WriteOp::LeaseRevoke { .. }
-            | WriteOp::LeaseKeepAlive { .. } => 16,
+            | WriteOp::LeaseKeepAlive { .. }
+            | WriteOp::Compact { .. }
+            | WriteOp::Noop => 16,
         }
     }
 }
@@ -228,6 +241,7 @@ impl Writer {
             };
             let mut writes = Vec::new();
             let mut syncs = Vec::new();
+            let mut mark = None;
             let mut bytes = 0;
             let mut next = Some(first);
             while let Some(job) = next.take() {
@@ -236,9 +250,18 @@ impl Writer {
                         bytes += op.size();
                         writes.push((op, reply));
                     }
+                    Job::Replicated(ops, position) => {
+                        bytes += ops.iter().map(|(op, _)| op.size()).sum::<usize>();
+                        writes.extend(ops);
+                        mark = Some(position);
+                    }
                     Job::Sync(reply) => syncs.push(reply),
                     other => {
-                        self.commit_writes(std::mem::take(&mut writes), std::mem::take(&mut syncs));
+                        self.commit_writes(
+                            std::mem::take(&mut writes),
+                            std::mem::take(&mut syncs),
+                            mark.take(),
+                        );
                         if !self.run_control(other) {
                             return;
                         }
@@ -248,7 +271,7 @@ impl Writer {
                     next = self.jobs.try_recv().ok();
                 }
             }
-            self.commit_writes(writes, syncs);
+            self.commit_writes(writes, syncs, mark);
             if self.compaction_pending()
                 && self.last_compaction_step.elapsed() >= COMPACTION_PAUSE_UNDER_LOAD
             {
@@ -264,6 +287,7 @@ impl Writer {
         &mut self,
         writes: Vec<(WriteOp, oneshot::Sender<Result<WriteReply>>)>,
         syncs: Vec<Option<oneshot::Sender<Result<()>>>>,
+        mark: Option<Bytes>,
     ) {
         if self.log.is_shared() && (!writes.is_empty() || !syncs.is_empty()) {
             let caught_up = if writes.is_empty() {
@@ -283,11 +307,17 @@ impl Writer {
                 return;
             }
         }
-        if writes.is_empty() {
+        if writes.is_empty() && mark.is_none() {
             return;
         }
+        // Replicated entries must apply alike on every member: the quota,
+        // which depends on each member's file, is checked before proposing.
+        let replicated = mark.is_some();
         let published = self.head;
-        let mut batch = CommitBatch::default();
+        let mut batch = CommitBatch {
+            replication: mark,
+            ..Default::default()
+        };
         let mut revoked: Vec<(i64, Lease)> = Vec::new();
         let mut replies = Vec::with_capacity(writes.len());
         let mut admitted = 0;
@@ -297,7 +327,27 @@ impl Writer {
             let mut leases = shared.leases();
             let compact = shared.compact_revision();
             for (op, reply) in writes {
-                let cost = quota::cost(&op);
+                match op {
+                    WriteOp::Compact { revision } => {
+                        let compacted = batch.compact_revision.unwrap_or(compact);
+                        let result = if revision <= compacted {
+                            Err(Error::Compacted)
+                        } else if revision > self.head {
+                            Err(Error::FutureRevision)
+                        } else {
+                            batch.compact_revision = Some(revision);
+                            Ok(WriteReply::Revision(self.head))
+                        };
+                        replies.push((reply, result, false));
+                        continue;
+                    }
+                    WriteOp::Noop => {
+                        replies.push((reply, Ok(WriteReply::Revision(self.head)), false));
+                        continue;
+                    }
+                    _ => {}
+                }
+                let cost = if replicated { 0 } else { quota::cost(&op) };
                 if cost > 0 {
                     if let Err(e) = self.admit(cost, admitted) {
                         replies.push((reply, Err(e), false));
@@ -352,6 +402,9 @@ impl Writer {
                         }
                         Ok(WriteReply::KeepAlive(ttl))
                     }
+                    WriteOp::Compact { .. } | WriteOp::Noop => {
+                        unreachable!("answered before the write context")
+                    }
                 };
                 let wrote = ctx.wrote();
                 if result.is_err() {
@@ -390,7 +443,12 @@ impl Writer {
             granted_ids,
         };
         match &committed {
-            Ok(()) => self.publish_committed(&outcome.batch),
+            Ok(()) => {
+                self.publish_committed(&outcome.batch);
+                if let Some(revision) = outcome.batch.compact_revision {
+                    self.start_compaction(revision);
+                }
+            }
             Err(Error::CommitUnknown(e)) => {
                 // Neither publish nor undo until the database says which.
                 tracing::error!(error = %e, "the database connection broke during a commit; writes wait until it is back");
@@ -603,7 +661,9 @@ impl Writer {
     /// Runs a non-write job; false means stop.
     fn run_control(&mut self, job: Job) -> bool {
         match job {
-            Job::Write(..) => unreachable!("writes are batched by the caller"),
+            Job::Write(..) | Job::Replicated(..) => {
+                unreachable!("writes are batched by the caller")
+            }
             Job::Compact {
                 revision,
                 physical,
@@ -653,6 +713,12 @@ impl Writer {
             return Err(Error::FutureRevision);
         }
         self.log.set_compact_revision(revision)?;
+        self.start_compaction(revision);
+        Ok(())
+    }
+
+    /// Makes a durable compact revision visible and starts walking the index.
+    fn start_compaction(&mut self, revision: i64) {
         {
             let _index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
             self.shared.set_compact_revision_locked(revision);
@@ -662,7 +728,6 @@ impl Writer {
         self.compaction_deletes_rows = true;
         METRICS.compactions.inc();
         tracing::debug!(revision, "compaction started");
-        Ok(())
     }
 
     fn compaction_pending(&self) -> bool {
@@ -742,6 +807,11 @@ fn refuse(job: Job) {
     match job {
         Job::Write(_, reply) => {
             let _ = reply.send(Err(unavailable()));
+        }
+        Job::Replicated(ops, _) => {
+            for (_, reply) in ops {
+                let _ = reply.send(Err(unavailable()));
+            }
         }
         Job::Compact { reply, .. } => {
             let _ = reply.send(Err(unavailable()));

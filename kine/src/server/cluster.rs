@@ -1,10 +1,11 @@
-//! The Cluster service: one member, this server.
+//! The Cluster service: this server alone, or a replicated store's members.
 
 use tonic::{Request, Response, Status};
 
 use super::Header;
 use crate::error::Error;
 use crate::mvcc::Store;
+use crate::mvcc::replication::ClusterMember;
 use crate::proto::cluster_server::Cluster;
 use crate::proto::*;
 
@@ -19,6 +20,9 @@ pub struct ClusterService {
 
 impl ClusterService {
     fn members(&self) -> Vec<Member> {
+        if let Some(r) = self.store.replicator() {
+            return r.members().into_iter().map(to_member).collect();
+        }
         vec![Member {
             id: self.store.identity().member_id,
             name: self.name.clone(),
@@ -36,20 +40,50 @@ impl ClusterService {
     }
 }
 
+fn to_member(m: ClusterMember) -> Member {
+    Member {
+        id: m.id,
+        name: m.name,
+        peer_ur_ls: m.peer_urls,
+        client_ur_ls: m.client_urls,
+        is_learner: m.is_learner,
+    }
+}
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _: Request<MemberAddRequest>,
+        request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(Self::single_member("member add"))
+        let Some(r) = self.store.replicator() else {
+            return Err(Self::single_member("member add"));
+        };
+        let req = request.into_inner();
+        let added = r.member_add(req.peer_ur_ls, req.is_learner).await?;
+        let mut resp = MemberAddResponse {
+            header: None,
+            member: Some(to_member(added)),
+            members: self.members(),
+        };
+        self.header.fill(&mut resp.header);
+        Ok(Response::new(resp))
     }
 
     async fn member_remove(
         &self,
-        _: Request<MemberRemoveRequest>,
+        request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(Self::single_member("member remove"))
+        let Some(r) = self.store.replicator() else {
+            return Err(Self::single_member("member remove"));
+        };
+        r.member_remove(request.into_inner().id).await?;
+        let mut resp = MemberRemoveResponse {
+            header: None,
+            members: self.members(),
+        };
+        self.header.fill(&mut resp.header);
+        Ok(Response::new(resp))
     }
 
     async fn member_update(
@@ -74,8 +108,17 @@ impl Cluster for ClusterService {
 
     async fn member_promote(
         &self,
-        _: Request<MemberPromoteRequest>,
+        request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(Self::single_member("member promote"))
+        let Some(r) = self.store.replicator() else {
+            return Err(Self::single_member("member promote"));
+        };
+        r.member_promote(request.into_inner().id).await?;
+        let mut resp = MemberPromoteResponse {
+            header: None,
+            members: self.members(),
+        };
+        self.header.fill(&mut resp.header);
+        Ok(Response::new(resp))
     }
 }

@@ -85,7 +85,7 @@ impl Lease for LeaseService {
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let req = request.into_inner();
-        let mut resp = match self.store.lease_time_to_live(req.id, req.keys) {
+        let mut resp = match self.store.lease_time_to_live(req.id, req.keys).await? {
             Some((ttl, granted_ttl, keys)) => LeaseTimeToLiveResponse {
                 header: None,
                 id: req.id,

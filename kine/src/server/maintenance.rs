@@ -10,6 +10,7 @@ use super::Header;
 use crate::backend::snapshot::Sha256;
 use crate::error::Error;
 use crate::mvcc::Store;
+use crate::mvcc::replication::RaftStatus;
 use crate::proto::alarm_request::AlarmAction;
 use crate::proto::maintenance_server::Maintenance;
 use crate::proto::*;
@@ -69,18 +70,28 @@ impl Maintenance for MaintenanceService {
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let (db_size, db_size_in_use) = self.store.db_size()?;
         let revision = self.store.current_revision();
-        let id = self.store.identity().member_id;
+        let raft = match self.store.replicator() {
+            Some(r) => r.status(),
+            // One member: it leads, and every revision is an applied entry.
+            None => RaftStatus {
+                leader: self.store.identity().member_id,
+                term: super::RAFT_TERM,
+                index: revision as u64,
+                applied: revision as u64,
+                is_learner: false,
+            },
+        };
         let mut resp = StatusResponse {
             header: None,
             version: self.version.clone(),
             db_size,
-            leader: id,
-            raft_index: revision as u64,
-            raft_term: super::RAFT_TERM,
-            raft_applied_index: revision as u64,
+            leader: raft.leader,
+            raft_index: raft.index,
+            raft_term: raft.term,
+            raft_applied_index: raft.applied,
             errors: Vec::new(),
             db_size_in_use,
-            is_learner: false,
+            is_learner: raft.is_learner,
             storage_version: String::new(),
             db_size_quota: self.store.alarms().quota() as i64,
         };
@@ -144,7 +155,7 @@ impl Maintenance for MaintenanceService {
         &self,
         _: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(Error::Unimplemented("k3rs: move leader needs a replicated backend".into()).into())
+        Err(Error::Unimplemented("k3rs: move leader is not built yet".into()).into())
     }
 
     async fn downgrade(

@@ -112,7 +112,10 @@ impl Header {
         let id = self.store.identity();
         h.cluster_id = id.cluster_id;
         h.member_id = id.member_id;
-        h.raft_term = RAFT_TERM;
+        h.raft_term = match self.store.replicator() {
+            Some(r) => r.status().term,
+            None => RAFT_TERM,
+        };
     }
 
     /// Fills a header at `revision`.

@@ -19,9 +19,16 @@ pub fn code(e: &Error) -> Code {
         | Error::RequestTooLarge => Code::InvalidArgument,
         Error::NoSpace => Code::ResourceExhausted,
         Error::LeaseNotFound => Code::NotFound,
-        Error::LeaseExists => Code::FailedPrecondition,
+        Error::LeaseExists | Error::MemberNotLearner | Error::PeerUrlExists => {
+            Code::FailedPrecondition
+        }
+        Error::MemberNotFound => Code::NotFound,
         Error::LeaseTtlTooLarge => Code::OutOfRange,
-        Error::Stopped | Error::Storage(_) | Error::CommitUnknown(_) => Code::Unavailable,
+        Error::Stopped
+        | Error::Storage(_)
+        | Error::CommitUnknown(_)
+        | Error::NoLeader
+        | Error::Timeout => Code::Unavailable,
         Error::Unimplemented(_) => Code::Unimplemented,
     }
 }
@@ -114,6 +121,27 @@ mod tests {
                 Error::Stopped,
                 Code::Unavailable,
                 "etcdserver: server stopped",
+            ),
+            (Error::NoLeader, Code::Unavailable, "etcdserver: no leader"),
+            (
+                Error::MemberNotFound,
+                Code::NotFound,
+                "etcdserver: member not found",
+            ),
+            (
+                Error::MemberNotLearner,
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member",
+            ),
+            (
+                Error::PeerUrlExists,
+                Code::FailedPrecondition,
+                "etcdserver: Peer URLs already exists",
+            ),
+            (
+                Error::Timeout,
+                Code::Unavailable,
+                "etcdserver: request timed out",
             ),
         ];
         for (err, code, message) in table {

@@ -1,0 +1,225 @@
+//! The client side of the peer protocol: openraft's RPCs and members'
+//! calls to the leader, over gRPC, each carrying the cluster token.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::peer::{PeerAnswer, PeerRequest};
+use crate::pb::Blob;
+use crate::pb::peer_client::PeerClient;
+use crate::types::{MemberNode, TypeConfig, WireError, decode, encode};
+
+/// How long a connection to a peer may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Connections to peers, one per URL, shared by every caller.
+#[derive(Clone)]
+pub struct Peers {
+    token: Arc<str>,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+/// A failed call to a peer: whether the request may have reached it.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The connection could not be opened: the request was not sent.
+    #[error("cannot reach {0}: {1}")]
+    Unreachable(String, String),
+    /// Sent, but no answer came: it may or may not have been handled.
+    #[error("no answer from {0}: {1}")]
+    Failed(String, String),
+}
+
+impl Peers {
+    /// Peers authenticated by `token`.
+    pub fn new(token: &str) -> Peers {
+        Peers {
+            token: token.into(),
+            channels: Arc::default(),
+        }
+    }
+
+    fn client(&self, url: &str) -> Result<PeerClient<Channel>, CallError> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = match channels.get(url) {
+            Some(c) => c.clone(),
+            None => {
+                let endpoint = Endpoint::from_shared(url.to_string())
+                    .map_err(|e| CallError::Unreachable(url.into(), e.to_string()))?
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(5))
+                    .keep_alive_timeout(Duration::from_secs(5));
+                let channel = endpoint.connect_lazy();
+                channels.insert(url.to_string(), channel.clone());
+                channel
+            }
+        };
+        Ok(PeerClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX))
+    }
+
+    fn request(&self, data: Vec<u8>) -> tonic::Request<Blob> {
+        let mut request = tonic::Request::new(Blob { data: data.into() });
+        if let Ok(value) = format!("Bearer {}", self.token).parse() {
+            request.metadata_mut().insert("authorization", value);
+        }
+        request
+    }
+
+    /// One raw call: `which` picks the RPC.
+    async fn raw(&self, url: &str, which: Rpc, data: Vec<u8>) -> Result<Vec<u8>, CallError> {
+        let mut client = self.client(url)?;
+        let request = self.request(data);
+        let answer = match which {
+            Rpc::AppendEntries => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::InstallSnapshot => client.install_snapshot(request).await,
+            Rpc::Call => client.call(request).await,
+        };
+        match answer {
+            Ok(blob) => Ok(blob.into_inner().data.to_vec()),
+            Err(status) if is_connect_failure(&status) => {
+                Err(CallError::Unreachable(url.into(), status.message().into()))
+            }
+            Err(status) => Err(CallError::Failed(
+                url.into(),
+                format!("{:?}: {}", status.code(), status.message()),
+            )),
+        }
+    }
+
+    /// A member's call to another (usually the leader).
+    pub async fn call(
+        &self,
+        url: &str,
+        request: &PeerRequest,
+    ) -> Result<Result<PeerAnswer, kine::Error>, CallError> {
+        let bytes = self.raw(url, Rpc::Call, encode(request)).await?;
+        let answer: Result<PeerAnswer, WireError> =
+            decode(&bytes).map_err(|e| CallError::Failed(url.into(), e.to_string()))?;
+        Ok(answer.map_err(kine::Error::from))
+    }
+}
+
+/// Whether tonic failed before the request left (connection refused,
+/// unresolvable name): then it is safe to send it elsewhere.
+fn is_connect_failure(status: &tonic::Status) -> bool {
+    use std::error::Error;
+    if status.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let mut source = status.source();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+            );
+        }
+        if e.to_string().contains("tcp connect error") {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+#[derive(Clone, Copy)]
+enum Rpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+    Call,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Peers {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: u64, node: &MemberNode) -> PeerConnection {
+        PeerConnection {
+            peers: self.clone(),
+            target,
+            url: node.peer_url.clone(),
+        }
+    }
+}
+
+/// openraft's view of one peer.
+pub struct PeerConnection {
+    peers: Peers,
+    target: u64,
+    url: String,
+}
+
+impl PeerConnection {
+    async fn rpc<Req, Resp, E>(
+        &self,
+        which: Rpc,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<u64, MemberNode, RaftError<u64, E>>>
+    where
+        Req: serde::Serialize,
+        Resp: for<'a> serde::Deserialize<'a>,
+        E: std::error::Error + for<'a> serde::Deserialize<'a>,
+    {
+        let sent = tokio::time::timeout(
+            option.hard_ttl(),
+            self.peers.raw(&self.url, which, encode(request)),
+        )
+        .await;
+        let bytes = match sent {
+            Err(elapsed) => return Err(RPCError::Network(NetworkError::new(&elapsed))),
+            Ok(Err(e @ CallError::Unreachable(..))) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&e)));
+            }
+            Ok(Err(e)) => return Err(RPCError::Network(NetworkError::new(&e))),
+            Ok(Ok(bytes)) => bytes,
+        };
+        let answer: Result<Resp, RaftError<u64, E>> =
+            decode(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, MemberNode, RaftError<u64>>> {
+        self.rpc(Rpc::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, MemberNode, RaftError<u64, InstallSnapshotError>>,
+    > {
+        self.rpc(Rpc::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, MemberNode, RaftError<u64>>> {
+        self.rpc(Rpc::Vote, &rpc, &option).await
+    }
+}
