@@ -259,6 +259,15 @@ impl Ctx {
         }
     }
 
+    /// How many members the target's cluster has (its endpoint is one;
+    /// a follower when there are several).
+    pub fn members(&self) -> usize {
+        match self.kind {
+            TargetKind::K3rsRaft => 3,
+            _ => 1,
+        }
+    }
+
     /// `prefix + name`.
     pub fn k(&self, name: &str) -> Bytes {
         let mut v = self.prefix.to_vec();

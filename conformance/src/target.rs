@@ -36,6 +36,9 @@ pub enum TargetKind {
     K3rsPostgres,
     /// k3rs in-process, on a fresh MySQL/MariaDB database.
     K3rsMysql,
+    /// Three k3rs members replicating with raft, in-process; cases talk
+    /// to a follower, so every write and linearizable read is forwarded.
+    K3rsRaft,
     /// An endpoint somebody else runs; its store cannot be made fresh.
     Endpoint,
 }
@@ -45,7 +48,10 @@ impl TargetKind {
     pub fn is_k3rs(self) -> bool {
         matches!(
             self,
-            TargetKind::K3rs | TargetKind::K3rsPostgres | TargetKind::K3rsMysql
+            TargetKind::K3rs
+                | TargetKind::K3rsPostgres
+                | TargetKind::K3rsMysql
+                | TargetKind::K3rsRaft
         )
     }
 
@@ -56,6 +62,7 @@ impl TargetKind {
             "k3rs" => Some(TargetKind::K3rs),
             "k3rs-postgres" => Some(TargetKind::K3rsPostgres),
             "k3rs-mysql" => Some(TargetKind::K3rsMysql),
+            "k3rs-raft" => Some(TargetKind::K3rsRaft),
             _ => None,
         }
     }
@@ -68,6 +75,7 @@ impl fmt::Display for TargetKind {
             TargetKind::K3rs => "k3rs",
             TargetKind::K3rsPostgres => "k3rs-postgres",
             TargetKind::K3rsMysql => "k3rs-mysql",
+            TargetKind::K3rsRaft => "k3rs-raft",
             TargetKind::Endpoint => "endpoint",
         })
     }
@@ -95,6 +103,7 @@ pub async fn start(kind: TargetKind) -> Result<Box<dyn Target>, String> {
         TargetKind::K3rs => Ok(Box::new(K3rsTarget::start().await?)),
         TargetKind::K3rsPostgres => Ok(Box::new(K3rsTarget::start_postgres().await?)),
         TargetKind::K3rsMysql => Ok(Box::new(K3rsTarget::start_mysql().await?)),
+        TargetKind::K3rsRaft => Ok(Box::new(RaftClusterTarget::start().await?)),
         TargetKind::Endpoint => Err("an endpoint target cannot be started".into()),
     }
 }
@@ -300,6 +309,14 @@ impl K3rsTarget {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| format!("bind: {e}"))?;
+        Self::serve_on(listener, store, kind).await
+    }
+
+    async fn serve_on(
+        listener: tokio::net::TcpListener,
+        store: kine::Store,
+        kind: TargetKind,
+    ) -> Result<Self, String> {
         let endpoint = format!(
             "http://{}",
             listener.local_addr().map_err(|e| e.to_string())?
@@ -528,6 +545,103 @@ impl Drop for K3rsTarget {
         // The store's connections close with it; the database goes after
         // (WITH (FORCE) ends any connection still open).
         drop(self.database.take());
+    }
+}
+
+/// Three k3rs members replicating with raft, each serving the etcd API,
+/// all in this process on loopback ports.
+pub struct RaftClusterTarget {
+    /// A follower's endpoint (the one cases use).
+    endpoint: String,
+    members: Vec<K3rsTarget>,
+    nodes: Vec<std::sync::Arc<raft_store::RaftNode>>,
+}
+
+impl RaftClusterTarget {
+    /// Starts a cluster of three and waits until every member answers.
+    pub async fn start() -> Result<Self, String> {
+        let mut members = Vec::new();
+        let mut nodes = Vec::new();
+        let mut first_peer = None;
+        for i in 0..3 {
+            let dir = tempfile::Builder::new()
+                .prefix("conformance-k3rs-raft-")
+                .tempdir()
+                .map_err(|e| e.to_string())?;
+            let store = kine::open_sqlite(&kine::backend::sqlite::SqliteConfig {
+                path: dir.path().join("state.db"),
+                durability: kine::backend::sqlite::Durability::NoSyncUnsafe,
+            })
+            .map_err(|e| format!("open k3rs store: {e}"))?;
+            let peer_port = free_port()?;
+            let peer_url = format!("http://127.0.0.1:{peer_port}");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| format!("bind: {e}"))?;
+            let client_url = format!(
+                "http://{}",
+                listener.local_addr().map_err(|e| e.to_string())?
+            );
+            let config = raft_store::RaftConfig {
+                dir: dir.path().to_path_buf(),
+                // etcd's default name, as the single-server targets report.
+                name: "default".into(),
+                peer_listen: ([127, 0, 0, 1], peer_port).into(),
+                advertise_peer_url: peer_url.clone(),
+                client_urls: vec![client_url],
+                token: "conformance".into(),
+                bootstrap: match &first_peer {
+                    None => raft_store::Bootstrap::ClusterInit,
+                    Some(url) => raft_store::Bootstrap::Join(String::clone(url)),
+                },
+                fsync: false,
+                heartbeat_ms: 100,
+                election_timeout_ms: 1000,
+            };
+            let node = raft_store::start(config, store.clone())
+                .await
+                .map_err(|e| format!("start member {i}: {e}"))?;
+            if first_peer.is_none() {
+                // The first member must lead before others can join.
+                node.raft()
+                    .wait(Some(READY_TIMEOUT))
+                    .current_leader(node.id(), "leads")
+                    .await
+                    .map_err(|e| format!("member 0 did not become leader: {e}"))?;
+                first_peer = Some(peer_url);
+            }
+            let mut member = K3rsTarget::serve_on(listener, store, TargetKind::K3rsRaft).await?;
+            member._dir = Some(dir);
+            members.push(member);
+            nodes.push(node);
+        }
+        let follower = nodes.iter().position(|n| !n.leads()).unwrap_or(0);
+        Ok(RaftClusterTarget {
+            endpoint: members[follower].endpoint.clone(),
+            members,
+            nodes,
+        })
+    }
+}
+
+impl Target for RaftClusterTarget {
+    fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+    fn kind(&self) -> TargetKind {
+        TargetKind::K3rsRaft
+    }
+}
+
+impl Drop for RaftClusterTarget {
+    fn drop(&mut self) {
+        for node in &self.nodes {
+            let raft = node.raft().clone();
+            tokio::spawn(async move {
+                let _ = raft.shutdown().await;
+            });
+        }
+        self.members.clear();
     }
 }
 

@@ -1,5 +1,5 @@
-//! Every case against real etcd and against k3rs on SQLite, PostgreSQL and
-//! MariaDB, one `#[test]` per case and target (`kv::range_limit::etcd`,
+//! Every case against real etcd and against k3rs on SQLite, PostgreSQL,
+//! MariaDB and a three-member raft cluster, one `#[test]` per case and target (`kv::range_limit::etcd`,
 //! `kv::range_limit::k3rs`, `kv::range_limit::k3rs_postgres`,
 //! `kv::range_limit::k3rs_mysql`), expanded
 //! from the single case list in `conformance::for_each_case!`.
@@ -30,6 +30,10 @@ macro_rules! conformance_tests {
                         #[test]
                         fn k3rs_mysql() {
                             conformance::run::run_test(stringify!($group), stringify!($name), conformance::TargetKind::K3rsMysql);
+                        }
+                        #[test]
+                        fn k3rs_raft() {
+                            conformance::run::run_test(stringify!($group), stringify!($name), conformance::TargetKind::K3rsRaft);
                         }
                     }
                 )*

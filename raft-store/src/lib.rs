@@ -79,6 +79,15 @@ pub struct RaftConfig {
 pub async fn start(config: RaftConfig, store: Store) -> Result<Arc<RaftNode>> {
     std::fs::create_dir_all(&config.dir)
         .map_err(|e| Error::Storage(format!("cannot create {}: {e}", config.dir.display())))?;
+    // Bound first: a taken port fails the start before anything changes.
+    let listener = tokio::net::TcpListener::bind(config.peer_listen)
+        .await
+        .map_err(|e| {
+            Error::Storage(format!(
+                "cannot listen for peers on {}: {e}; choose another with --peer-listen-address",
+                config.peer_listen
+            ))
+        })?;
     let log = log_store::LogStore::open(&config.dir.join("raft.db"), config.fsync)?;
     let peers = Peers::new(&config.token);
     let self_node = MemberNode {
@@ -128,7 +137,7 @@ pub async fn start(config: RaftConfig, store: Store) -> Result<Arc<RaftNode>> {
         peers: peers.clone(),
         membership_changes: Default::default(),
     });
-    serve_peers(&config, node.clone()).await?;
+    serve_peers(listener, &config, node.clone());
     renew_leases_on_election(node.clone());
     store.set_replicator(node.clone())?;
     if first_start {
@@ -198,15 +207,7 @@ async fn call_retrying(peers: &Peers, server: &str, request: &PeerRequest) -> Re
     }
 }
 
-async fn serve_peers(config: &RaftConfig, node: Arc<RaftNode>) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.peer_listen)
-        .await
-        .map_err(|e| {
-            Error::Storage(format!(
-                "cannot listen for peers on {}: {e}; choose another with --peer-listen-address",
-                config.peer_listen
-            ))
-        })?;
+fn serve_peers(listener: tokio::net::TcpListener, config: &RaftConfig, node: Arc<RaftNode>) {
     let service = PeerService {
         node,
         token: config.token.as_str().into(),
@@ -215,6 +216,8 @@ async fn serve_peers(config: &RaftConfig, node: Arc<RaftNode>) -> Result<()> {
     tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .initial_stream_window_size(Some(4 << 20))
+            .initial_connection_window_size(Some(8 << 20))
             .add_service(
                 pb::peer_server::PeerServer::new(service)
                     .max_decoding_message_size(usize::MAX)
@@ -226,7 +229,6 @@ async fn serve_peers(config: &RaftConfig, node: Arc<RaftNode>) -> Result<()> {
             tracing::error!(error = %e, "the peer service stopped");
         }
     });
-    Ok(())
 }
 
 /// Lease deadlines were the old leader's: a new leader gives every lease

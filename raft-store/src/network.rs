@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -22,6 +23,10 @@ use crate::types::{MemberNode, TypeConfig, WireError, decode, encode};
 
 /// How long a connection to a peer may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most bytes of entries in one AppendEntries: openraft waits a heartbeat
+/// interval for the answer, so a batch of large values is split (openraft
+/// retries with the entry count `PayloadTooLarge` suggests).
+const MAX_APPEND_BYTES: u64 = 2 << 20;
 
 /// Connections to peers, one per URL, shared by every caller.
 #[derive(Clone)]
@@ -58,6 +63,8 @@ impl Peers {
                 let endpoint = Endpoint::from_shared(url.to_string())
                     .map_err(|e| CallError::Unreachable(url.into(), e.to_string()))?
                     .connect_timeout(CONNECT_TIMEOUT)
+                    .initial_stream_window_size(Some(4 << 20))
+                    .initial_connection_window_size(Some(8 << 20))
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(5))
                     .keep_alive_timeout(Duration::from_secs(5));
@@ -165,22 +172,19 @@ pub struct PeerConnection {
 }
 
 impl PeerConnection {
-    async fn rpc<Req, Resp, E>(
+    async fn rpc<Resp, E>(
         &self,
         which: Rpc,
-        request: &Req,
+        request: Vec<u8>,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<u64, MemberNode, RaftError<u64, E>>>
     where
-        Req: serde::Serialize,
         Resp: for<'a> serde::Deserialize<'a>,
         E: std::error::Error + for<'a> serde::Deserialize<'a>,
     {
-        let sent = tokio::time::timeout(
-            option.hard_ttl(),
-            self.peers.raw(&self.url, which, encode(request)),
-        )
-        .await;
+        let sent =
+            tokio::time::timeout(option.hard_ttl(), self.peers.raw(&self.url, which, request))
+                .await;
         let bytes = match sent {
             Err(elapsed) => return Err(RPCError::Network(NetworkError::new(&elapsed))),
             Ok(Err(e @ CallError::Unreachable(..))) => {
@@ -201,7 +205,23 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, MemberNode, RaftError<u64>>> {
-        self.rpc(Rpc::AppendEntries, &rpc, &option).await
+        let bytes = encode(&rpc);
+        if bytes.len() as u64 > MAX_APPEND_BYTES && rpc.entries.len() > 1 {
+            let mut total = 0;
+            let fit = rpc
+                .entries
+                .iter()
+                .take_while(|e| {
+                    total += bincode::serialized_size(e).unwrap_or(u64::MAX);
+                    total <= MAX_APPEND_BYTES
+                })
+                .count()
+                .max(1);
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(
+                fit as u64,
+            )));
+        }
+        self.rpc(Rpc::AppendEntries, bytes, &option).await
     }
 
     async fn install_snapshot(
@@ -212,7 +232,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         InstallSnapshotResponse<u64>,
         RPCError<u64, MemberNode, RaftError<u64, InstallSnapshotError>>,
     > {
-        self.rpc(Rpc::InstallSnapshot, &rpc, &option).await
+        self.rpc(Rpc::InstallSnapshot, encode(&rpc), &option).await
     }
 
     async fn vote(
@@ -220,6 +240,6 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, MemberNode, RaftError<u64>>> {
-        self.rpc(Rpc::Vote, &rpc, &option).await
+        self.rpc(Rpc::Vote, encode(&rpc), &option).await
     }
 }

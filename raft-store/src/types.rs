@@ -54,12 +54,15 @@ impl fmt::Display for MemberNode {
 /// One replicated write.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Command {
+    // serde_bytes: bincode copies a byte string at once instead of
+    // element by element (a 1.5 MiB value must cross in well under a
+    // heartbeat).
     /// A prost-encoded `PutRequest`.
-    Put(Vec<u8>),
+    Put(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A prost-encoded `DeleteRangeRequest`.
-    DeleteRange(Vec<u8>),
+    DeleteRange(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A prost-encoded `TxnRequest`.
-    Txn(Vec<u8>),
+    Txn(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Grant lease `id` (never 0: the proposer chose it).
     LeaseGrant { id: i64, ttl: i64 },
     /// Revoke lease `id` and delete its keys.
@@ -127,10 +130,10 @@ pub struct Reply(pub Result<Answer, WireError>);
 /// A `WriteReply`, encoded.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Answer {
-    Put(Vec<u8>),
-    DeleteRange(Vec<u8>),
-    Txn(Vec<u8>),
-    LeaseGrant(Vec<u8>),
+    Put(#[serde(with = "serde_bytes")] Vec<u8>),
+    DeleteRange(#[serde(with = "serde_bytes")] Vec<u8>),
+    Txn(#[serde(with = "serde_bytes")] Vec<u8>),
+    LeaseGrant(#[serde(with = "serde_bytes")] Vec<u8>),
     Revision(i64),
     KeepAlive(i64),
 }
