@@ -44,6 +44,9 @@ pub enum CallError {
     /// Sent, but no answer came: it may or may not have been handled.
     #[error("no answer from {0}: {1}")]
     Failed(String, String),
+    /// Refused: this server does not hold the cluster's token.
+    #[error("{0} refused the call: {1}")]
+    Refused(String, String),
 }
 
 impl Peers {
@@ -98,6 +101,9 @@ impl Peers {
         };
         match answer {
             Ok(blob) => Ok(blob.into_inner().data.to_vec()),
+            Err(status) if status.code() == tonic::Code::Unauthenticated => {
+                Err(CallError::Refused(url.into(), status.message().into()))
+            }
             Err(status) if is_connect_failure(&status) => {
                 Err(CallError::Unreachable(url.into(), status.message().into()))
             }

@@ -82,6 +82,9 @@ impl RaftNode {
                     match self.peers.call(&node.peer_url, &request).await {
                         Ok(answer) => answer?,
                         Err(CallError::Unreachable(..)) => PeerAnswer::NotLeader(None),
+                        Err(e @ CallError::Refused(..)) => {
+                            return Err(Error::Storage(e.to_string()));
+                        }
                         Err(e @ CallError::Failed(..)) => {
                             tracing::warn!(error = %e, "the leader did not answer");
                             return Err(Error::Timeout);
@@ -222,7 +225,14 @@ impl RaftNode {
         if self.voters().contains(&id) && self.nodes().get(&id) == Some(&node) {
             return Ok(());
         }
-        tracing::info!(member = %format!("{id:x}"), peer_url = %node.peer_url, "adding a member as a learner");
+        if self.nodes().contains_key(&id) {
+            // Added by MemberAdd (or restarted with new details): record
+            // its name and URLs, then wait for it to catch up.
+            self.change(ChangeMembers::SetNodes(BTreeMap::from([(id, node.clone())])))
+                .await?;
+        } else {
+            tracing::info!(member = %format!("{id:x}"), peer_url = %node.peer_url, "adding a member as a learner");
+        }
         tokio::time::timeout(JOIN_TIMEOUT, self.raft.add_learner(id, node, true))
             .await
             .map_err(|_| Error::Timeout)?
