@@ -141,8 +141,10 @@ impl Client {
 
 fn sql_error(what: &str, e: mysql_async::Error) -> Error {
     match e {
-        // The server answered: the statement failed, nothing of it stays.
-        mysql_async::Error::Server(s) => {
+        // The server answered: the statement failed, nothing of it stays;
+        // unless it answered that the session was killed or the server is
+        // going away (1927, 1053, 1317), which can follow a durable commit.
+        mysql_async::Error::Server(s) if !matches!(s.code, 1927 | 1053 | 1317) => {
             Error::Storage(format!("{what}: {} (error {})", s.message, s.code))
         }
         other => Error::CommitUnknown(format!("{what}: {other}")),

@@ -148,7 +148,11 @@ impl PostgresConfig {
 fn sql_error(what: &str, e: postgres::Error) -> Error {
     match e.as_db_error() {
         // The server answered: the statement failed, and nothing of it stays.
-        Some(db) if !e.is_closed() => Error::Storage(format!(
+        // Except when it answered by ending the session (operator
+        // intervention, class 57, or a connection exception, class 08): a
+        // backend terminated right after its commit became durable reports
+        // that instead of the commit, so the outcome is unknown.
+        Some(db) if !e.is_closed() && !matches!(&db.code().code()[..2], "57" | "08") => Error::Storage(format!(
             "{what}: {} (SQLSTATE {})",
             db.message(),
             db.code().code()
