@@ -326,6 +326,11 @@ pub struct DatastoreArgs {
     #[arg(long, env = "K3RS_HEARTBEAT_INTERVAL", default_value_t = 100)]
     pub heartbeat_interval: u64,
 
+    /// Applied entries between raft snapshots (etcd's flag); the raft log
+    /// is purged behind each snapshot.
+    #[arg(long, env = "K3RS_SNAPSHOT_COUNT", default_value_t = 10_000)]
+    pub snapshot_count: u64,
+
     /// Raft election timeout in milliseconds (etcd's flag and default); a
     /// follower waits between it and twice it before calling an election.
     #[arg(long, env = "K3RS_ELECTION_TIMEOUT", default_value_t = 1000)]
@@ -343,6 +348,7 @@ pub struct ClusterSettings {
     pub fsync: bool,
     pub heartbeat_ms: u64,
     pub election_timeout_ms: u64,
+    pub snapshot_count: u64,
 }
 
 /// A storage endpoint, parsed once.
@@ -665,7 +671,7 @@ impl DatastoreArgs {
             bail!("--election-timeout must be at least five times --heartbeat-interval");
         }
         let fsync = sqlite.durability == Durability::Fsync;
-        sqlite.durability = Durability::NoSyncUnsafe;
+        sqlite.durability = Durability::ReplayedFromLog;
         Ok(Some(ClusterSettings {
             bootstrap,
             token: self.token.clone(),
@@ -675,6 +681,7 @@ impl DatastoreArgs {
             fsync,
             heartbeat_ms: self.heartbeat_interval.max(1),
             election_timeout_ms: self.election_timeout,
+            snapshot_count: self.snapshot_count.max(1),
         }))
     }
 }

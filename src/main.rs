@@ -265,6 +265,7 @@ async fn start_member(
         fsync: settings.fsync,
         heartbeat_ms: settings.heartbeat_ms,
         election_timeout_ms: settings.election_timeout_ms,
+        snapshot_count: settings.snapshot_count,
     };
     let node = raft_store::start(raft, store)
         .await

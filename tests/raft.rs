@@ -535,3 +535,92 @@ async fn linearizable_through_leader_kills() {
     }
     assert!(report.passed(), "{}", report.summary());
 }
+
+/// With snapshots every 100 entries: a member that was down while the log
+/// moved on, and a member that joins later, catch up from the leader's
+/// snapshot; every member ends with the same history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_and_new_members_catch_up_from_snapshots() {
+    let extra = [
+        "--heartbeat-interval",
+        "50",
+        "--election-timeout",
+        "500",
+        "--snapshot-count",
+        "100",
+    ];
+    let mut members = cluster(3, &extra).await;
+    let mut kv = KvClient::new(members[0].channel().await);
+    put(&mut kv, "s/000", "v").await.unwrap();
+    members[2].process.kill();
+    for i in 1..600 {
+        put(&mut kv, &format!("s/{i:03}"), "v").await.unwrap();
+    }
+    members[2].process.restart().await.unwrap();
+    let mut lagging = KvClient::new(members[2].channel().await);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&mut lagging, "s/599", true).await.is_none() {
+        assert!(Instant::now() < deadline, "the restarted member did not catch up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A new member joins after the log was purged.
+    let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    let peer_port = support::free_port();
+    args.extend([
+        "--name".into(),
+        "m3".into(),
+        "--token".into(),
+        TOKEN.into(),
+        "--peer-listen-address".into(),
+        format!("127.0.0.1:{peer_port}"),
+        "--server".into(),
+        members[1].peer_url.clone(),
+    ]);
+    let fourth = K3rsProcess::start_with(bin(), args).await.unwrap();
+    let mut late = KvClient::new(Channel::from_shared(fourth.endpoint()).unwrap().connect().await.unwrap());
+    assert_eq!(get(&mut late, "s/599", false).await.as_deref(), Some("v"));
+    // A watcher on the restarted member replays the whole history in order.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: b"s/".to_vec().into(),
+            range_end: b"s0".to_vec().into(),
+            start_revision: 1,
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut watch = WatchClient::new(members[2].channel().await)
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut keys = Vec::new();
+    while keys.len() < 600 {
+        let r = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .expect("the watcher went silent")
+            .unwrap()
+            .unwrap();
+        keys.extend(r.events.into_iter().map(|e| String::from_utf8_lossy(&e.kv.unwrap().key).into_owned()));
+    }
+    let want: Vec<String> = (0..600).map(|i| format!("s/{i:03}")).collect();
+    assert_eq!(keys, want);
+    // Every member holds the same history.
+    let mut hashes = Vec::new();
+    for endpoint in members.iter().map(|m| m.process.endpoint()).chain([fourth.endpoint()]) {
+        let mut m = MaintenanceClient::connect(endpoint).await.unwrap();
+        let h = m
+            .hash_kv(kine::proto::HashKvRequest { revision: 0 })
+            .await
+            .unwrap()
+            .into_inner();
+        hashes.push((h.hash, h.header.unwrap().revision));
+    }
+    assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
+    let leader_log = members.iter().map(|m| m.process.log()).collect::<String>();
+    assert!(leader_log.contains("built a snapshot"), "no snapshot was built");
+    assert!(members[2].process.log().contains("installed the leader's snapshot"));
+    assert!(std::fs::read_to_string(fourth.log_path()).unwrap().contains("installed the leader's snapshot"));
+}

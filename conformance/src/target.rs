@@ -570,7 +570,7 @@ impl RaftClusterTarget {
                 .map_err(|e| e.to_string())?;
             let store = kine::open_sqlite(&kine::backend::sqlite::SqliteConfig {
                 path: dir.path().join("state.db"),
-                durability: kine::backend::sqlite::Durability::NoSyncUnsafe,
+                durability: kine::backend::sqlite::Durability::ReplayedFromLog,
             })
             .map_err(|e| format!("open k3rs store: {e}"))?;
             let peer_port = free_port()?;
@@ -597,6 +597,7 @@ impl RaftClusterTarget {
                 fsync: false,
                 heartbeat_ms: 100,
                 election_timeout_ms: 1000,
+                snapshot_count: 10_000,
             };
             let node = raft_store::start(config, store.clone())
                 .await

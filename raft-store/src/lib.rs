@@ -67,6 +67,9 @@ pub struct RaftConfig {
     /// fsync the log at every append (default); off only by the named
     /// unsafe flag.
     pub fsync: bool,
+    /// Applied entries between snapshots (etcd's `--snapshot-count`); the
+    /// log is purged behind each snapshot.
+    pub snapshot_count: u64,
     /// openraft's heartbeat, in milliseconds (etcd's default: 100).
     pub heartbeat_ms: u64,
     /// The election timeout's lower bound, in milliseconds (etcd's
@@ -112,14 +115,16 @@ pub async fn start(config: RaftConfig, store: Store) -> Result<Arc<RaftNode>> {
         heartbeat_interval: config.heartbeat_ms,
         election_timeout_min: config.election_timeout_ms,
         election_timeout_max: config.election_timeout_ms * 2,
-        // Snapshots are not built yet: the whole log is kept.
-        snapshot_policy: SnapshotPolicy::Never,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
+        // Entries kept behind a snapshot, so a member a little behind
+        // catches up from the log rather than a whole snapshot.
+        max_in_snapshot_log_to_keep: (config.snapshot_count / 10).min(1000),
         max_payload_entries: 1024,
         ..Default::default()
     }
     .validate()
     .map_err(|e| Error::Storage(format!("raft settings: {e}")))?;
-    let state_machine = state_machine::StateMachine::new(store.clone())?;
+    let state_machine = state_machine::StateMachine::new(store.clone(), &config.dir)?;
     let raft = Raft::new(
         member_id,
         Arc::new(raft_config),
@@ -136,6 +141,7 @@ pub async fn start(config: RaftConfig, store: Store) -> Result<Arc<RaftNode>> {
         cluster_id,
         peers: peers.clone(),
         membership_changes: Default::default(),
+        proposals: node::start_proposer(raft.clone()),
     });
     serve_peers(listener, &config, node.clone());
     renew_leases_on_election(node.clone());

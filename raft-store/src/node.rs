@@ -7,6 +7,7 @@
 //! member it asked, whatever it reads next.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,7 +20,7 @@ use openraft::{ChangeMembers, Raft, ServerState};
 
 use crate::network::{CallError, Peers};
 use crate::peer::{PeerAnswer, PeerRequest};
-use crate::types::{Command, MemberNode, TypeConfig};
+use crate::types::{Answer, Command, MemberNode, Reply, TypeConfig};
 
 /// How long a write or read waits for a leader and a quorum before
 /// answering etcd's "request timed out" (or "no leader").
@@ -36,6 +37,97 @@ pub struct RaftNode {
     pub(crate) peers: Peers,
     /// One membership change at a time (raft allows one in flight).
     pub(crate) membership_changes: tokio::sync::Mutex<()>,
+    /// The leader's proposals, batched (see `start_proposer`).
+    pub(crate) proposals: Proposals,
+}
+
+/// Queued proposals and where each one's answer goes.
+pub(crate) type Proposals = tokio::sync::mpsc::UnboundedSender<(
+    Command,
+    tokio::sync::oneshot::Sender<Result<PeerAnswer>>,
+)>;
+
+/// Batched entries being replicated at once; proposals that arrive
+/// meanwhile wait and go together as one entry, so the log's per-entry
+/// costs (an fsync on every member, a replication round) are shared by all
+/// of them. Measured (three members, 100 clients): 1 in flight ~7,000
+/// puts/s, 2 ~5,300, 4 ~4,500, no batching ~2,700; one client's latency
+/// is lowest with 1 too.
+const PROPOSALS_IN_FLIGHT: usize = 1;
+/// Most commands, and about the most bytes, in one batched entry.
+const MAX_BATCH_COMMANDS: usize = 512;
+const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// Starts the task that turns queued proposals into log entries.
+pub(crate) fn start_proposer(raft: Raft<TypeConfig>) -> Proposals {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(
+        Command,
+        tokio::sync::oneshot::Sender<Result<PeerAnswer>>,
+    )>();
+    let slots = Arc::new(tokio::sync::Semaphore::new(PROPOSALS_IN_FLIGHT));
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            // Everything that queued while the slots were busy goes along.
+            let mut bytes = first.0.size();
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(next) => {
+                        bytes += next.0.size();
+                        batch.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                propose_batch(&raft, batch).await;
+            });
+        }
+    });
+    tx
+}
+
+async fn propose_batch(
+    raft: &Raft<TypeConfig>,
+    batch: Vec<(Command, tokio::sync::oneshot::Sender<Result<PeerAnswer>>)>,
+) {
+    let (commands, replies): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+    let single = commands.len() == 1;
+    let entry = if single {
+        commands.into_iter().next().expect("one command")
+    } else {
+        Command::Batch(commands)
+    };
+    let written = tokio::time::timeout(REQUEST_TIMEOUT, raft.client_write(entry)).await;
+    let answers: Vec<Result<PeerAnswer>> = match written {
+        Err(_) => replies.iter().map(|_| Err(Error::Timeout)).collect(),
+        Ok(Ok(resp)) => {
+            let index = resp.log_id.index;
+            match resp.data {
+                Reply(Ok(Answer::Batch(each))) if !single => each
+                    .into_iter()
+                    .map(|reply| Ok(PeerAnswer::Applied { reply, index }))
+                    .collect(),
+                reply => vec![Ok(PeerAnswer::Applied { reply, index })],
+            }
+        }
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => replies
+            .iter()
+            .map(|_| Ok(PeerAnswer::NotLeader(f.leader_id)))
+            .collect(),
+        Ok(Err(e)) => {
+            let e = raft_failure(e);
+            replies.iter().map(|_| Err(e.clone())).collect()
+        }
+    };
+    for (reply, answer) in replies.into_iter().zip(answers) {
+        let _ = reply.send(answer);
+    }
 }
 
 impl RaftNode {
@@ -109,20 +201,14 @@ impl RaftNode {
         let not_leader = || PeerAnswer::NotLeader(self.leader().map(|(id, _)| id));
         match request {
             PeerRequest::Propose(command) => {
-                let written =
-                    tokio::time::timeout(REQUEST_TIMEOUT, self.raft.client_write(command.clone()))
-                        .await
-                        .map_err(|_| Error::Timeout)?;
-                match written {
-                    Ok(resp) => Ok(PeerAnswer::Applied {
-                        reply: resp.data,
-                        index: resp.log_id.index,
-                    }),
-                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                        Ok(not_leader())
-                    }
-                    Err(e) => Err(raft_failure(e)),
+                if !self.leads() {
+                    return Ok(not_leader());
                 }
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.proposals
+                    .send((command.clone(), tx))
+                    .map_err(|_| Error::Stopped)?;
+                rx.await.map_err(|_| Error::Stopped)?
             }
             PeerRequest::ReadIndex => {
                 let read = tokio::time::timeout(REQUEST_TIMEOUT, self.raft.get_read_log_id())

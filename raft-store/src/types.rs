@@ -69,6 +69,9 @@ pub enum Command {
     LeaseRevoke { id: i64 },
     /// Compact at `revision`.
     Compact { revision: i64 },
+    /// Writes proposed together (the leader batches concurrent proposals
+    /// into one entry); applied in order, answered one by one.
+    Batch(Vec<Command>),
 }
 
 impl fmt::Display for Command {
@@ -81,6 +84,7 @@ impl fmt::Display for Command {
             Command::LeaseGrant { id, ttl } => write!(f, "lease-grant {id:x} ttl {ttl}"),
             Command::LeaseRevoke { id } => write!(f, "lease-revoke {id:x}"),
             Command::Compact { revision } => write!(f, "compact {revision}"),
+            Command::Batch(commands) => write!(f, "batch of {}", commands.len()),
         }
     }
 }
@@ -119,7 +123,19 @@ impl Command {
             Command::Compact { revision } => WriteOp::Compact {
                 revision: *revision,
             },
+            Command::Batch(_) => {
+                return Err(Error::Storage("a batch is applied command by command".into()));
+            }
         })
+    }
+
+    /// Roughly the bytes this command adds to an entry.
+    pub fn size(&self) -> usize {
+        match self {
+            Command::Put(b) | Command::DeleteRange(b) | Command::Txn(b) => b.len() + 8,
+            Command::Batch(commands) => commands.iter().map(Command::size).sum(),
+            _ => 24,
+        }
     }
 }
 
@@ -136,6 +152,8 @@ pub enum Answer {
     LeaseGrant(#[serde(with = "serde_bytes")] Vec<u8>),
     Revision(i64),
     KeepAlive(i64),
+    /// The answers to a `Command::Batch`, in order.
+    Batch(Vec<Reply>),
 }
 
 impl Reply {
@@ -170,6 +188,9 @@ impl Reply {
             )),
             Ok(Answer::Revision(r)) => Ok(WriteReply::Revision(r)),
             Ok(Answer::KeepAlive(t)) => Ok(WriteReply::KeepAlive(t)),
+            Ok(Answer::Batch(_)) => Err(Error::Storage(
+                "k3rs: a batch's answer where one answer was expected".into(),
+            )),
             Err(e) => Err(e.into()),
         }
     }

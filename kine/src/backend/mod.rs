@@ -145,6 +145,22 @@ pub trait LogWriter: Send + 'static {
         ))
     }
 
+    /// Replaces the whole database with the one at `from` (a replicated
+    /// store installing a snapshot); `from` is moved, not copied. Reader
+    /// connections must be closed before and reopened after.
+    fn replace_database(&mut self, from: &std::path::Path) -> Result<()> {
+        let _ = from;
+        Err(crate::Error::Unimplemented(
+            "k3rs: this backend cannot install a snapshot".into(),
+        ))
+    }
+
+    /// Makes every commit so far durable, whatever the commit durability
+    /// (before a replicated store lets its log be purged).
+    fn checkpoint(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     /// Records a new compact revision, durably.
     fn set_compact_revision(&mut self, revision: i64) -> Result<()>;
 
@@ -232,4 +248,14 @@ pub trait LogReader: Send + Sync + 'static {
     /// A consistent copy of the whole database, as a file open for reading
     /// that is deleted when closed (see `snapshot`).
     fn snapshot(&self) -> Result<std::fs::File>;
+
+    /// Closes the connections (the database file is about to be replaced).
+    fn close_connections(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Opens them again on the (new) database file.
+    fn reopen_connections(&self) -> Result<()> {
+        Ok(())
+    }
 }

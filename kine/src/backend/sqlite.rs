@@ -40,6 +40,10 @@ pub enum Durability {
     /// Opt-in and named as such: no fsync at commit. Survives a process
     /// crash, not a power loss.
     NoSyncUnsafe,
+    /// A replicated member's store: no fsync at commit, but fsynced at
+    /// every checkpoint, so a power loss loses only the newest commits,
+    /// never consistency; the fsynced raft log applies them again.
+    ReplayedFromLog,
 }
 
 /// Where and how to open the database.
@@ -116,9 +120,22 @@ pub fn open(config: &SqliteConfig) -> Result<(SqliteWriter, SqliteReader)> {
     if app_id != APPLICATION_ID && (app_id != 0 || tables != 0) {
         return Err(foreign());
     }
-    let sync = match config.durability {
+    configure_writer(&conn, config.durability)?;
+    let mut writer = SqliteWriter {
+        conn,
+        path: config.path.clone(),
+        durability: config.durability,
+    };
+    writer.migrate()?;
+    let reader = SqliteReader::open(&config.path)?;
+    Ok((writer, reader))
+}
+
+fn configure_writer(conn: &Connection, durability: Durability) -> Result<()> {
+    let sync = match durability {
         Durability::Fsync => "FULL",
         Durability::NoSyncUnsafe => "OFF",
+        Durability::ReplayedFromLog => "NORMAL",
     };
     conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL;
@@ -126,17 +143,12 @@ pub fn open(config: &SqliteConfig) -> Result<(SqliteWriter, SqliteReader)> {
          PRAGMA cache_size = -16384;
          PRAGMA temp_store = MEMORY;"
     ))?;
-    let mut writer = SqliteWriter {
-        conn,
-        path: config.path.clone(),
-    };
-    writer.migrate()?;
-    let reader = SqliteReader::open(&config.path)?;
-    Ok((writer, reader))
+    Ok(())
 }
 
 /// The single write connection.
 pub struct SqliteWriter {
+    durability: Durability,
     conn: Connection,
     path: PathBuf,
 }
@@ -316,6 +328,44 @@ impl LogWriter for SqliteWriter {
         Ok(())
     }
 
+    fn replace_database(&mut self, from: &Path) -> Result<()> {
+        check_file_is_sqlite(from)?;
+        // Closed first, so no connection holds the old file or its WAL.
+        drop(std::mem::replace(&mut self.conn, Connection::open_in_memory()?));
+        let with_suffix = |suffix: &str| {
+            let mut p = self.path.as_os_str().to_owned();
+            p.push(suffix);
+            PathBuf::from(p)
+        };
+        for stale in [with_suffix("-wal"), with_suffix("-shm")] {
+            let _ = std::fs::remove_file(stale);
+        }
+        std::fs::rename(from, &self.path).map_err(|e| {
+            Error::Storage(format!(
+                "cannot move {} to {}: {e}",
+                from.display(),
+                self.path.display()
+            ))
+        })?;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(|e| {
+                Error::Storage(format!("cannot sync {}: {e}", dir.display()))
+            })?;
+        }
+        self.conn = open_connection(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        configure_writer(&self.conn, self.durability)?;
+        self.migrate()
+    }
+
+    fn checkpoint(&mut self) -> Result<()> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(FULL)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     fn set_compact_revision(&mut self, revision: i64) -> Result<()> {
         self.conn.execute(
             "UPDATE meta SET value = ?1 WHERE name = 'compact_revision'",
@@ -432,6 +482,25 @@ impl LogReader for SqliteReader {
 
     fn snapshot(&self) -> Result<File> {
         self.with_conn(|conn| super::snapshot::copy_database(conn, &self.path))
+    }
+
+    fn close_connections(&self) -> Result<()> {
+        for slot in &self.pool {
+            let mut conn = slot.lock().unwrap_or_else(|p| p.into_inner());
+            *conn = Connection::open_in_memory()?;
+        }
+        Ok(())
+    }
+
+    fn reopen_connections(&self) -> Result<()> {
+        for slot in &self.pool {
+            let fresh = open_connection(
+                &self.path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+        }
+        Ok(())
     }
 }
 

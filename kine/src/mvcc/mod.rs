@@ -58,6 +58,68 @@ pub(crate) struct Shared {
     loaded_replication: Option<Bytes>,
 }
 
+/// The index and lease table rebuilt from a log, with what it said.
+pub(crate) struct LoadedState {
+    pub(crate) index: Index,
+    pub(crate) leases: LeaseTable,
+    pub(crate) loaded: crate::backend::Loaded,
+    /// Rows a compaction had not yet deleted when the process stopped.
+    pub(crate) leftover: Vec<(i64, Bytes)>,
+}
+
+/// Reads the whole log into a fresh index and lease table.
+pub(crate) fn load_state(log: &mut dyn LogWriter) -> Result<LoadedState> {
+    let started = std::time::Instant::now();
+    let mut index = Index::default();
+    let loaded = log.load(&mut |record| {
+        let key = record.key.clone();
+        index.push(
+            record.key,
+            Revision {
+                mod_revision: record.mod_revision,
+                create_revision: record.create_revision,
+                version: record.version,
+                lease: record.lease,
+                sub: record.sub,
+                value: Some(record.value),
+            },
+        );
+        index.release_old_values(&key);
+    })?;
+    let leftover = if loaded.compact_revision > 0 {
+        index.compact(loaded.compact_revision)
+    } else {
+        Vec::new()
+    };
+    tracing::info!(
+        revision = loaded.current_revision,
+        compact_revision = loaded.compact_revision,
+        keys = index.key_count(),
+        revisions = index.revision_count(),
+        leftover_compacted = leftover.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "store loaded"
+    );
+    // Every lease gets its full TTL again after a restart (etcd's rule).
+    let mut leases = LeaseTable::default();
+    for stored in &loaded.leases {
+        leases.insert(stored.id, Lease::new(stored.ttl));
+    }
+    let all = KeyRange::new(Bytes::from_static(b"\0"), Bytes::from_static(b"\0"));
+    index.visit(&all, |key, h| {
+        if let Some(latest) = h.latest().filter(|l| !l.is_tombstone() && l.lease != 0) {
+            leases.reattach(key, 0, latest.lease);
+        }
+        true
+    });
+    Ok(LoadedState {
+        index,
+        leases,
+        loaded,
+        leftover,
+    })
+}
+
 /// A callback fed every committed batch.
 pub type Subscriber = Box<dyn Fn(Arc<Committed>) + Send + Sync>;
 
@@ -68,6 +130,10 @@ pub struct Committed {
     pub revision: i64,
     /// Its events in revision order, then write order; each with `prev_kv`.
     pub events: Vec<Event>,
+    /// The whole store was replaced (a replicated member installed a
+    /// snapshot): watchers resume from the new history, or are canceled
+    /// where it was compacted.
+    pub restored: bool,
 }
 
 impl Shared {
@@ -110,50 +176,12 @@ pub struct Store {
 impl Store {
     /// Loads the log into memory and starts the writer thread.
     pub fn open(mut log: Box<dyn LogWriter>, reader: Box<dyn LogReader>) -> Result<Store> {
-        let started = std::time::Instant::now();
-        let mut index = Index::default();
-        let loaded = log.load(&mut |record| {
-            let key = record.key.clone();
-            index.push(
-                record.key,
-                Revision {
-                    mod_revision: record.mod_revision,
-                    create_revision: record.create_revision,
-                    version: record.version,
-                    lease: record.lease,
-                    sub: record.sub,
-                    value: Some(record.value),
-                },
-            );
-            index.release_old_values(&key);
-        })?;
-        // Rows a compaction had not yet deleted when the process stopped.
-        let leftover = if loaded.compact_revision > 0 {
-            index.compact(loaded.compact_revision)
-        } else {
-            Vec::new()
-        };
-        tracing::info!(
-            revision = loaded.current_revision,
-            compact_revision = loaded.compact_revision,
-            keys = index.key_count(),
-            revisions = index.revision_count(),
-            leftover_compacted = leftover.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "store loaded"
-        );
-        // Every lease gets its full TTL again after a restart (etcd's rule).
-        let mut leases = LeaseTable::default();
-        for stored in &loaded.leases {
-            leases.insert(stored.id, Lease::new(stored.ttl));
-        }
-        let all = KeyRange::new(Bytes::from_static(b"\0"), Bytes::from_static(b"\0"));
-        index.visit(&all, |key, h| {
-            if let Some(latest) = h.latest().filter(|l| !l.is_tombstone() && l.lease != 0) {
-                leases.reattach(key, 0, latest.lease);
-            }
-            true
-        });
+        let LoadedState {
+            index,
+            leases,
+            loaded,
+            leftover,
+        } = load_state(log.as_mut())?;
         let shared = Arc::new(Shared {
             index: RwLock::new(index),
             current: AtomicI64::new(loaded.current_revision),
@@ -269,6 +297,26 @@ impl Store {
         }
         METRICS.quota_refusals.inc();
         Err(Error::NoSpace)
+    }
+
+    /// Replaces the whole store with the database at `path` (a replicated
+    /// member installing the leader's snapshot); returns its revision.
+    pub async fn restore_replicated(&self, path: std::path::PathBuf) -> Result<i64> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Restore(path, reply))
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// Makes every commit so far durable (before a replicated store's log
+    /// is purged up to what the store holds).
+    pub async fn checkpoint(&self) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Checkpoint(reply))
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)?
     }
 
     /// Restarts every lease's TTL (a member that just became leader).

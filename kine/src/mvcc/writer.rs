@@ -99,6 +99,11 @@ pub enum Job {
     /// A shared database: take in what other servers committed; answered
     /// once this server has every revision committed before the job.
     Sync(Option<oneshot::Sender<Result<()>>>),
+    /// Replace the whole database with this file and reload (a replicated
+    /// member installing a snapshot); answered with the new revision.
+    Restore(std::path::PathBuf, oneshot::Sender<Result<i64>>),
+    /// Make every commit so far durable.
+    Checkpoint(oneshot::Sender<Result<()>>),
     /// Finish what is queued, then stop.
     Shutdown(oneshot::Sender<()>),
 }
@@ -580,6 +585,7 @@ impl Writer {
             let committed = Arc::new(Committed {
                 revision: batch.current_revision,
                 events,
+                restored: false,
             });
             for subscriber in self
                 .shared
@@ -680,12 +686,61 @@ impl Writer {
                 let _ = reply.send(self.log.defragment());
             }
             Job::Sync(_) => unreachable!("syncs are batched by the caller"),
+            Job::Restore(path, reply) => {
+                let _ = reply.send(self.restore(&path));
+            }
+            Job::Checkpoint(reply) => {
+                let _ = reply.send(self.log.checkpoint());
+            }
             Job::Shutdown(reply) => {
                 let _ = reply.send(());
                 return false;
             }
         }
         true
+    }
+
+    /// Replaces the database and everything in memory with the file at
+    /// `path`; watchers resume from the new history.
+    fn restore(&mut self, path: &std::path::Path) -> Result<i64> {
+        self.shared.reader.close_connections()?;
+        let replaced = self.log.replace_database(path);
+        self.shared.reader.reopen_connections()?;
+        replaced?;
+        let state = super::load_state(self.log.as_mut())?;
+        let revision = state.loaded.current_revision;
+        {
+            let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
+            let mut leases = self.shared.leases();
+            *index = state.index;
+            *leases = state.leases;
+            self.shared
+                .set_compact_revision_locked(state.loaded.compact_revision);
+            self.shared.publish(revision);
+        }
+        self.head = revision;
+        self.compacting = None;
+        self.compacted_rows = state.leftover.into();
+        self.db_size = None;
+        for (reply, _) in self.physical_waiters.drain(..) {
+            let _ = reply.send(Ok(revision));
+        }
+        let restored = Arc::new(Committed {
+            revision,
+            events: Vec::new(),
+            restored: true,
+        });
+        for subscriber in self
+            .shared
+            .subscribers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            subscriber(restored.clone());
+        }
+        tracing::info!(revision, "store replaced by a snapshot");
+        Ok(revision)
     }
 
     /// Compacts; on a shared database under the commit lock, after
@@ -823,6 +878,12 @@ fn refuse(job: Job) {
             if let Some(reply) = reply {
                 let _ = reply.send(Err(unavailable()));
             }
+        }
+        Job::Restore(_, reply) => {
+            let _ = reply.send(Err(unavailable()));
+        }
+        Job::Checkpoint(reply) => {
+            let _ = reply.send(Err(unavailable()));
         }
         Job::Shutdown(reply) => {
             let _ = reply.send(());

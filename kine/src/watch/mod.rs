@@ -366,6 +366,13 @@ impl Hub {
             if !w.synced {
                 continue;
             }
+            if batch.restored {
+                // The history was replaced: read from it like a watcher
+                // that fell behind (canceled if it was compacted).
+                w.synced = false;
+                fallen_behind.push((stream, id));
+                continue;
+            }
             let events = select(&batch.events, w, w.next_rev);
             if !events.is_empty() {
                 // Reserve room for every fragment first, so a watcher never
