@@ -332,7 +332,8 @@ pub struct DatastoreArgs {
     pub snapshot_count: u64,
 
     /// Raft election timeout in milliseconds (etcd's flag and default); a
-    /// follower waits between it and twice it before calling an election.
+    /// follower that hears no heartbeat for 1.25 to 1.5 times it calls an
+    /// election.
     #[arg(long, env = "K3RS_ELECTION_TIMEOUT", default_value_t = 1000)]
     pub election_timeout: u64,
 }

@@ -72,8 +72,9 @@ pub struct RaftConfig {
     pub snapshot_count: u64,
     /// openraft's heartbeat, in milliseconds (etcd's default: 100).
     pub heartbeat_ms: u64,
-    /// The election timeout's lower bound, in milliseconds (etcd's
-    /// default: 1000); the upper bound is twice it.
+    /// The election timeout, in milliseconds (etcd's default: 1000): a
+    /// follower that hears no heartbeat for 1.25 to 1.5 times it calls an
+    /// election.
     pub election_timeout_ms: u64,
 }
 
@@ -113,8 +114,12 @@ pub async fn start(config: RaftConfig, store: Store) -> Result<Arc<RaftNode>> {
     let raft_config = Config {
         cluster_name: "k3rs".into(),
         heartbeat_interval: config.heartbeat_ms,
-        election_timeout_min: config.election_timeout_ms,
-        election_timeout_max: config.election_timeout_ms * 2,
+        // openraft's follower waits out the leader's lease (the maximum)
+        // and then a random timeout in [min, max]: with these, an election
+        // starts 1.25 to 1.5 election timeouts after the last heartbeat
+        // (etcd: 1 to 2).
+        election_timeout_min: config.election_timeout_ms / 2,
+        election_timeout_max: config.election_timeout_ms * 3 / 4,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
         // Entries kept behind a snapshot, so a member a little behind
         // catches up from the log rather than a whole snapshot.
