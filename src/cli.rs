@@ -155,10 +155,17 @@ pub struct ServerConfig {
 
 impl ServerArgs {
     pub fn into_config(self) -> Result<ServerConfig> {
-        let server_dir = self.datastore.data_dir.clone().unwrap_or_else(default_data_dir).join("server");
+        let server_dir = self
+            .datastore
+            .data_dir
+            .clone()
+            .unwrap_or_else(default_data_dir)
+            .join("server");
         let external = match self.datastore_endpoint.as_deref() {
             Some(e) if e.starts_with("http://") || e.starts_with("https://") => Some(e.to_string()),
-            Some(e) => bail!("--datastore-endpoint {e:?} is not an etcd endpoint (http://HOST:PORT); for a database use --endpoint"),
+            Some(e) => bail!(
+                "--datastore-endpoint {e:?} is not an etcd endpoint (http://HOST:PORT); for a database use --endpoint"
+            ),
             None => None,
         };
         let (log_format, debug) = (self.datastore.log_format, self.datastore.debug);
@@ -169,20 +176,31 @@ impl ServerArgs {
         let etcd_endpoint = match (&external, &datastore) {
             (Some(e), _) => e.clone(),
             (None, Some(d)) => {
-                let ip = if d.listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { d.listen.ip().to_string() };
+                let ip = if d.listen.ip().is_unspecified() {
+                    "127.0.0.1".to_string()
+                } else {
+                    d.listen.ip().to_string()
+                };
                 format!("http://{ip}:{}", d.listen.port())
             }
             (None, None) => unreachable!("one of the two is set"),
         };
         if datastore.as_ref().is_some_and(|d| d.server.tls.is_some()) && !self.disable_apiserver {
-            bail!("the Kubernetes API reaches the embedded datastore over plain loopback; TLS on the datastore with the API is not built yet (use `k3rs kine` for a TLS datastore)");
+            bail!(
+                "the Kubernetes API reaches the embedded datastore over plain loopback; TLS on the datastore with the API is not built yet (use `k3rs kine` for a TLS datastore)"
+            );
         }
         let api = (!self.disable_apiserver).then(|| apiserver::Config {
             listen: SocketAddr::new(self.bind_address, self.https_listen_port),
             server_dir,
             etcd_endpoint,
         });
-        Ok(ServerConfig { datastore, log_format, debug, api })
+        Ok(ServerConfig {
+            datastore,
+            log_format,
+            debug,
+            api,
+        })
     }
 }
 
@@ -315,7 +333,11 @@ pub struct DatastoreArgs {
     pub token: Option<String>,
 
     /// Address the peer protocol (replication between members) listens on.
-    #[arg(long, env = "K3RS_PEER_LISTEN_ADDRESS", default_value = "127.0.0.1:2380")]
+    #[arg(
+        long,
+        env = "K3RS_PEER_LISTEN_ADDRESS",
+        default_value = "127.0.0.1:2380"
+    )]
     pub peer_listen_address: String,
 
     /// The peer URL other members reach this one at. Default: from --peer-listen-address.
@@ -451,7 +473,9 @@ fn parse_endpoint(dsn: &str, durability: Durability, tls: &DatabaseTls) -> Resul
     };
     match scheme {
         "sqlite" if tls_flags => {
-            bail!("--datastore-cafile/-certfile/-keyfile are for PostgreSQL; SQLite is a local file")
+            bail!(
+                "--datastore-cafile/-certfile/-keyfile are for PostgreSQL; SQLite is a local file"
+            )
         }
         "sqlite" => {
             let (path, params) = rest.split_once('?').unwrap_or((rest, ""));
@@ -643,18 +667,26 @@ impl DatastoreArgs {
         let wanted = self.cluster_init || self.server.is_some();
         let Endpoint::Sqlite(sqlite) = endpoint else {
             if wanted {
-                bail!("--cluster-init and --server replicate the embedded SQLite datastore; servers sharing an external database need neither");
+                bail!(
+                    "--cluster-init and --server replicate the embedded SQLite datastore; servers sharing an external database need neither"
+                );
             }
             return Ok(None);
         };
-        let dir = sqlite.path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = sqlite
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         if !wanted && !dir.join("raft.db").exists() {
             return Ok(None);
         }
         let bootstrap = match &self.server {
             Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
                 if self.token.is_none() {
-                    bail!("--server needs --token: the cluster's token (see the first server's DATA_DIR/server/db/token)");
+                    bail!(
+                        "--server needs --token: the cluster's token (see the first server's DATA_DIR/server/db/token)"
+                    );
                 }
                 raft_store::Bootstrap::Join(url.clone())
             }
@@ -662,10 +694,17 @@ impl DatastoreArgs {
             None => raft_store::Bootstrap::ClusterInit,
         };
         let peer_listen: SocketAddr = self.peer_listen_address.parse().with_context(|| {
-            format!("--peer-listen-address {:?} is not HOST:PORT", self.peer_listen_address)
+            format!(
+                "--peer-listen-address {:?} is not HOST:PORT",
+                self.peer_listen_address
+            )
         })?;
         let advertise_peer_url = self.advertise_peer_url.clone().unwrap_or_else(|| {
-            let ip = if peer_listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { peer_listen.ip().to_string() };
+            let ip = if peer_listen.ip().is_unspecified() {
+                "127.0.0.1".to_string()
+            } else {
+                peer_listen.ip().to_string()
+            };
             format!("http://{ip}:{}", peer_listen.port())
         });
         if self.election_timeout < 5 * self.heartbeat_interval.max(1) {
@@ -694,7 +733,8 @@ mod tests {
     fn parse_args(args: &[&str]) -> Result<DatastoreConfig> {
         let cli = Cli::try_parse_from(args)?;
         match cli.command {
-            Command::Server(ServerArgs { datastore: a, .. }) | Command::Kine(KineArgs { datastore: a, .. }) => a.into_config(),
+            Command::Server(ServerArgs { datastore: a, .. })
+            | Command::Kine(KineArgs { datastore: a, .. }) => a.into_config(),
             other => anyhow::bail!("not a serving command: {other:?}"),
         }
     }
@@ -745,11 +785,19 @@ mod tests {
             Ok(Endpoint::Postgres(_))
         ));
         assert!(matches!(
-            parse_endpoint("postgresql://u@db/k", Durability::Fsync, &DatabaseTls::default()),
+            parse_endpoint(
+                "postgresql://u@db/k",
+                Durability::Fsync,
+                &DatabaseTls::default()
+            ),
             Ok(Endpoint::Postgres(_))
         ));
         assert!(matches!(
-            parse_endpoint("mysql://u@tcp(db:3306)/k", Durability::Fsync, &DatabaseTls::default()),
+            parse_endpoint(
+                "mysql://u@tcp(db:3306)/k",
+                Durability::Fsync,
+                &DatabaseTls::default()
+            ),
             Ok(Endpoint::Mysql(_))
         ));
         assert!(

@@ -174,7 +174,10 @@ fn lock_database(db: &Path) -> Result<File> {
     }
 }
 
-async fn run_datastore(config: DatastoreConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
+async fn run_datastore(
+    config: DatastoreConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let (store, database, _lock) = match &config.endpoint {
         Endpoint::Sqlite(sqlite) => {
             let lock = lock_database(&sqlite.path)?;
@@ -227,15 +230,9 @@ async fn run_datastore(config: DatastoreConfig, shutdown: impl std::future::Futu
     if let Some((interval, min_retain)) = config.auto_compact {
         tokio::spawn(kine::auto_compact(store.clone(), interval, min_retain));
     }
-    kine::serve_with_monitor(
-        listener,
-        monitor,
-        store.clone(),
-        config.server,
-        shutdown,
-    )
-    .await
-    .context("the gRPC server failed")?;
+    kine::serve_with_monitor(listener, monitor, store.clone(), config.server, shutdown)
+        .await
+        .context("the gRPC server failed")?;
     if let Some(node) = cluster {
         let _ = node.raft().shutdown().await;
     }

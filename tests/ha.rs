@@ -66,7 +66,10 @@ async fn watch(channel: &Channel, prefix: &str, start_revision: i64) -> Streamin
 }
 
 /// `(revision, key, is_delete)` of every event until revision `last`.
-async fn events_until(stream: &mut Streaming<WatchResponse>, last: i64) -> Vec<(i64, String, bool)> {
+async fn events_until(
+    stream: &mut Streaming<WatchResponse>,
+    last: i64,
+) -> Vec<(i64, String, bool)> {
     let mut seen: Vec<(i64, String, bool)> = Vec::new();
     while seen.last().map_or(0, |e| e.0) < last {
         let resp = tokio::time::timeout(Duration::from_secs(10), stream.message())
@@ -140,7 +143,11 @@ async fn three_servers_see_every_write_once_in_order(db: TestDatabase) {
     }
     assert!(acked.len() > 100, "only {} puts acknowledged", acked.len());
     let by_revision: HashMap<i64, String> = acked.iter().map(|(k, r)| (*r, k.clone())).collect();
-    assert_eq!(by_revision.len(), acked.len(), "two writes got one revision");
+    assert_eq!(
+        by_revision.len(),
+        acked.len(),
+        "two writes got one revision"
+    );
     let last = *by_revision.keys().max().unwrap();
     let expected: Vec<(i64, String, bool)> = (2..=last)
         .map(|r| (r, by_revision[&r].clone(), false))
@@ -382,7 +389,11 @@ async fn a_server_killed_leaves_the_others_going(db: TestDatabase) {
                     i += 1;
                     let key = format!("/ha/{s}/{w}/{i}");
                     match kv.put(put(&key, "v")).await {
-                        Ok(r) => acked.push((key, r.into_inner().header.unwrap().revision, Instant::now())),
+                        Ok(r) => acked.push((
+                            key,
+                            r.into_inner().header.unwrap().revision,
+                            Instant::now(),
+                        )),
                         Err(_) if s == 0 => break,
                         Err(e) => panic!("server {s} failed a write: {e}"),
                     }
@@ -397,8 +408,14 @@ async fn a_server_killed_leaves_the_others_going(db: TestDatabase) {
     for w in writers {
         acked.extend(w.await.unwrap());
     }
-    let after_kill = acked.iter().filter(|a| a.2 > killed_at + Duration::from_millis(100)).count();
-    assert!(after_kill > 20, "only {after_kill} writes acknowledged after the kill");
+    let after_kill = acked
+        .iter()
+        .filter(|a| a.2 > killed_at + Duration::from_millis(100))
+        .count();
+    assert!(
+        after_kill > 20,
+        "only {after_kill} writes acknowledged after the kill"
+    );
     let acked: Vec<(String, i64)> = acked.into_iter().map(|(k, r, _)| (k, r)).collect();
     let restarted = K3rs::start(&dir.path().join("s0"), &["--endpoint", &db.dsn]);
     for s in servers.iter().chain([&restarted]) {
@@ -455,11 +472,7 @@ async fn cluster_is_linearizable_through_kills_and_cuts(db: TestDatabase) {
         victim.kills
     };
     let rec = record_cluster(endpoints, &cfg, faults).await;
-    let report = verify(
-        "k3rs-three-servers",
-        &rec,
-        Duration::from_secs(60),
-    );
+    let report = verify("k3rs-three-servers", &rec, Duration::from_secs(60));
     println!("{}", report.summary());
     assert_eq!(report.kills, 1);
     assert!(report.ops > 500, "too few ops: {}", report.summary());

@@ -63,7 +63,9 @@ impl Member {
     }
 
     async fn status(&self) -> Option<(u64, u64)> {
-        let mut m = MaintenanceClient::connect(self.process.endpoint()).await.ok()?;
+        let mut m = MaintenanceClient::connect(self.process.endpoint())
+            .await
+            .ok()?;
         let s = m.status(StatusRequest {}).await.ok()?.into_inner();
         Some((s.header?.member_id, s.leader))
     }
@@ -98,6 +100,34 @@ async fn leader(members: &[Member]) -> usize {
         assert!(Instant::now() < deadline, "no leader within 20 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A watch on `[key, end)` from revision 1 on `member`, once created.
+async fn watch_from_start(
+    member: &Member,
+    key: &str,
+    end: &str,
+) -> tonic::Streaming<kine::proto::WatchResponse> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: key.as_bytes().to_vec().into(),
+            range_end: end.as_bytes().to_vec().into(),
+            start_revision: 1,
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    // The request stream stays open as long as the sender lives.
+    std::mem::forget(tx);
+    let mut watch = WatchClient::new(member.channel().await)
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(watch.message().await.unwrap().unwrap().created);
+    watch
 }
 
 async fn put(kv: &mut KvClient<Channel>, key: &str, value: &str) -> Result<i64, tonic::Status> {
@@ -142,7 +172,12 @@ async fn members_replicate_and_tell_the_truth() {
     let members = cluster(3, &[]).await;
     let endpoints: Vec<String> = members
         .iter()
-        .map(|m| m.process.endpoint().trim_start_matches("http://").to_string())
+        .map(|m| {
+            m.process
+                .endpoint()
+                .trim_start_matches("http://")
+                .to_string()
+        })
         .collect();
     let all = endpoints.join(",");
 
@@ -152,7 +187,11 @@ async fn members_replicate_and_tell_the_truth() {
     assert_eq!(list.lines().count(), 3, "{list}");
     for (i, m) in members.iter().enumerate() {
         assert!(
-            list.contains(&format!("started, m{i}, {}, {}, false", m.peer_url, m.process.endpoint())),
+            list.contains(&format!(
+                "started, m{i}, {}, {}, false",
+                m.peer_url,
+                m.process.endpoint()
+            )),
             "{list}"
         );
     }
@@ -164,7 +203,10 @@ async fn members_replicate_and_tell_the_truth() {
         .iter()
         .map(|s| s["Status"]["leader"].as_u64().unwrap())
         .collect();
-    assert!(leaders.iter().all(|l| *l == leaders[0] && *l != 0), "{status}");
+    assert!(
+        leaders.iter().all(|l| *l == leaders[0] && *l != 0),
+        "{status}"
+    );
     let terms: Vec<u64> = status
         .as_array()
         .unwrap()
@@ -174,23 +216,7 @@ async fn members_replicate_and_tell_the_truth() {
     assert!(terms.iter().all(|t| *t >= 1), "{status}");
 
     // A watcher on the last member from the start sees every write, in order.
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(WatchRequest {
-        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
-            key: b"w/".to_vec().into(),
-            range_end: b"w0".to_vec().into(),
-            start_revision: 1,
-            ..Default::default()
-        })),
-    })
-    .await
-    .unwrap();
-    let mut watch = WatchClient::new(members[2].channel().await)
-        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(watch.message().await.unwrap().unwrap().created);
+    let mut watch = watch_from_start(&members[2], "w/", "w0").await;
 
     // Writes through every member: each readable on every member at once
     // (linearizable), and on the member written through even serializably.
@@ -200,11 +226,20 @@ async fn members_replicate_and_tell_the_truth() {
         let mut kv = KvClient::new(m.channel().await);
         let key = format!("w/{i:02}");
         revisions.push(put(&mut kv, &key, &format!("v{i}")).await.unwrap());
-        assert_eq!(get(&mut kv, &key, true).await.as_deref(), Some(format!("v{i}").as_str()));
+        assert_eq!(
+            get(&mut kv, &key, true).await.as_deref(),
+            Some(format!("v{i}").as_str())
+        );
         let mut other = KvClient::new(members[(i + 1) % 3].channel().await);
-        assert_eq!(get(&mut other, &key, false).await.as_deref(), Some(format!("v{i}").as_str()));
+        assert_eq!(
+            get(&mut other, &key, false).await.as_deref(),
+            Some(format!("v{i}").as_str())
+        );
     }
-    assert!(revisions.windows(2).all(|w| w[1] == w[0] + 1), "{revisions:?}");
+    assert!(
+        revisions.windows(2).all(|w| w[1] == w[0] + 1),
+        "{revisions:?}"
+    );
     let mut seen = Vec::new();
     while seen.len() < 30 {
         let r = tokio::time::timeout(Duration::from_secs(10), watch.message())
@@ -236,7 +271,9 @@ async fn members_replicate_and_tell_the_truth() {
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let (tx, rx) = tokio::sync::mpsc::channel(1);
-        tx.send(LeaseKeepAliveRequest { id: granted.id }).await.unwrap();
+        tx.send(LeaseKeepAliveRequest { id: granted.id })
+            .await
+            .unwrap();
         let mut stream = keeper
             .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
@@ -265,7 +302,11 @@ async fn members_replicate_and_tell_the_truth() {
     // A server with the wrong token cannot join.
     let peer_port = support::free_port();
     let out = std::process::Command::new(bin())
-        .args(["kine", "--listen-address", &format!("127.0.0.1:{}", support::free_port())])
+        .args([
+            "kine",
+            "--listen-address",
+            &format!("127.0.0.1:{}", support::free_port()),
+        ])
         .args(["--peer-listen-address", &format!("127.0.0.1:{peer_port}")])
         .args(["--metrics-bind-address", "0", "--token", "wrong"])
         .args(["--server", &members[0].peer_url])
@@ -292,7 +333,11 @@ async fn leader_killed_under_load_loses_nothing() {
         writers.push(tokio::spawn(async move {
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let Ok(channel) = Channel::from_shared(endpoint.clone()).unwrap().connect().await else {
+                let Ok(channel) = Channel::from_shared(endpoint.clone())
+                    .unwrap()
+                    .connect()
+                    .await
+                else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
@@ -319,7 +364,10 @@ async fn leader_killed_under_load_loses_nothing() {
         if put(&mut kv, "after-kill", "v").await.is_ok() {
             break killed_at.elapsed();
         }
-        assert!(killed_at.elapsed() < Duration::from_secs(30), "no write accepted within 30 s of the leader's kill");
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(30),
+            "no write accepted within 30 s of the leader's kill"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     println!("leader kill to the next acknowledged write: {recovered:?}");
@@ -349,7 +397,11 @@ async fn leader_killed_under_load_loses_nothing() {
         let keys: std::collections::HashSet<Vec<u8>> =
             all.kvs.into_iter().map(|kv| kv.key.to_vec()).collect();
         for (key, _) in &acked {
-            assert!(keys.contains(key.as_bytes()), "{key} lost on {}", m.process.endpoint());
+            assert!(
+                keys.contains(key.as_bytes()),
+                "{key} lost on {}",
+                m.process.endpoint()
+            );
         }
     }
 }
@@ -358,7 +410,11 @@ async fn leader_killed_under_load_loses_nothing() {
 /// come back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_cluster_restart_keeps_data_and_members() {
-    let mut members = cluster(3, &["--heartbeat-interval", "50", "--election-timeout", "500"]).await;
+    let mut members = cluster(
+        3,
+        &["--heartbeat-interval", "50", "--election-timeout", "500"],
+    )
+    .await;
     let mut kv = KvClient::new(members[1].channel().await);
     for i in 0..20 {
         put(&mut kv, &format!("r/{i}"), "v").await.unwrap();
@@ -379,7 +435,10 @@ async fn whole_cluster_restart_keeps_data_and_members() {
     }
     let after = etcdctl(&members[2].process.endpoint(), &["member", "list"]).stdout;
     let sorted = |b: &[u8]| {
-        let mut l: Vec<String> = String::from_utf8_lossy(b).lines().map(String::from).collect();
+        let mut l: Vec<String> = String::from_utf8_lossy(b)
+            .lines()
+            .map(String::from)
+            .collect();
         l.sort();
         l
     };
@@ -390,7 +449,11 @@ async fn whole_cluster_restart_keeps_data_and_members() {
 /// fail with etcd's errors, serializable reads still answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minority_refuses_writes_and_linearizable_reads() {
-    let mut members = cluster(3, &["--heartbeat-interval", "50", "--election-timeout", "500"]).await;
+    let mut members = cluster(
+        3,
+        &["--heartbeat-interval", "50", "--election-timeout", "500"],
+    )
+    .await;
     let mut kv = KvClient::new(members[0].channel().await);
     put(&mut kv, "m/a", "1").await.unwrap();
     members[1].process.kill();
@@ -398,7 +461,8 @@ async fn a_minority_refuses_writes_and_linearizable_reads() {
     let err = put(&mut kv, "m/b", "2").await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     assert!(
-        err.message() == "etcdserver: request timed out" || err.message() == "etcdserver: no leader",
+        err.message() == "etcdserver: request timed out"
+            || err.message() == "etcdserver: no leader",
         "{err:?}"
     );
     let err = kv
@@ -414,7 +478,10 @@ async fn a_minority_refuses_writes_and_linearizable_reads() {
     members[1].process.restart().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while put(&mut kv, "m/c", "3").await.is_err() {
-        assert!(Instant::now() < deadline, "no write after the quorum came back");
+        assert!(
+            Instant::now() < deadline,
+            "no write after the quorum came back"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -429,7 +496,13 @@ async fn membership_changes_under_load() {
     let writer = {
         let (stop, endpoint) = (stop.clone(), members[0].process.endpoint());
         tokio::spawn(async move {
-            let mut kv = KvClient::new(Channel::from_shared(endpoint).unwrap().connect().await.unwrap());
+            let mut kv = KvClient::new(
+                Channel::from_shared(endpoint)
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap(),
+            );
             let mut acked = Vec::new();
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -444,8 +517,15 @@ async fn membership_changes_under_load() {
     let endpoint = members[0].process.endpoint();
     let peer_port = support::free_port();
     let peer_url = format!("http://127.0.0.1:{peer_port}");
-    let out = etcdctl(&endpoint, &["member", "add", "m3", &format!("--peer-urls={peer_url}")]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = etcdctl(
+        &endpoint,
+        &["member", "add", "m3", &format!("--peer-urls={peer_url}")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let added = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(added.contains("added to cluster"), "{added}");
     // The added member starts with the peer URL it was added with.
@@ -464,7 +544,13 @@ async fn membership_changes_under_load() {
     let out = etcdctl(&endpoint, &["member", "list"]);
     let list = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(list.lines().count(), 4, "{list}");
-    assert!(list.contains(&format!("started, m3, {peer_url}, {}, false", fourth.endpoint())), "{list}");
+    assert!(
+        list.contains(&format!(
+            "started, m3, {peer_url}, {}, false",
+            fourth.endpoint()
+        )),
+        "{list}"
+    );
     // Remove one of the first three (not the one the writer uses).
     let id = list
         .lines()
@@ -473,7 +559,11 @@ async fn membership_changes_under_load() {
         .unwrap()
         .to_string();
     let out = etcdctl(&endpoint, &["member", "remove", &id]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let list = String::from_utf8_lossy(&etcdctl(&endpoint, &["member", "list"]).stdout).to_string();
     assert_eq!(list.lines().count(), 3, "{list}");
     assert!(!list.contains(", m2, "), "{list}");
@@ -484,9 +574,19 @@ async fn membership_changes_under_load() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let acked = writer.await.unwrap();
     assert!(acked.len() > 20, "too few writes: {}", acked.len());
-    let mut kv = KvClient::new(Channel::from_shared(fourth.endpoint()).unwrap().connect().await.unwrap());
+    let mut kv = KvClient::new(
+        Channel::from_shared(fourth.endpoint())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
     for i in acked {
-        assert_eq!(get(&mut kv, &format!("mc/{i:05}"), false).await.as_deref(), Some("v"), "mc/{i:05}");
+        assert_eq!(
+            get(&mut kv, &format!("mc/{i:05}"), false).await.as_deref(),
+            Some("v"),
+            "mc/{i:05}"
+        );
     }
 }
 
@@ -494,7 +594,11 @@ async fn membership_changes_under_load() {
 /// the leader killed and restarted twice during the run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn linearizable_through_leader_kills() {
-    let members = cluster(3, &["--heartbeat-interval", "50", "--election-timeout", "500"]).await;
+    let members = cluster(
+        3,
+        &["--heartbeat-interval", "50", "--election-timeout", "500"],
+    )
+    .await;
     let endpoints: Vec<String> = members.iter().map(|m| m.process.endpoint()).collect();
     let cfg = Config {
         duration: Duration::from_secs(10),
@@ -515,7 +619,11 @@ async fn linearizable_through_leader_kills() {
                 members[victim].process.kill();
                 kills += 1;
                 tokio::time::sleep(Duration::from_millis(1000)).await;
-                members[victim].process.restart().await.expect("restarting a killed member");
+                members[victim]
+                    .process
+                    .restart()
+                    .await
+                    .expect("restarting a killed member");
             }
             kills
         }
@@ -560,7 +668,10 @@ async fn lagging_and_new_members_catch_up_from_snapshots() {
     let mut lagging = KvClient::new(members[2].channel().await);
     let deadline = Instant::now() + Duration::from_secs(30);
     while get(&mut lagging, "s/599", true).await.is_none() {
-        assert!(Instant::now() < deadline, "the restarted member did not catch up");
+        assert!(
+            Instant::now() < deadline,
+            "the restarted member did not catch up"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A new member joins after the log was purged.
@@ -577,25 +688,16 @@ async fn lagging_and_new_members_catch_up_from_snapshots() {
         members[1].peer_url.clone(),
     ]);
     let fourth = K3rsProcess::start_with(bin(), args).await.unwrap();
-    let mut late = KvClient::new(Channel::from_shared(fourth.endpoint()).unwrap().connect().await.unwrap());
+    let mut late = KvClient::new(
+        Channel::from_shared(fourth.endpoint())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
     assert_eq!(get(&mut late, "s/599", false).await.as_deref(), Some("v"));
     // A watcher on the restarted member replays the whole history in order.
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(WatchRequest {
-        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
-            key: b"s/".to_vec().into(),
-            range_end: b"s0".to_vec().into(),
-            start_revision: 1,
-            ..Default::default()
-        })),
-    })
-    .await
-    .unwrap();
-    let mut watch = WatchClient::new(members[2].channel().await)
-        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = watch_from_start(&members[2], "s/", "s0").await;
     let mut keys = Vec::new();
     while keys.len() < 600 {
         let r = tokio::time::timeout(Duration::from_secs(10), watch.message())
@@ -603,13 +705,21 @@ async fn lagging_and_new_members_catch_up_from_snapshots() {
             .expect("the watcher went silent")
             .unwrap()
             .unwrap();
-        keys.extend(r.events.into_iter().map(|e| String::from_utf8_lossy(&e.kv.unwrap().key).into_owned()));
+        keys.extend(
+            r.events
+                .into_iter()
+                .map(|e| String::from_utf8_lossy(&e.kv.unwrap().key).into_owned()),
+        );
     }
     let want: Vec<String> = (0..600).map(|i| format!("s/{i:03}")).collect();
     assert_eq!(keys, want);
     // Every member holds the same history.
     let mut hashes = Vec::new();
-    for endpoint in members.iter().map(|m| m.process.endpoint()).chain([fourth.endpoint()]) {
+    for endpoint in members
+        .iter()
+        .map(|m| m.process.endpoint())
+        .chain([fourth.endpoint()])
+    {
         let mut m = MaintenanceClient::connect(endpoint).await.unwrap();
         let h = m
             .hash_kv(kine::proto::HashKvRequest { revision: 0 })
@@ -620,7 +730,19 @@ async fn lagging_and_new_members_catch_up_from_snapshots() {
     }
     assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
     let leader_log = members.iter().map(|m| m.process.log()).collect::<String>();
-    assert!(leader_log.contains("built a snapshot"), "no snapshot was built");
-    assert!(members[2].process.log().contains("installed the leader's snapshot"));
-    assert!(std::fs::read_to_string(fourth.log_path()).unwrap().contains("installed the leader's snapshot"));
+    assert!(
+        leader_log.contains("built a snapshot"),
+        "no snapshot was built"
+    );
+    assert!(
+        members[2]
+            .process
+            .log()
+            .contains("installed the leader's snapshot")
+    );
+    assert!(
+        std::fs::read_to_string(fourth.log_path())
+            .unwrap()
+            .contains("installed the leader's snapshot")
+    );
 }

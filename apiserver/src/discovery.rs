@@ -52,7 +52,16 @@ pub fn one_group(name: &str) -> Option<Value> {
     })
 }
 
-const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 fn entry(r: &Resource) -> Vec<Value> {
     let mut out = vec![json!({
@@ -90,24 +99,42 @@ fn entry(r: &Resource) -> Vec<Value> {
 
 /// The `APIResourceList` of one group-version, if k3rs serves it.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
-    let list: Vec<Value> = resources::of_group_version(group, version).flat_map(entry).collect();
+    let list: Vec<Value> = resources::of_group_version(group, version)
+        .flat_map(entry)
+        .collect();
     if list.is_empty() {
         return None;
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}))
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}),
+    )
 }
 
 fn gv_path(group: &str, version: &str) -> String {
-    if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
 }
 
 /// `/openapi/v3`: one document per served group-version.
 pub fn openapi_index() -> Value {
     let mut paths = serde_json::Map::new();
-    for (g, v) in std::iter::once("").chain(GROUPS.iter().copied()).map(|g| (g, "v1")) {
+    for (g, v) in std::iter::once("")
+        .chain(GROUPS.iter().copied())
+        .map(|g| (g, "v1"))
+    {
         let p = gv_path(g, v);
-        paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash=k3rs1")}));
+        paths.insert(
+            p.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash=k3rs1")}),
+        );
     }
     json!({"paths": paths})
 }
@@ -126,7 +153,12 @@ pub fn openapi_document(path: &str) -> Option<Value> {
     let mut schemas = serde_json::Map::new();
     for r in resources::of_group_version(group, version) {
         let gvk = json!([{"group": r.group, "version": r.version, "kind": r.kind}]);
-        let schema_name = format!("io.k3rs.{}.{}.{}", if r.group.is_empty() { "core" } else { r.group }, r.version, r.kind);
+        let schema_name = format!(
+            "io.k3rs.{}.{}.{}",
+            if r.group.is_empty() { "core" } else { r.group },
+            r.version,
+            r.kind
+        );
         schemas.insert(
             schema_name.clone(),
             json!({"type": "object", "x-kubernetes-group-version-kind": gvk, "x-kubernetes-preserve-unknown-fields": true,
@@ -143,9 +175,20 @@ pub fn openapi_document(path: &str) -> Option<Value> {
                    "x-kubernetes-group-version-kind": {"group": r.group, "version": r.version, "kind": r.kind},
                    "parameters": params, "requestBody": body, "responses": {"200": body}})
         };
-        let base = format!("/{}/{}", gv_path(group, version), if r.namespaced { "namespaces/{namespace}/" } else { "" });
+        let base = format!(
+            "/{}/{}",
+            gv_path(group, version),
+            if r.namespaced {
+                "namespaces/{namespace}/"
+            } else {
+                ""
+            }
+        );
         paths.insert(format!("{base}{}", r.plural), json!({"post": op("post")}));
-        paths.insert(format!("{base}{}/{{name}}", r.plural), json!({"put": op("put"), "patch": op("patch")}));
+        paths.insert(
+            format!("{base}{}/{{name}}", r.plural),
+            json!({"put": op("put"), "patch": op("patch")}),
+        );
     }
     if paths.is_empty() {
         return None;

@@ -31,7 +31,12 @@ pub struct ConnAuth {
 }
 
 fn json_response(code: StatusCode, value: &Value) -> Response {
-    (code, [(http::header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
+    (
+        code,
+        [(http::header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+        .into_response()
 }
 
 fn ok(value: &Value) -> Response {
@@ -126,14 +131,20 @@ fn list_params(q: &[(String, String)], res: &Resource) -> ApiResult<ListParams> 
     let exact = match param(q, "resourceVersionMatch") {
         None | Some("") | Some("NotOlderThan") => false,
         Some("Exact") => true,
-        Some(other) => return Err(ApiError::bad_request(format!("unsupported resourceVersionMatch {other:?}"))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "unsupported resourceVersionMatch {other:?}"
+            )));
+        }
     };
     Ok(ListParams {
         exact,
         labels: LabelSelector::parse(param(q, "labelSelector").unwrap_or(""))?,
         fields: FieldSelector::parse(param(q, "fieldSelector").unwrap_or(""), res.kind)?,
         limit: param(q, "limit").and_then(|l| l.parse().ok()).unwrap_or(0),
-        continue_token: param(q, "continue").filter(|c| !c.is_empty()).map(str::to_string),
+        continue_token: param(q, "continue")
+            .filter(|c| !c.is_empty())
+            .map(str::to_string),
         resource_version: param(q, "resourceVersion").map(str::to_string),
         timeout_seconds: param(q, "timeoutSeconds").and_then(|t| t.parse().ok()),
         allow_bookmarks: param(q, "allowWatchBookmarks") == Some("true"),
@@ -159,7 +170,14 @@ fn authenticated(api: &Api, conn: ConnAuth, headers: &HeaderMap) -> bool {
 }
 
 /// Every request.
-pub async fn handle(api: Arc<Api>, conn: ConnAuth, method: Method, uri: http::Uri, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn handle(
+    api: Arc<Api>,
+    conn: ConnAuth,
+    method: Method,
+    uri: http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let path = uri.path().trim_end_matches('/').to_string();
     match path.as_str() {
         "/healthz" | "/livez" | "/readyz" => return (StatusCode::OK, "ok").into_response(),
@@ -174,19 +192,40 @@ pub async fn handle(api: Arc<Api>, conn: ConnAuth, method: Method, uri: http::Ur
     }
 }
 
-async fn route(api: &Api, method: &Method, uri: &http::Uri, path: &str, headers: &HeaderMap, body: Bytes) -> ApiResult<Response> {
+async fn route(
+    api: &Api,
+    method: &Method,
+    uri: &http::Uri,
+    path: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let is_get = *method == Method::GET;
     match segments.as_slice() {
         ["version"] if is_get => return Ok(ok(&discovery::version())),
         ["api"] if is_get => return Ok(ok(&discovery::core_versions())),
         ["apis"] if is_get => return Ok(ok(&discovery::groups())),
-        ["api", v] if is_get => return discovery::resource_list("", v).map(|l| ok(&l)).ok_or_else(|| ApiError::no_route()),
-        ["apis", g] if is_get => return discovery::one_group(g).map(|l| ok(&l)).ok_or_else(|| ApiError::no_route()),
-        ["apis", g, v] if is_get => return discovery::resource_list(g, v).map(|l| ok(&l)).ok_or_else(|| ApiError::no_route()),
+        ["api", v] if is_get => {
+            return discovery::resource_list("", v)
+                .map(|l| ok(&l))
+                .ok_or_else(|| ApiError::no_route());
+        }
+        ["apis", g] if is_get => {
+            return discovery::one_group(g)
+                .map(|l| ok(&l))
+                .ok_or_else(|| ApiError::no_route());
+        }
+        ["apis", g, v] if is_get => {
+            return discovery::resource_list(g, v)
+                .map(|l| ok(&l))
+                .ok_or_else(|| ApiError::no_route());
+        }
         ["openapi", "v3"] if is_get => return Ok(ok(&discovery::openapi_index())),
         ["openapi", "v3", rest @ ..] if is_get => {
-            return discovery::openapi_document(&rest.join("/")).map(|d| ok(&d)).ok_or_else(|| ApiError::no_route());
+            return discovery::openapi_document(&rest.join("/"))
+                .map(|d| ok(&d))
+                .ok_or_else(|| ApiError::no_route());
         }
         _ => {}
     }
@@ -206,7 +245,12 @@ async fn route(api: &Api, method: &Method, uri: &http::Uri, path: &str, headers:
         .unwrap_or("")
         .trim()
         .to_string();
-    let Target { res, namespace, name, sub } = target;
+    let Target {
+        res,
+        namespace,
+        name,
+        sub,
+    } = target;
     let ns = namespace.as_deref();
     let strict = match param(&q, "fieldValidation") {
         None | Some("") | Some("Ignore") | Some("Warn") => false,
@@ -225,7 +269,10 @@ async fn route(api: &Api, method: &Method, uri: &http::Uri, path: &str, headers:
         if unknown.is_empty() {
             return Ok(());
         }
-        let list: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+        let list: Vec<String> = unknown
+            .iter()
+            .map(|f| format!("unknown field \"{f}\""))
+            .collect();
         Err(ApiError::bad_request(format!(
             "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
             list.join(", "),
@@ -237,8 +284,13 @@ async fn route(api: &Api, method: &Method, uri: &http::Uri, path: &str, headers:
         (Method::GET, None, None) => {
             let p = list_params(&q, res)?;
             if matches!(param(&q, "watch"), Some("true" | "1")) {
-                let shape = if wants_table(headers) { crate::watch::Shape::Table(res) } else { crate::watch::Shape::Object };
-                let rx = crate::watch::start(api.store.clone(), res, namespace.clone(), p, shape).await?;
+                let shape = if wants_table(headers) {
+                    crate::watch::Shape::Table(res)
+                } else {
+                    crate::watch::Shape::Object
+                };
+                let rx = crate::watch::start(api.store.clone(), res, namespace.clone(), p, shape)
+                    .await?;
                 let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
                 return Ok(Response::builder()
                     .status(StatusCode::OK)
@@ -248,15 +300,26 @@ async fn route(api: &Api, method: &Method, uri: &http::Uri, path: &str, headers:
                     .expect("a valid response"));
             }
             let list = list::list(&api.store, res, ns, &p).await?;
-            Ok(ok(&if wants_table(headers) { list::table(res, &list) } else { list }))
+            Ok(ok(&if wants_table(headers) {
+                list::table(res, &list)
+            } else {
+                list
+            }))
         }
         (Method::GET, Some(name), None | Some("status")) => {
             let obj = get(api, res, ns, name).await?;
-            Ok(ok(&if wants_table(headers) { list::table(res, &obj) } else { obj }))
+            Ok(ok(&if wants_table(headers) {
+                list::table(res, &obj)
+            } else {
+                obj
+            }))
         }
-        (Method::GET, Some(name), Some("scale")) if has_scale(res) => Ok(ok(&scale_of(&get(api, res, ns, name).await?))),
+        (Method::GET, Some(name), Some("scale")) if has_scale(res) => {
+            Ok(ok(&scale_of(&get(api, res, ns, name).await?)))
+        }
         (Method::PUT | Method::PATCH, Some(name), Some("scale")) if has_scale(res) => {
-            let body: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
+            let body: Value = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
             let written = update(api, res, ns, name, false, |current| {
                 let mut scale = scale_of(current);
                 match (method, content_type.as_str()) {
@@ -264,7 +327,10 @@ async fn route(api: &Api, method: &Method, uri: &http::Uri, path: &str, headers:
                     (_, "application/json-patch+json") => scale = patch::json_patch(&scale, &body)?,
                     _ => patch::merge(&mut scale, &body),
                 }
-                if let Some(rv) = scale.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+                if let Some(rv) = scale
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                {
                     if rv != store::revision_of(current).to_string() {
                         return Err(ApiError::conflict(res.plural, name));
                     }
@@ -273,7 +339,16 @@ async fn route(api: &Api, method: &Method, uri: &http::Uri, path: &str, headers:
                     .pointer("/spec/replicas")
                     .and_then(Value::as_i64)
                     .filter(|r| *r >= 0)
-                    .ok_or_else(|| ApiError::invalid("Scale", name, vec![("spec.replicas".into(), "Invalid value: must be a non-negative integer".into())]))?;
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "Scale",
+                            name,
+                            vec![(
+                                "spec.replicas".into(),
+                                "Invalid value: must be a non-negative integer".into(),
+                            )],
+                        )
+                    })?;
                 let mut new = current.clone();
                 new["spec"]["replicas"] = json!(replicas);
                 Ok(new)
@@ -281,9 +356,11 @@ async fn route(api: &Api, method: &Method, uri: &http::Uri, path: &str, headers:
             .await?;
             Ok(ok(&scale_of(&written)))
         }
-        (Method::GET, Some(_), Some("log")) if res.kind == "Pod" => Err(ApiError::method_not_allowed(
-            "pod logs come from the node agent, which k3rs does not have yet",
-        )),
+        (Method::GET, Some(_), Some("log")) if res.kind == "Pod" => {
+            Err(ApiError::method_not_allowed(
+                "pod logs come from the node agent, which k3rs does not have yet",
+            ))
+        }
         (Method::POST, None, None) => {
             let mut obj = parse_body(&body, &content_type)?;
             check_fields(&obj)?;
@@ -294,7 +371,10 @@ async fn route(api: &Api, method: &Method, uri: &http::Uri, path: &str, headers:
             if let Some(ns) = ns.filter(|_| res.kind != "Namespace") {
                 ensure_namespace(api, ns).await?;
             }
-            let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let name = obj["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             match api.store.swap(&res.key(ns, &name), &obj, 0).await? {
                 Swap::Done(written) => {
                     if res.kind == "Namespace" {
@@ -311,7 +391,10 @@ async fn route(api: &Api, method: &Method, uri: &http::Uri, path: &str, headers:
             let new = parse_body(&body, &content_type)?;
             check_fields(&new)?;
             let status_only = sub.is_some();
-            let expected = new.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string);
+            let expected = new
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .map(str::to_string);
             update(api, res, ns, name, status_only, |current| {
                 if let Some(rv) = &expected {
                     if *rv != store::revision_of(current).to_string() {
@@ -330,7 +413,8 @@ async fn route(api: &Api, method: &Method, uri: &http::Uri, path: &str, headers:
                     "server-side apply is not built yet in k3rs; use kubectl apply without --server-side",
                 ));
             } else {
-                serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("the patch is not JSON: {e}")))?
+                serde_json::from_slice(&body)
+                    .map_err(|e| ApiError::bad_request(format!("the patch is not JSON: {e}")))?
             };
             update(api, res, ns, name, status_only, |current| {
                 let mut out = current.clone();
@@ -354,7 +438,11 @@ async fn route(api: &Api, method: &Method, uri: &http::Uri, path: &str, headers:
             .map(|o| ok(&o))
         }
         (Method::DELETE, Some(name), None) => {
-            let options: Value = if body.is_empty() { json!({}) } else { serde_json::from_slice(&body).unwrap_or(json!({})) };
+            let options: Value = if body.is_empty() {
+                json!({})
+            } else {
+                serde_json::from_slice(&body).unwrap_or(json!({}))
+            };
             delete(api, res, ns, name, &options).await.map(|o| ok(&o))
         }
         (Method::DELETE, None, None) => {
@@ -362,7 +450,10 @@ async fn route(api: &Api, method: &Method, uri: &http::Uri, path: &str, headers:
             let list = list::list(&api.store, res, ns, &p).await?;
             let mut deleted = Vec::new();
             for item in list["items"].as_array().into_iter().flatten() {
-                let name = item.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+                let name = item
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
                 let item_ns = item.pointer("/metadata/namespace").and_then(Value::as_str);
                 match delete(api, res, item_ns, name, &json!({})).await {
                     Ok(o) => deleted.push(o),
@@ -370,7 +461,9 @@ async fn route(api: &Api, method: &Method, uri: &http::Uri, path: &str, headers:
                     Err(e) => return Err(e),
                 }
             }
-            Ok(ok(&json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": {}, "items": deleted})))
+            Ok(ok(
+                &json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": {}, "items": deleted}),
+            ))
         }
         _ => Err(ApiError::method_not_allowed(format!(
             "{method} is not supported on {}{}",
@@ -389,7 +482,8 @@ fn parse_body(body: &[u8], content_type: &str) -> ApiResult<Value> {
             "the body of the request was in an unknown format - accepted media types include: application/json (got {content_type})"
         )));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body is not JSON: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not JSON: {e}")))
 }
 
 async fn get(api: &Api, res: &Resource, ns: Option<&str>, name: &str) -> ApiResult<Value> {
@@ -406,7 +500,9 @@ async fn ensure_namespace(api: &Api, ns: &str) -> ApiResult<()> {
         Some(n) if n.pointer("/metadata/deletionTimestamp").is_some() => Err(ApiError {
             code: 403,
             reason: "Forbidden",
-            message: format!("unable to create new content in namespace {ns} because it is being terminated"),
+            message: format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            ),
             details: None,
         }),
         Some(_) => Ok(()),
@@ -429,7 +525,10 @@ async fn update(
         let mut new = change(&current)?;
         keep_server_fields(res, &current, &mut new, status_only)?;
         // The last finalizer removed from an object being deleted: it goes.
-        let finalizers_empty = new.pointer("/metadata/finalizers").and_then(Value::as_array).is_none_or(|f| f.is_empty());
+        let finalizers_empty = new
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_none_or(|f| f.is_empty());
         if current.pointer("/metadata/deletionTimestamp").is_some() && finalizers_empty {
             return match api.store.delete(&key, store::revision_of(&current)).await? {
                 Swap::Done(obj) => Ok(obj),
@@ -439,7 +538,11 @@ async fn update(
         if new == current {
             return Ok(current);
         }
-        match api.store.swap(&key, &new, store::revision_of(&current)).await? {
+        match api
+            .store
+            .swap(&key, &new, store::revision_of(&current))
+            .await?
+        {
             Swap::Done(obj) => return Ok(obj),
             Swap::Mismatch(None) => return Err(ApiError::not_found(res.plural, name)),
             Swap::Mismatch(Some(_)) => continue,
@@ -450,7 +553,12 @@ async fn update(
 
 /// What a client cannot change: identity and server-set metadata; on the
 /// main resource the status (its own subresource), on /status the rest.
-fn keep_server_fields(res: &Resource, current: &Value, new: &mut Value, status_only: bool) -> ApiResult<()> {
+fn keep_server_fields(
+    res: &Resource,
+    current: &Value,
+    new: &mut Value,
+    status_only: bool,
+) -> ApiResult<()> {
     if !new.is_object() {
         return Err(ApiError::bad_request("the body is not a JSON object"));
     }
@@ -470,11 +578,22 @@ fn keep_server_fields(res: &Resource, current: &Value, new: &mut Value, status_o
     if !new.get("metadata").is_some_and(Value::is_object) {
         new["metadata"] = json!({});
     }
-    for field in ["name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "generation", "resourceVersion"] {
+    for field in [
+        "name",
+        "namespace",
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "generation",
+        "resourceVersion",
+    ] {
         match current["metadata"].get(field) {
             Some(v) => new["metadata"][field] = v.clone(),
             None => {
-                new["metadata"].as_object_mut().expect("an object").remove(field);
+                new["metadata"]
+                    .as_object_mut()
+                    .expect("an object")
+                    .remove(field);
             }
         }
     }
@@ -502,23 +621,38 @@ fn keep_server_fields(res: &Resource, current: &Value, new: &mut Value, status_o
         strip(current) != strip(new)
     };
     if spec_changed {
-        let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+        let generation = current
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
         new["metadata"]["generation"] = json!(generation + 1);
     }
     objects::validate(res, new)
 }
 
 /// Delete with preconditions and finalizers; answers the last state.
-async fn delete(api: &Api, res: &Resource, ns: Option<&str>, name: &str, options: &Value) -> ApiResult<Value> {
+async fn delete(
+    api: &Api,
+    res: &Resource,
+    ns: Option<&str>,
+    name: &str,
+    options: &Value,
+) -> ApiResult<Value> {
     let key = res.key(ns, name);
     for _ in 0..16 {
         let current = get(api, res, ns, name).await?;
-        if let Some(uid) = options.pointer("/preconditions/uid").and_then(Value::as_str) {
+        if let Some(uid) = options
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+        {
             if current.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
                 return Err(ApiError::conflict(res.plural, name));
             }
         }
-        if let Some(rv) = options.pointer("/preconditions/resourceVersion").and_then(Value::as_str) {
+        if let Some(rv) = options
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+        {
             if rv != store::revision_of(&current).to_string() {
                 return Err(ApiError::conflict(res.plural, name));
             }
@@ -538,7 +672,11 @@ async fn delete(api: &Api, res: &Resource, ns: Option<&str>, name: &str, options
             let mut marked = current.clone();
             marked["metadata"]["deletionTimestamp"] = json!(objects::now());
             marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-            match api.store.swap(&key, &marked, store::revision_of(&current)).await? {
+            match api
+                .store
+                .swap(&key, &marked, store::revision_of(&current))
+                .await?
+            {
                 Swap::Done(obj) => return Ok(obj),
                 Swap::Mismatch(_) => continue,
             }
@@ -564,7 +702,15 @@ async fn terminate_namespace(api: &Api, current: Value, name: &str) -> ApiResult
         marked["metadata"]["deletionTimestamp"] = json!(objects::now());
         marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
         marked["status"] = json!({"phase": "Terminating"});
-        match api.store.swap(&namespaces.key(None, name), &marked, store::revision_of(&current)).await? {
+        match api
+            .store
+            .swap(
+                &namespaces.key(None, name),
+                &marked,
+                store::revision_of(&current),
+            )
+            .await?
+        {
             Swap::Done(obj) => obj,
             Swap::Mismatch(_) => return Err(ApiError::conflict("namespaces", name)),
         }
@@ -572,7 +718,10 @@ async fn terminate_namespace(api: &Api, current: Value, name: &str) -> ApiResult
     let store = api.store.clone();
     let ns = name.to_string();
     tokio::spawn(async move {
-        let api = Api { store, tokens: Vec::new() };
+        let api = Api {
+            store,
+            tokens: Vec::new(),
+        };
         for attempt in 0.. {
             match empty_namespace(&api, &ns).await {
                 Ok(()) => return,
@@ -590,7 +739,10 @@ async fn empty_namespace(api: &Api, ns: &str) -> ApiResult<()> {
     for res in resources::RESOURCES.iter().filter(|r| r.namespaced) {
         let page = api.store.list(&res.prefix(Some(ns)), None, 0, 0).await?;
         for (_, obj) in page.items {
-            let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+            let name = obj
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             let key = res.key(Some(ns), name);
             // Straight to the store: finalizers of the contents are not
             // waited for (no controllers would remove them).
@@ -599,7 +751,9 @@ async fn empty_namespace(api: &Api, ns: &str) -> ApiResult<()> {
     }
     let namespaces = resources::find("", "v1", "namespaces").expect("served");
     if let Some(current) = api.store.get(&namespaces.key(None, ns)).await? {
-        api.store.delete(&namespaces.key(None, ns), store::revision_of(&current)).await?;
+        api.store
+            .delete(&namespaces.key(None, ns), store::revision_of(&current))
+            .await?;
     }
     Ok(())
 }
@@ -614,7 +768,12 @@ fn scale_of(obj: &Value) -> Value {
     let selector = obj
         .pointer("/spec/selector/matchLabels")
         .and_then(Value::as_object)
-        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(","))
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
         .unwrap_or_default();
     json!({
         "kind": "Scale",
@@ -630,7 +789,10 @@ async fn default_service_account(store: &Store, namespace: &str) -> ApiResult<()
     let accounts = resources::find("", "v1", "serviceaccounts").expect("served");
     let mut sa = json!({"metadata": {"name": "default"}});
     objects::prepare_create(accounts, &mut sa, Some(namespace))?;
-    store.swap(&accounts.key(Some(namespace), "default"), &sa, 0).await.map(drop)
+    store
+        .swap(&accounts.key(Some(namespace), "default"), &sa, 0)
+        .await
+        .map(drop)
 }
 
 /// Creates what every cluster starts with, if missing: the four
@@ -641,7 +803,10 @@ pub async fn bootstrap(store: &Store, advertise_port: u16) -> ApiResult<()> {
         async move {
             let mut obj = obj;
             objects::prepare_create(res, &mut obj, ns)?;
-            let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let name = obj["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             store.swap(&res.key(ns, &name), &obj, 0).await.map(drop)
         }
     };
@@ -664,7 +829,9 @@ pub async fn bootstrap(store: &Store, advertise_port: u16) -> ApiResult<()> {
 mod tests {
     #[test]
     fn query_strings_decode_without_splitting_characters() {
-        let uri: http::Uri = "/api/v1/pods?labelSelector=app%3Dweb&x=%é&y=a+b&z=%4".parse().unwrap();
+        let uri: http::Uri = "/api/v1/pods?labelSelector=app%3Dweb&x=%é&y=a+b&z=%4"
+            .parse()
+            .unwrap();
         let q = super::query(&uri);
         assert_eq!(q[0], ("labelSelector".into(), "app=web".into()));
         assert_eq!(q[1].1, "%é");

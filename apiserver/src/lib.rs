@@ -65,10 +65,14 @@ fn tls_config(pki: &pki::Pki) -> Result<rustls::ServerConfig> {
     }
     // Clients without a certificate may still connect and use a bearer
     // token; requests with neither are refused per request (401).
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()?;
-    let chain = CertificateDer::pem_slice_iter(pki.serving_cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()?;
+    let chain = CertificateDer::pem_slice_iter(pki.serving_cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()?;
     let key = PrivateKeyDer::from_pem_slice(pki.serving_key_pem.as_bytes())?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -80,8 +84,13 @@ fn tls_config(pki: &pki::Pki) -> Result<rustls::ServerConfig> {
 
 /// Makes the PKI and kubeconfig, waits for the datastore, creates the
 /// bootstrap objects and starts serving until `shutdown` resolves.
-pub async fn start(config: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<Running> {
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+pub async fn start(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Running> {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
     let mut hosts = vec![hostname];
     if !config.listen.ip().is_unspecified() {
         hosts.push(config.listen.ip().to_string());
@@ -92,8 +101,16 @@ pub async fn start(config: Config, shutdown: impl std::future::Future<Output = (
         .with_context(|| format!("cannot listen on {} for the Kubernetes API", config.listen))?;
     let local_addr = listener.local_addr()?;
     let kubeconfig = config.server_dir.join("cred").join("admin.kubeconfig");
-    let host = if local_addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { local_addr.ip().to_string() };
-    pki::write_kubeconfig(&kubeconfig, &format!("https://{host}:{}", local_addr.port()), &pki)?;
+    let host = if local_addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        local_addr.ip().to_string()
+    };
+    pki::write_kubeconfig(
+        &kubeconfig,
+        &format!("https://{host}:{}", local_addr.port()),
+        &pki,
+    )?;
 
     let store = store::Store::connect(&config.etcd_endpoint)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -142,28 +159,47 @@ async fn serve(
         let _ = tcp.set_nodelay(true);
         let (acceptor, api) = (acceptor.clone(), api.clone());
         tokio::spawn(async move {
-            let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else {
+            let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            else {
                 return;
             };
             let conn = handlers::ConnAuth {
-                client_certificate: tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()),
+                client_certificate: tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .is_some_and(|c| !c.is_empty()),
             };
-            let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let api = api.clone();
-                async move {
-                    let (parts, body) = req.into_parts();
-                    let response = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
-                        Ok(b) => handlers::handle(api, conn, parts.method, parts.uri, parts.headers, b.to_bytes()).await,
-                        Err(_) => axum::response::IntoResponse::into_response(status::ApiError {
-                            code: 413,
-                            reason: "RequestEntityTooLarge",
-                            message: "the request body is larger than 3 MiB".into(),
-                            details: None,
-                        }),
-                    };
-                    Ok::<_, std::convert::Infallible>(response)
-                }
-            });
+            let service =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let api = api.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let response =
+                            match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+                                Ok(b) => {
+                                    handlers::handle(
+                                        api,
+                                        conn,
+                                        parts.method,
+                                        parts.uri,
+                                        parts.headers,
+                                        b.to_bytes(),
+                                    )
+                                    .await
+                                }
+                                Err(_) => {
+                                    axum::response::IntoResponse::into_response(status::ApiError {
+                                        code: 413,
+                                        reason: "RequestEntityTooLarge",
+                                        message: "the request body is larger than 3 MiB".into(),
+                                        details: None,
+                                    })
+                                }
+                            };
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
                 .await;

@@ -51,12 +51,22 @@ fn decode_continue(token: &str) -> ApiResult<(i64, String)> {
 }
 
 /// Reads one page of matching objects; returns the list object.
-pub async fn list(store: &Store, res: &Resource, namespace: Option<&str>, p: &ListParams) -> ApiResult<Value> {
+pub async fn list(
+    store: &Store,
+    res: &Resource,
+    namespace: Option<&str>,
+    p: &ListParams,
+) -> ApiResult<Value> {
     let prefix = res.prefix(namespace);
     let (mut revision, mut start) = match &p.continue_token {
         Some(token) => {
-            if p.resource_version.as_deref().is_some_and(|rv| !rv.is_empty() && rv != "0") {
-                return Err(ApiError::bad_request("specifying resource version is not allowed when using continue"));
+            if p.resource_version
+                .as_deref()
+                .is_some_and(|rv| !rv.is_empty() && rv != "0")
+            {
+                return Err(ApiError::bad_request(
+                    "specifying resource version is not allowed when using continue",
+                ));
             }
             let (rev, start) = decode_continue(token)?;
             (rev, Some(format!("{prefix}{start}")))
@@ -65,14 +75,20 @@ pub async fn list(store: &Store, res: &Resource, namespace: Option<&str>, p: &Li
             let rev = match p.resource_version.as_deref() {
                 None | Some("") | Some("0") => 0,
                 Some(rv) => {
-                    let rev: i64 = rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version {rv:?}")))?;
+                    let rev: i64 = rv.parse().map_err(|_| {
+                        ApiError::bad_request(format!("invalid resource version {rv:?}"))
+                    })?;
                     if p.exact { rev } else { 0 }
                 }
             };
             (rev, None)
         }
     };
-    let want = if p.limit > 0 { p.limit as usize } else { usize::MAX };
+    let want = if p.limit > 0 {
+        p.limit as usize
+    } else {
+        usize::MAX
+    };
     let filtered = !p.labels.is_empty() || !p.fields.is_empty();
     let mut items = Vec::new();
     let mut last_key = None;
@@ -112,7 +128,10 @@ pub async fn list(store: &Store, res: &Resource, namespace: Option<&str>, p: &Li
     let mut metadata = json!({"resourceVersion": revision.to_string()});
     if more {
         if let Some(key) = &last_key {
-            metadata["continue"] = json!(encode_continue(revision, key.strip_prefix(&prefix).unwrap_or(key)));
+            metadata["continue"] = json!(encode_continue(
+                revision,
+                key.strip_prefix(&prefix).unwrap_or(key)
+            ));
             if !filtered {
                 metadata["remainingItemCount"] = json!(remaining);
             }
@@ -144,17 +163,52 @@ fn or_none(s: &str) -> Value {
 /// The columns kubectl shows for a kind, as kube-apiserver's printers do.
 fn columns(kind: &str) -> &'static [Column] {
     match kind {
-        "Pod" => &[("Ready", "string", false), ("Status", "string", false), ("Restarts", "string", false), ("IP", "string", true), ("Node", "string", true)],
-        "Deployment" => &[("Ready", "string", false), ("Up-to-date", "integer", false), ("Available", "integer", false), ("Containers", "string", true), ("Images", "string", true), ("Selector", "string", true)],
-        "ReplicaSet" => &[("Desired", "integer", false), ("Current", "integer", false), ("Ready", "integer", false), ("Containers", "string", true), ("Images", "string", true)],
-        "Service" => &[("Type", "string", false), ("Cluster-IP", "string", false), ("External-IP", "string", false), ("Port(s)", "string", false), ("Selector", "string", true)],
-        "Node" => &[("Status", "string", false), ("Roles", "string", false), ("Version", "string", false), ("Internal-IP", "string", true)],
+        "Pod" => &[
+            ("Ready", "string", false),
+            ("Status", "string", false),
+            ("Restarts", "string", false),
+            ("IP", "string", true),
+            ("Node", "string", true),
+        ],
+        "Deployment" => &[
+            ("Ready", "string", false),
+            ("Up-to-date", "integer", false),
+            ("Available", "integer", false),
+            ("Containers", "string", true),
+            ("Images", "string", true),
+            ("Selector", "string", true),
+        ],
+        "ReplicaSet" => &[
+            ("Desired", "integer", false),
+            ("Current", "integer", false),
+            ("Ready", "integer", false),
+            ("Containers", "string", true),
+            ("Images", "string", true),
+        ],
+        "Service" => &[
+            ("Type", "string", false),
+            ("Cluster-IP", "string", false),
+            ("External-IP", "string", false),
+            ("Port(s)", "string", false),
+            ("Selector", "string", true),
+        ],
+        "Node" => &[
+            ("Status", "string", false),
+            ("Roles", "string", false),
+            ("Version", "string", false),
+            ("Internal-IP", "string", true),
+        ],
         "Namespace" => &[("Status", "string", false)],
         "ConfigMap" => &[("Data", "integer", false)],
         "Secret" => &[("Type", "string", false), ("Data", "integer", false)],
         "ServiceAccount" => &[("Secrets", "integer", false)],
         "Endpoints" => &[("Endpoints", "string", false)],
-        "Event" => &[("Type", "string", false), ("Reason", "string", false), ("Object", "string", false), ("Message", "string", false)],
+        "Event" => &[
+            ("Type", "string", false),
+            ("Reason", "string", false),
+            ("Object", "string", false),
+            ("Message", "string", false),
+        ],
         "Lease" => &[("Holder", "string", false)],
         _ => &[],
     }
@@ -163,37 +217,80 @@ fn columns(kind: &str) -> &'static [Column] {
 fn selector_text(obj: &Value, pointer: &str) -> String {
     obj.pointer(pointer)
         .and_then(Value::as_object)
-        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(","))
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
         .unwrap_or_default()
 }
 
 fn containers(obj: &Value, pointer: &str, field: &str) -> String {
     obj.pointer(pointer)
         .and_then(Value::as_array)
-        .map(|cs| cs.iter().map(|c| c.get(field).and_then(Value::as_str).unwrap_or("")).collect::<Vec<_>>().join(","))
+        .map(|cs| {
+            cs.iter()
+                .map(|c| c.get(field).and_then(Value::as_str).unwrap_or(""))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
         .unwrap_or_default()
 }
 
 fn cells(kind: &str, obj: &Value) -> Vec<Value> {
-    let count = |p: &str| obj.pointer(p).and_then(Value::as_object).map_or(0, |m| m.len());
+    let count = |p: &str| {
+        obj.pointer(p)
+            .and_then(Value::as_object)
+            .map_or(0, |m| m.len())
+    };
     match kind {
         "Pod" => {
-            let statuses = obj.pointer("/status/containerStatuses").and_then(Value::as_array);
-            let total = obj.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
-            let ready = statuses.map_or(0, |s| s.iter().filter(|c| c.get("ready") == Some(&json!(true))).count());
-            let restarts: i64 = statuses.map_or(0, |s| s.iter().filter_map(|c| c.get("restartCount").and_then(Value::as_i64)).sum());
-            let waiting = statuses.and_then(|s| s.iter().find_map(|c| c.pointer("/state/waiting/reason").and_then(Value::as_str)));
+            let statuses = obj
+                .pointer("/status/containerStatuses")
+                .and_then(Value::as_array);
+            let total = obj
+                .pointer("/spec/containers")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            let ready = statuses.map_or(0, |s| {
+                s.iter()
+                    .filter(|c| c.get("ready") == Some(&json!(true)))
+                    .count()
+            });
+            let restarts: i64 = statuses.map_or(0, |s| {
+                s.iter()
+                    .filter_map(|c| c.get("restartCount").and_then(Value::as_i64))
+                    .sum()
+            });
+            let waiting = statuses.and_then(|s| {
+                s.iter()
+                    .find_map(|c| c.pointer("/state/waiting/reason").and_then(Value::as_str))
+            });
             let status = if obj.pointer("/metadata/deletionTimestamp").is_some() {
                 "Terminating"
             } else if let Some(reason) = waiting {
                 reason
             } else {
-                obj.pointer("/status/reason").or(obj.pointer("/status/phase")).and_then(Value::as_str).unwrap_or("Pending")
+                obj.pointer("/status/reason")
+                    .or(obj.pointer("/status/phase"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("Pending")
             };
-            vec![json!(format!("{ready}/{total}")), json!(status), json!(restarts.to_string()), or_none(str_at(obj, "/status/podIP")), or_none(str_at(obj, "/spec/nodeName"))]
+            vec![
+                json!(format!("{ready}/{total}")),
+                json!(status),
+                json!(restarts.to_string()),
+                or_none(str_at(obj, "/status/podIP")),
+                or_none(str_at(obj, "/spec/nodeName")),
+            ]
         }
         "Deployment" => vec![
-            json!(format!("{}/{}", int_at(obj, "/status/readyReplicas"), int_at(obj, "/spec/replicas"))),
+            json!(format!(
+                "{}/{}",
+                int_at(obj, "/status/readyReplicas"),
+                int_at(obj, "/spec/replicas")
+            )),
             json!(int_at(obj, "/status/updatedReplicas")),
             json!(int_at(obj, "/status/availableReplicas")),
             json!(containers(obj, "/spec/template/spec/containers", "name")),
@@ -226,32 +323,70 @@ fn cells(kind: &str, obj: &Value) -> Vec<Value> {
                 })
                 .unwrap_or_default();
             let selector = selector_text(obj, "/spec/selector");
-            vec![json!(str_at(obj, "/spec/type")), or_none(str_at(obj, "/spec/clusterIP")), json!("<none>"), or_none(&ports), or_none(&selector)]
+            vec![
+                json!(str_at(obj, "/spec/type")),
+                or_none(str_at(obj, "/spec/clusterIP")),
+                json!("<none>"),
+                or_none(&ports),
+                or_none(&selector),
+            ]
         }
         "Node" => {
             let ready = obj
                 .pointer("/status/conditions")
                 .and_then(Value::as_array)
                 .and_then(|cs| cs.iter().find(|c| c.get("type") == Some(&json!("Ready"))))
-                .map_or("Unknown", |c| if c.get("status") == Some(&json!("True")) { "Ready" } else { "NotReady" });
-            let status = if obj.pointer("/spec/unschedulable") == Some(&json!(true)) { format!("{ready},SchedulingDisabled") } else { ready.to_string() };
+                .map_or("Unknown", |c| {
+                    if c.get("status") == Some(&json!("True")) {
+                        "Ready"
+                    } else {
+                        "NotReady"
+                    }
+                });
+            let status = if obj.pointer("/spec/unschedulable") == Some(&json!(true)) {
+                format!("{ready},SchedulingDisabled")
+            } else {
+                ready.to_string()
+            };
             let roles: Vec<&str> = obj
                 .pointer("/metadata/labels")
                 .and_then(Value::as_object)
-                .map(|l| l.keys().filter_map(|k| k.strip_prefix("node-role.kubernetes.io/")).collect())
+                .map(|l| {
+                    l.keys()
+                        .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
+                        .collect()
+                })
                 .unwrap_or_default();
             let ip = obj
                 .pointer("/status/addresses")
                 .and_then(Value::as_array)
-                .and_then(|a| a.iter().find(|x| x.get("type") == Some(&json!("InternalIP"))))
+                .and_then(|a| {
+                    a.iter()
+                        .find(|x| x.get("type") == Some(&json!("InternalIP")))
+                })
                 .and_then(|x| x.get("address").and_then(Value::as_str))
                 .unwrap_or("");
-            vec![json!(status), or_none(&roles.join(",")), json!(str_at(obj, "/status/nodeInfo/kubeletVersion")), or_none(ip)]
+            vec![
+                json!(status),
+                or_none(&roles.join(",")),
+                json!(str_at(obj, "/status/nodeInfo/kubeletVersion")),
+                or_none(ip),
+            ]
         }
-        "Namespace" => vec![json!(if obj.pointer("/metadata/deletionTimestamp").is_some() { "Terminating" } else { "Active" })],
+        "Namespace" => vec![json!(
+            if obj.pointer("/metadata/deletionTimestamp").is_some() {
+                "Terminating"
+            } else {
+                "Active"
+            }
+        )],
         "ConfigMap" => vec![json!(count("/data") + count("/binaryData"))],
         "Secret" => vec![json!(str_at(obj, "/type")), json!(count("/data"))],
-        "ServiceAccount" => vec![json!(obj.pointer("/secrets").and_then(Value::as_array).map_or(0, Vec::len))],
+        "ServiceAccount" => vec![json!(
+            obj.pointer("/secrets")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len)
+        )],
         "Endpoints" => {
             let eps: Vec<String> = obj
                 .pointer("/subsets")
@@ -259,11 +394,25 @@ fn cells(kind: &str, obj: &Value) -> Vec<Value> {
                 .into_iter()
                 .flatten()
                 .flat_map(|s| {
-                    let ports: Vec<i64> = s.get("ports").and_then(Value::as_array).into_iter().flatten().filter_map(|p| p.get("port").and_then(Value::as_i64)).collect();
-                    s.get("addresses").and_then(Value::as_array).into_iter().flatten().flat_map(move |a| {
-                        let ip = a.get("ip").and_then(Value::as_str).unwrap_or("").to_string();
-                        ports.clone().into_iter().map(move |p| format!("{ip}:{p}"))
-                    })
+                    let ports: Vec<i64> = s
+                        .get("ports")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|p| p.get("port").and_then(Value::as_i64))
+                        .collect();
+                    s.get("addresses")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .flat_map(move |a| {
+                            let ip = a
+                                .get("ip")
+                                .and_then(Value::as_str)
+                                .unwrap_or("")
+                                .to_string();
+                            ports.clone().into_iter().map(move |p| format!("{ip}:{p}"))
+                        })
                 })
                 .collect();
             vec![or_none(&eps.join(","))]
@@ -271,7 +420,11 @@ fn cells(kind: &str, obj: &Value) -> Vec<Value> {
         "Event" => vec![
             json!(str_at(obj, "/type")),
             json!(str_at(obj, "/reason")),
-            json!(format!("{}/{}", str_at(obj, "/involvedObject/kind").to_lowercase(), str_at(obj, "/involvedObject/name"))),
+            json!(format!(
+                "{}/{}",
+                str_at(obj, "/involvedObject/kind").to_lowercase(),
+                str_at(obj, "/involvedObject/name")
+            )),
             json!(str_at(obj, "/message")),
         ],
         "Lease" => vec![or_none(str_at(obj, "/spec/holderIdentity"))],
@@ -287,9 +440,7 @@ pub fn table(res: &Resource, list: &Value) -> Value {
         None => vec![list],
     };
     let kind_columns = columns(res.kind);
-    let column = |name: &str, ty: &str, wide: bool| {
-        json!({"name": name, "type": ty, "format": if name == "Name" { "name" } else { "" }, "description": name, "priority": wide as i32})
-    };
+    let column = |name: &str, ty: &str, wide: bool| json!({"name": name, "type": ty, "format": if name == "Name" { "name" } else { "" }, "description": name, "priority": wide as i32});
     let mut definitions = vec![column("Name", "string", false)];
     let (narrow, wide): (Vec<_>, Vec<_>) = kind_columns.iter().enumerate().partition(|(_, c)| !c.2);
     definitions.extend(narrow.iter().map(|(_, c)| column(c.0, c.1, false)));
@@ -326,7 +477,10 @@ mod tests {
     #[test]
     fn continue_tokens_round_trip() {
         let t = encode_continue(42, "default/web");
-        assert_eq!(decode_continue(&t).unwrap(), (42, "default/web\u{0}".to_string()));
+        assert_eq!(
+            decode_continue(&t).unwrap(),
+            (42, "default/web\u{0}".to_string())
+        );
         assert!(decode_continue("!!").is_err());
     }
 }

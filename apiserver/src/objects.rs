@@ -19,7 +19,14 @@ pub fn uid() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// Now, as Kubernetes writes timestamps: RFC 3339, UTC, whole seconds.
@@ -44,32 +51,43 @@ pub fn rfc3339(secs: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Whether `name` is a DNS-1123 subdomain (most objects).
 fn is_subdomain(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|part| is_label(part, 253))
+    !name.is_empty() && name.len() <= 253 && name.split('.').all(|part| is_label(part, 253))
 }
 
 /// Whether `name` is a DNS-1123 label (namespaces, services).
 fn is_label(name: &str, max: usize) -> bool {
     !name.is_empty()
         && name.len() <= max
-        && name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-')
 }
 
 /// Checks the name and the fields every object of `res` needs.
 pub fn validate(res: &Resource, obj: &Value) -> ApiResult<()> {
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let mut causes = Vec::new();
     let label_named = matches!(res.kind, "Namespace" | "Service");
     if name.is_empty() {
-        causes.push(("metadata.name".to_string(), "Required value: name or generateName is required".to_string()));
+        causes.push((
+            "metadata.name".to_string(),
+            "Required value: name or generateName is required".to_string(),
+        ));
     } else if label_named && !is_label(name, 63) {
         causes.push((
             "metadata.name".into(),
@@ -88,11 +106,23 @@ pub fn validate(res: &Resource, obj: &Value) -> ApiResult<()> {
                 causes.push(("spec.containers".into(), "Required value".into()));
             }
             for (i, c) in containers.into_iter().flatten().enumerate() {
-                if c.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
-                    causes.push((format!("spec.containers[{i}].name"), "Required value".into()));
+                if c.get("name")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                {
+                    causes.push((
+                        format!("spec.containers[{i}].name"),
+                        "Required value".into(),
+                    ));
                 }
-                if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
-                    causes.push((format!("spec.containers[{i}].image"), "Required value".into()));
+                if c.get("image")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                {
+                    causes.push((
+                        format!("spec.containers[{i}].image"),
+                        "Required value".into(),
+                    ));
                 }
             }
         }
@@ -100,8 +130,15 @@ pub fn validate(res: &Resource, obj: &Value) -> ApiResult<()> {
             if obj.pointer("/spec/selector").is_none() {
                 causes.push(("spec.selector".into(), "Required value".into()));
             }
-            if obj.pointer("/spec/template/spec/containers").and_then(Value::as_array).is_none_or(|c| c.is_empty()) {
-                causes.push(("spec.template.spec.containers".into(), "Required value".into()));
+            if obj
+                .pointer("/spec/template/spec/containers")
+                .and_then(Value::as_array)
+                .is_none_or(|c| c.is_empty())
+            {
+                causes.push((
+                    "spec.template.spec.containers".into(),
+                    "Required value".into(),
+                ));
             }
         }
         _ => {}
@@ -133,8 +170,13 @@ pub fn prepare_create(res: &Resource, obj: &mut Value, namespace: Option<&str>) 
     if !obj.get("metadata").is_some_and(Value::is_object) {
         obj["metadata"] = json!({});
     }
-    let meta = obj["metadata"].as_object_mut().expect("made an object above");
-    let has_name = meta.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+    let meta = obj["metadata"]
+        .as_object_mut()
+        .expect("made an object above");
+    let has_name = meta
+        .get("name")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
     if !has_name && let Some(prefix) = meta.get("generateName").and_then(Value::as_str) {
         const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
         let suffix: String = random_bytes::<5>()
@@ -193,12 +235,23 @@ fn defaults(res: &Resource, obj: &mut Value) {
             ] {
                 set(obj, "/spec", f, v);
             }
-            if let Some(cs) = obj.pointer_mut("/spec/containers").and_then(Value::as_array_mut) {
+            if let Some(cs) = obj
+                .pointer_mut("/spec/containers")
+                .and_then(Value::as_array_mut)
+            {
                 for c in cs {
-                    let latest = c.get("image").and_then(Value::as_str).is_some_and(|i| i.ends_with(":latest") || !i.contains(':'));
+                    let latest = c
+                        .get("image")
+                        .and_then(Value::as_str)
+                        .is_some_and(|i| i.ends_with(":latest") || !i.contains(':'));
                     if let Value::Object(m) = c {
-                        m.entry("imagePullPolicy").or_insert(json!(if latest { "Always" } else { "IfNotPresent" }));
-                        m.entry("terminationMessagePath").or_insert(json!("/dev/termination-log"));
+                        m.entry("imagePullPolicy").or_insert(json!(if latest {
+                            "Always"
+                        } else {
+                            "IfNotPresent"
+                        }));
+                        m.entry("terminationMessagePath")
+                            .or_insert(json!("/dev/termination-log"));
                         m.entry("terminationMessagePolicy").or_insert(json!("File"));
                         m.entry("resources").or_insert(json!({}));
                     }
@@ -220,7 +273,12 @@ fn defaults(res: &Resource, obj: &mut Value) {
             if res.kind == "Deployment" {
                 set(obj, "/spec", "revisionHistoryLimit", json!(10));
                 set(obj, "/spec", "progressDeadlineSeconds", json!(600));
-                set(obj, "/spec", "strategy", json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}));
+                set(
+                    obj,
+                    "/spec",
+                    "strategy",
+                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
+                );
             }
         }
         "Secret" => {
@@ -303,7 +361,8 @@ mod time_tests {
 /// (base64), overriding keys of the same name.
 pub fn fold_string_data(obj: &mut Value) {
     use base64::Engine as _;
-    let Some(Value::Object(strings)) = obj.as_object_mut().and_then(|o| o.remove("stringData")) else {
+    let Some(Value::Object(strings)) = obj.as_object_mut().and_then(|o| o.remove("stringData"))
+    else {
         return;
     };
     if !obj.get("data").is_some_and(Value::is_object) {

@@ -29,9 +29,11 @@ fn unescape(token: &str) -> String {
 }
 
 fn split(path: &str) -> ApiResult<(String, String)> {
-    let (parent, last) = path
-        .rsplit_once('/')
-        .ok_or_else(|| ApiError::bad_request(format!("the JSON patch path {path:?} does not start with /")))?;
+    let (parent, last) = path.rsplit_once('/').ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "the JSON patch path {path:?} does not start with /"
+        ))
+    })?;
     Ok((parent.to_string(), unescape(last)))
 }
 
@@ -50,7 +52,10 @@ fn add(doc: &mut Value, path: &str, value: Value) -> ApiResult<()> {
             let i = if last == "-" {
                 a.len()
             } else {
-                last.parse::<usize>().ok().filter(|i| *i <= a.len()).ok_or_else(missing)?
+                last.parse::<usize>()
+                    .ok()
+                    .filter(|i| *i <= a.len())
+                    .ok_or_else(missing)?
             };
             a.insert(i, value);
         }
@@ -65,7 +70,11 @@ fn remove(doc: &mut Value, path: &str) -> ApiResult<Value> {
     match doc.pointer_mut(&parent).ok_or_else(missing)? {
         Value::Object(m) => m.remove(&last).ok_or_else(missing),
         Value::Array(a) => {
-            let i = last.parse::<usize>().ok().filter(|i| *i < a.len()).ok_or_else(missing)?;
+            let i = last
+                .parse::<usize>()
+                .ok()
+                .filter(|i| *i < a.len())
+                .ok_or_else(missing)?;
             Ok(a.remove(i))
         }
         _ => Err(missing()),
@@ -83,12 +92,14 @@ pub fn json_patch(doc: &Value, ops: &Value) -> ApiResult<Value> {
             op.get(name)
                 .and_then(Value::as_str)
                 .map(str::to_string)
-                .ok_or_else(|| ApiError::bad_request(format!("a JSON patch operation lacks {name:?}: {op}")))
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("a JSON patch operation lacks {name:?}: {op}"))
+                })
         };
         let value = || {
-            op.get("value")
-                .cloned()
-                .ok_or_else(|| ApiError::bad_request(format!("a JSON patch operation lacks \"value\": {op}")))
+            op.get("value").cloned().ok_or_else(|| {
+                ApiError::bad_request(format!("a JSON patch operation lacks \"value\": {op}"))
+            })
         };
         let path = field("path")?;
         match field("op")?.as_str() {
@@ -106,18 +117,23 @@ pub fn json_patch(doc: &Value, ops: &Value) -> ApiResult<Value> {
             }
             "copy" => {
                 let from = field("from")?;
-                let v = out
-                    .pointer(&from)
-                    .cloned()
-                    .ok_or_else(|| ApiError::unprocessable_patch(format!("the path {from:?} does not exist")))?;
+                let v = out.pointer(&from).cloned().ok_or_else(|| {
+                    ApiError::unprocessable_patch(format!("the path {from:?} does not exist"))
+                })?;
                 add(&mut out, &path, v)?;
             }
             "test" => {
                 if out.pointer(&path) != Some(&value()?) {
-                    return Err(ApiError::unprocessable_patch(format!("testing value {path} failed")));
+                    return Err(ApiError::unprocessable_patch(format!(
+                        "testing value {path} failed"
+                    )));
                 }
             }
-            other => return Err(ApiError::bad_request(format!("unknown JSON patch operation {other:?}"))),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown JSON patch operation {other:?}"
+                )));
+            }
         }
     }
     Ok(out)
@@ -127,8 +143,15 @@ pub fn json_patch(doc: &Value, ops: &Value) -> ApiResult<Value> {
 /// replaces (a subset of Kubernetes' `x-kubernetes-patch-merge-key`).
 fn merge_key(field: &str) -> Option<&'static str> {
     Some(match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "imagePullSecrets"
-        | "hostAliases" | "conditions" | "ownerReferences" => match field {
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "hostAliases"
+        | "conditions"
+        | "ownerReferences" => match field {
             "conditions" => "type",
             "ownerReferences" => "uid",
             "hostAliases" => "ip",
@@ -153,11 +176,17 @@ fn merges_primitives(field: &str) -> bool {
 /// `$retainKeys`, `$setElementOrder/<list>` and `$deleteFromPrimitiveList/<list>`.
 pub fn strategic(target: &mut Value, patch: &Value) -> ApiResult<()> {
     if !patch.is_object() {
-        return Err(ApiError::bad_request("a strategic merge patch must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "a strategic merge patch must be a JSON object",
+        ));
     }
     match merge_object(Some(target.clone()), patch)? {
         Some(v) => *target = v,
-        None => return Err(ApiError::bad_request("a strategic merge patch cannot delete the whole object")),
+        None => {
+            return Err(ApiError::bad_request(
+                "a strategic merge patch cannot delete the whole object",
+            ));
+        }
     }
     Ok(())
 }
@@ -189,7 +218,11 @@ fn merge_object(target: Option<Value>, patch: &Value) -> ApiResult<Option<Value>
         Some("delete") => return Ok(None),
         Some("replace") => return Ok(Some(strip(patch))),
         Some("merge") | None => {}
-        Some(other) => return Err(ApiError::bad_request(format!("unknown $patch directive {other:?}"))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "unknown $patch directive {other:?}"
+            )));
+        }
     }
     let mut t = match target {
         Some(Value::Object(m)) => m,
@@ -212,7 +245,9 @@ fn merge_object(target: Option<Value>, patch: &Value) -> ApiResult<Option<Value>
             continue;
         }
         if k.starts_with('$') {
-            return Err(ApiError::bad_request(format!("unknown strategic merge patch directive {k:?}")));
+            return Err(ApiError::bad_request(format!(
+                "unknown strategic merge patch directive {k:?}"
+            )));
         }
         match v {
             Value::Null => {
@@ -261,7 +296,10 @@ fn merge_object(target: Option<Value>, patch: &Value) -> ApiResult<Option<Value>
 
 fn merge_list(field: &str, target: Option<Value>, items: &[Value]) -> ApiResult<Value> {
     // `{"$patch": "replace"}` among the elements: the list is replaced.
-    if items.iter().any(|e| e.get("$patch").and_then(Value::as_str) == Some("replace")) {
+    if items
+        .iter()
+        .any(|e| e.get("$patch").and_then(Value::as_str) == Some("replace"))
+    {
         return Ok(strip(&Value::Array(items.to_vec())));
     }
     let mut list = match target {
@@ -270,7 +308,11 @@ fn merge_list(field: &str, target: Option<Value>, items: &[Value]) -> ApiResult<
     };
     if let Some(key) = merge_key(field).filter(|_| items.iter().all(Value::is_object)) {
         // Ports may be keyed by `port` (services) rather than `containerPort`.
-        let key = if field == "ports" && items.iter().all(|e| e.get(key).is_none()) { "port" } else { key };
+        let key = if field == "ports" && items.iter().all(|e| e.get(key).is_none()) {
+            "port"
+        } else {
+            key
+        };
         for element in items {
             let id = element.get(key);
             let found = list.iter().position(|e| id.is_some() && e.get(key) == id);
@@ -331,15 +373,25 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(out, json!({"metadata": {"labels": {"b": "2"}}, "list": [0, 2, 3]}));
+        assert_eq!(
+            out,
+            json!({"metadata": {"labels": {"b": "2"}}, "list": [0, 2, 3]})
+        );
         assert!(json_patch(&doc, &json!([{"op": "remove", "path": "/nope"}])).is_err());
     }
 
     #[test]
     fn strategic_merge_merges_containers_by_name() {
         let mut pod = json!({"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]}});
-        strategic(&mut pod, &json!({"spec": {"containers": [{"name": "b", "image": "z"}]}})).unwrap();
-        assert_eq!(pod, json!({"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "z"}]}}));
+        strategic(
+            &mut pod,
+            &json!({"spec": {"containers": [{"name": "b", "image": "z"}]}}),
+        )
+        .unwrap();
+        assert_eq!(
+            pod,
+            json!({"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "z"}]}})
+        );
         // kubectl apply's directives: order, deletion by merge key, retained keys.
         strategic(
             &mut pod,
@@ -347,9 +399,19 @@ mod tests {
                              "containers": [{"name": "a", "image": "x2"}]}}),
         )
         .unwrap();
-        assert_eq!(pod["spec"]["containers"], json!([{"name": "b", "image": "z"}, {"name": "a", "image": "x2"}]));
-        strategic(&mut pod, &json!({"spec": {"containers": [{"name": "b", "$patch": "delete"}]}})).unwrap();
-        assert_eq!(pod["spec"]["containers"], json!([{"name": "a", "image": "x2"}]));
+        assert_eq!(
+            pod["spec"]["containers"],
+            json!([{"name": "b", "image": "z"}, {"name": "a", "image": "x2"}])
+        );
+        strategic(
+            &mut pod,
+            &json!({"spec": {"containers": [{"name": "b", "$patch": "delete"}]}}),
+        )
+        .unwrap();
+        assert_eq!(
+            pod["spec"]["containers"],
+            json!([{"name": "a", "image": "x2"}])
+        );
         let mut d = json!({"spec": {"strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}}}});
         strategic(&mut d, &json!({"spec": {"strategy": {"$retainKeys": ["type"], "type": "Recreate", "rollingUpdate": null}}})).unwrap();
         assert_eq!(d, json!({"spec": {"strategy": {"type": "Recreate"}}}));

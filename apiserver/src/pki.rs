@@ -86,7 +86,11 @@ pub fn ensure(dir: &Path, hosts: &[String]) -> Result<Pki> {
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.distinguished_name = named("k3rs-server-ca", "k3rs");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     validity(&mut ca, 3650);
     let ca_cert = ca.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca, &ca_key);
@@ -94,23 +98,48 @@ pub fn ensure(dir: &Path, hosts: &[String]) -> Result<Pki> {
         let key = KeyPair::generate()?;
         let mut p = CertificateParams::new(sans)?;
         p.distinguished_name = named(cn, org);
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         p.extended_key_usages = vec![usage];
         validity(&mut p, 365);
         Ok((p.signed_by(&key, &issuer)?.pem(), key.serialize_pem()))
     };
-    let mut sans: Vec<String> = ["localhost", "127.0.0.1", "::1", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut sans: Vec<String> = [
+        "localhost",
+        "127.0.0.1",
+        "::1",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     sans.extend(hosts.iter().cloned());
     sans.dedup();
-    let (serving_cert_pem, serving_key_pem) = leaf("k3rs-apiserver", "k3rs", sans, ExtendedKeyUsagePurpose::ServerAuth)?;
-    let (admin_cert_pem, admin_key_pem) = leaf("system:admin", "system:masters", Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)?;
+    let (serving_cert_pem, serving_key_pem) = leaf(
+        "k3rs-apiserver",
+        "k3rs",
+        sans,
+        ExtendedKeyUsagePurpose::ServerAuth,
+    )?;
+    let (admin_cert_pem, admin_key_pem) = leaf(
+        "system:admin",
+        "system:masters",
+        Vec::new(),
+        ExtendedKeyUsagePurpose::ClientAuth,
+    )?;
     let ca_pem = ca_cert.pem();
     let digest = ring::digest::digest(&ring::digest::SHA256, ca_pem.as_bytes());
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-    let token = format!("K10{}::server:{}", hex(digest.as_ref()), hex(&crate::objects::random_bytes::<16>()));
+    let token = format!(
+        "K10{}::server:{}",
+        hex(digest.as_ref()),
+        hex(&crate::objects::random_bytes::<16>())
+    );
     write_secret(&path("server-ca.key"), &ca_key.serialize_pem(), 0o600)?;
     write_secret(&path("serving.crt"), &serving_cert_pem, 0o644)?;
     write_secret(&path("serving.key"), &serving_key_pem, 0o600)?;
@@ -132,7 +161,8 @@ pub fn ensure(dir: &Path, hosts: &[String]) -> Result<Pki> {
 /// Writes the admin kubeconfig (JSON, which every YAML reader takes).
 pub fn write_kubeconfig(path: &Path, server: &str, pki: &Pki) -> Result<()> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
     }
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let config = json!({

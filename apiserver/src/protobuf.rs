@@ -69,7 +69,8 @@ fn schemas() -> &'static Schemas {
                 continue;
             }
             let mut parts = line.split_whitespace();
-            let (Some(num), Some(name), Some(first)) = (parts.next(), parts.next(), parts.next()) else {
+            let (Some(num), Some(name), Some(first)) = (parts.next(), parts.next(), parts.next())
+            else {
                 continue;
             };
             let (repeated, ty) = if first == "repeated" {
@@ -93,7 +94,10 @@ fn schemas() -> &'static Schemas {
 }
 
 fn bad(message: impl Into<String>) -> ApiError {
-    ApiError::bad_request(format!("the protobuf body cannot be read: {}", message.into()))
+    ApiError::bad_request(format!(
+        "the protobuf body cannot be read: {}",
+        message.into()
+    ))
 }
 
 struct Reader<'a> {
@@ -118,7 +122,10 @@ impl<'a> Reader<'a> {
     fn varint(&mut self) -> ApiResult<u64> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
-            let b = *self.buf.get(self.pos).ok_or_else(|| bad("truncated varint"))?;
+            let b = *self
+                .buf
+                .get(self.pos)
+                .ok_or_else(|| bad("truncated varint"))?;
             self.pos += 1;
             v |= u64::from(b & 0x7f) << shift;
             if b & 0x80 == 0 {
@@ -129,7 +136,11 @@ impl<'a> Reader<'a> {
     }
 
     fn take(&mut self, n: usize) -> ApiResult<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|e| *e <= self.buf.len()).ok_or_else(|| bad("truncated field"))?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|e| *e <= self.buf.len())
+            .ok_or_else(|| bad("truncated field"))?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -182,7 +193,10 @@ fn entry(bytes: &[u8]) -> ApiResult<(String, &[u8])> {
 fn special(name: &str, bytes: &[u8]) -> ApiResult<Option<Value>> {
     let mut r = Reader::new(bytes);
     let mut fields: HashMap<u64, Wire> = HashMap::new();
-    if matches!(name, "Time" | "MicroTime" | "IntOrString" | "Quantity" | "RawExtension" | "FieldsV1") {
+    if matches!(
+        name,
+        "Time" | "MicroTime" | "IntOrString" | "Quantity" | "RawExtension" | "FieldsV1"
+    ) {
         while let Some((num, wire)) = r.next()? {
             fields.insert(num, wire);
         }
@@ -203,7 +217,11 @@ fn special(name: &str, bytes: &[u8]) -> ApiResult<Option<Value>> {
         "Time" => json!(crate::objects::rfc3339(int(fields.get(&1)))),
         "MicroTime" => {
             let t = crate::objects::rfc3339(int(fields.get(&1)));
-            json!(format!("{}.{:06}Z", t.trim_end_matches('Z'), int(fields.get(&2)) / 1000))
+            json!(format!(
+                "{}.{:06}Z",
+                t.trim_end_matches('Z'),
+                int(fields.get(&2)) / 1000
+            ))
         }
         "IntOrString" => {
             if int(fields.get(&1)) == 1 {
@@ -214,7 +232,9 @@ fn special(name: &str, bytes: &[u8]) -> ApiResult<Option<Value>> {
         }
         "Quantity" => json!(text(fields.get(&1))?),
         "RawExtension" | "FieldsV1" => match fields.get(&1) {
-            Some(Wire::Bytes(b)) => serde_json::from_slice(b).map_err(|_| bad(format!("{name} holds no JSON")))?,
+            Some(Wire::Bytes(b)) => {
+                serde_json::from_slice(b).map_err(|_| bad(format!("{name} holds no JSON")))?
+            }
             _ => Value::Null,
         },
         _ => return Ok(None),
@@ -228,18 +248,24 @@ fn message(name: &str, bytes: &[u8], depth: usize) -> ApiResult<Value> {
     if let Some(v) = special(name, bytes)? {
         return Ok(v);
     }
-    let schema = schemas()
-        .get(name)
-        .ok_or_else(|| ApiError::unsupported_media(format!("k3rs cannot read {name} from protobuf yet; send JSON")))?;
+    let schema = schemas().get(name).ok_or_else(|| {
+        ApiError::unsupported_media(format!(
+            "k3rs cannot read {name} from protobuf yet; send JSON"
+        ))
+    })?;
     let mut out = Map::new();
     let mut r = Reader::new(bytes);
     while let Some((num, wire)) = r.next()? {
         let field = schema.get(&num).ok_or_else(|| {
-            ApiError::unsupported_media(format!("field {num} of {name} is not known to k3rs's protobuf reader; send JSON"))
+            ApiError::unsupported_media(format!(
+                "field {num} of {name} is not known to k3rs's protobuf reader; send JSON"
+            ))
         })?;
         let value = match (&field.ty, wire) {
             (Type::String, Wire::Bytes(b)) => json!(string(b)?),
-            (Type::Bytes, Wire::Bytes(b)) => json!(base64::engine::general_purpose::STANDARD.encode(b)),
+            (Type::Bytes, Wire::Bytes(b)) => {
+                json!(base64::engine::general_purpose::STANDARD.encode(b))
+            }
             (Type::Bool, Wire::Varint(v)) => json!(v != 0),
             (Type::Int32, Wire::Varint(v)) => json!(v as i64 as i32),
             (Type::Int64, Wire::Varint(v)) => json!(v as i64),
@@ -260,12 +286,17 @@ fn message(name: &str, bytes: &[u8], depth: usize) -> ApiResult<Value> {
                 let mut inner = Reader::new(b);
                 let arr = out.entry(field.name.clone()).or_insert_with(|| json!([]));
                 while inner.pos < b.len() {
-                    arr.as_array_mut().expect("an array").push(json!(inner.varint()? as i64));
+                    arr.as_array_mut()
+                        .expect("an array")
+                        .push(json!(inner.varint()? as i64));
                 }
                 continue;
             }
             _ => {
-                return Err(bad(format!("field {} of {name} has an unexpected wire type", field.name)));
+                return Err(bad(format!(
+                    "field {} of {name} has an unexpected wire type",
+                    field.name
+                )));
             }
         };
         // Go's protobuf sends every non-pointer field, zero or not; its JSON
@@ -318,7 +349,9 @@ pub fn decode(body: &[u8]) -> ApiResult<Value> {
             }
             (2, Wire::Bytes(b)) => raw = b,
             (3 | 4, Wire::Bytes(b)) if !b.is_empty() => {
-                return Err(ApiError::unsupported_media("compressed or nested protobuf bodies are not read by k3rs; send JSON"));
+                return Err(ApiError::unsupported_media(
+                    "compressed or nested protobuf bodies are not read by k3rs; send JSON",
+                ));
             }
             _ => {}
         }
@@ -403,14 +436,23 @@ fn json_fields(name: &str) -> Option<&'static HashMap<String, Field>> {
 }
 
 fn check(message: &str, value: &Value, path: &str, out: &mut Vec<String>, depth: usize) {
-    if depth > 32 || matches!(message, "Time" | "MicroTime" | "IntOrString" | "Quantity" | "RawExtension" | "FieldsV1") {
+    if depth > 32
+        || matches!(
+            message,
+            "Time" | "MicroTime" | "IntOrString" | "Quantity" | "RawExtension" | "FieldsV1"
+        )
+    {
         return;
     }
     let (Value::Object(m), Some(fields)) = (value, json_fields(message)) else {
         return;
     };
     for (k, v) in m {
-        let here = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+        let here = if path.is_empty() {
+            k.clone()
+        } else {
+            format!("{path}.{k}")
+        };
         let Some(field) = fields.get(k) else {
             out.push(here);
             continue;
@@ -439,11 +481,22 @@ mod strict_tests {
                        "spec": {"replica": 1, "template": {"spec": {"containers": [{"name": "a", "image": "b", "imagePolicy": "x"}]}}}});
         let mut found = unknown_fields("Deployment", &d);
         found.sort();
-        assert_eq!(found, ["metadata.labelz", "spec.replica", "spec.template.spec.containers[0].imagePolicy"]);
+        assert_eq!(
+            found,
+            [
+                "metadata.labelz",
+                "spec.replica",
+                "spec.template.spec.containers[0].imagePolicy"
+            ]
+        );
         let probe = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "b",
                            "livenessProbe": {"httpGet": {"path": "/", "port": 80}, "periodSeconds": 5},
                            "resources": {"limits": {"cpu": "1"}}}],
                            "volumes": [{"name": "v", "configMap": {"name": "c"}}]}});
-        assert!(unknown_fields("Pod", &probe).is_empty(), "{:?}", unknown_fields("Pod", &probe));
+        assert!(
+            unknown_fields("Pod", &probe).is_empty(),
+            "{:?}",
+            unknown_fields("Pod", &probe)
+        );
     }
 }

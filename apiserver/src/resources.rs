@@ -75,18 +75,138 @@ const fn res(
 
 /// Every served resource.
 pub static RESOURCES: &[Resource] = &[
-    res("", "Namespace", "namespaces", "namespace", false, &["ns"], "/registry/namespaces/", true, false),
-    res("", "Pod", "pods", "pod", true, &["po"], "/registry/pods/", true, true),
-    res("", "Node", "nodes", "node", false, &["no"], "/registry/minions/", true, false),
-    res("", "Service", "services", "service", true, &["svc"], "/registry/services/specs/", true, true),
-    res("", "Endpoints", "endpoints", "endpoints", true, &["ep"], "/registry/services/endpoints/", false, false),
-    res("", "ConfigMap", "configmaps", "configmap", true, &["cm"], "/registry/configmaps/", false, false),
-    res("", "Secret", "secrets", "secret", true, &[], "/registry/secrets/", false, false),
-    res("", "ServiceAccount", "serviceaccounts", "serviceaccount", true, &["sa"], "/registry/serviceaccounts/", false, false),
-    res("", "Event", "events", "event", true, &["ev"], "/registry/events/", false, false),
-    res("apps", "Deployment", "deployments", "deployment", true, &["deploy"], "/registry/deployments/", true, true),
-    res("apps", "ReplicaSet", "replicasets", "replicaset", true, &["rs"], "/registry/replicasets/", true, true),
-    res("coordination.k8s.io", "Lease", "leases", "lease", true, &[], "/registry/leases/", false, false),
+    res(
+        "",
+        "Namespace",
+        "namespaces",
+        "namespace",
+        false,
+        &["ns"],
+        "/registry/namespaces/",
+        true,
+        false,
+    ),
+    res(
+        "",
+        "Pod",
+        "pods",
+        "pod",
+        true,
+        &["po"],
+        "/registry/pods/",
+        true,
+        true,
+    ),
+    res(
+        "",
+        "Node",
+        "nodes",
+        "node",
+        false,
+        &["no"],
+        "/registry/minions/",
+        true,
+        false,
+    ),
+    res(
+        "",
+        "Service",
+        "services",
+        "service",
+        true,
+        &["svc"],
+        "/registry/services/specs/",
+        true,
+        true,
+    ),
+    res(
+        "",
+        "Endpoints",
+        "endpoints",
+        "endpoints",
+        true,
+        &["ep"],
+        "/registry/services/endpoints/",
+        false,
+        false,
+    ),
+    res(
+        "",
+        "ConfigMap",
+        "configmaps",
+        "configmap",
+        true,
+        &["cm"],
+        "/registry/configmaps/",
+        false,
+        false,
+    ),
+    res(
+        "",
+        "Secret",
+        "secrets",
+        "secret",
+        true,
+        &[],
+        "/registry/secrets/",
+        false,
+        false,
+    ),
+    res(
+        "",
+        "ServiceAccount",
+        "serviceaccounts",
+        "serviceaccount",
+        true,
+        &["sa"],
+        "/registry/serviceaccounts/",
+        false,
+        false,
+    ),
+    res(
+        "",
+        "Event",
+        "events",
+        "event",
+        true,
+        &["ev"],
+        "/registry/events/",
+        false,
+        false,
+    ),
+    res(
+        "apps",
+        "Deployment",
+        "deployments",
+        "deployment",
+        true,
+        &["deploy"],
+        "/registry/deployments/",
+        true,
+        true,
+    ),
+    res(
+        "apps",
+        "ReplicaSet",
+        "replicasets",
+        "replicaset",
+        true,
+        &["rs"],
+        "/registry/replicasets/",
+        true,
+        true,
+    ),
+    res(
+        "coordination.k8s.io",
+        "Lease",
+        "leases",
+        "lease",
+        true,
+        &[],
+        "/registry/leases/",
+        false,
+        false,
+    ),
 ];
 
 /// The API groups other than core, with their one version.
@@ -100,7 +220,10 @@ pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resourc
 }
 
 /// Every resource of one group-version.
-pub fn of_group_version<'a>(group: &'a str, version: &'a str) -> impl Iterator<Item = &'static Resource> + 'a {
+pub fn of_group_version<'a>(
+    group: &'a str,
+    version: &'a str,
+) -> impl Iterator<Item = &'static Resource> + 'a {
     RESOURCES
         .iter()
         .filter(move |r| r.group == group && r.version == version)
@@ -113,9 +236,15 @@ mod tests {
     #[test]
     fn keys_follow_kube_apiserver() {
         let pods = find("", "v1", "pods").unwrap();
-        assert_eq!(pods.key(Some("default"), "web"), "/registry/pods/default/web");
+        assert_eq!(
+            pods.key(Some("default"), "web"),
+            "/registry/pods/default/web"
+        );
         let nodes = find("", "v1", "nodes").unwrap();
         assert_eq!(nodes.key(None, "n1"), "/registry/minions/n1");
-        assert_eq!(find("apps", "v1", "deployments").unwrap().api_version(), "apps/v1");
+        assert_eq!(
+            find("apps", "v1", "deployments").unwrap().api_version(),
+            "apps/v1"
+        );
     }
 }

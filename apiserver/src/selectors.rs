@@ -33,17 +33,30 @@ fn terms(s: &str) -> Vec<&str> {
         }
     }
     out.push(&s[start..]);
-    out.into_iter().map(str::trim).filter(|t| !t.is_empty()).collect()
+    out.into_iter()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect()
 }
 
 fn set_of(list: &str) -> Option<Vec<String>> {
     let inner = list.trim().strip_prefix('(')?.strip_suffix(')')?;
-    Some(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
+    Some(
+        inner
+            .split(',')
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .collect(),
+    )
 }
 
 impl LabelSelector {
     pub fn parse(s: &str) -> ApiResult<Self> {
-        let bad = |t: &str| ApiError::bad_request(format!("unable to parse requirement: {t:?} is not a valid label selector term"));
+        let bad = |t: &str| {
+            ApiError::bad_request(format!(
+                "unable to parse requirement: {t:?} is not a valid label selector term"
+            ))
+        };
         let mut reqs = Vec::new();
         for t in terms(s) {
             let req = if let Some(k) = t.strip_prefix('!') {
@@ -58,7 +71,10 @@ impl LabelSelector {
                 Requirement::NotIn(k.trim().into(), set_of(rest).ok_or_else(|| bad(t))?)
             } else if let Some((k, rest)) = t.split_once(" in ") {
                 Requirement::In(k.trim().into(), set_of(rest).ok_or_else(|| bad(t))?)
-            } else if t.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)) {
+            } else if t
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+            {
                 Requirement::Exists(t.to_string())
             } else {
                 return Err(bad(t));
@@ -97,7 +113,12 @@ fn allowed(kind: &str, field: &str) -> bool {
         || match kind {
             "Pod" => matches!(
                 field,
-                "spec.nodeName" | "status.phase" | "spec.restartPolicy" | "spec.serviceAccountName" | "status.podIP" | "spec.schedulerName"
+                "spec.nodeName"
+                    | "status.phase"
+                    | "spec.restartPolicy"
+                    | "spec.serviceAccountName"
+                    | "status.podIP"
+                    | "spec.schedulerName"
             ),
             "Event" => matches!(
                 field,
@@ -131,7 +152,9 @@ impl FieldSelector {
             } else if let Some((f, v)) = t.split_once('=') {
                 (f, true, v)
             } else {
-                return Err(ApiError::bad_request(format!("invalid selector: '{t}'; can't understand '{t}'")));
+                return Err(ApiError::bad_request(format!(
+                    "invalid selector: '{t}'; can't understand '{t}'"
+                )));
             };
             let field = field.trim();
             if !allowed(kind, field) {
@@ -185,7 +208,11 @@ mod tests {
             ("app=web,tier=back", false),
             ("app=web, tier in (front)", true),
         ] {
-            assert_eq!(LabelSelector::parse(sel).unwrap().matches(&obj), want, "{sel}");
+            assert_eq!(
+                LabelSelector::parse(sel).unwrap().matches(&obj),
+                want,
+                "{sel}"
+            );
         }
         assert!(LabelSelector::parse("app in web").is_err());
     }
@@ -193,9 +220,21 @@ mod tests {
     #[test]
     fn field_selectors_check_the_field() {
         let pod = json!({"metadata": {"name": "a", "namespace": "d"}, "spec": {}, "status": {"phase": "Running"}});
-        assert!(FieldSelector::parse("metadata.name=a", "Pod").unwrap().matches(&pod));
-        assert!(FieldSelector::parse("spec.nodeName=", "Pod").unwrap().matches(&pod));
-        assert!(!FieldSelector::parse("status.phase!=Running", "Pod").unwrap().matches(&pod));
+        assert!(
+            FieldSelector::parse("metadata.name=a", "Pod")
+                .unwrap()
+                .matches(&pod)
+        );
+        assert!(
+            FieldSelector::parse("spec.nodeName=", "Pod")
+                .unwrap()
+                .matches(&pod)
+        );
+        assert!(
+            !FieldSelector::parse("status.phase!=Running", "Pod")
+                .unwrap()
+                .matches(&pod)
+        );
         assert!(FieldSelector::parse("spec.bogus=1", "Pod").is_err());
     }
 }

@@ -39,7 +39,11 @@ impl ApiError {
     }
 
     pub fn no_route() -> Self {
-        Self::new(404, "NotFound", "the server could not find the requested resource")
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
     }
 
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
@@ -47,7 +51,11 @@ impl ApiError {
     }
 
     pub fn already_exists(plural: &str, name: &str) -> Self {
-        let mut e = Self::new(409, "AlreadyExists", format!("{plural} \"{name}\" already exists"));
+        let mut e = Self::new(
+            409,
+            "AlreadyExists",
+            format!("{plural} \"{name}\" already exists"),
+        );
         e.details = Some(json!({"name": name, "kind": plural}));
         e
     }
@@ -116,7 +124,8 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let code = http::StatusCode::from_u16(self.code).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        let code = http::StatusCode::from_u16(self.code)
+            .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
         (
             code,
             [(http::header::CONTENT_TYPE, "application/json")],
@@ -130,7 +139,10 @@ impl From<tonic::Status> for ApiError {
     fn from(s: tonic::Status) -> Self {
         match s.code() {
             tonic::Code::OutOfRange if s.message().contains("compacted") => {
-                ApiError::expired(format!("The resourceVersion for the provided list is too old: {}", s.message()))
+                ApiError::expired(format!(
+                    "The resourceVersion for the provided list is too old: {}",
+                    s.message()
+                ))
             }
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
                 ApiError::unavailable(format!("the datastore is unavailable: {}", s.message()))

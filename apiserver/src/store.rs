@@ -65,7 +65,10 @@ pub fn decode(kv: &KeyValue) -> ApiResult<Value> {
 
 pub fn set_resource_version(obj: &mut Value, revision: i64) {
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.insert("resourceVersion".into(), Value::String(revision.to_string()));
+        meta.insert(
+            "resourceVersion".into(),
+            Value::String(revision.to_string()),
+        );
     }
 }
 
@@ -130,7 +133,13 @@ impl Store {
 
     /// Up to `limit` objects (0: all) under `prefix` from `start` (a full
     /// key), at `revision` (0: the current one).
-    pub async fn list(&self, prefix: &str, start: Option<&str>, limit: i64, revision: i64) -> ApiResult<Page> {
+    pub async fn list(
+        &self,
+        prefix: &str,
+        start: Option<&str>,
+        limit: i64,
+        revision: i64,
+    ) -> ApiResult<Page> {
         let from = start.unwrap_or(prefix);
         let resp = self
             .kv
@@ -221,7 +230,9 @@ impl Store {
             .into_inner();
         if resp.succeeded {
             let prev = match resp.responses.first().and_then(|r| r.response.as_ref()) {
-                Some(OpResponse::ResponseDeleteRange(d)) => d.prev_kvs.first().map(decode).transpose()?,
+                Some(OpResponse::ResponseDeleteRange(d)) => {
+                    d.prev_kvs.first().map(decode).transpose()?
+                }
                 _ => None,
             };
             let Some(mut obj) = prev else {

@@ -61,10 +61,11 @@ pub async fn start(
             }
             store::revision_of(&list) + 1
         }
-        Some(rv) => rv
-            .parse::<i64>()
-            .map_err(|_| ApiError::bad_request(format!("invalid resource version {rv:?}")))?
-            + 1,
+        Some(rv) => {
+            rv.parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version {rv:?}")))?
+                + 1
+        }
     };
     let mut end = prefix.as_bytes().to_vec();
     *end.last_mut().expect("prefixes end with /") += 1;
@@ -87,7 +88,9 @@ pub async fn start(
         .await
         .map_err(ApiError::from)?
         .into_inner();
-    let timeout = params.timeout_seconds.map_or(DEFAULT_TIMEOUT, Duration::from_secs);
+    let timeout = params
+        .timeout_seconds
+        .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
     tokio::spawn(async move {
         let _keep_open = req_tx;
         let deadline = tokio::time::Instant::now() + timeout;
@@ -126,7 +129,9 @@ pub async fn start(
                 continue;
             }
             for ev in resp.events {
-                let Some((kind, object)) = translate(&ev, &params) else { continue };
+                let Some((kind, object)) = translate(&ev, &params) else {
+                    continue;
+                };
                 if tx.send(Ok(event(shape, kind, &object))).await.is_err() {
                     return;
                 }

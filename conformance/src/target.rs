@@ -465,7 +465,12 @@ fn mysql_kill_all(dsn: &str, list_sql: &str) -> Result<(), String> {
             .query_first(list_sql)
             .await
             .map_err(|e| e.to_string())?;
-        for id in ids.flatten().unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
+        for id in ids
+            .flatten()
+            .unwrap_or_default()
+            .split(',')
+            .filter(|s| !s.is_empty())
+        {
             let _ = conn.query_drop(format!("KILL CONNECTION {id}")).await;
         }
         let _ = conn.disconnect().await;

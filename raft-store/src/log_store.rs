@@ -46,7 +46,11 @@ enum DiskOp {
     Truncate(u64),
     /// Delete entries up to and including this log id.
     Purge(LogId),
-    Meta(&'static str, Vec<u8>, Option<oneshot::Sender<Result<(), String>>>),
+    Meta(
+        &'static str,
+        Vec<u8>,
+        Option<oneshot::Sender<Result<(), String>>>,
+    ),
 }
 
 impl LogStore {
@@ -112,10 +116,15 @@ impl LogStore {
         })
     }
 
-    async fn write_meta(&self, name: &'static str, value: Vec<u8>) -> Result<(), StorageError<u64>> {
+    async fn write_meta(
+        &self,
+        name: &'static str,
+        value: Vec<u8>,
+    ) -> Result<(), StorageError<u64>> {
         let (tx, rx) = oneshot::channel();
         self.send(DiskOp::Meta(name, value, Some(tx)))?;
-        let io = |e: String| StorageError::from(StorageIOError::write_vote(&kine::Error::Storage(e)));
+        let io =
+            |e: String| StorageError::from(StorageIOError::write_vote(&kine::Error::Storage(e)));
         rx.await
             .map_err(|_| io("the raft log thread stopped".into()))?
             .map_err(io)
@@ -147,7 +156,9 @@ fn read_meta<T: for<'a> serde::Deserialize<'a>>(
     name: &str,
 ) -> Result<Option<T>, kine::Error> {
     let blob: Option<Vec<u8>> = conn
-        .query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get(0))
+        .query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
         .optional()?;
     blob.map(|b| decode(&b)).transpose()
 }

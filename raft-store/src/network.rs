@@ -16,9 +16,9 @@ use openraft::raft::{
 };
 use tonic::transport::{Channel, Endpoint};
 
-use crate::peer::{PeerAnswer, PeerRequest};
 use crate::pb::Blob;
 use crate::pb::peer_client::PeerClient;
+use crate::peer::{PeerAnswer, PeerRequest};
 use crate::types::{MemberNode, TypeConfig, WireError, decode, encode};
 
 /// How long a connection to a peer may take to open.
@@ -223,9 +223,9 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
                 })
                 .count()
                 .max(1);
-            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(
-                fit as u64,
-            )));
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fit as u64),
+            ));
         }
         self.rpc(Rpc::AppendEntries, bytes, &option).await
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kine::backend::StoreIdentity;
-use kine::mvcc::replication::{BoxFuture, ClusterMember, RaftStatus, Replicator};
+use kine::mvcc::replication::{BoxFuture, ClusterMember, LeaseTtl, RaftStatus, Replicator};
 use kine::mvcc::writer::{WriteOp, WriteReply};
 use kine::{Error, Result, Store};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
@@ -42,10 +42,8 @@ pub struct RaftNode {
 }
 
 /// Queued proposals and where each one's answer goes.
-pub(crate) type Proposals = tokio::sync::mpsc::UnboundedSender<(
-    Command,
-    tokio::sync::oneshot::Sender<Result<PeerAnswer>>,
-)>;
+pub(crate) type Proposals =
+    tokio::sync::mpsc::UnboundedSender<(Command, tokio::sync::oneshot::Sender<Result<PeerAnswer>>)>;
 
 /// Batched entries being replicated at once; proposals that arrive
 /// meanwhile wait and go together as one entry, so the log's per-entry
@@ -231,7 +229,9 @@ impl RaftNode {
             PeerRequest::TimeToLive { id, keys } if self.leads() => Ok(PeerAnswer::TimeToLive(
                 self.store
                     .local_lease_time_to_live(*id, *keys)
-                    .map(|(left, ttl, keys)| (left, ttl, keys.iter().map(|k| k.to_vec()).collect())),
+                    .map(|(left, ttl, keys)| {
+                        (left, ttl, keys.iter().map(|k| k.to_vec()).collect())
+                    }),
             )),
             PeerRequest::KeepAlive(_) | PeerRequest::TimeToLive { .. } => Ok(not_leader()),
             _ if !self.leads() => Ok(not_leader()),
@@ -314,8 +314,11 @@ impl RaftNode {
         if self.nodes().contains_key(&id) {
             // Added by MemberAdd (or restarted with new details): record
             // its name and URLs, then wait for it to catch up.
-            self.change(ChangeMembers::SetNodes(BTreeMap::from([(id, node.clone())])))
-                .await?;
+            self.change(ChangeMembers::SetNodes(BTreeMap::from([(
+                id,
+                node.clone(),
+            )])))
+            .await?;
         } else {
             tracing::info!(member = %format!("{id:x}"), peer_url = %node.peer_url, "adding a member as a learner");
         }
@@ -372,15 +375,7 @@ fn raft_failure<E: std::fmt::Display>(e: E) -> Error {
 
 /// A fresh member id: random, never 0.
 pub(crate) fn new_member_id() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
-    h.finish().max(1)
+    kine::backend::random_id()
 }
 
 impl Replicator for RaftNode {
@@ -421,7 +416,7 @@ impl Replicator for RaftNode {
         &self,
         id: i64,
         with_keys: bool,
-    ) -> BoxFuture<'_, Result<Option<(i64, i64, Vec<Bytes>)>>> {
+    ) -> BoxFuture<'_, Result<Option<LeaseTtl>>> {
         Box::pin(async move {
             match self
                 .on_leader(PeerRequest::TimeToLive {
@@ -525,5 +520,7 @@ impl Replicator for RaftNode {
 }
 
 fn unexpected(answer: PeerAnswer) -> Error {
-    Error::Storage(format!("k3rs: unexpected answer from the leader: {answer:?}"))
+    Error::Storage(format!(
+        "k3rs: unexpected answer from the leader: {answer:?}"
+    ))
 }

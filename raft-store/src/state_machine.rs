@@ -16,8 +16,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError};
 
 use crate::types::{
-    Answer, Command, Entry, LogId, MemberNode, Reply, StoredMembership, TypeConfig, decode,
-    encode,
+    Answer, Command, Entry, LogId, MemberNode, Reply, StoredMembership, TypeConfig, decode, encode,
 };
 
 /// What the store records beside every applied batch.
@@ -104,7 +103,10 @@ impl Snapshots {
     }
 
     fn current(&self) -> Option<SnapshotMeta<u64, MemberNode>> {
-        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Makes the database at `tmp` (fsynced first) the current snapshot.
@@ -292,9 +294,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
         match self.snapshots.current() {
-            Some(meta) => Ok(Some(open_snapshot(&self.snapshots.current_path(), meta).await?)),
+            Some(meta) => Ok(Some(
+                open_snapshot(&self.snapshots.current_path(), meta).await?,
+            )),
             None => Ok(None),
         }
     }

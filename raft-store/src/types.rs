@@ -124,7 +124,9 @@ impl Command {
                 revision: *revision,
             },
             Command::Batch(_) => {
-                return Err(Error::Storage("a batch is applied command by command".into()));
+                return Err(Error::Storage(
+                    "a batch is applied command by command".into(),
+                ));
             }
         })
     }

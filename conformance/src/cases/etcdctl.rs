@@ -344,8 +344,7 @@ pub async fn endpoint_status(cx: Ctx) -> CaseResult {
     } else {
         cx.check(
             "leader is another member (the endpoint is a follower)",
-            s["leader"].as_u64().is_some_and(|l| l != 0)
-                && s["leader"] != s["header"]["member_id"],
+            s["leader"].as_u64().is_some_and(|l| l != 0) && s["leader"] != s["header"]["member_id"],
             (&s["leader"], &s["header"]["member_id"]),
         )?;
     }

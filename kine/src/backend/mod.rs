@@ -15,7 +15,7 @@ mod shared;
 pub mod snapshot;
 pub mod sqlite;
 
-pub(crate) use sqlite::random_id;
+pub use sqlite::random_id;
 
 use bytes::Bytes;
 

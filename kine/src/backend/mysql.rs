@@ -22,7 +22,10 @@ use mysql_async::{Conn, Opts, OptsBuilder, Params, Value};
 
 use super::reader_threads::ReaderThreads;
 use super::shared::{LeaseCatchUp, Session};
-use super::{Changes, CommitBatch, Waker, Loaded, LogReader, LogRecord, LogWriter, StoreIdentity, StoredLease};
+use super::{
+    Changes, CommitBatch, Loaded, LogReader, LogRecord, LogWriter, StoreIdentity, StoredLease,
+    Waker,
+};
 use crate::error::{Error, Result};
 
 /// The schema this code writes.
@@ -405,20 +408,27 @@ impl MysqlWriter {
     /// Rows and lease changes above `head`, up to what `meta` says the
     /// database holds.
     fn read_changes(&mut self, head: i64, meta: [i64; 4]) -> Result<Changes> {
-        let [compact_revision, current_revision, lease_epoch, lease_purged] = meta;
+        let [
+            compact_revision,
+            current_revision,
+            lease_epoch,
+            lease_purged,
+        ] = meta;
         let catch_up = self.session.lease_catch_up(lease_epoch, lease_purged);
-        let (records, leases) = self.client.run("catching up with the other servers", async |c| {
-            let records: Vec<Row7> = if current_revision > head {
-                c.exec(
-                    "SELECT revision, sub, `key`, create_revision, version, lease, value
+        let (records, leases) =
+            self.client
+                .run("catching up with the other servers", async |c| {
+                    let records: Vec<Row7> = if current_revision > head {
+                        c.exec(
+                            "SELECT revision, sub, `key`, create_revision, version, lease, value
                      FROM k3rs_log WHERE revision > ? AND revision <= ? ORDER BY revision, sub",
-                    (head, current_revision),
-                )
-                .await?
-            } else {
-                Vec::new()
-            };
-            let leases: Vec<(i64, i64)> = match catch_up {
+                            (head, current_revision),
+                        )
+                        .await?
+                    } else {
+                        Vec::new()
+                    };
+                    let leases: Vec<(i64, i64)> = match catch_up {
                 LeaseCatchUp::Nothing => Vec::new(),
                 LeaseCatchUp::Everything => {
                     c.exec(
@@ -435,8 +445,8 @@ impl MysqlWriter {
                     .await?
                 }
             };
-            Ok((records, leases))
-        })?;
+                    Ok((records, leases))
+                })?;
         self.session.caught_up(lease_epoch);
         Ok(Changes {
             records: records.into_iter().map(to_record).collect(),
@@ -598,13 +608,15 @@ impl LogWriter for MysqlWriter {
     fn resolve_commit(&mut self, _revision: i64) -> Result<bool> {
         self.ensure_connected()?;
         let member = self.session.member_id;
-        let landed: Option<i64> = self.client.run("reading this server's commits", async |c| {
-            c.exec_first(
-                "SELECT commits FROM k3rs_members WHERE member_id = ?",
-                (member,),
-            )
-            .await
-        })?;
+        let landed: Option<i64> = self
+            .client
+            .run("reading this server's commits", async |c| {
+                c.exec_first(
+                    "SELECT commits FROM k3rs_members WHERE member_id = ?",
+                    (member,),
+                )
+                .await
+            })?;
         Ok(self.session.settle(landed.unwrap_or(-1)))
     }
 
@@ -612,27 +624,29 @@ impl LogWriter for MysqlWriter {
         self.ensure_connected()?;
         let purge_below = self.session.purge_below();
         let in_transaction = self.session.in_transaction;
-        let done = self.client.run("recording the compact revision", async |c| {
-            c.exec_drop(
-                "UPDATE k3rs_meta SET value = ? WHERE name = 'compact_revision'",
-                (revision,),
-            )
-            .await?;
-            c.exec_drop(
-                "DELETE FROM k3rs_leases WHERE ttl = 0 AND changed <= ?",
-                (purge_below,),
-            )
-            .await?;
-            c.exec_drop(
-                "UPDATE k3rs_meta SET value = GREATEST(value, ?) WHERE name = 'lease_purged'",
-                (purge_below,),
-            )
-            .await?;
-            if in_transaction {
-                c.query_drop("COMMIT").await?;
-            }
-            Ok(())
-        });
+        let done = self
+            .client
+            .run("recording the compact revision", async |c| {
+                c.exec_drop(
+                    "UPDATE k3rs_meta SET value = ? WHERE name = 'compact_revision'",
+                    (revision,),
+                )
+                .await?;
+                c.exec_drop(
+                    "DELETE FROM k3rs_leases WHERE ttl = 0 AND changed <= ?",
+                    (purge_below,),
+                )
+                .await?;
+                c.exec_drop(
+                    "UPDATE k3rs_meta SET value = GREATEST(value, ?) WHERE name = 'lease_purged'",
+                    (purge_below,),
+                )
+                .await?;
+                if in_transaction {
+                    c.query_drop("COMMIT").await?;
+                }
+                Ok(())
+            });
         if done.is_err() {
             self.abandon();
         }
@@ -706,8 +720,9 @@ impl LogWriter for MysqlWriter {
             return Ok(());
         }
         self.session.in_transaction = false;
-        self.client
-            .run("ending a transaction", async |c| c.query_drop("ROLLBACK").await)
+        self.client.run("ending a transaction", async |c| {
+            c.query_drop("ROLLBACK").await
+        })
     }
 
     fn listen(&mut self, waker: Waker) -> Result<()> {
@@ -779,7 +794,8 @@ pub struct MysqlReader {
 impl LogReader for MysqlReader {
     fn value_at(&self, key: &[u8], mod_revision: i64) -> Result<Option<Bytes>> {
         let key = key.to_vec();
-        self.threads.run(move |c| value_at(c, key.clone(), mod_revision))
+        self.threads
+            .run(move |c| value_at(c, key.clone(), mod_revision))
     }
 
     fn size(&self) -> Result<(i64, i64)> {

@@ -14,8 +14,8 @@
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
@@ -173,13 +173,14 @@ pub fn client_config(mode: SslMode, files: &DatabaseTls) -> Result<Option<rustls
         (Some(ca), mode) => {
             let mut roots = RootCertStore::empty();
             for cert in certificates(ca, "the database CA")? {
-                roots.add(cert).map_err(|e| {
-                    Error::Storage(format!("the database CA is not usable: {e}"))
-                })?;
+                roots
+                    .add(cert)
+                    .map_err(|e| Error::Storage(format!("the database CA is not usable: {e}")))?;
             }
-            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| Error::Storage(format!("the database CA is not usable: {e}")))?;
+            let webpki =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| Error::Storage(format!("the database CA is not usable: {e}")))?;
             if mode == SslMode::VerifyFull {
                 webpki
             } else {
@@ -307,12 +308,16 @@ pub fn resolve(dsn_tls: &DsnTls, flags: &DatabaseTls) -> Result<(SslMode, Databa
     let read = |path: &Option<String>, what: &str| -> Result<Option<Vec<u8>>> {
         path.as_ref()
             .map(|p| {
-                std::fs::read(p).map_err(|e| Error::Storage(format!("{what} {p}: cannot read it: {e}")))
+                std::fs::read(p)
+                    .map_err(|e| Error::Storage(format!("{what} {p}: cannot read it: {e}")))
             })
             .transpose()
     };
     let files = DatabaseTls {
-        ca_pem: flags.ca_pem.clone().or(read(&dsn_tls.root_cert, "sslrootcert")?),
+        ca_pem: flags
+            .ca_pem
+            .clone()
+            .or(read(&dsn_tls.root_cert, "sslrootcert")?),
         cert_pem: flags.cert_pem.clone().or(read(&dsn_tls.cert, "sslcert")?),
         key_pem: flags.key_pem.clone().or(read(&dsn_tls.key, "sslkey")?),
     };
@@ -335,7 +340,9 @@ mod tests {
 
     #[test]
     fn tls_parameters_leave_the_dsn() {
-        let (dsn, tls) = split_dsn("postgres://u@h:5432/db?sslmode=verify-full&application_name=x&sslrootcert=/ca.pem");
+        let (dsn, tls) = split_dsn(
+            "postgres://u@h:5432/db?sslmode=verify-full&application_name=x&sslrootcert=/ca.pem",
+        );
         assert_eq!(dsn, "postgres://u@h:5432/db?application_name=x");
         assert_eq!(tls.mode.as_deref(), Some("verify-full"));
         assert_eq!(tls.root_cert.as_deref(), Some("/ca.pem"));

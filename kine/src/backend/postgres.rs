@@ -32,9 +32,12 @@ use postgres::error::SqlState;
 use postgres::{Client, Config, NoTls};
 
 use super::pg_tls::{self, DatabaseTls, SslMode};
-use super::shared::{LeaseCatchUp, Session};
 use super::reader_threads::ReaderThreads;
-use super::{Changes, CommitBatch, Waker, Loaded, LogReader, LogRecord, LogWriter, StoreIdentity, StoredLease};
+use super::shared::{LeaseCatchUp, Session};
+use super::{
+    Changes, CommitBatch, Loaded, LogReader, LogRecord, LogWriter, StoreIdentity, StoredLease,
+    Waker,
+};
 use crate::error::{Error, Result};
 
 /// The schema this code writes.
@@ -152,11 +155,13 @@ fn sql_error(what: &str, e: postgres::Error) -> Error {
         // intervention, class 57, or a connection exception, class 08): a
         // backend terminated right after its commit became durable reports
         // that instead of the commit, so the outcome is unknown.
-        Some(db) if !e.is_closed() && !matches!(&db.code().code()[..2], "57" | "08") => Error::Storage(format!(
-            "{what}: {} (SQLSTATE {})",
-            db.message(),
-            db.code().code()
-        )),
+        Some(db) if !e.is_closed() && !matches!(&db.code().code()[..2], "57" | "08") => {
+            Error::Storage(format!(
+                "{what}: {} (SQLSTATE {})",
+                db.message(),
+                db.code().code()
+            ))
+        }
         _ => Error::CommitUnknown(format!("{what}: {e}")),
     }
 }
@@ -234,7 +239,10 @@ fn connect(config: &PostgresConfig) -> Result<Client> {
 }
 
 /// Creates the DSN's database through the `postgres` database, as kine does.
-fn create_database(config: &PostgresConfig, parsed: &Config) -> std::result::Result<(), postgres::Error> {
+fn create_database(
+    config: &PostgresConfig,
+    parsed: &Config,
+) -> std::result::Result<(), postgres::Error> {
     let name = parsed.get_dbname().unwrap_or(DEFAULT_DATABASE).to_owned();
     let mut admin = parsed.clone();
     admin.dbname("postgres");
@@ -423,7 +431,12 @@ impl PostgresWriter {
     /// Rows and lease changes above `head`, up to what `meta` says the
     /// database holds.
     fn read_changes(&mut self, head: i64, meta: [i64; 4]) -> Result<Changes> {
-        let [compact_revision, current_revision, lease_epoch, lease_purged] = meta;
+        let [
+            compact_revision,
+            current_revision,
+            lease_epoch,
+            lease_purged,
+        ] = meta;
         let sql = |e| sql_error("catching up with the other servers", e);
         let records = if current_revision > head {
             self.client
@@ -497,7 +510,10 @@ impl LogWriter for PostgresWriter {
             }
         }
         let leases = tx
-            .query("SELECT id, ttl FROM k3rs_leases WHERE ttl > 0 ORDER BY id", &[])
+            .query(
+                "SELECT id, ttl FROM k3rs_leases WHERE ttl > 0 ORDER BY id",
+                &[],
+            )
             .map_err(sql)?
             .iter()
             .map(|r| StoredLease {

@@ -223,7 +223,7 @@ impl SqliteWriter {
 
 /// A random non-zero 64-bit id, from the standard library's per-process
 /// random hash keys and the clock (no extra dependency for eight bytes).
-pub(crate) fn random_id() -> u64 {
+pub fn random_id() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -331,7 +331,10 @@ impl LogWriter for SqliteWriter {
     fn replace_database(&mut self, from: &Path) -> Result<()> {
         check_file_is_sqlite(from)?;
         // Closed first, so no connection holds the old file or its WAL.
-        drop(std::mem::replace(&mut self.conn, Connection::open_in_memory()?));
+        drop(std::mem::replace(
+            &mut self.conn,
+            Connection::open_in_memory()?,
+        ));
         let with_suffix = |suffix: &str| {
             let mut p = self.path.as_os_str().to_owned();
             p.push(suffix);
@@ -348,9 +351,9 @@ impl LogWriter for SqliteWriter {
             ))
         })?;
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(|e| {
-                Error::Storage(format!("cannot sync {}: {e}", dir.display()))
-            })?;
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| Error::Storage(format!("cannot sync {}: {e}", dir.display())))?;
         }
         self.conn = open_connection(
             &self.path,

@@ -19,6 +19,9 @@ use crate::error::Result;
 /// A boxed future, so the trait stays object-safe without a macro crate.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// A lease's `(remaining seconds, granted TTL, attached keys)`.
+pub type LeaseTtl = (i64, i64, Vec<Bytes>);
+
 /// A member as etcd's Cluster service reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterMember {
@@ -67,7 +70,7 @@ pub trait Replicator: Send + Sync + 'static {
         &self,
         id: i64,
         with_keys: bool,
-    ) -> BoxFuture<'_, Result<Option<(i64, i64, Vec<Bytes>)>>>;
+    ) -> BoxFuture<'_, Result<Option<LeaseTtl>>>;
 
     /// Whether this member is the leader now (it alone expires leases).
     fn is_leader(&self) -> bool;

@@ -485,8 +485,12 @@ impl Writer {
             // Grants first, so that rows attach to them; revokes after,
             // once their keys' tombstones have moved the keys off them.
             if changes.leases_complete {
-                let live: std::collections::HashSet<i64> =
-                    changes.leases.iter().filter(|l| l.ttl > 0).map(|l| l.id).collect();
+                let live: std::collections::HashSet<i64> = changes
+                    .leases
+                    .iter()
+                    .filter(|l| l.ttl > 0)
+                    .map(|l| l.id)
+                    .collect();
                 revoked.extend(leases.ids().into_iter().filter(|id| !live.contains(id)));
             }
             for lease in &changes.leases {
@@ -582,20 +586,25 @@ impl Writer {
             self.shared.publish(batch.current_revision);
         }
         if !events.is_empty() {
-            let committed = Arc::new(Committed {
+            self.notify(Committed {
                 revision: batch.current_revision,
                 events,
                 restored: false,
             });
-            for subscriber in self
-                .shared
-                .subscribers
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-            {
-                subscriber(committed.clone());
-            }
+        }
+    }
+
+    /// Hands a batch to every subscriber (the watch hub).
+    fn notify(&self, committed: Committed) {
+        let committed = Arc::new(committed);
+        for subscriber in self
+            .shared
+            .subscribers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            subscriber(committed.clone());
         }
     }
 
@@ -725,20 +734,11 @@ impl Writer {
         for (reply, _) in self.physical_waiters.drain(..) {
             let _ = reply.send(Ok(revision));
         }
-        let restored = Arc::new(Committed {
+        self.notify(Committed {
             revision,
             events: Vec::new(),
             restored: true,
         });
-        for subscriber in self
-            .shared
-            .subscribers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            subscriber(restored.clone());
-        }
         tracing::info!(revision, "store replaced by a snapshot");
         Ok(revision)
     }
