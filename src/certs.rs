@@ -14,9 +14,11 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose,
 };
 
-/// Writes `ca.crt`, `ca.key`, `server.crt`, `server.key`, `client.crt`
-/// and `client.key` into `dir`; `hosts` are the server's names and
-/// addresses. Refuses to overwrite existing files.
+/// Writes `ca.crt`, `ca.key`, `server.crt`, `server.key`, `client.crt`,
+/// `client.key`, `peer.crt` and `peer.key` into `dir`; `hosts` are the
+/// server's names and addresses (the peer certificate, for replication
+/// between members, serves and authenticates with the same names).
+/// Refuses to overwrite existing files.
 pub fn generate(dir: &Path, hosts: &[String]) -> Result<()> {
     let names = [
         "ca.crt",
@@ -25,6 +27,8 @@ pub fn generate(dir: &Path, hosts: &[String]) -> Result<()> {
         "server.key",
         "client.crt",
         "client.key",
+        "peer.crt",
+        "peer.key",
     ];
     for name in names {
         if dir.join(name).exists() {
@@ -49,29 +53,39 @@ pub fn generate(dir: &Path, hosts: &[String]) -> Result<()> {
     let ca_cert = ca.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca, &ca_key);
 
-    let leaf =
-        |cn: &str, sans: Vec<String>, usage: ExtendedKeyUsagePurpose| -> Result<(String, String)> {
-            let key = KeyPair::generate()?;
-            let mut params = CertificateParams::new(sans)?;
-            params.distinguished_name = named(cn);
-            params.key_usages = vec![
-                KeyUsagePurpose::DigitalSignature,
-                KeyUsagePurpose::KeyEncipherment,
-            ];
-            params.extended_key_usages = vec![usage];
-            set_validity(&mut params, 365);
-            let cert = params.signed_by(&key, &issuer)?;
-            Ok((cert.pem(), key.serialize_pem()))
-        };
+    let leaf = |cn: &str,
+                sans: Vec<String>,
+                usage: Vec<ExtendedKeyUsagePurpose>|
+     -> Result<(String, String)> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(sans)?;
+        params.distinguished_name = named(cn);
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = usage;
+        set_validity(&mut params, 365);
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    };
     let (server_crt, server_key) = leaf(
         "k3rs-server",
         hosts.to_vec(),
-        ExtendedKeyUsagePurpose::ServerAuth,
+        vec![ExtendedKeyUsagePurpose::ServerAuth],
     )?;
     let (client_crt, client_key) = leaf(
         "k3rs-client",
         Vec::new(),
-        ExtendedKeyUsagePurpose::ClientAuth,
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
+    )?;
+    let (peer_crt, peer_key) = leaf(
+        "k3rs-peer",
+        hosts.to_vec(),
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
     )?;
 
     write(dir, "ca.crt", &ca_cert.pem(), 0o644)?;
@@ -80,6 +94,8 @@ pub fn generate(dir: &Path, hosts: &[String]) -> Result<()> {
     write(dir, "server.key", &server_key, 0o600)?;
     write(dir, "client.crt", &client_crt, 0o644)?;
     write(dir, "client.key", &client_key, 0o600)?;
+    write(dir, "peer.crt", &peer_crt, 0o644)?;
+    write(dir, "peer.key", &peer_key, 0o600)?;
     Ok(())
 }
 

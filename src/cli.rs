@@ -101,7 +101,7 @@ pub enum CertsCommand {
 /// Flags of `k3rs certs generate`.
 #[derive(Debug, Args)]
 pub struct CertsGenerateArgs {
-    /// Directory to write ca.crt/key, server.crt/key and client.crt/key into.
+    /// Directory to write ca.crt/key, server.crt/key, client.crt/key and peer.crt/key into.
     #[arg(long)]
     pub dir: PathBuf,
     /// Names and addresses the server certificate is valid for.
@@ -344,6 +344,21 @@ pub struct DatastoreArgs {
     #[arg(long, env = "K3RS_ADVERTISE_PEER_URL")]
     pub advertise_peer_url: Option<String>,
 
+    /// Certificate for the peer protocol (PEM), serving and calling other
+    /// members: mutual TLS, with --peer-key-file and --peer-trusted-ca-file
+    /// (etcd's flags; `k3rs certs generate` writes peer.crt).
+    #[arg(long, env = "K3RS_PEER_CERT_FILE", requires_all = ["peer_key_file", "peer_trusted_ca_file"])]
+    pub peer_cert_file: Option<PathBuf>,
+
+    /// Private key of --peer-cert-file (PEM).
+    #[arg(long, env = "K3RS_PEER_KEY_FILE", requires = "peer_cert_file")]
+    pub peer_key_file: Option<PathBuf>,
+
+    /// CA that signed every member's peer certificate (PEM): peers without
+    /// one are refused at the handshake.
+    #[arg(long, env = "K3RS_PEER_TRUSTED_CA_FILE", requires = "peer_cert_file")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+
     /// Raft heartbeat interval in milliseconds (etcd's flag and default).
     #[arg(long, env = "K3RS_HEARTBEAT_INTERVAL", default_value_t = 100)]
     pub heartbeat_interval: u64,
@@ -372,6 +387,7 @@ pub struct ClusterSettings {
     pub heartbeat_ms: u64,
     pub election_timeout_ms: u64,
     pub snapshot_count: u64,
+    pub peer_tls: Option<raft_store::network::PeerTls>,
 }
 
 /// A storage endpoint, parsed once.
@@ -681,8 +697,26 @@ impl DatastoreArgs {
         if !wanted && !dir.join("raft.db").exists() {
             return Ok(None);
         }
+        let peer_tls = match (
+            &self.peer_cert_file,
+            &self.peer_key_file,
+            &self.peer_trusted_ca_file,
+        ) {
+            (Some(cert), Some(key), Some(ca)) => Some(raft_store::network::PeerTls {
+                cert_pem: read_pem(cert, "--peer-cert-file")?,
+                key_pem: read_pem(key, "--peer-key-file")?,
+                ca_pem: read_pem(ca, "--peer-trusted-ca-file")?,
+            }),
+            _ => None,
+        };
+        let scheme = if peer_tls.is_some() { "https" } else { "http" };
         let bootstrap = match &self.server {
-            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+            Some(url) if !url.starts_with(&format!("{scheme}://")) => {
+                bail!(
+                    "--server {url:?}: the peer protocol is {scheme} here (TLS comes with --peer-cert-file), so the URL must start with {scheme}://"
+                )
+            }
+            Some(url) => {
                 if self.token.is_none() {
                     bail!(
                         "--server needs --token: the cluster's token (see the first server's DATA_DIR/server/db/token)"
@@ -690,7 +724,6 @@ impl DatastoreArgs {
                 }
                 raft_store::Bootstrap::Join(url.clone())
             }
-            Some(url) => bail!("--server {url:?} is not a peer URL like http://HOST:2380"),
             None => raft_store::Bootstrap::ClusterInit,
         };
         let peer_listen: SocketAddr = self.peer_listen_address.parse().with_context(|| {
@@ -705,7 +738,7 @@ impl DatastoreArgs {
             } else {
                 peer_listen.ip().to_string()
             };
-            format!("http://{ip}:{}", peer_listen.port())
+            format!("{scheme}://{ip}:{}", peer_listen.port())
         });
         if self.election_timeout < 5 * self.heartbeat_interval.max(1) {
             bail!("--election-timeout must be at least five times --heartbeat-interval");
@@ -722,6 +755,7 @@ impl DatastoreArgs {
             heartbeat_ms: self.heartbeat_interval.max(1),
             election_timeout_ms: self.election_timeout,
             snapshot_count: self.snapshot_count.max(1),
+            peer_tls,
         }))
     }
 }

@@ -263,6 +263,8 @@ async fn start_member(
         heartbeat_ms: settings.heartbeat_ms,
         election_timeout_ms: settings.election_timeout_ms,
         snapshot_count: settings.snapshot_count,
+        faults: Default::default(),
+        peer_tls: settings.peer_tls.clone(),
     };
     let node = raft_store::start(raft, store)
         .await
@@ -272,6 +274,7 @@ async fn start_member(
         peer_url = %settings.advertise_peer_url,
         member = %format!("{:x}", node.id()),
         log_fsync = settings.fsync,
+        peer_tls = settings.peer_tls.is_some(),
         "replicating with raft"
     );
     Ok(node)

@@ -34,7 +34,12 @@ struct Member {
 impl Member {
     async fn start(name: &str, join: Option<&str>, extra: &[&str]) -> Member {
         let peer_port = support::free_port();
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let scheme = if extra.contains(&"--peer-cert-file") {
+            "https"
+        } else {
+            "http"
+        };
+        let peer_url = format!("{scheme}://127.0.0.1:{peer_port}");
         let mut args: Vec<String> = vec![
             "--name".into(),
             name.into(),
@@ -744,5 +749,128 @@ async fn lagging_and_new_members_catch_up_from_snapshots() {
         std::fs::read_to_string(fourth.log_path())
             .unwrap()
             .contains("installed the leader's snapshot")
+    );
+}
+
+/// A member whose log ends in a corrupt entry refuses to start, saying
+/// which file and index; the other two go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_log_tail_stops_that_member_only() {
+    let mut members = cluster(
+        3,
+        &["--heartbeat-interval", "50", "--election-timeout", "500"],
+    )
+    .await;
+    let mut kv = KvClient::new(members[0].channel().await);
+    for i in 0..20 {
+        put(&mut kv, &format!("c/{i}"), "v").await.unwrap();
+    }
+    members[2].process.kill();
+    let dir = members[2]
+        .process
+        .log_path()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let log = rusqlite::Connection::open(dir.join("server/db/raft.db")).unwrap();
+    log.execute(
+        "UPDATE log SET entry = x'ff00ff' WHERE idx = (SELECT max(idx) FROM log)",
+        [],
+    )
+    .unwrap();
+    drop(log);
+    let refused = members[2].process.restart().await;
+    assert!(refused.is_err(), "started on a corrupt log");
+    let said = members[2].process.log();
+    assert!(said.contains("the raft log is corrupt at index"), "{said}");
+    for i in 20..30 {
+        put(&mut kv, &format!("c/{i}"), "v").await.unwrap();
+    }
+    let mut other = KvClient::new(members[1].channel().await);
+    assert_eq!(get(&mut other, "c/29", false).await.as_deref(), Some("v"));
+}
+
+/// Members over mutual TLS (etcd's peer flags, certificates from `k3rs
+/// certs generate`): they replicate; a server whose peer certificate
+/// another CA signed cannot join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_over_mutual_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    let generate = |dir: &std::path::Path| {
+        let out = std::process::Command::new(bin())
+            .args(["certs", "generate", "--dir"])
+            .arg(dir)
+            .args(["--hosts", "127.0.0.1,localhost"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    generate(certs.path());
+    let file = |name: &str| certs.path().join(name).to_string_lossy().into_owned();
+    let (crt, key, ca) = (file("peer.crt"), file("peer.key"), file("ca.crt"));
+    let extra = [
+        "--heartbeat-interval",
+        "50",
+        "--election-timeout",
+        "500",
+        "--peer-cert-file",
+        crt.as_str(),
+        "--peer-key-file",
+        key.as_str(),
+        "--peer-trusted-ca-file",
+        ca.as_str(),
+    ];
+    let members = cluster(3, &extra).await;
+    assert!(members[0].peer_url.starts_with("https://"));
+    let mut kv = KvClient::new(members[1].channel().await);
+    put(&mut kv, "tls/a", "1").await.unwrap();
+    let mut other = KvClient::new(members[2].channel().await);
+    assert_eq!(get(&mut other, "tls/a", false).await.as_deref(), Some("1"));
+    let list = String::from_utf8_lossy(
+        &etcdctl(&members[0].process.endpoint(), &["member", "list"]).stdout,
+    )
+    .to_string();
+    assert_eq!(list.matches("https://127.0.0.1:").count(), 3, "{list}");
+
+    let stranger = tempfile::tempdir().unwrap();
+    generate(stranger.path());
+    let sfile = |name: &str| stranger.path().join(name).to_string_lossy().into_owned();
+    let out = std::process::Command::new("timeout")
+        .arg("60")
+        .arg(bin())
+        .args([
+            "kine",
+            "--listen-address",
+            &format!("127.0.0.1:{}", support::free_port()),
+        ])
+        .args([
+            "--peer-listen-address",
+            &format!("127.0.0.1:{}", support::free_port()),
+        ])
+        .args(["--metrics-bind-address", "0", "--token", TOKEN])
+        .args([
+            "--peer-cert-file",
+            &sfile("peer.crt"),
+            "--peer-key-file",
+            &sfile("peer.key"),
+        ])
+        .args(["--peer-trusted-ca-file", &sfile("ca.crt")])
+        .args(["--server", &members[0].peer_url])
+        .arg("--data-dir")
+        .arg(tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a stranger joined");
+    assert_eq!(
+        String::from_utf8_lossy(
+            &etcdctl(&members[0].process.endpoint(), &["member", "list"]).stdout
+        )
+        .lines()
+        .count(),
+        3
     );
 }

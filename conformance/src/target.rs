@@ -560,13 +560,68 @@ pub struct RaftClusterTarget {
     endpoint: String,
     members: Vec<K3rsTarget>,
     nodes: Vec<std::sync::Arc<raft_store::RaftNode>>,
+    /// Each member's outgoing links, for injected faults.
+    faults: Vec<raft_store::network::Faults>,
+    peer_urls: Vec<String>,
 }
 
 impl RaftClusterTarget {
-    /// Starts a cluster of three and waits until every member answers.
+    /// Starts a cluster of three at etcd's default timing and waits until
+    /// every member answers.
     pub async fn start() -> Result<Self, String> {
+        Self::start_with(100, 1000).await
+    }
+
+    /// Every member's etcd endpoint, in member order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.endpoint.clone()).collect()
+    }
+
+    /// The member that leads now, if any.
+    pub fn leader(&self) -> Option<usize> {
+        self.nodes.iter().position(|n| n.leads())
+    }
+
+    /// Every member that believes it leads (a leader cut off from the
+    /// majority keeps believing it, but can commit nothing).
+    pub fn leaders(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].leads())
+            .collect()
+    }
+
+    /// Cuts every link between member `i` and the others, both ways.
+    pub fn isolate(&self, i: usize) {
+        for (j, faults) in self.faults.iter().enumerate() {
+            if j == i {
+                for (k, url) in self.peer_urls.iter().enumerate() {
+                    if k != i {
+                        faults.set(url, raft_store::network::Fault::Drop);
+                    }
+                }
+            } else {
+                faults.set(&self.peer_urls[i], raft_store::network::Fault::Drop);
+            }
+        }
+    }
+
+    /// Delays every message from member `from` to member `to`.
+    pub fn delay(&self, from: usize, to: usize, by: Duration) {
+        self.faults[from].set(&self.peer_urls[to], raft_store::network::Fault::Delay(by));
+    }
+
+    /// Removes every injected fault.
+    pub fn heal(&self) {
+        self.faults.iter().for_each(|f| f.heal());
+    }
+
+    /// Starts a cluster of three with this heartbeat and election timeout
+    /// (milliseconds) and waits until every member answers.
+    pub async fn start_with(heartbeat_ms: u64, election_timeout_ms: u64) -> Result<Self, String> {
         let mut members = Vec::new();
         let mut nodes = Vec::new();
+        let mut faults = Vec::new();
+        let mut peer_urls = Vec::new();
         let mut first_peer = None;
         for i in 0..3 {
             let dir = tempfile::Builder::new()
@@ -600,10 +655,14 @@ impl RaftClusterTarget {
                     Some(url) => raft_store::Bootstrap::Join(String::clone(url)),
                 },
                 fsync: false,
-                heartbeat_ms: 100,
-                election_timeout_ms: 1000,
+                heartbeat_ms,
+                election_timeout_ms,
                 snapshot_count: 10_000,
+                faults: raft_store::network::Faults::default(),
+                peer_tls: None,
             };
+            faults.push(config.faults.clone());
+            peer_urls.push(peer_url.clone());
             let node = raft_store::start(config, store.clone())
                 .await
                 .map_err(|e| format!("start member {i}: {e}"))?;
@@ -626,6 +685,8 @@ impl RaftClusterTarget {
             endpoint: members[follower].endpoint.clone(),
             members,
             nodes,
+            faults,
+            peer_urls,
         })
     }
 }

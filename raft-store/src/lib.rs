@@ -70,6 +70,10 @@ pub struct RaftConfig {
     /// Applied entries between snapshots (etcd's `--snapshot-count`); the
     /// log is purged behind each snapshot.
     pub snapshot_count: u64,
+    /// Mutual TLS on the peer protocol; `None` is plain HTTP/2.
+    pub peer_tls: Option<network::PeerTls>,
+    /// Injected network faults (tests); none by default.
+    pub faults: network::Faults,
     /// openraft's heartbeat, in milliseconds (etcd's default: 100).
     pub heartbeat_ms: u64,
     /// The election timeout, in milliseconds (etcd's default: 1000): a
@@ -93,7 +97,11 @@ pub async fn start(config: RaftConfig, store: Store) -> Result<Arc<RaftNode>> {
             ))
         })?;
     let log = log_store::LogStore::open(&config.dir.join("raft.db"), config.fsync)?;
-    let peers = Peers::new(&config.token);
+    let peers = Peers::new(
+        &config.token,
+        config.faults.clone(),
+        config.peer_tls.clone(),
+    );
     let self_node = MemberNode {
         name: config.name.clone(),
         peer_url: config.advertise_peer_url.clone(),
@@ -148,7 +156,7 @@ pub async fn start(config: RaftConfig, store: Store) -> Result<Arc<RaftNode>> {
         membership_changes: Default::default(),
         proposals: node::start_proposer(raft.clone()),
     });
-    serve_peers(listener, &config, node.clone());
+    serve_peers(listener, &config, node.clone())?;
     renew_leases_on_election(node.clone());
     store.set_replicator(node.clone())?;
     if first_start {
@@ -218,14 +226,24 @@ async fn call_retrying(peers: &Peers, server: &str, request: &PeerRequest) -> Re
     }
 }
 
-fn serve_peers(listener: tokio::net::TcpListener, config: &RaftConfig, node: Arc<RaftNode>) {
+fn serve_peers(
+    listener: tokio::net::TcpListener,
+    config: &RaftConfig,
+    node: Arc<RaftNode>,
+) -> Result<()> {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.peer_tls {
+        builder = builder
+            .tls_config(tls.server_config())
+            .map_err(|e| Error::Storage(format!("peer TLS: {e}")))?;
+    }
     let service = PeerService {
         node,
         token: config.token.as_str().into(),
     };
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tokio::spawn(async move {
-        let served = tonic::transport::Server::builder()
+        let served = builder
             .tcp_nodelay(true)
             .initial_stream_window_size(Some(4 << 20))
             .initial_connection_window_size(Some(8 << 20))
@@ -240,6 +258,7 @@ fn serve_peers(listener: tokio::net::TcpListener, config: &RaftConfig, node: Arc
             tracing::error!(error = %e, "the peer service stopped");
         }
     });
+    Ok(())
 }
 
 /// Lease deadlines were the old leader's: a new leader gives every lease

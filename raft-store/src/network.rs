@@ -33,6 +33,88 @@ const MAX_APPEND_BYTES: u64 = 2 << 20;
 pub struct Peers {
     token: Arc<str>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    faults: Faults,
+    tls: Option<PeerTls>,
+}
+
+/// Mutual TLS between members (etcd's `--peer-cert-file`,
+/// `--peer-key-file`, `--peer-trusted-ca-file`): each member serves and
+/// calls with its certificate, and accepts only peers whose certificate
+/// the CA signed.
+#[derive(Clone)]
+pub struct PeerTls {
+    /// The CA that signs every member's certificate (PEM).
+    pub ca_pem: Vec<u8>,
+    /// This member's certificate, for serving and for calling (PEM).
+    pub cert_pem: Vec<u8>,
+    /// Its private key (PEM).
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for PeerTls {
+    // Never print the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTls").finish_non_exhaustive()
+    }
+}
+
+impl PeerTls {
+    /// The peer service's server side.
+    pub fn server_config(&self) -> tonic::transport::ServerTlsConfig {
+        tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                &self.cert_pem,
+                &self.key_pem,
+            ))
+            .client_ca_root(tonic::transport::Certificate::from_pem(&self.ca_pem))
+    }
+
+    fn client_config(&self) -> tonic::transport::ClientTlsConfig {
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
+            .identity(tonic::transport::Identity::from_pem(
+                &self.cert_pem,
+                &self.key_pem,
+            ))
+    }
+}
+
+/// Injected network faults, for tests: calls from this member to a peer
+/// URL are dropped (the link is cut) or delayed. Cheap to clone; clones
+/// share the settings.
+#[derive(Clone, Default, Debug)]
+pub struct Faults(Arc<Mutex<HashMap<String, Fault>>>);
+
+/// What happens to calls on one link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Never delivered: the caller sees the peer unreachable.
+    Drop,
+    /// Delivered this much later.
+    Delay(Duration),
+}
+
+impl Faults {
+    /// Sets the fault on calls to `url`.
+    pub fn set(&self, url: &str, fault: Fault) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(url.to_string(), fault);
+    }
+
+    /// Removes every fault.
+    pub fn heal(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    fn get(&self, url: &str) -> Option<Fault> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(url)
+            .copied()
+    }
 }
 
 /// A failed call to a peer: whether the request may have reached it.
@@ -51,10 +133,12 @@ pub enum CallError {
 
 impl Peers {
     /// Peers authenticated by `token`.
-    pub fn new(token: &str) -> Peers {
+    pub fn new(token: &str, faults: Faults, tls: Option<PeerTls>) -> Peers {
         Peers {
             token: token.into(),
             channels: Arc::default(),
+            faults,
+            tls,
         }
     }
 
@@ -63,8 +147,14 @@ impl Peers {
         let channel = match channels.get(url) {
             Some(c) => c.clone(),
             None => {
-                let endpoint = Endpoint::from_shared(url.to_string())
-                    .map_err(|e| CallError::Unreachable(url.into(), e.to_string()))?
+                let mut endpoint = Endpoint::from_shared(url.to_string())
+                    .map_err(|e| CallError::Unreachable(url.into(), e.to_string()))?;
+                if let Some(tls) = &self.tls {
+                    endpoint = endpoint
+                        .tls_config(tls.client_config())
+                        .map_err(|e| CallError::Unreachable(url.into(), e.to_string()))?;
+                }
+                let endpoint = endpoint
                     .connect_timeout(CONNECT_TIMEOUT)
                     .initial_stream_window_size(Some(4 << 20))
                     .initial_connection_window_size(Some(8 << 20))
@@ -91,6 +181,16 @@ impl Peers {
 
     /// One raw call: `which` picks the RPC.
     async fn raw(&self, url: &str, which: Rpc, data: Vec<u8>) -> Result<Vec<u8>, CallError> {
+        match self.faults.get(url) {
+            Some(Fault::Drop) => {
+                return Err(CallError::Unreachable(
+                    url.into(),
+                    "link cut (injected fault)".into(),
+                ));
+            }
+            Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+            None => {}
+        }
         let mut client = self.client(url)?;
         let request = self.request(data);
         let answer = match which {

@@ -412,11 +412,7 @@ impl Replicator for RaftNode {
         })
     }
 
-    fn time_to_live(
-        &self,
-        id: i64,
-        with_keys: bool,
-    ) -> BoxFuture<'_, Result<Option<LeaseTtl>>> {
+    fn time_to_live(&self, id: i64, with_keys: bool) -> BoxFuture<'_, Result<Option<LeaseTtl>>> {
         Box::pin(async move {
             match self
                 .on_leader(PeerRequest::TimeToLive {

@@ -66,11 +66,7 @@ pub trait Replicator: Send + Sync + 'static {
     fn keep_alive(&self, id: i64) -> BoxFuture<'_, Result<i64>>;
 
     /// `(remaining, granted, keys)` of a lease, from the leader.
-    fn time_to_live(
-        &self,
-        id: i64,
-        with_keys: bool,
-    ) -> BoxFuture<'_, Result<Option<LeaseTtl>>>;
+    fn time_to_live(&self, id: i64, with_keys: bool) -> BoxFuture<'_, Result<Option<LeaseTtl>>>;
 
     /// Whether this member is the leader now (it alone expires leases).
     fn is_leader(&self) -> bool;
