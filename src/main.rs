@@ -230,6 +230,23 @@ async fn run_datastore(
     if let Some((interval, min_retain)) = config.auto_compact {
         tokio::spawn(kine::auto_compact(store.clone(), interval, min_retain));
     }
+    // A member whose raft stopped on a storage failure stops serving too,
+    // and exits with the error.
+    let failed = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let shutdown = {
+        let (cluster, failed) = (cluster.clone(), failed.clone());
+        async move {
+            match cluster {
+                Some(node) => tokio::select! {
+                    _ = shutdown => {}
+                    e = node.failure() => {
+                        *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    }
+                },
+                None => shutdown.await,
+            }
+        }
+    };
     kine::serve_with_monitor(listener, monitor, store.clone(), config.server, shutdown)
         .await
         .context("the gRPC server failed")?;
@@ -237,6 +254,9 @@ async fn run_datastore(
         let _ = node.raft().shutdown().await;
     }
     store.shutdown().await;
+    if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        anyhow::bail!("this cluster member stopped: {e}");
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -874,3 +874,59 @@ async fn members_over_mutual_tls() {
         3
     );
 }
+
+/// A member whose disk fills stops with a clear error; the other two go on
+/// accepting writes. (Its data directory is a small tmpfs: needs root.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_that_member_only() {
+    let small = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
+        .arg(small.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        println!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(small.path().to_path_buf());
+    let fast = ["--heartbeat-interval", "50", "--election-timeout", "500"];
+    let first = Member::start("m0", None, &fast).await;
+    let url = first.peer_url.clone();
+    let second = Member::start("m1", Some(&url), &fast).await;
+    let endpoint = format!("sqlite://{}/state.db", small.path().display());
+    let mut extra: Vec<&str> = fast.to_vec();
+    extra.extend(["--endpoint", endpoint.as_str()]);
+    let mut third = Member::start("m2", Some(&url), &extra).await;
+    let mut kv = KvClient::new(first.channel().await);
+    let value = "x".repeat(512 * 1024);
+    for i in 0..40 {
+        put(&mut kv, &format!("full/{i}"), &value).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !third.process.exited() {
+        assert!(
+            Instant::now() < deadline,
+            "the member with a full disk kept running: {}",
+            third.process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let said = third.process.log();
+    assert!(said.contains("this cluster member stopped"), "{said}");
+    put(&mut kv, "full/after", "v").await.unwrap();
+    let mut other = KvClient::new(second.channel().await);
+    assert_eq!(
+        get(&mut other, "full/after", false).await.as_deref(),
+        Some("v")
+    );
+}

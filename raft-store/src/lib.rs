@@ -155,9 +155,10 @@ pub async fn start(config: RaftConfig, store: Store) -> Result<Arc<RaftNode>> {
         peers: peers.clone(),
         membership_changes: Default::default(),
         proposals: node::start_proposer(raft.clone()),
+        failed: tokio::sync::watch::channel(None).0,
     });
     serve_peers(listener, &config, node.clone())?;
-    renew_leases_on_election(node.clone());
+    watch_raft(node.clone());
     store.set_replicator(node.clone())?;
     if first_start {
         match &config.bootstrap {
@@ -261,13 +262,24 @@ fn serve_peers(
     Ok(())
 }
 
-/// Lease deadlines were the old leader's: a new leader gives every lease
-/// its full TTL again (etcd's rule), then expires them itself.
-fn renew_leases_on_election(node: Arc<RaftNode>) {
+/// Watches this member's raft: lease deadlines were the old leader's, so
+/// a new leader gives every lease its full TTL again (etcd's rule) before
+/// expiring them itself; and a raft that stopped on a storage failure
+/// (a full disk, a log it cannot write) is reported through `failed`.
+fn watch_raft(node: Arc<RaftNode>) {
     let mut metrics = node.raft.metrics();
     tokio::spawn(async move {
         let mut was_leader = false;
-        while metrics.changed().await.is_ok() {
+        loop {
+            let fatal = match &metrics.borrow().running_state {
+                Ok(()) | Err(openraft::error::Fatal::Stopped) => None,
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(e) = fatal {
+                tracing::error!(error = %e, "raft stopped on a storage failure; this member cannot go on");
+                let _ = node.failed.send(Some(e));
+                return;
+            }
             let leads = node.leads();
             if leads && !was_leader {
                 node.store.renew_all_leases();
@@ -275,6 +287,9 @@ fn renew_leases_on_election(node: Arc<RaftNode>) {
                 tracing::info!(term, "this member is the leader");
             }
             was_leader = leads;
+            if metrics.changed().await.is_err() {
+                return;
+            }
         }
     });
 }

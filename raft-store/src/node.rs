@@ -39,6 +39,8 @@ pub struct RaftNode {
     pub(crate) membership_changes: tokio::sync::Mutex<()>,
     /// The leader's proposals, batched (see `start_proposer`).
     pub(crate) proposals: Proposals,
+    /// Set when raft stopped on a storage failure.
+    pub(crate) failed: tokio::sync::watch::Sender<Option<String>>,
 }
 
 /// Queued proposals and where each one's answer goes.
@@ -137,6 +139,19 @@ impl RaftNode {
     /// This member's id.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Resolves with the error once raft stopped on a storage failure.
+    pub async fn failure(&self) -> String {
+        let mut failed = self.failed.subscribe();
+        loop {
+            if let Some(e) = failed.borrow_and_update().clone() {
+                return e;
+            }
+            if failed.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     fn leader(&self) -> Option<(u64, Option<MemberNode>)> {

@@ -137,6 +137,13 @@ impl K3rsProcess {
         }
     }
 
+    /// Whether the process has exited by itself (not counting kills).
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
     /// Starts it again on the same data directory and port.
     pub async fn restart(&mut self) -> Result<(), String> {
         self.kill();
