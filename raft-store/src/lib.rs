@@ -156,9 +156,14 @@ pub async fn start(config: RaftConfig, store: Store) -> Result<Arc<RaftNode>> {
         membership_changes: Default::default(),
         proposals: node::start_proposer(raft.clone()),
         failed: tokio::sync::watch::channel(None).0,
+        quorum_ok: std::sync::atomic::AtomicBool::new(true),
     });
     serve_peers(listener, &config, node.clone())?;
     watch_raft(node.clone());
+    check_quorum(
+        node.clone(),
+        Duration::from_millis(config.election_timeout_ms),
+    );
     store.set_replicator(node.clone())?;
     if first_start {
         match &config.bootstrap {
@@ -260,6 +265,41 @@ fn serve_peers(
         }
     });
     Ok(())
+}
+
+/// etcd's CheckQuorum: a leader that a quorum has not confirmed for two
+/// election timeouts in a row stops calling itself leader (Status, lease
+/// expiry, proposals) until one does. openraft 0.9 keeps such a leader
+/// in place; it could commit nothing anyway.
+fn check_quorum(node: Arc<RaftNode>, every: Duration) {
+    tokio::spawn(async move {
+        let mut misses = 0;
+        loop {
+            tokio::time::sleep(every).await;
+            let leader = {
+                let metrics = node.raft.metrics();
+                let m = metrics.borrow();
+                m.state == openraft::ServerState::Leader && m.current_leader == Some(node.id)
+            };
+            let confirmed = !leader
+                || matches!(
+                    tokio::time::timeout(every, node.raft.get_read_log_id()).await,
+                    Ok(Ok(_))
+                );
+            misses = if confirmed { 0 } else { misses + 1 };
+            let ok = misses < 2;
+            let was = node
+                .quorum_ok
+                .swap(ok, std::sync::atomic::Ordering::Relaxed);
+            if was && !ok {
+                tracing::warn!(
+                    "no quorum has confirmed this leader for two election timeouts; not acting as leader"
+                );
+            } else if !was && ok {
+                tracing::info!("a quorum confirms this member again");
+            }
+        }
+    });
 }
 
 /// Watches this member's raft: lease deadlines were the old leader's, so

@@ -41,6 +41,10 @@ pub struct RaftNode {
     pub(crate) proposals: Proposals,
     /// Set when raft stopped on a storage failure.
     pub(crate) failed: tokio::sync::watch::Sender<Option<String>>,
+    /// False while this member leads but a quorum has not confirmed it
+    /// lately (cut off from the majority): it then reports no leader and
+    /// takes no proposals, as etcd's CheckQuorum makes a leader step down.
+    pub(crate) quorum_ok: std::sync::atomic::AtomicBool,
 }
 
 /// Queued proposals and where each one's answer goes.
@@ -166,7 +170,9 @@ impl RaftNode {
     pub fn leads(&self) -> bool {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
-        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+        m.state == ServerState::Leader
+            && m.current_leader == Some(self.id)
+            && self.quorum_ok.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs `request` on the leader: here when this member leads, else
@@ -458,8 +464,14 @@ impl Replicator for RaftNode {
     fn status(&self) -> RaftStatus {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
+        let cut_off = m.current_leader == Some(self.id)
+            && !self.quorum_ok.load(std::sync::atomic::Ordering::Relaxed);
         RaftStatus {
-            leader: m.current_leader.unwrap_or(0),
+            leader: if cut_off {
+                0
+            } else {
+                m.current_leader.unwrap_or(0)
+            },
             term: m.current_term,
             index: m.last_log_index.unwrap_or(0),
             applied: m.last_applied.map_or(0, |l| l.index),
