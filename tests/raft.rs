@@ -33,7 +33,11 @@ struct Member {
 
 impl Member {
     async fn start(name: &str, join: Option<&str>, extra: &[&str]) -> Member {
-        let peer_port = support::free_port();
+        Self::start_on(support::free_port(), name, join, extra).await
+    }
+
+    /// Like `start`, with the peer port chosen (a member added by its URL).
+    async fn start_on(peer_port: u16, name: &str, join: Option<&str>, extra: &[&str]) -> Member {
         let scheme = if extra.contains(&"--peer-cert-file") {
             "https"
         } else {
@@ -534,18 +538,9 @@ async fn membership_changes_under_load() {
     let added = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(added.contains("added to cluster"), "{added}");
     // The added member starts with the peer URL it was added with.
-    let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    args.extend([
-        "--name".into(),
-        "m3".into(),
-        "--token".into(),
-        TOKEN.into(),
-        "--peer-listen-address".into(),
-        format!("127.0.0.1:{peer_port}"),
-        "--server".into(),
-        members[1].peer_url.clone(),
-    ]);
-    let fourth = K3rsProcess::start_with(bin(), args).await.unwrap();
+    let fourth = Member::start_on(peer_port, "m3", Some(&members[1].peer_url), &extra)
+        .await
+        .process;
     let out = etcdctl(&endpoint, &["member", "list"]);
     let list = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(list.lines().count(), 4, "{list}");
@@ -680,19 +675,9 @@ async fn lagging_and_new_members_catch_up_from_snapshots() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A new member joins after the log was purged.
-    let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    let peer_port = support::free_port();
-    args.extend([
-        "--name".into(),
-        "m3".into(),
-        "--token".into(),
-        TOKEN.into(),
-        "--peer-listen-address".into(),
-        format!("127.0.0.1:{peer_port}"),
-        "--server".into(),
-        members[1].peer_url.clone(),
-    ]);
-    let fourth = K3rsProcess::start_with(bin(), args).await.unwrap();
+    let fourth = Member::start("m3", Some(&members[1].peer_url), &extra)
+        .await
+        .process;
     let mut late = KvClient::new(
         Channel::from_shared(fourth.endpoint())
             .unwrap()

@@ -56,6 +56,8 @@ pub(crate) struct Shared {
     replicator: OnceLock<Arc<dyn Replicator>>,
     /// The replicated applied position the store was opened at.
     loaded_replication: Option<Bytes>,
+    /// The database size and when it was measured (replicated quota).
+    measured_size: Mutex<Option<(std::time::Instant, u64)>>,
 }
 
 /// The index and lease table rebuilt from a log, with what it said.
@@ -193,6 +195,7 @@ impl Store {
             alarms: quota::Alarms::default(),
             replicator: OnceLock::new(),
             loaded_replication: loaded.replication,
+            measured_size: Mutex::new(None),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let shared_db = log.is_shared();
@@ -287,7 +290,7 @@ impl Store {
         }
         if !alarms.nospace() {
             let quota = alarms.quota();
-            if quota == 0 || (self.db_size()?.0.max(0) as u64) + cost < quota {
+            if quota == 0 || self.recent_db_size()? + cost < quota {
                 return Ok(());
             }
             alarms.activate(crate::proto::AlarmMember {
@@ -297,6 +300,25 @@ impl Store {
         }
         METRICS.quota_refusals.inc();
         Err(Error::NoSpace)
+    }
+
+    /// The database size, measured at most once every 100 ms: the quota
+    /// check on the replicated write path must not query the file per write.
+    fn recent_db_size(&self) -> Result<u64> {
+        const FRESH: std::time::Duration = std::time::Duration::from_millis(100);
+        let mut cached = self
+            .shared
+            .measured_size
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((at, size)) = *cached
+            && at.elapsed() < FRESH
+        {
+            return Ok(size);
+        }
+        let size = self.db_size()?.0.max(0) as u64;
+        *cached = Some((std::time::Instant::now(), size));
+        Ok(size)
     }
 
     /// Replaces the whole store with the database at `path` (a replicated
