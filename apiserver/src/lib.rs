@@ -11,14 +11,18 @@
 //! - `pki`: certificates, token and admin kubeconfig; `status`: errors;
 //!   `protobuf`: request bodies in Kubernetes' protobuf encoding.
 
+pub mod client;
+pub mod controllers;
 pub mod discovery;
 pub mod handlers;
+pub mod informer;
 pub mod list;
 pub mod objects;
 pub mod patch;
 pub mod pki;
 pub mod protobuf;
 pub mod resources;
+pub mod scheduler;
 pub mod selectors;
 pub mod status;
 pub mod store;

@@ -1,0 +1,121 @@
+//! The controllers kube-controller-manager runs, the ones a workload needs:
+//! each reads informer caches, decides with pure functions (unit-tested in
+//! its module), and writes through the in-process client.
+//!
+//! - `replicaset`: ReplicaSet → Pods.
+//! - `deployment`: Deployment → ReplicaSets (rolling update, history).
+//! - `gc`: deletes objects whose owners are gone (ownerReferences).
+//! - `node_lifecycle`: nodes without heartbeats turn Unknown and tainted;
+//!   their pods are evicted after their toleration.
+
+pub mod deployment;
+pub mod gc;
+pub mod node_lifecycle;
+pub mod replicaset;
+
+use std::time::Duration;
+
+use crate::client::Client;
+use crate::informer::Informer;
+
+/// Timing the tests shorten.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// A node whose Lease was not renewed for this long is NotReady/Unknown
+    /// (kube: `--node-monitor-grace-period`, 40 s).
+    pub node_monitor_grace: Duration,
+    /// Toleration given to pods without one for the not-ready/unreachable
+    /// taints (kube's DefaultTolerationSeconds admission: 300 s).
+    pub default_toleration: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            node_monitor_grace: Duration::from_secs(40),
+            default_toleration: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The shared caches every controller reads.
+#[derive(Clone)]
+pub struct Caches {
+    pub pods: Informer,
+    pub nodes: Informer,
+    pub leases: Informer,
+    pub replicasets: Informer,
+    pub deployments: Informer,
+}
+
+impl Caches {
+    pub fn start(client: &Client) -> Caches {
+        Caches {
+            pods: Informer::start(client.clone(), "/api/v1/pods", ""),
+            nodes: Informer::start(client.clone(), "/api/v1/nodes", ""),
+            leases: Informer::start(
+                client.clone(),
+                "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+                "",
+            ),
+            replicasets: Informer::start(client.clone(), "/apis/apps/v1/replicasets", ""),
+            deployments: Informer::start(client.clone(), "/apis/apps/v1/deployments", ""),
+        }
+    }
+
+    pub async fn wait_synced(&self) {
+        self.pods.wait_synced().await;
+        self.nodes.wait_synced().await;
+        self.leases.wait_synced().await;
+        self.replicasets.wait_synced().await;
+        self.deployments.wait_synced().await;
+    }
+}
+
+/// Starts the scheduler and every controller; they run until the process ends.
+pub fn start(client: Client, config: Config) {
+    let caches = Caches::start(&client);
+    tokio::spawn(crate::scheduler::run(client.clone(), caches.clone()));
+    tokio::spawn(replicaset::run(client.clone(), caches.clone()));
+    tokio::spawn(deployment::run(client.clone(), caches.clone()));
+    tokio::spawn(gc::run(client.clone(), caches.clone()));
+    tokio::spawn(node_lifecycle::run(client, caches, config));
+}
+
+/// Records an Event about `object` (what `kubectl describe` shows), as
+/// client-go's recorder does; a failure to record is logged, not returned.
+pub async fn record_event(
+    client: &Client,
+    object: &serde_json::Value,
+    event_type: &str,
+    reason: &str,
+    message: &str,
+    component: &str,
+) {
+    let meta = &object["metadata"];
+    let namespace = meta["namespace"].as_str().unwrap_or("default");
+    let name = meta["name"].as_str().unwrap_or_default();
+    let now = crate::objects::now();
+    let event = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": format!("{name}."), "namespace": namespace},
+        "involvedObject": {
+            "apiVersion": object["apiVersion"], "kind": object["kind"],
+            "name": name, "namespace": meta["namespace"], "uid": meta["uid"],
+            "resourceVersion": meta["resourceVersion"],
+        },
+        "reason": reason,
+        "message": message,
+        "type": event_type,
+        "source": {"component": component},
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+        "reportingComponent": component,
+    });
+    let path = crate::client::resource_path("v1", "events", Some(namespace), None);
+    if let Err(e) = client.create(&path, &event).await {
+        tracing::debug!(error = %e, reason, "recording an event failed");
+    }
+}
