@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use crate::handlers::{self, Api, ConnAuth};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A failed request: the HTTP status and the `Status` object's reason and
 /// message (code 0: the server could not be reached).
@@ -273,6 +273,11 @@ impl Client {
         Ok((status, collect(body).await?))
     }
 
+    /// A GET whose body is passed on as it arrives (logs with `follow`).
+    pub async fn stream(&self, path: &str) -> ClientResult<(StatusCode, ResponseBody)> {
+        self.send(Method::GET, path, None, None, false).await
+    }
+
     async fn json(
         &self,
         method: Method,
@@ -310,7 +315,8 @@ impl Client {
                     content_type.parse().expect("a valid header"),
                 );
                 let uri: http::Uri = path.parse().map_err(ClientError::unreachable)?;
-                let response = handlers::handle(
+                // Boxed: the handlers may call a client themselves.
+                let response = Box::pin(handlers::handle(
                     api.clone(),
                     ConnAuth {
                         client_certificate: true,
@@ -319,7 +325,7 @@ impl Client {
                     uri,
                     headers,
                     body.unwrap_or_default(),
-                )
+                ))
                 .await;
                 let status = response.status();
                 let body = response.into_body().map_err(BoxError::from).boxed_unsync();

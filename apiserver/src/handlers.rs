@@ -22,6 +22,10 @@ pub struct Api {
     pub store: Store,
     /// Bearer tokens accepted besides client certificates.
     pub tokens: Vec<String>,
+    /// The cluster CA (served at `/cacerts`) and the directory holding its
+    /// key (node serving certificates are issued from it).
+    pub ca_pem: String,
+    pub tls_dir: std::path::PathBuf,
 }
 
 /// How the connection authenticated at the TLS layer.
@@ -183,8 +187,17 @@ pub async fn handle(
         "/healthz" | "/livez" | "/readyz" => return (StatusCode::OK, "ok").into_response(),
         _ => {}
     }
+    if let Some((code, body)) = crate::join::unauthenticated(&api, &path) {
+        return (code, body).into_response();
+    }
     if !authenticated(&api, conn, &headers) {
         return ApiError::unauthorized().into_response();
+    }
+    if path == "/v1-k3s/serving-kubelet.crt" && method == Method::POST {
+        return match crate::join::serving_certificate(&api, &headers).await {
+            Ok(pem) => (StatusCode::OK, pem).into_response(),
+            Err(e) => e.into_response(),
+        };
     }
     match route(&api, &method, &uri, &path, &headers, body).await {
         Ok(r) => r,
@@ -356,9 +369,16 @@ async fn route(
             .await?;
             Ok(ok(&scale_of(&written)))
         }
-        (Method::GET, Some(_), Some("log")) if res.kind == "Pod" => {
-            Err(ApiError::method_not_allowed(
-                "pod logs come from the node agent, which k3rs does not have yet",
+        (Method::GET, Some(name), Some("log")) if res.kind == "Pod" => {
+            let pod = get(api, res, ns, name).await?;
+            crate::node_proxy::pod_log(api, &pod, &q).await
+        }
+        (Method::POST, Some(name), Some("binding")) if res.kind == "Pod" => {
+            let binding = parse_body(&body, &content_type)?;
+            bind(api, res, ns, name, &binding).await?;
+            Ok(json_response(
+                StatusCode::CREATED,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
             ))
         }
         (Method::POST, None, None) => {
@@ -529,7 +549,11 @@ async fn update(
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
             .is_none_or(|f| f.is_empty());
-        if current.pointer("/metadata/deletionTimestamp").is_some() && finalizers_empty {
+        let graceful = current
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .is_some_and(|g| g > 0);
+        if current.pointer("/metadata/deletionTimestamp").is_some() && finalizers_empty && !graceful {
             return match api.store.delete(&key, store::revision_of(&current)).await? {
                 Swap::Done(obj) => Ok(obj),
                 Swap::Mismatch(_) => continue,
@@ -657,21 +681,50 @@ async fn delete(
                 return Err(ApiError::conflict(res.plural, name));
             }
         }
-        let finalizers: Vec<Value> = current
+        if res.kind == "Namespace" {
+            return terminate_namespace(api, current, name).await;
+        }
+        let mut finalizers: Vec<Value> = current
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
-        if res.kind == "Namespace" {
-            return terminate_namespace(api, current, name).await;
+        if let Some(f) = propagation_finalizer(res, options)? {
+            if !finalizers.iter().any(|x| x == f) {
+                finalizers.push(json!(f));
+            }
         }
-        if !finalizers.is_empty() {
-            if current.pointer("/metadata/deletionTimestamp").is_some() {
+        let marked_already = current.pointer("/metadata/deletionTimestamp").is_some();
+        if let Some(grace) = pod_grace_period(res, &current, options) {
+            // A pod on a node ends gracefully: it is marked, its agent stops
+            // it, then deletes it with grace 0 (kube's graceful deletion).
+            let current_grace = current
+                .pointer("/metadata/deletionGracePeriodSeconds")
+                .and_then(Value::as_i64);
+            if marked_already && current_grace.is_some_and(|g| g <= grace) {
                 return Ok(current);
             }
             let mut marked = current.clone();
-            marked["metadata"]["deletionTimestamp"] = json!(objects::now());
+            marked["metadata"]["deletionTimestamp"] = json!(objects::rfc3339(now_secs() + grace));
+            marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+            if !finalizers.is_empty() {
+                marked["metadata"]["finalizers"] = json!(finalizers);
+            }
+            match api.store.swap(&key, &marked, store::revision_of(&current)).await? {
+                Swap::Done(obj) => return Ok(obj),
+                Swap::Mismatch(_) => continue,
+            }
+        }
+        if !finalizers.is_empty() {
+            let mut marked = current.clone();
+            if !marked_already {
+                marked["metadata"]["deletionTimestamp"] = json!(objects::now());
+            }
             marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            marked["metadata"]["finalizers"] = json!(finalizers);
+            if marked == current {
+                return Ok(current);
+            }
             match api
                 .store
                 .swap(&key, &marked, store::revision_of(&current))
@@ -683,6 +736,118 @@ async fn delete(
         }
         match api.store.delete(&key, store::revision_of(&current)).await? {
             Swap::Done(obj) => return Ok(obj),
+            Swap::Mismatch(None) => return Err(ApiError::not_found(res.plural, name)),
+            Swap::Mismatch(Some(_)) => continue,
+        }
+    }
+    Err(ApiError::conflict(res.plural, name))
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The finalizer a DELETE's propagation policy asks for: `foregroundDeletion`
+/// (dependents first) or `orphan` (dependents keep running, unowned), both
+/// carried out by the garbage collector, which follows pods, ReplicaSets,
+/// Deployments and Nodes; `None` for Background (the default).
+fn propagation_finalizer(res: &Resource, options: &Value) -> ApiResult<Option<&'static str>> {
+    let orphan_dependents = options.get("orphanDependents").and_then(Value::as_bool);
+    let policy = match (options.get("propagationPolicy").and_then(Value::as_str), orphan_dependents) {
+        (Some(p), _) => p,
+        (None, Some(true)) => "Orphan",
+        (None, _) => "Background",
+    };
+    let followed = matches!(res.kind, "Pod" | "ReplicaSet" | "Deployment" | "Node");
+    match policy {
+        "Background" => Ok(None),
+        "Foreground" if followed => Ok(Some("foregroundDeletion")),
+        "Orphan" if followed => Ok(Some("orphan")),
+        // Nothing in k3rs owns other kinds, so they have no dependents.
+        "Foreground" | "Orphan" => Ok(None),
+        other => Err(ApiError::invalid(
+            "DeleteOptions",
+            "",
+            vec![(
+                "propagationPolicy".into(),
+                format!("Unsupported value: \"{other}\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""),
+            )],
+        )),
+    }
+}
+
+/// The grace period a pod's deletion waits for its agent, or `None` when it
+/// goes at once: not on a node yet, already finished, or grace 0 asked.
+fn pod_grace_period(res: &Resource, pod: &Value, options: &Value) -> Option<i64> {
+    if res.kind != "Pod" {
+        return None;
+    }
+    let on_node = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    let finished = matches!(
+        pod.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded" | "Failed")
+    );
+    let grace = options
+        .get("gracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .or_else(|| pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+        .unwrap_or(30);
+    (on_node && !finished && grace > 0).then_some(grace)
+}
+
+/// `pods/NAME/binding`: the scheduler's choice; sets `spec.nodeName` once
+/// (409 when the pod is bound or going) and `PodScheduled=True`.
+async fn bind(
+    api: &Api,
+    res: &Resource,
+    ns: Option<&str>,
+    name: &str,
+    binding: &Value,
+) -> ApiResult<()> {
+    let node = binding
+        .pointer("/target/name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            ApiError::invalid("Binding", name, vec![("target.name".into(), "Required value".into())])
+        })?;
+    let key = res.key(ns, name);
+    let conflict = |message: String| ApiError {
+        code: 409,
+        reason: "Conflict",
+        message: format!("Operation cannot be fulfilled on pods/binding \"{name}\": {message}"),
+        details: None,
+    };
+    for _ in 0..16 {
+        let current = get(api, res, ns, name).await?;
+        if current.pointer("/metadata/deletionTimestamp").is_some() {
+            return Err(conflict("pod is being deleted, cannot be assigned to a host".into()));
+        }
+        if let Some(bound) = current
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+        {
+            return Err(conflict(format!("pod {name} is already assigned to node \"{bound}\"")));
+        }
+        let mut new = current.clone();
+        new["spec"]["nodeName"] = json!(node);
+        let scheduled = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": objects::now()});
+        let conditions = new["status"]["conditions"].as_array().cloned().unwrap_or_default();
+        let mut conditions: Vec<Value> = conditions
+            .into_iter()
+            .filter(|c| c["type"] != "PodScheduled")
+            .collect();
+        conditions.push(scheduled);
+        new["status"]["conditions"] = json!(conditions);
+        match api.store.swap(&key, &new, store::revision_of(&current)).await? {
+            Swap::Done(_) => return Ok(()),
             Swap::Mismatch(None) => return Err(ApiError::not_found(res.plural, name)),
             Swap::Mismatch(Some(_)) => continue,
         }
@@ -721,6 +886,8 @@ async fn terminate_namespace(api: &Api, current: Value, name: &str) -> ApiResult
         let api = Api {
             store,
             tokens: Vec::new(),
+            ca_pem: String::new(),
+            tls_dir: std::path::PathBuf::new(),
         };
         for attempt in 0.. {
             match empty_namespace(&api, &ns).await {

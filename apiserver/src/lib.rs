@@ -16,7 +16,9 @@ pub mod controllers;
 pub mod discovery;
 pub mod handlers;
 pub mod informer;
+pub mod join;
 pub mod list;
+pub mod node_proxy;
 pub mod objects;
 pub mod patch;
 pub mod pki;
@@ -131,6 +133,8 @@ pub async fn start(
     let api = Arc::new(handlers::Api {
         store,
         tokens: vec![pki.token.clone()],
+        ca_pem: pki.ca_pem.clone(),
+        tls_dir: config.server_dir.join("tls"),
     });
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&pki)?));
     let task = tokio::spawn(serve(listener, acceptor, api, shutdown));

@@ -60,7 +60,7 @@ pub fn rfc3339(secs: i64) -> String {
 }
 
 /// Whether `name` is a DNS-1123 subdomain (most objects).
-fn is_subdomain(name: &str) -> bool {
+pub fn is_subdomain(name: &str) -> bool {
     !name.is_empty() && name.len() <= 253 && name.split('.').all(|part| is_label(part, 253))
 }
 

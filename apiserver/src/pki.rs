@@ -60,6 +60,44 @@ pub fn validity(params: &mut CertificateParams, days: i64) {
     params.not_after = date(now + days * 86_400);
 }
 
+/// The CA's parameters; an issuer rebuilt from them and the CA key signs
+/// certificates that chain to the stored CA certificate (same name, same key).
+fn ca_params() -> Result<CertificateParams> {
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name = named("k3rs-server-ca", "k3rs");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    validity(&mut ca, 3650);
+    Ok(ca)
+}
+
+/// A serving certificate for a node agent's port (K3s's
+/// `serving-kubelet.crt`): its name and addresses, signed by the cluster CA
+/// kept in `dir`. Answers the certificate and key PEM.
+pub fn issue_node_serving(dir: &Path, node: &str, addresses: &[String]) -> Result<(String, String)> {
+    let ca_key_pem = std::fs::read_to_string(dir.join("server-ca.key"))
+        .with_context(|| format!("cannot read the CA key in {}", dir.display()))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem)?;
+    let issuer = Issuer::new(ca_params()?, &ca_key);
+    let key = KeyPair::generate()?;
+    let mut sans = vec![node.to_string(), "localhost".to_string()];
+    sans.extend(addresses.iter().cloned());
+    sans.dedup();
+    let mut p = CertificateParams::new(sans)?;
+    p.distinguished_name = named(node, "system:nodes");
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    validity(&mut p, 365);
+    Ok((p.signed_by(&key, &issuer)?.pem(), key.serialize_pem()))
+}
+
 /// Loads the PKI from `dir`, creating what is missing.
 pub fn ensure(dir: &Path, hosts: &[String]) -> Result<Pki> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -83,15 +121,7 @@ pub fn ensure(dir: &Path, hosts: &[String]) -> Result<Pki> {
         });
     }
     let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.distinguished_name = named("k3rs-server-ca", "k3rs");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    validity(&mut ca, 3650);
+    let ca = ca_params()?;
     let ca_cert = ca.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca, &ca_key);
     let leaf = |cn: &str, org: &str, sans: Vec<String>, usage| -> Result<(String, String)> {
