@@ -47,6 +47,10 @@ impl Server {
             ])
             .args(["--https-listen-port", &support::free_port().to_string()])
             .args(["--bind-address", "127.0.0.1", "--metrics-bind-address", "0"])
+            // The API alone: these scenarios compare stored objects, which
+            // controllers and an agent would change while they run
+            // (tests/workloads.rs runs those).
+            .args(["--disable-agent", "--disable-controllers"])
             .args(extra)
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())

@@ -273,6 +273,18 @@ impl Client {
         Ok((status, collect(body).await?))
     }
 
+    /// A POST with extra headers; answers the status and body as they came.
+    pub async fn post_with_headers(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+    ) -> ClientResult<(StatusCode, Bytes)> {
+        let (status, body) = self
+            .send_with(Method::POST, path, None, None, false, headers)
+            .await?;
+        Ok((status, collect(body).await?))
+    }
+
     /// A GET whose body is passed on as it arrives (logs with `follow`).
     pub async fn stream(&self, path: &str) -> ClientResult<(StatusCode, ResponseBody)> {
         self.send(Method::GET, path, None, None, false).await
@@ -306,6 +318,19 @@ impl Client {
         content_type: Option<&str>,
         reuse: bool,
     ) -> ClientResult<(StatusCode, ResponseBody)> {
+        self.send_with(method, path, body, content_type, reuse, &[])
+            .await
+    }
+
+    async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        content_type: Option<&str>,
+        reuse: bool,
+        extra: &[(&str, String)],
+    ) -> ClientResult<(StatusCode, ResponseBody)> {
         let content_type = content_type.unwrap_or("application/json");
         match &self.transport {
             Transport::InProcess(api) => {
@@ -314,6 +339,14 @@ impl Client {
                     http::header::CONTENT_TYPE,
                     content_type.parse().expect("a valid header"),
                 );
+                for (name, value) in extra {
+                    if let (Ok(n), Ok(v)) = (
+                        http::HeaderName::from_bytes(name.as_bytes()),
+                        http::HeaderValue::from_str(value),
+                    ) {
+                        headers.insert(n, v);
+                    }
+                }
                 let uri: http::Uri = path.parse().map_err(ClientError::unreachable)?;
                 // Boxed: the handlers may call a client themselves.
                 let response = Box::pin(handlers::handle(
@@ -332,7 +365,11 @@ impl Client {
                 Ok((status, body))
             }
             Transport::Https(https) => {
-                let request = Request::builder()
+                let mut request = Request::builder();
+                for (name, value) in extra {
+                    request = request.header(*name, value.as_str());
+                }
+                let request = request
                     .method(method)
                     .uri(path)
                     .header(http::header::HOST, format!("{}:{}", https.host, https.port))
@@ -415,6 +452,76 @@ impl Https {
             .boxed_unsync();
         Ok((status, body))
     }
+}
+
+/// `GET https://SERVER/cacerts` without checking the server's certificate:
+/// the caller checks the answer against the hash in its join token (K3s's
+/// first step of joining).
+pub async fn fetch_ca_unverified(server: &str) -> anyhow::Result<String> {
+    #[derive(Debug)]
+    struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+    impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let uri: http::Uri = server.parse()?;
+    let host = uri
+        .host()
+        .ok_or_else(|| anyhow::anyhow!("no host in {server}"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(6443);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let https = Https {
+        server_name: ServerName::try_from(host.clone())?,
+        host,
+        port,
+        connector: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+        token: String::new(),
+        idle: Mutex::new(Vec::new()),
+    };
+    let request = Request::builder()
+        .uri("/cacerts")
+        .header(http::header::HOST, format!("{}:{}", https.host, https.port))
+        .body(Full::new(Bytes::new()))?;
+    let (status, body) = https.send(request, true).await?;
+    let body = collect(body).await?;
+    anyhow::ensure!(status == StatusCode::OK, "GET {server}/cacerts answered {status}");
+    Ok(String::from_utf8(body.to_vec())?)
 }
 
 async fn collect(body: ResponseBody) -> ClientResult<Bytes> {

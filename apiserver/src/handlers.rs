@@ -265,19 +265,23 @@ async fn route(
         sub,
     } = target;
     let ns = namespace.as_deref();
+    // kube-apiserver's default is Warn: unknown fields are named in
+    // `Warning` headers (kubectl prints them).
     let strict = match param(&q, "fieldValidation") {
-        None | Some("") | Some("Ignore") | Some("Warn") => false,
-        Some("Strict") => true,
+        None | Some("") | Some("Warn") => Some(false),
+        Some("Ignore") => None,
+        Some("Strict") => Some(true),
         Some(other) => {
             return Err(ApiError::bad_request(format!(
                 "fieldValidation {other:?} is not one of Strict, Warn or Ignore"
             )));
         }
     };
+    let warnings = std::sync::Mutex::new(Vec::<String>::new());
     let check_fields = |obj: &Value| -> ApiResult<()> {
-        if !strict {
+        let Some(strict) = strict else {
             return Ok(());
-        }
+        };
         let unknown = crate::protobuf::unknown_fields(res.kind, obj);
         if unknown.is_empty() {
             return Ok(());
@@ -286,6 +290,10 @@ async fn route(
             .iter()
             .map(|f| format!("unknown field \"{f}\""))
             .collect();
+        if !strict {
+            *warnings.lock().expect("not poisoned") = list;
+            return Ok(());
+        }
         Err(ApiError::bad_request(format!(
             "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
             list.join(", "),
@@ -293,6 +301,7 @@ async fn route(
             version = res.version
         )))
     };
+    let result = async {
     match (method.clone(), name.as_deref(), sub.as_deref()) {
         (Method::GET, None, None) => {
             let p = list_params(&q, res)?;
@@ -395,7 +404,14 @@ async fn route(
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            match api.store.swap(&res.key(ns, &name), &obj, 0).await? {
+            if res.kind == "Service" {
+                crate::allocate::assign(&api.store, &mut obj).await?;
+            }
+            let created = api.store.swap(&res.key(ns, &name), &obj, 0).await;
+            if res.kind == "Service" && !matches!(created, Ok(Swap::Done(_))) {
+                crate::allocate::release(&api.store, &obj).await;
+            }
+            match created? {
                 Swap::Done(written) => {
                     if res.kind == "Namespace" {
                         // What the service-account controller does: every
@@ -463,7 +479,11 @@ async fn route(
             } else {
                 serde_json::from_slice(&body).unwrap_or(json!({}))
             };
-            delete(api, res, ns, name, &options).await.map(|o| ok(&o))
+            let deleted = delete(api, res, ns, name, &options).await?;
+            if res.kind == "Service" && deleted.pointer("/metadata/deletionTimestamp").is_none() {
+                crate::allocate::release(&api.store, &deleted).await;
+            }
+            Ok(ok(&deleted))
         }
         (Method::DELETE, None, None) => {
             let p = list_params(&q, res)?;
@@ -491,6 +511,17 @@ async fn route(
             sub.map(|s| format!("/{s}")).unwrap_or_default()
         ))),
     }
+    }
+    .await;
+    let mut response = result?;
+    for w in warnings.lock().expect("not poisoned").iter() {
+        // RFC 7234 warn-code 299, quoted text (kube's form).
+        let text = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
+        if let Ok(v) = http::HeaderValue::from_str(&text) {
+            response.headers_mut().append(http::header::WARNING, v);
+        }
+    }
+    Ok(response)
 }
 
 fn parse_body(body: &[u8], content_type: &str) -> ApiResult<Value> {
@@ -632,6 +663,9 @@ fn keep_server_fields(
     if res.kind == "Secret" {
         objects::fold_string_data(new);
     }
+    if res.kind == "Service" {
+        keep_cluster_ip(current, new)?;
+    }
     // generation counts changes of everything but metadata and status.
     let spec_changed = {
         let strip = |v: &Value| {
@@ -741,6 +775,36 @@ async fn delete(
         }
     }
     Err(ApiError::conflict(res.plural, name))
+}
+
+/// A Service's cluster IP is allocated once: an update that leaves it out
+/// keeps it, one that changes it is refused (kube's rule).
+fn keep_cluster_ip(current: &Value, new: &mut Value) -> ApiResult<()> {
+    let Some(ip) = current.pointer("/spec/clusterIP").and_then(Value::as_str) else {
+        return Ok(());
+    };
+    match new.pointer("/spec/clusterIP").and_then(Value::as_str) {
+        None | Some("") => {
+            if !new.get("spec").is_some_and(Value::is_object) {
+                new["spec"] = json!({});
+            }
+            for field in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+                if let Some(v) = current["spec"].get(field) {
+                    new["spec"][field] = v.clone();
+                }
+            }
+            Ok(())
+        }
+        Some(same) if same == ip => Ok(()),
+        Some(other) => Err(ApiError::invalid(
+            "Service",
+            current["metadata"]["name"].as_str().unwrap_or(""),
+            vec![(
+                "spec.clusterIPs[0]".into(),
+                format!("Invalid value: []string{{\"{other}\"}}: may not change once set"),
+            )],
+        )),
+    }
 }
 
 fn now_secs() -> i64 {
@@ -983,13 +1047,19 @@ pub async fn bootstrap(store: &Store, advertise_port: u16) -> ApiResult<()> {
         put(namespaces, None, json!({"metadata": {"name": ns}})).await?;
         default_service_account(store, ns).await?;
     }
-    put(
-        services,
-        Some("default"),
-        json!({"metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
-               "spec": {"ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": advertise_port}]}}),
-    )
-    .await
+    let mut kubernetes = json!({"metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+           "spec": {"clusterIP": crate::allocate::KUBERNETES_SERVICE_IP,
+                    "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": advertise_port}]}});
+    if store.get(&services.key(Some("default"), "kubernetes")).await?.is_some() {
+        return Ok(());
+    }
+    // A reservation left by an earlier start that stopped half-way is ours.
+    if let Err(e) = crate::allocate::assign(store, &mut kubernetes).await {
+        if e.code != 422 {
+            return Err(e);
+        }
+    }
+    put(services, Some("default"), kubernetes).await
 }
 
 #[cfg(test)]

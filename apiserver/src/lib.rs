@@ -11,6 +11,7 @@
 //! - `pki`: certificates, token and admin kubeconfig; `status`: errors;
 //!   `protobuf`: request bodies in Kubernetes' protobuf encoding.
 
+pub mod allocate;
 pub mod client;
 pub mod controllers;
 pub mod discovery;
@@ -54,11 +55,15 @@ pub struct Config {
     pub server_dir: PathBuf,
     /// The etcd v3 endpoint objects are stored through, `http://HOST:PORT`.
     pub etcd_endpoint: String,
+    /// The scheduler's and controllers' settings; `None`: they do not run.
+    pub controllers: Option<controllers::Config>,
 }
 
 /// What `start` made: where the kubeconfig is, and the server task.
 pub struct Running {
     pub kubeconfig: PathBuf,
+    /// The cluster token agents join with.
+    pub token: String,
     pub local_addr: SocketAddr,
     pub task: tokio::task::JoinHandle<()>,
 }
@@ -137,8 +142,12 @@ pub async fn start(
         tls_dir: config.server_dir.join("tls"),
     });
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&pki)?));
+    if let Some(c) = config.controllers {
+        controllers::start(client::Client::in_process(api.clone()), c);
+    }
     let task = tokio::spawn(serve(listener, acceptor, api, shutdown));
     Ok(Running {
+        token: pki.token.clone(),
         kubeconfig,
         local_addr,
         task,

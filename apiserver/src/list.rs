@@ -263,20 +263,8 @@ fn cells(kind: &str, obj: &Value) -> Vec<Value> {
                     .filter_map(|c| c.get("restartCount").and_then(Value::as_i64))
                     .sum()
             });
-            let waiting = statuses.and_then(|s| {
-                s.iter()
-                    .find_map(|c| c.pointer("/state/waiting/reason").and_then(Value::as_str))
-            });
-            let status = if obj.pointer("/metadata/deletionTimestamp").is_some() {
-                "Terminating"
-            } else if let Some(reason) = waiting {
-                reason
-            } else {
-                obj.pointer("/status/reason")
-                    .or(obj.pointer("/status/phase"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("Pending")
-            };
+            let status = pod_status_text(obj);
+            let status = status.as_str();
             vec![
                 json!(format!("{ready}/{total}")),
                 json!(status),
@@ -472,6 +460,30 @@ pub fn table(res: &Resource, list: &Value) -> Value {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pod_status_reads_as_kubectl_prints_it() {
+        let pod = |status: serde_json::Value| json!({"spec": {"containers": [{"name": "a"}]}, "status": status});
+        let waiting = pod(json!({"phase": "Running", "containerStatuses": [
+            {"name": "a", "ready": false, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}));
+        assert_eq!(super::pod_status_text(&waiting), "CrashLoopBackOff");
+        let done = pod(json!({"phase": "Succeeded", "containerStatuses": [
+            {"name": "a", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]}));
+        assert_eq!(super::pod_status_text(&done), "Completed");
+        let killed = pod(json!({"phase": "Failed", "containerStatuses": [
+            {"name": "a", "state": {"terminated": {"exitCode": 137, "signal": 9}}}]}));
+        assert_eq!(super::pod_status_text(&killed), "Signal:9");
+        let running = pod(json!({"phase": "Running", "containerStatuses": [
+            {"name": "a", "ready": true, "state": {"running": {}}}]}));
+        assert_eq!(super::pod_status_text(&running), "Running");
+        let mut init = pod(json!({"phase": "Pending", "initContainerStatuses": [
+            {"name": "i", "state": {"running": {}}}]}));
+        init["spec"]["initContainers"] = json!([{"name": "i"}]);
+        assert_eq!(super::pod_status_text(&init), "Init:0/1");
+        let mut gone = running.clone();
+        gone["metadata"] = json!({"deletionTimestamp": "2026-01-01T00:00:00Z"});
+        assert_eq!(super::pod_status_text(&gone), "Terminating");
+    }
+
     use super::*;
 
     #[test]
@@ -483,4 +495,59 @@ mod tests {
         );
         assert!(decode_continue("!!").is_err());
     }
+}
+
+/// The pod STATUS column as kubectl prints it: an init container's progress
+/// or failure, else the reason a container waits or ended, else the phase.
+fn pod_status_text(pod: &Value) -> String {
+    if pod.pointer("/metadata/deletionTimestamp").is_some() {
+        return "Terminating".into();
+    }
+    let mut reason = pod
+        .pointer("/status/reason")
+        .or(pod.pointer("/status/phase"))
+        .and_then(Value::as_str)
+        .unwrap_or("Pending")
+        .to_string();
+    let ended = |c: &Value, prefix: &str| -> Option<String> {
+        let t = c.pointer("/state/terminated")?;
+        if let Some(r) = t.get("reason").and_then(Value::as_str).filter(|r| !r.is_empty()) {
+            return Some(format!("{prefix}{r}"));
+        }
+        match t.get("signal").and_then(Value::as_i64).filter(|s| *s != 0) {
+            Some(sig) => Some(format!("{prefix}Signal:{sig}")),
+            None => Some(format!("{prefix}ExitCode:{}", t["exitCode"].as_i64().unwrap_or(0))),
+        }
+    };
+    let inits = pod.pointer("/status/initContainerStatuses").and_then(Value::as_array);
+    let init_total = pod.pointer("/spec/initContainers").and_then(Value::as_array).map_or(0, Vec::len);
+    for (i, c) in inits.into_iter().flatten().enumerate() {
+        if c.pointer("/state/terminated/exitCode").and_then(Value::as_i64) == Some(0) {
+            continue;
+        }
+        if c.pointer("/state/terminated").is_some() {
+            return ended(c, "Init:").unwrap_or_default();
+        }
+        if let Some(w) = c.pointer("/state/waiting/reason").and_then(Value::as_str) {
+            if w != "PodInitializing" {
+                return format!("Init:{w}");
+            }
+        }
+        return format!("Init:{i}/{init_total}");
+    }
+    let mut running = false;
+    let statuses = pod.pointer("/status/containerStatuses").and_then(Value::as_array);
+    for c in statuses.into_iter().flatten().rev() {
+        if let Some(w) = c.pointer("/state/waiting/reason").and_then(Value::as_str).filter(|w| !w.is_empty()) {
+            reason = w.to_string();
+        } else if let Some(e) = ended(c, "") {
+            reason = e;
+        } else if c.pointer("/state/running").is_some() && c["ready"] == json!(true) {
+            running = true;
+        }
+    }
+    if reason == "Completed" && running {
+        reason = "Running".into();
+    }
+    reason
 }

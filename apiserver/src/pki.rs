@@ -60,6 +60,16 @@ pub fn validity(params: &mut CertificateParams, days: i64) {
     params.not_after = date(now + days * 86_400);
 }
 
+/// SHA-256 of `data` (the token's CA hash).
+pub fn sha256(data: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, data).as_ref().to_vec()
+}
+
+/// Writes a file only its owner can read, atomically.
+pub fn write_private(path: &Path, content: &str) -> Result<()> {
+    write_secret(path, content, 0o600)
+}
+
 /// The CA's parameters; an issuer rebuilt from them and the CA key signs
 /// certificates that chain to the stored CA certificate (same name, same key).
 fn ca_params() -> Result<CertificateParams> {
