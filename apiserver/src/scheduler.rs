@@ -32,6 +32,9 @@ const DEBOUNCE: Duration = Duration::from_millis(30);
 /// (kube's `DefaultMilliCPURequest` and `DefaultMemoryRequest`).
 const NONZERO_MILLI_CPU: i64 = 100;
 const NONZERO_MEMORY: i64 = 200 * 1024 * 1024;
+/// The seconds of the default not-ready/unreachable tolerations pods get;
+/// the scheduler only asks whether a taint is tolerated, not for how long.
+const DEFAULT_TOLERATION_SECONDS: i64 = 300;
 
 /// Kubernetes quantities ("100m", "1.5", "128Mi", "1e3") as integers.
 pub mod quantity {
@@ -701,7 +704,7 @@ impl Scheduler {
         let pending_uids: HashSet<String> = pending.iter().map(|p| uid_of(p).to_string()).collect();
         self.reported.retain(|uid, _| pending_uids.contains(uid));
         for pod in pending {
-            let tolerations = taints::with_defaults(&taints::of_pod(pod), 300);
+            let tolerations = taints::with_defaults(&taints::of_pod(pod), DEFAULT_TOLERATION_SECONDS);
             match decide(pod, &tolerations, &infos) {
                 Decision::Bind(node) => {
                     if let Some(bound) = bind(client, pod, &node).await {

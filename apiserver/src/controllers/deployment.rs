@@ -16,9 +16,9 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use super::replicaset::{
-    Expectation, Expectations, RESYNC, Want, adoption_patch, controller_ref, controller_uid, int_at,
-    is_terminating, key_of, log_write_error, min_opt, now_secs, release_patch, selector_matches,
-    str_at, time_at, wait_for_change, with_kind,
+    Expectation, Expectations, RESYNC, Want, adoption_patch, controller_ref, controller_uid,
+    int_at, is_terminating, key_of, log_write_error, min_opt, now_secs, release_patch,
+    selector_matches, str_at, time_at, wait_for_change, with_kind,
 };
 use super::{Caches, record_event};
 use crate::client::{Client, PatchType, resource_path};
@@ -283,7 +283,11 @@ fn deployment_complete(d: &Value, status: &Value) -> bool {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write {
     /// Adopt or release a ReplicaSet (a merge patch carrying its resourceVersion).
-    Patch { name: String, rv: String, body: Value },
+    Patch {
+        name: String,
+        rv: String,
+        body: Value,
+    },
     /// Create the new ReplicaSet; `events` are ScalingReplicaSet messages.
     Create { rs: Value, events: Vec<String> },
     /// Replace a ReplicaSet (it carries the cached resourceVersion).
@@ -340,7 +344,10 @@ pub fn plan(d: &Value, replicasets: &[Value], pods: &[Value], now: i64) -> Plan 
     }
     // Ownership settles first; counting waits for the cache to show it.
     if !writes.is_empty() {
-        return Plan { writes, skipped: None };
+        return Plan {
+            writes,
+            skipped: None,
+        };
     }
     let mut r = Rollout::new(d, owned, now);
     if deleting {
@@ -384,7 +391,9 @@ impl Owned {
         self.obj["metadata"]["annotations"].get(key)?.as_str()
     }
     fn revision(&self) -> i64 {
-        self.annotation(REVISION).and_then(|r| r.parse().ok()).unwrap_or(0)
+        self.annotation(REVISION)
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0)
     }
     fn age_key(&self) -> (i64, String) {
         (
@@ -453,7 +462,9 @@ impl<'a> Rollout<'a> {
     }
 
     fn active(&self, idx: impl IntoIterator<Item = usize>) -> Vec<usize> {
-        idx.into_iter().filter(|i| self.rss[*i].spec() > 0).collect()
+        idx.into_iter()
+            .filter(|i| self.rss[*i].spec() > 0)
+            .collect()
     }
 
     fn sum(&self, idx: &[usize], f: impl Fn(&Owned) -> i64) -> i64 {
@@ -490,7 +501,13 @@ impl<'a> Rollout<'a> {
                 && get_condition(&self.status, "Progressing").is_none()
             {
                 let message = format!("Found new replica set \"{}\"", self.rss[i].name());
-                let c = condition("Progressing", "True", "FoundNewReplicaSet", &message, self.now);
+                let c = condition(
+                    "Progressing",
+                    "True",
+                    "FoundNewReplicaSet",
+                    &message,
+                    self.now,
+                );
                 set_condition(&mut self.status, c);
             }
             return Some(i);
@@ -500,7 +517,11 @@ impl<'a> Rollout<'a> {
         }
         let mut rs = new_replicaset(self.d, self.now);
         set_revision(&mut rs, new_revision);
-        set_replicas_annotations(&mut rs, self.replicas(), self.replicas() + max_surge(self.d));
+        set_replicas_annotations(
+            &mut rs,
+            self.replicas(),
+            self.replicas() + max_surge(self.d),
+        );
         self.rss.push(Owned {
             obj: rs,
             changed: false,
@@ -520,7 +541,13 @@ impl<'a> Rollout<'a> {
         self.revision = Some(new_revision.to_string());
         if progress_deadline(self.d).is_some() {
             let message = format!("Created new replica set \"{name}\"");
-            let c = condition("Progressing", "True", "NewReplicaSetCreated", &message, self.now);
+            let c = condition(
+                "Progressing",
+                "True",
+                "NewReplicaSetCreated",
+                &message,
+                self.now,
+            );
             set_condition(&mut self.status, c);
         }
         Some(i)
@@ -560,8 +587,9 @@ impl<'a> Rollout<'a> {
         rs.changed = true;
         if resize {
             let name = rs.name().to_string();
-            rs.events
-                .push(format!("Scaled {direction} replica set {name} from {old} to {size}"));
+            rs.events.push(format!(
+                "Scaled {direction} replica set {name} from {old} to {size}"
+            ));
         }
         resize
     }
@@ -709,7 +737,9 @@ impl<'a> Rollout<'a> {
 
     /// kube's `rolloutRolling`: one step per round, scale up before down.
     fn rolling(&mut self) {
-        let Some(new) = self.get_new(true) else { return };
+        let Some(new) = self.get_new(true) else {
+            return;
+        };
         let olds = self.olds(Some(new));
         if self.reconcile_new(new) {
             return self.sync_rollout_status(Some(new));
@@ -744,8 +774,7 @@ impl<'a> Rollout<'a> {
         }
         let all: Vec<usize> = (0..self.rss.len()).collect();
         let min_available = self.replicas() - max_unavailable(self.d);
-        let new_unavailable =
-            self.rss[new].spec() - self.rss[new].status("availableReplicas");
+        let new_unavailable = self.rss[new].spec() - self.rss[new].status("availableReplicas");
         let max_scaled_down = self.sum(&all, Owned::spec) - min_available - new_unavailable;
         if max_scaled_down <= 0 {
             return false;
@@ -794,7 +823,7 @@ impl<'a> Rollout<'a> {
         for i in self.active(olds.iter().copied()) {
             scaled_down |= self.scale_and_record(i, 0);
         }
-        if scaled_down || self.old_pods_running(new, &olds, pods) {
+        if scaled_down || self.old_pods_running(&olds, pods) {
             return self.sync_rollout_status(new);
         }
         let new = new.or_else(|| self.get_new(true));
@@ -808,7 +837,7 @@ impl<'a> Rollout<'a> {
         self.sync_rollout_status(new);
     }
 
-    fn old_pods_running(&self, new: Option<usize>, olds: &[usize], pods: &[Value]) -> bool {
+    fn old_pods_running(&self, olds: &[usize], pods: &[Value]) -> bool {
         if self.sum(olds, |rs| rs.status("replicas")) > 0 {
             return true;
         }
@@ -817,7 +846,6 @@ impl<'a> Rollout<'a> {
             .map(|i| str_at(&self.rss[*i].obj, "/metadata/uid"))
             .filter(|u| !u.is_empty())
             .collect();
-        let _ = new;
         pods.iter().any(|p| {
             controller_uid(p).is_some_and(|u| old_uids.contains(u))
                 && !matches!(str_at(p, "/status/phase"), "Succeeded" | "Failed")
@@ -866,8 +894,14 @@ impl<'a> Rollout<'a> {
         map.insert("observedGeneration".into(), json!(generation));
         for (field, n) in [
             ("replicas", self.sum(&all, |rs| rs.status("replicas"))),
-            ("updatedReplicas", new.map_or(0, |i| self.rss[i].status("replicas"))),
-            ("readyReplicas", self.sum(&all, |rs| rs.status("readyReplicas"))),
+            (
+                "updatedReplicas",
+                new.map_or(0, |i| self.rss[i].status("replicas")),
+            ),
+            (
+                "readyReplicas",
+                self.sum(&all, |rs| rs.status("readyReplicas")),
+            ),
             ("availableReplicas", available),
             ("unavailableReplicas", unavailable),
         ] {
@@ -931,11 +965,23 @@ impl<'a> Rollout<'a> {
                 || n(&s, "availableReplicas") > n(old, "availableReplicas");
             if deployment_complete(self.d, &s) {
                 let message = about("has successfully progressed.");
-                let c = condition("Progressing", "True", "NewReplicaSetAvailable", &message, self.now);
+                let c = condition(
+                    "Progressing",
+                    "True",
+                    "NewReplicaSetAvailable",
+                    &message,
+                    self.now,
+                );
                 set_condition(&mut s, c);
             } else if progressed {
                 let message = about("is progressing.");
-                let mut c = condition("Progressing", "True", "ReplicaSetUpdated", &message, self.now);
+                let mut c = condition(
+                    "Progressing",
+                    "True",
+                    "ReplicaSetUpdated",
+                    &message,
+                    self.now,
+                );
                 if let Some(cur) = current.as_ref().filter(|c| c["status"] == "True") {
                     c["lastTransitionTime"] = cur["lastTransitionTime"].clone();
                 }
@@ -945,7 +991,13 @@ impl<'a> Rollout<'a> {
                 set_condition(&mut s, c);
             } else if self.timed_out(&s, seconds) {
                 let message = about("has timed out progressing.");
-                let c = condition("Progressing", "False", "ProgressDeadlineExceeded", &message, self.now);
+                let c = condition(
+                    "Progressing",
+                    "False",
+                    "ProgressDeadlineExceeded",
+                    &message,
+                    self.now,
+                );
                 set_condition(&mut s, c);
             }
         }
@@ -992,9 +1044,21 @@ impl<'a> Rollout<'a> {
         let paused = self.d["spec"]["paused"].as_bool() == Some(true);
         let paused_shown = reason.as_deref() == Some("DeploymentPaused");
         let c = if paused && !paused_shown {
-            condition("Progressing", "Unknown", "DeploymentPaused", "Deployment is paused", self.now)
+            condition(
+                "Progressing",
+                "Unknown",
+                "DeploymentPaused",
+                "Deployment is paused",
+                self.now,
+            )
         } else if !paused && paused_shown {
-            condition("Progressing", "Unknown", "DeploymentResumed", "Deployment is resumed", self.now)
+            condition(
+                "Progressing",
+                "Unknown",
+                "DeploymentResumed",
+                "Deployment is resumed",
+                self.now,
+            )
         } else {
             return;
         };
@@ -1128,7 +1192,10 @@ fn set_revision(rs: &mut Value, revision: i64) -> bool {
     }
     a.insert(REVISION.into(), json!(revision.to_string()));
     if let Some(old) = old {
-        let history = a.get(REVISION_HISTORY).and_then(Value::as_str).unwrap_or("");
+        let history = a
+            .get(REVISION_HISTORY)
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let mut entries: Vec<&str> = history.split(',').filter(|s| !s.is_empty()).collect();
         entries.push(&old);
         while entries.join(",").len() > MAX_REVISION_HISTORY_CHARS && entries.len() > 1 {
@@ -1193,7 +1260,11 @@ impl Controller {
             if let Some(why) = p.skipped {
                 let generation = int_at(&d, "/metadata/generation").unwrap_or(0);
                 if self.warned.insert((uid, generation)) {
-                    tracing::warn!(deployment = str_at(&d, "/metadata/name"), namespace = ns, "skipping deployment: {why}");
+                    tracing::warn!(
+                        deployment = str_at(&d, "/metadata/name"),
+                        namespace = ns,
+                        "skipping deployment: {why}"
+                    );
                 }
                 continue;
             }
@@ -1228,16 +1299,24 @@ impl Controller {
         for write in writes {
             match write {
                 Write::Patch { name, rv, body } => {
-                    match client.patch(&rs_path(Some(&name)), PatchType::Merge, &body).await {
-                        Ok(_) => self.expectations.expect(&uid, expect_rs(&name, Want::Changed(rv))),
-                        Err(e) => return log_write_error("patching a replicaset's owner", &name, &e),
+                    match client
+                        .patch(&rs_path(Some(&name)), PatchType::Merge, &body)
+                        .await
+                    {
+                        Ok(_) => self
+                            .expectations
+                            .expect(&uid, expect_rs(&name, Want::Changed(rv))),
+                        Err(e) => {
+                            return log_write_error("patching a replicaset's owner", &name, &e);
+                        }
                     }
                 }
                 Write::Create { rs, events } => {
                     let name = str_at(&rs, "/metadata/name").to_string();
                     match client.create(&rs_path(None), &rs).await {
                         Ok(_) => {
-                            self.expectations.expect(&uid, expect_rs(&name, Want::Present));
+                            self.expectations
+                                .expect(&uid, expect_rs(&name, Want::Present));
                             self.events(client, d, &events).await;
                         }
                         Err(e) if e.code == 409 => {
@@ -1249,8 +1328,19 @@ impl Controller {
                         }
                         Err(e) => {
                             log_write_error("creating a replicaset", &name, &e);
-                            let message = format!("Failed to create new replica set \"{name}\": {}", e.message);
-                            record_event(client, d, "Warning", "ReplicaSetCreateError", &message, COMPONENT).await;
+                            let message = format!(
+                                "Failed to create new replica set \"{name}\": {}",
+                                e.message
+                            );
+                            record_event(
+                                client,
+                                d,
+                                "Warning",
+                                "ReplicaSetCreateError",
+                                &message,
+                                COMPONENT,
+                            )
+                            .await;
                             return;
                         }
                     }
@@ -1260,7 +1350,8 @@ impl Controller {
                     let rv = str_at(&rs, "/metadata/resourceVersion").to_string();
                     match client.update(&rs_path(Some(&name)), &rs).await {
                         Ok(_) => {
-                            self.expectations.expect(&uid, expect_rs(&name, Want::Changed(rv)));
+                            self.expectations
+                                .expect(&uid, expect_rs(&name, Want::Changed(rv)));
                             self.events(client, d, &events).await;
                         }
                         Err(e) => return log_write_error("updating a replicaset", &name, &e),
@@ -1269,7 +1360,9 @@ impl Controller {
                 Write::Delete { name, uid: rs_uid } => {
                     let options = json!({"preconditions": {"uid": rs_uid}});
                     match client.delete(&rs_path(Some(&name)), &options).await {
-                        Ok(_) => self.expectations.expect(&uid, expect_rs(&name, Want::Gone(rs_uid))),
+                        Ok(_) => self
+                            .expectations
+                            .expect(&uid, expect_rs(&name, Want::Gone(rs_uid))),
                         Err(e) => log_write_error("deleting an old replicaset", &name, &e),
                     }
                 }
@@ -1278,14 +1371,18 @@ impl Controller {
                     body["status"] = status;
                     match client.update(&format!("{d_path}/status"), &body).await {
                         Ok(_) => self.expectations.expect(&uid, expect_d()),
-                        Err(e) => return log_write_error("updating deployment status", &d_name, &e),
+                        Err(e) => {
+                            return log_write_error("updating deployment status", &d_name, &e);
+                        }
                     }
                 }
                 Write::Revision(rev) => {
                     let body = json!({"metadata": {"annotations": {REVISION: rev}}});
                     match client.patch(&d_path, PatchType::Merge, &body).await {
                         Ok(_) => self.expectations.expect(&uid, expect_d()),
-                        Err(e) => log_write_error("annotating the deployment's revision", &d_name, &e),
+                        Err(e) => {
+                            log_write_error("annotating the deployment's revision", &d_name, &e)
+                        }
                     }
                 }
             }
@@ -1319,7 +1416,11 @@ impl Controller {
             body["status"] = json!({});
         }
         body["status"]["collisionCount"] = json!(count);
-        tracing::info!(deployment = str_at(d, "/metadata/name"), count, "replicaset name collision; bumping collisionCount");
+        tracing::info!(
+            deployment = str_at(d, "/metadata/name"),
+            count,
+            "replicaset name collision; bumping collisionCount"
+        );
         if let Err(e) = client.update(&format!("{d_path}/status"), &body).await {
             log_write_error("bumping collisionCount", str_at(d, "/metadata/name"), &e);
         }
@@ -1374,7 +1475,14 @@ mod tests {
 
     impl Sim {
         fn new(d: Value) -> Sim {
-            Sim { d, rss: Vec::new(), pods: Vec::new(), events: Vec::new(), clock: NOW, next_uid: 0 }
+            Sim {
+                d,
+                rss: Vec::new(),
+                pods: Vec::new(),
+                events: Vec::new(),
+                clock: NOW,
+                next_uid: 0,
+            }
         }
 
         fn round(&mut self) -> Vec<Write> {
@@ -1395,7 +1503,8 @@ mod tests {
                         let old = self.rss[i].clone();
                         let mut rs = rs;
                         if rs["spec"] != old["spec"] {
-                            rs["metadata"]["generation"] = json!(int_at(&old, "/metadata/generation").unwrap() + 1);
+                            rs["metadata"]["generation"] =
+                                json!(int_at(&old, "/metadata/generation").unwrap() + 1);
                         }
                         self.rss[i] = rs;
                         self.events.extend(events);
@@ -1413,7 +1522,10 @@ mod tests {
         }
 
         fn index(&self, name: &str) -> usize {
-            self.rss.iter().position(|r| str_at(r, "/metadata/name") == name).unwrap()
+            self.rss
+                .iter()
+                .position(|r| str_at(r, "/metadata/name") == name)
+                .unwrap()
         }
 
         /// The ReplicaSet controller's work: pods for every ReplicaSet;
@@ -1435,11 +1547,17 @@ mod tests {
         }
 
         fn available(&self) -> i64 {
-            self.rss.iter().map(|r| r["status"]["availableReplicas"].as_i64().unwrap_or(0)).sum()
+            self.rss
+                .iter()
+                .map(|r| r["status"]["availableReplicas"].as_i64().unwrap_or(0))
+                .sum()
         }
 
         fn total_spec(&self) -> i64 {
-            self.rss.iter().map(|r| int_at(r, "/spec/replicas").unwrap()).sum()
+            self.rss
+                .iter()
+                .map(|r| int_at(r, "/spec/replicas").unwrap())
+                .sum()
         }
 
         fn set_template(&mut self, image: &str) {
@@ -1458,7 +1576,9 @@ mod tests {
         }
 
         fn condition(&self, kind: &str) -> Value {
-            get_condition(&self.d["status"], kind).cloned().unwrap_or(Value::Null)
+            get_condition(&self.d["status"], kind)
+                .cloned()
+                .unwrap_or(Value::Null)
         }
     }
 
@@ -1477,16 +1597,29 @@ mod tests {
         assert_eq!(a, pod_template_hash(&reordered, None));
         assert_ne!(a, pod_template_hash(&template("nginx:2"), None));
         assert_ne!(a, pod_template_hash(&template("nginx:1"), Some(1)));
-        assert!(!a.is_empty() && a.bytes().all(|b| SAFE_ALPHABET.contains(&b)), "{a}");
+        assert!(
+            !a.is_empty() && a.bytes().all(|b| SAFE_ALPHABET.contains(&b)),
+            "{a}"
+        );
     }
 
     #[test]
     fn fenceposts_round_like_kube() {
         let d = deployment(3, rolling());
         assert_eq!((max_surge(&d), max_unavailable(&d)), (1, 0));
-        let d = deployment(10, json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "5%"}}));
-        assert_eq!((max_surge(&d), max_unavailable(&d)), (0, 1), "both zero: one may be unavailable");
-        let d = deployment(4, json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 2, "maxUnavailable": "50%"}}));
+        let d = deployment(
+            10,
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "5%"}}),
+        );
+        assert_eq!(
+            (max_surge(&d), max_unavailable(&d)),
+            (0, 1),
+            "both zero: one may be unavailable"
+        );
+        let d = deployment(
+            4,
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 2, "maxUnavailable": "50%"}}),
+        );
         assert_eq!((max_surge(&d), max_unavailable(&d)), (2, 2));
         let d = deployment(4, json!({"type": "Recreate"}));
         assert_eq!((max_surge(&d), max_unavailable(&d)), (0, 0));
@@ -1496,12 +1629,23 @@ mod tests {
     fn the_new_replicaset_has_kubes_shape() {
         let mut sim = Sim::new(deployment(3, rolling()));
         let writes = sim.round();
-        let Write::Create { rs, events } = &writes[0] else { panic!("{writes:?}") };
+        let Write::Create { rs, events } = &writes[0] else {
+            panic!("{writes:?}")
+        };
         let hash = pod_template_hash(&template("nginx:1"), None);
         assert_eq!(rs["metadata"]["name"], format!("web-{hash}"));
-        assert_eq!(rs["metadata"]["labels"], json!({"app": "web", HASH_LABEL: hash}));
-        assert_eq!(rs["spec"]["template"]["metadata"]["labels"][HASH_LABEL], hash);
-        assert_eq!(rs["spec"]["selector"]["matchLabels"], json!({"app": "web", HASH_LABEL: hash}));
+        assert_eq!(
+            rs["metadata"]["labels"],
+            json!({"app": "web", HASH_LABEL: hash})
+        );
+        assert_eq!(
+            rs["spec"]["template"]["metadata"]["labels"][HASH_LABEL],
+            hash
+        );
+        assert_eq!(
+            rs["spec"]["selector"]["matchLabels"],
+            json!({"app": "web", HASH_LABEL: hash})
+        );
         assert_eq!(rs["spec"]["replicas"], 3);
         assert!(rs["metadata"].get("creationTimestamp").is_none());
         assert_eq!(
@@ -1514,10 +1658,19 @@ mod tests {
         assert_eq!(a[DESIRED_REPLICAS], "3");
         assert_eq!(a[MAX_REPLICAS], "4");
         assert_eq!(a["kubernetes.io/change-cause"], "first");
-        assert!(a.get("kubectl.kubernetes.io/last-applied-configuration").is_none());
-        assert_eq!(events, &[format!("Scaled up replica set web-{hash} from 0 to 3")]);
+        assert!(
+            a.get("kubectl.kubernetes.io/last-applied-configuration")
+                .is_none()
+        );
+        assert_eq!(
+            events,
+            &[format!("Scaled up replica set web-{hash} from 0 to 3")]
+        );
         assert_eq!(sim.d["metadata"]["annotations"][REVISION], "1");
-        assert_eq!(sim.condition("Progressing")["reason"], "NewReplicaSetCreated");
+        assert_eq!(
+            sim.condition("Progressing")["reason"],
+            "NewReplicaSetCreated"
+        );
         assert_eq!(sim.condition("Available")["status"], "False");
     }
 
@@ -1530,8 +1683,17 @@ mod tests {
         assert!(sim.rollout_done());
         let complete = sim.condition("Progressing");
         assert_eq!(complete["reason"], "NewReplicaSetAvailable");
-        assert_eq!(complete["message"], format!("ReplicaSet \"{}\" has successfully progressed.", name_for("nginx:1")));
-        assert_eq!(sim.condition("Available")["reason"], "MinimumReplicasAvailable");
+        assert_eq!(
+            complete["message"],
+            format!(
+                "ReplicaSet \"{}\" has successfully progressed.",
+                name_for("nginx:1")
+            )
+        );
+        assert_eq!(
+            sim.condition("Available")["reason"],
+            "MinimumReplicasAvailable"
+        );
         assert_eq!(sim.d["status"]["observedGeneration"], 1);
         // Settled: nothing more to write.
         assert_eq!(sim.round(), vec![]);
@@ -1567,7 +1729,10 @@ mod tests {
         );
         let progressing = sim.condition("Progressing");
         assert_eq!(progressing["reason"], "NewReplicaSetAvailable");
-        assert_eq!(progressing["message"], format!("ReplicaSet \"{v2}\" has successfully progressed."));
+        assert_eq!(
+            progressing["message"],
+            format!("ReplicaSet \"{v2}\" has successfully progressed.")
+        );
         assert_eq!(sim.d["metadata"]["annotations"][REVISION], "2");
         let rs2 = &sim.rss[sim.index(&v2)];
         assert_eq!(rs2["metadata"]["annotations"][REVISION], "2");
@@ -1591,7 +1756,10 @@ mod tests {
         sim.clock += 601;
         sim.round();
         let c = sim.condition("Progressing");
-        assert_eq!((c["status"].as_str(), c["reason"].as_str()), (Some("False"), Some("ProgressDeadlineExceeded")));
+        assert_eq!(
+            (c["status"].as_str(), c["reason"].as_str()),
+            (Some("False"), Some("ProgressDeadlineExceeded"))
+        );
     }
 
     #[test]
@@ -1615,7 +1783,11 @@ mod tests {
         assert_eq!(sim.rss.len(), 1);
         sim.pods.clear();
         sim.round();
-        assert_eq!(sim.spec_of(&name_for("nginx:2")), 3, "the new one at full size at once");
+        assert_eq!(
+            sim.spec_of(&name_for("nginx:2")),
+            3,
+            "the new one at full size at once"
+        );
         sim.pods_follow(true);
         sim.round();
         assert!(sim.rollout_done());
@@ -1659,7 +1831,11 @@ mod tests {
                 sim.pods_follow(true);
             }
         }
-        let mut left: Vec<String> = sim.rss.iter().map(|r| str_at(r, "/metadata/name").to_string()).collect();
+        let mut left: Vec<String> = sim
+            .rss
+            .iter()
+            .map(|r| str_at(r, "/metadata/name").to_string())
+            .collect();
         left.sort();
         let mut want = vec![name_for("nginx:3"), name_for("nginx:4")];
         want.sort();
@@ -1678,9 +1854,15 @@ mod tests {
         sim.round();
         let v1 = name_for("nginx:1");
         assert_eq!(sim.spec_of(&v1), 5);
-        assert_eq!(sim.events, [format!("Scaled up replica set {v1} from 3 to 5")]);
+        assert_eq!(
+            sim.events,
+            [format!("Scaled up replica set {v1} from 3 to 5")]
+        );
         let a = &sim.rss[0]["metadata"]["annotations"];
-        assert_eq!((a[DESIRED_REPLICAS].as_str(), a[MAX_REPLICAS].as_str()), (Some("5"), Some("7")));
+        assert_eq!(
+            (a[DESIRED_REPLICAS].as_str(), a[MAX_REPLICAS].as_str()),
+            (Some("5"), Some("7"))
+        );
         sim.pods_follow(true);
         sim.round();
         assert!(sim.rollout_done());
@@ -1700,10 +1882,10 @@ mod tests {
         assert_eq!((sim.spec_of(&v1), sim.spec_of(&v2)), (8, 3));
         sim.d["spec"]["replicas"] = json!(20);
         sim.round();
-        // The allowed total goes from 13 to 23: each grows by 23/13
-        // (8 → 14, 3 → 5) and the rounding leftover goes to the largest.
-        assert_eq!((sim.spec_of(&v1), sim.spec_of(&v2)), (18, 5));
-        assert_eq!(sim.total_spec(), 23);
+        // The allowed total goes from 10+3 to 20+5: each grows by 25/13
+        // (8 → 15, 3 → 6) and the rounding leftover goes to the largest.
+        assert_eq!((sim.spec_of(&v1), sim.spec_of(&v2)), (19, 6));
+        assert_eq!(sim.total_spec(), 25);
     }
 
     #[test]
@@ -1717,7 +1899,10 @@ mod tests {
         sim.round();
         assert_eq!(sim.rss.len(), 1);
         let c = sim.condition("Progressing");
-        assert_eq!((c["status"].as_str(), c["reason"].as_str()), (Some("Unknown"), Some("DeploymentPaused")));
+        assert_eq!(
+            (c["status"].as_str(), c["reason"].as_str()),
+            (Some("Unknown"), Some("DeploymentPaused"))
+        );
         sim.d["spec"]["paused"] = json!(false);
         sim.round();
         assert_eq!(sim.rss.len(), 2, "resumed: the rollout starts");
@@ -1729,7 +1914,9 @@ mod tests {
         let orphan = json!({"metadata": {"name": "web-x", "namespace": "default", "uid": "o",
             "resourceVersion": "7", "labels": {"app": "web"}}, "spec": {"replicas": 1}});
         let p = plan(&d, &[orphan], &[], NOW);
-        let [Write::Patch { name, rv, body }] = p.writes.as_slice() else { panic!("{:?}", p.writes) };
+        let [Write::Patch { name, rv, body }] = p.writes.as_slice() else {
+            panic!("{:?}", p.writes)
+        };
         assert_eq!((name.as_str(), rv.as_str()), ("web-x", "7"));
         assert_eq!(body["metadata"]["ownerReferences"][0]["kind"], "Deployment");
 

@@ -39,6 +39,8 @@ pub(crate) const RESYNC: Duration = Duration::from_secs(5);
 /// Changes arriving within this window are handled in one round.
 pub(crate) const DEBOUNCE: Duration = Duration::from_millis(20);
 
+/// A Ready condition without lastTransitionTime: ready, but never
+/// available under minReadySeconds (kube's zero time).
 const READY_SINCE_UNKNOWN: i64 = 0;
 
 pub async fn run(client: Client, caches: Caches) {
@@ -107,7 +109,9 @@ pub(crate) fn is_terminating(obj: &Value) -> bool {
 }
 
 pub(crate) fn str_at<'a>(obj: &'a Value, pointer: &str) -> &'a str {
-    obj.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
+    obj.pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
 pub(crate) fn int_at(obj: &Value, pointer: &str) -> Option<i64> {
@@ -233,7 +237,10 @@ impl Expectations {
         items.retain(|e| !e.met());
         if items.is_empty() || Instant::now() >= *deadline {
             if !items.is_empty() {
-                tracing::debug!(owner = owner_uid, "expectations timed out; trusting the cache");
+                tracing::debug!(
+                    owner = owner_uid,
+                    "expectations timed out; trusting the cache"
+                );
             }
             self.pending.remove(owner_uid);
             return true;
@@ -364,8 +371,7 @@ pub fn plan(rs: &Value, pods: &[Value], now: i64, create_error: Option<&str>) ->
 
 /// A pod that counts: not terminating and not finished.
 pub(crate) fn is_active(pod: &Value) -> bool {
-    !is_terminating(pod)
-        && !matches!(str_at(pod, "/status/phase"), "Succeeded" | "Failed")
+    !is_terminating(pod) && !matches!(str_at(pod, "/status/phase"), "Succeeded" | "Failed")
 }
 
 /// When the pod's Ready condition turned True, if it is ready.
@@ -399,9 +405,11 @@ fn status_of(
     let fully_labeled = active
         .iter()
         .filter(|p| {
-            template_labels.as_object().into_iter().flatten().all(|(k, v)| {
-                p.pointer("/metadata/labels").and_then(|l| l.get(k)) == Some(v)
-            })
+            template_labels
+                .as_object()
+                .into_iter()
+                .flatten()
+                .all(|(k, v)| p.pointer("/metadata/labels").and_then(|l| l.get(k)) == Some(v))
         })
         .count();
     let ready = active.iter().filter(|p| ready_since(p).is_some()).count();
@@ -473,9 +481,12 @@ fn deletion_order(a: &Value, b: &Value) -> std::cmp::Ordering {
         _ => 0,
     };
     let cost = |p: &Value| {
-        str_at(p, "/metadata/annotations/controller.kubernetes.io~1pod-deletion-cost")
-            .parse::<i64>()
-            .unwrap_or(0)
+        str_at(
+            p,
+            "/metadata/annotations/controller.kubernetes.io~1pod-deletion-cost",
+        )
+        .parse::<i64>()
+        .unwrap_or(0)
     };
     let restarts = |p: &Value| {
         p.pointer("/status/containerStatuses")
@@ -558,7 +569,12 @@ impl Controller {
                 .get(str_at(&rs, "/metadata/namespace"))
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            let p = plan(&rs, pods, now, self.create_errors.get(&uid).map(String::as_str));
+            let p = plan(
+                &rs,
+                pods,
+                now,
+                self.create_errors.get(&uid).map(String::as_str),
+            );
             recheck = min_opt(recheck, p.recheck);
             self.carry_out(client, caches, &with_kind(&rs, "ReplicaSet"), p)
                 .await;
@@ -610,7 +626,11 @@ impl Controller {
                         want: Want::Changed(str_at(rs, "/metadata/resourceVersion").into()),
                     },
                 ),
-                Err(e) => log_write_error("updating replicaset status", str_at(rs, "/metadata/name"), &e),
+                Err(e) => log_write_error(
+                    "updating replicaset status",
+                    str_at(rs, "/metadata/name"),
+                    &e,
+                ),
             }
         }
     }
@@ -691,12 +711,21 @@ impl Controller {
             });
         }
         while let Some(joined) = tasks.join_next().await {
-            let Ok((ns, name, pod_uid, result)) = joined else { continue };
+            let Ok((ns, name, pod_uid, result)) = joined else {
+                continue;
+            };
             match result {
                 Ok(_) => {
                     let message = format!("Deleted pod: {name}");
-                    record_event(client, rs, "Normal", "SuccessfulDelete", &message, COMPONENT)
-                        .await;
+                    record_event(
+                        client,
+                        rs,
+                        "Normal",
+                        "SuccessfulDelete",
+                        &message,
+                        COMPONENT,
+                    )
+                    .await;
                     self.expectations.expect(
                         &uid,
                         Expectation {
@@ -767,8 +796,7 @@ mod tests {
             "status": {"phase": "Running"}
         });
         if let Some(uid) = owner {
-            p["metadata"]["ownerReferences"] =
-                json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-abc", "uid": uid, "controller": true}]);
+            p["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-abc", "uid": uid, "controller": true}]);
         }
         p
     }
@@ -789,12 +817,24 @@ mod tests {
         let sel = |s: Value| selector_matches(&s, &labels);
         assert!(sel(json!({"matchLabels": {"app": "web"}})));
         assert!(!sel(json!({"matchLabels": {"app": "db"}})));
-        assert!(sel(json!({"matchExpressions": [{"key": "env", "operator": "In", "values": ["prod", "qa"]}]})));
-        assert!(!sel(json!({"matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["prod"]}]})));
-        assert!(sel(json!({"matchExpressions": [{"key": "x", "operator": "NotIn", "values": ["prod"]}]})));
-        assert!(sel(json!({"matchExpressions": [{"key": "app", "operator": "Exists"}]})));
-        assert!(sel(json!({"matchExpressions": [{"key": "x", "operator": "DoesNotExist"}]})));
-        assert!(!sel(json!({"matchExpressions": [{"key": "app", "operator": "Bogus"}]})));
+        assert!(sel(
+            json!({"matchExpressions": [{"key": "env", "operator": "In", "values": ["prod", "qa"]}]})
+        ));
+        assert!(!sel(
+            json!({"matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["prod"]}]})
+        ));
+        assert!(sel(
+            json!({"matchExpressions": [{"key": "x", "operator": "NotIn", "values": ["prod"]}]})
+        ));
+        assert!(sel(
+            json!({"matchExpressions": [{"key": "app", "operator": "Exists"}]})
+        ));
+        assert!(sel(
+            json!({"matchExpressions": [{"key": "x", "operator": "DoesNotExist"}]})
+        ));
+        assert!(!sel(
+            json!({"matchExpressions": [{"key": "app", "operator": "Bogus"}]})
+        ));
         assert!(!sel(json!({})), "an empty selector selects nothing");
     }
 
@@ -805,7 +845,12 @@ mod tests {
         let mut done = pod("c", Some("rs-uid"));
         done["status"]["phase"] = json!("Succeeded");
         let other = pod("d", Some("someone-else"));
-        let p = plan(&rs(3), &[pod("a", Some("rs-uid")), gone, done, other], NOW, None);
+        let p = plan(
+            &rs(3),
+            &[pod("a", Some("rs-uid")), gone, done, other],
+            NOW,
+            None,
+        );
         assert_eq!(p.create, 2);
         assert!(p.delete.is_empty() && p.adopt.is_empty());
         assert_eq!(p.status.unwrap()["replicas"], 1);
@@ -853,12 +898,27 @@ mod tests {
         let mut young = ready(pod("young", owner), NOW - 1000);
         young["metadata"]["creationTimestamp"] = json!(objects::rfc3339(NOW - 50));
         let all = [
-            ready_old.clone(), young, crashy, ready_new, not_ready, unknown, pending, unassigned,
+            ready_old.clone(),
+            young,
+            crashy,
+            ready_new,
+            not_ready,
+            unknown,
+            pending,
+            unassigned,
         ];
         let p = plan(&rs(1), &all, NOW, None);
         assert_eq!(
             names(&p.delete),
-            ["unassigned", "pending", "unknown", "not-ready", "ready-new", "crashy", "young"]
+            [
+                "unassigned",
+                "pending",
+                "unknown",
+                "not-ready",
+                "ready-new",
+                "crashy",
+                "young"
+            ]
         );
     }
 
