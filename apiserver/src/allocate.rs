@@ -34,7 +34,10 @@ fn owner_of(svc: &Value) -> Value {
 
 /// Takes `key` for `svc`; false when another Service holds it.
 async fn take(store: &Store, key: &str, svc: &Value) -> ApiResult<bool> {
-    Ok(matches!(store.swap(key, &owner_of(svc), 0).await?, Swap::Done(_)))
+    Ok(matches!(
+        store.swap(key, &owner_of(svc), 0).await?,
+        Swap::Done(_)
+    ))
 }
 
 async fn release_key(store: &Store, key: &str) {
@@ -54,7 +57,11 @@ fn invalid(svc: &Value, field: &str, message: String) -> ApiError {
 /// Fills in and reserves `spec.clusterIP(s)` and the node ports a new
 /// Service needs; on an error nothing stays reserved.
 pub async fn assign(store: &Store, svc: &mut Value) -> ApiResult<()> {
-    let kind = svc.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
+    let kind = svc
+        .pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        .to_string();
     if kind == "ExternalName" {
         return Ok(());
     }
@@ -68,20 +75,45 @@ pub async fn assign(store: &Store, svc: &mut Value) -> ApiResult<()> {
     result
 }
 
-async fn assign_taking(store: &Store, svc: &mut Value, kind: &str, taken: &mut Vec<String>) -> ApiResult<()> {
-    let asked = svc.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or("").to_string();
+async fn assign_taking(
+    store: &Store,
+    svc: &mut Value,
+    kind: &str,
+    taken: &mut Vec<String>,
+) -> ApiResult<()> {
+    let asked = svc
+        .pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     let ip = if asked == "None" {
         None
     } else if !asked.is_empty() {
         let parsed: std::net::Ipv4Addr = asked.parse().map_err(|_| {
-            invalid(svc, "spec.clusterIPs", format!("Invalid value: []string{{\"{asked}\"}}: must be a valid IP address"))
+            invalid(
+                svc,
+                "spec.clusterIPs",
+                format!("Invalid value: []string{{\"{asked}\"}}: must be a valid IP address"),
+            )
         })?;
         let n = u32::from(parsed);
         if !(CIDR_BASE..CIDR_BASE + CIDR_SIZE).contains(&n) {
-            return Err(invalid(svc, "spec.clusterIPs", format!("Invalid value: []string{{\"{asked}\"}}: failed to allocate IP {asked}: the provided IP ({asked}) is not in the valid range. The range of valid IPs is 10.43.0.0/16")));
+            return Err(invalid(
+                svc,
+                "spec.clusterIPs",
+                format!(
+                    "Invalid value: []string{{\"{asked}\"}}: failed to allocate IP {asked}: the provided IP ({asked}) is not in the valid range. The range of valid IPs is 10.43.0.0/16"
+                ),
+            ));
         }
         if !take(store, &ip_key(&asked), svc).await? {
-            return Err(invalid(svc, "spec.clusterIPs", format!("Invalid value: []string{{\"{asked}\"}}: failed to allocate IP {asked}: provided IP is already allocated")));
+            return Err(invalid(
+                svc,
+                "spec.clusterIPs",
+                format!(
+                    "Invalid value: []string{{\"{asked}\"}}: failed to allocate IP {asked}: provided IP is already allocated"
+                ),
+            ));
         }
         taken.push(ip_key(&asked));
         Some(asked)
@@ -97,7 +129,11 @@ async fn assign_taking(store: &Store, svc: &mut Value, kind: &str, taken: &mut V
                 break;
             }
         }
-        Some(found.ok_or_else(|| ApiError::internal("failed to allocate a serviceIP: range is full"))?)
+        Some(
+            found.ok_or_else(|| {
+                ApiError::internal("failed to allocate a serviceIP: range is full")
+            })?,
+        )
     };
     match &ip {
         Some(ip) => {
@@ -114,19 +150,36 @@ async fn assign_taking(store: &Store, svc: &mut Value, kind: &str, taken: &mut V
     if !matches!(kind, "NodePort" | "LoadBalancer") {
         return Ok(());
     }
-    let ports = svc.pointer_mut("/spec/ports").and_then(Value::as_array_mut).map(std::mem::take).unwrap_or_default();
+    let ports = svc
+        .pointer_mut("/spec/ports")
+        .and_then(Value::as_array_mut)
+        .map(std::mem::take)
+        .unwrap_or_default();
     let mut filled = Vec::with_capacity(ports.len());
     for (i, mut port) in ports.into_iter().enumerate() {
-        let asked = port.get("nodePort").and_then(Value::as_u64).map(|p| p as u32);
+        let asked = port
+            .get("nodePort")
+            .and_then(Value::as_u64)
+            .map(|p| p as u32);
         let chosen = match asked {
             Some(p) if NODE_PORTS.contains(&p) => {
                 if !take(store, &port_key(p), svc).await? {
-                    return Err(invalid(svc, &format!("spec.ports[{i}].nodePort"), format!("Invalid value: {p}: provided port is already allocated")));
+                    return Err(invalid(
+                        svc,
+                        &format!("spec.ports[{i}].nodePort"),
+                        format!("Invalid value: {p}: provided port is already allocated"),
+                    ));
                 }
                 p
             }
             Some(p) => {
-                return Err(invalid(svc, &format!("spec.ports[{i}].nodePort"), format!("Invalid value: {p}: provided port is not in the valid range. The range of valid ports is 30000-32767")));
+                return Err(invalid(
+                    svc,
+                    &format!("spec.ports[{i}].nodePort"),
+                    format!(
+                        "Invalid value: {p}: provided port is not in the valid range. The range of valid ports is 30000-32767"
+                    ),
+                ));
             }
             None => {
                 let span = NODE_PORTS.end() - NODE_PORTS.start() + 1;
@@ -138,7 +191,9 @@ async fn assign_taking(store: &Store, svc: &mut Value, kind: &str, taken: &mut V
                         break;
                     }
                 }
-                got.ok_or_else(|| ApiError::internal("failed to allocate a nodePort: range is full"))?
+                got.ok_or_else(|| {
+                    ApiError::internal("failed to allocate a nodePort: range is full")
+                })?
             }
         };
         taken.push(port_key(chosen));
@@ -151,10 +206,19 @@ async fn assign_taking(store: &Store, svc: &mut Value, kind: &str, taken: &mut V
 
 /// Releases what a deleted Service held.
 pub async fn release(store: &Store, svc: &Value) {
-    if let Some(ip) = svc.pointer("/spec/clusterIP").and_then(Value::as_str).filter(|ip| !ip.is_empty() && *ip != "None") {
+    if let Some(ip) = svc
+        .pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .filter(|ip| !ip.is_empty() && *ip != "None")
+    {
         release_key(store, &ip_key(ip)).await;
     }
-    for port in svc.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten() {
+    for port in svc
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if let Some(p) = port.get("nodePort").and_then(Value::as_u64) {
             release_key(store, &port_key(p as u32)).await;
         }

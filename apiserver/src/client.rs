@@ -239,7 +239,9 @@ impl Client {
                         return;
                     }
                     Some(Ok(frame)) => {
-                        let Ok(data) = frame.into_data() else { continue };
+                        let Ok(data) = frame.into_data() else {
+                            continue;
+                        };
                         buf.extend_from_slice(&data);
                         while let Some(end) = buf.iter().position(|b| *b == b'\n') {
                             let line: Vec<u8> = buf.drain(..=end).collect();
@@ -388,9 +390,7 @@ impl Client {
 }
 
 impl Https {
-    async fn connect(
-        &self,
-    ) -> ClientResult<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    async fn connect(&self) -> ClientResult<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
         let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| {
@@ -477,7 +477,12 @@ pub async fn fetch_ca_unverified(server: &str) -> anyhow::Result<String> {
             cert: &CertificateDer<'_>,
             dss: &rustls::DigitallySignedStruct,
         ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
         }
         fn verify_tls13_signature(
             &self,
@@ -485,7 +490,12 @@ pub async fn fetch_ca_unverified(server: &str) -> anyhow::Result<String> {
             cert: &CertificateDer<'_>,
             dss: &rustls::DigitallySignedStruct,
         ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
         }
         fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
             self.0.signature_verification_algorithms.supported_schemes()
@@ -520,7 +530,10 @@ pub async fn fetch_ca_unverified(server: &str) -> anyhow::Result<String> {
         .body(Full::new(Bytes::new()))?;
     let (status, body) = https.send(request, true).await?;
     let body = collect(body).await?;
-    anyhow::ensure!(status == StatusCode::OK, "GET {server}/cacerts answered {status}");
+    anyhow::ensure!(
+        status == StatusCode::OK,
+        "GET {server}/cacerts answered {status}"
+    );
     Ok(String::from_utf8(body.to_vec())?)
 }
 
@@ -560,6 +573,9 @@ mod tests {
             resource_path("apps/v1", "deployments", None, None),
             "/apis/apps/v1/deployments"
         );
-        assert_eq!(encode_query("spec.nodeName=a,b!=c"), "spec.nodeName%3Da%2Cb%21%3Dc");
+        assert_eq!(
+            encode_query("spec.nodeName=a,b!=c"),
+            "spec.nodeName%3Da%2Cb%21%3Dc"
+        );
     }
 }

@@ -584,7 +584,8 @@ async fn update(
             .pointer("/metadata/deletionGracePeriodSeconds")
             .and_then(Value::as_i64)
             .is_some_and(|g| g > 0);
-        if current.pointer("/metadata/deletionTimestamp").is_some() && finalizers_empty && !graceful {
+        if current.pointer("/metadata/deletionTimestamp").is_some() && finalizers_empty && !graceful
+        {
             return match api.store.delete(&key, store::revision_of(&current)).await? {
                 Swap::Done(obj) => Ok(obj),
                 Swap::Mismatch(_) => continue,
@@ -744,7 +745,11 @@ async fn delete(
             if !finalizers.is_empty() {
                 marked["metadata"]["finalizers"] = json!(finalizers);
             }
-            match api.store.swap(&key, &marked, store::revision_of(&current)).await? {
+            match api
+                .store
+                .swap(&key, &marked, store::revision_of(&current))
+                .await?
+            {
                 Swap::Done(obj) => return Ok(obj),
                 Swap::Mismatch(_) => continue,
             }
@@ -820,7 +825,10 @@ fn now_secs() -> i64 {
 /// Deployments and Nodes; `None` for Background (the default).
 fn propagation_finalizer(res: &Resource, options: &Value) -> ApiResult<Option<&'static str>> {
     let orphan_dependents = options.get("orphanDependents").and_then(Value::as_bool);
-    let policy = match (options.get("propagationPolicy").and_then(Value::as_str), orphan_dependents) {
+    let policy = match (
+        options.get("propagationPolicy").and_then(Value::as_str),
+        orphan_dependents,
+    ) {
         (Some(p), _) => p,
         (None, Some(true)) => "Orphan",
         (None, _) => "Background",
@@ -837,7 +845,9 @@ fn propagation_finalizer(res: &Resource, options: &Value) -> ApiResult<Option<&'
             "",
             vec![(
                 "propagationPolicy".into(),
-                format!("Unsupported value: \"{other}\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""),
+                format!(
+                    "Unsupported value: \"{other}\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""
+                ),
             )],
         )),
     }
@@ -860,7 +870,10 @@ fn pod_grace_period(res: &Resource, pod: &Value, options: &Value) -> Option<i64>
     let grace = options
         .get("gracePeriodSeconds")
         .and_then(Value::as_i64)
-        .or_else(|| pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+        .or_else(|| {
+            pod.pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+        })
         .unwrap_or(30);
     (on_node && !finished && grace > 0).then_some(grace)
 }
@@ -879,7 +892,11 @@ async fn bind(
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
         .ok_or_else(|| {
-            ApiError::invalid("Binding", name, vec![("target.name".into(), "Required value".into())])
+            ApiError::invalid(
+                "Binding",
+                name,
+                vec![("target.name".into(), "Required value".into())],
+            )
         })?;
     let key = res.key(ns, name);
     let conflict = |message: String| ApiError {
@@ -891,26 +908,37 @@ async fn bind(
     for _ in 0..16 {
         let current = get(api, res, ns, name).await?;
         if current.pointer("/metadata/deletionTimestamp").is_some() {
-            return Err(conflict("pod is being deleted, cannot be assigned to a host".into()));
+            return Err(conflict(
+                "pod is being deleted, cannot be assigned to a host".into(),
+            ));
         }
         if let Some(bound) = current
             .pointer("/spec/nodeName")
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty())
         {
-            return Err(conflict(format!("pod {name} is already assigned to node \"{bound}\"")));
+            return Err(conflict(format!(
+                "pod {name} is already assigned to node \"{bound}\""
+            )));
         }
         let mut new = current.clone();
         new["spec"]["nodeName"] = json!(node);
         let scheduled = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": objects::now()});
-        let conditions = new["status"]["conditions"].as_array().cloned().unwrap_or_default();
+        let conditions = new["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let mut conditions: Vec<Value> = conditions
             .into_iter()
             .filter(|c| c["type"] != "PodScheduled")
             .collect();
         conditions.push(scheduled);
         new["status"]["conditions"] = json!(conditions);
-        match api.store.swap(&key, &new, store::revision_of(&current)).await? {
+        match api
+            .store
+            .swap(&key, &new, store::revision_of(&current))
+            .await?
+        {
             Swap::Done(_) => return Ok(()),
             Swap::Mismatch(None) => return Err(ApiError::not_found(res.plural, name)),
             Swap::Mismatch(Some(_)) => continue,
@@ -1050,7 +1078,11 @@ pub async fn bootstrap(store: &Store, advertise_port: u16) -> ApiResult<()> {
     let mut kubernetes = json!({"metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
            "spec": {"clusterIP": crate::allocate::KUBERNETES_SERVICE_IP,
                     "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": advertise_port}]}});
-    if store.get(&services.key(Some("default"), "kubernetes")).await?.is_some() {
+    if store
+        .get(&services.key(Some("default"), "kubernetes"))
+        .await?
+        .is_some()
+    {
         return Ok(());
     }
     // A reservation left by an earlier start that stopped half-way is ours.

@@ -23,7 +23,11 @@ fn sha256_hex(s: &str) -> String {
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty())
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
 }
 
 /// K3s's rule: the first agent to register a node name sets its password; a
@@ -58,7 +62,10 @@ async fn check_node_password(api: &Api, node: &str, password: &str) -> ApiResult
         "data": {"hash": encoded},
     });
     crate::objects::prepare_create(secrets, &mut secret, Some("kube-system"))?;
-    let expected = existing.as_ref().map(crate::store::revision_of).unwrap_or(0);
+    let expected = existing
+        .as_ref()
+        .map(crate::store::revision_of)
+        .unwrap_or(0);
     match api.store.swap(&key, &secret, expected).await? {
         Swap::Done(_) => Ok(()),
         Swap::Mismatch(_) => Err(ApiError::conflict("secrets", &password_secret(node))),

@@ -511,18 +511,33 @@ fn pod_status_text(pod: &Value) -> String {
         .to_string();
     let ended = |c: &Value, prefix: &str| -> Option<String> {
         let t = c.pointer("/state/terminated")?;
-        if let Some(r) = t.get("reason").and_then(Value::as_str).filter(|r| !r.is_empty()) {
+        if let Some(r) = t
+            .get("reason")
+            .and_then(Value::as_str)
+            .filter(|r| !r.is_empty())
+        {
             return Some(format!("{prefix}{r}"));
         }
         match t.get("signal").and_then(Value::as_i64).filter(|s| *s != 0) {
             Some(sig) => Some(format!("{prefix}Signal:{sig}")),
-            None => Some(format!("{prefix}ExitCode:{}", t["exitCode"].as_i64().unwrap_or(0))),
+            None => Some(format!(
+                "{prefix}ExitCode:{}",
+                t["exitCode"].as_i64().unwrap_or(0)
+            )),
         }
     };
-    let inits = pod.pointer("/status/initContainerStatuses").and_then(Value::as_array);
-    let init_total = pod.pointer("/spec/initContainers").and_then(Value::as_array).map_or(0, Vec::len);
+    let inits = pod
+        .pointer("/status/initContainerStatuses")
+        .and_then(Value::as_array);
+    let init_total = pod
+        .pointer("/spec/initContainers")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
     for (i, c) in inits.into_iter().flatten().enumerate() {
-        if c.pointer("/state/terminated/exitCode").and_then(Value::as_i64) == Some(0) {
+        if c.pointer("/state/terminated/exitCode")
+            .and_then(Value::as_i64)
+            == Some(0)
+        {
             continue;
         }
         if c.pointer("/state/terminated").is_some() {
@@ -536,9 +551,15 @@ fn pod_status_text(pod: &Value) -> String {
         return format!("Init:{i}/{init_total}");
     }
     let mut running = false;
-    let statuses = pod.pointer("/status/containerStatuses").and_then(Value::as_array);
+    let statuses = pod
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array);
     for c in statuses.into_iter().flatten().rev() {
-        if let Some(w) = c.pointer("/state/waiting/reason").and_then(Value::as_str).filter(|w| !w.is_empty()) {
+        if let Some(w) = c
+            .pointer("/state/waiting/reason")
+            .and_then(Value::as_str)
+            .filter(|w| !w.is_empty())
+        {
             reason = w.to_string();
         } else if let Some(e) = ended(c, "") {
             reason = e;

@@ -79,7 +79,11 @@ fn agent_address(node: &Value) -> Option<String> {
         .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
         .and_then(Value::as_i64)
         .unwrap_or(DEFAULT_AGENT_PORT);
-    let host = if ip.contains(':') { format!("[{ip}]") } else { ip };
+    let host = if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip
+    };
     Some(format!("https://{host}:{port}"))
 }
 
@@ -119,12 +123,10 @@ pub async fn pod_log(api: &Api, pod: &Value, query: &[(String, String)]) -> ApiR
         path.push('?');
         path.push_str(&forwarded.join("&"));
     }
-    let (status, body) = client.stream(&path).await.map_err(|e| {
-        ApiError::internal(format!(
-            "Get \"{address}{path}\": {}",
-            e.message
-        ))
-    })?;
+    let (status, body) = client
+        .stream(&path)
+        .await
+        .map_err(|e| ApiError::internal(format!("Get \"{address}{path}\": {}", e.message)))?;
     if !status.is_success() {
         let bytes = http_body_util::BodyExt::collect(body)
             .await
@@ -152,7 +154,10 @@ mod tests {
         assert_eq!(container_of(&one, None).unwrap(), "a");
         let two = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}, {"name": "b"}]}});
         let e = container_of(&two, None).unwrap_err();
-        assert_eq!(e.message, "a container name must be specified for pod p, choose one of: [a b]");
+        assert_eq!(
+            e.message,
+            "a container name must be specified for pod p, choose one of: [a b]"
+        );
         assert_eq!(container_of(&two, Some("b")).unwrap(), "b");
         assert!(container_of(&two, Some("c")).is_err());
     }

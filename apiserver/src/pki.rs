@@ -62,7 +62,9 @@ pub fn validity(params: &mut CertificateParams, days: i64) {
 
 /// SHA-256 of `data` (the token's CA hash).
 pub fn sha256(data: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, data).as_ref().to_vec()
+    ring::digest::digest(&ring::digest::SHA256, data)
+        .as_ref()
+        .to_vec()
 }
 
 /// Writes a file only its owner can read, atomically.
@@ -88,7 +90,11 @@ fn ca_params() -> Result<CertificateParams> {
 /// A serving certificate for a node agent's port (K3s's
 /// `serving-kubelet.crt`): its name and addresses, signed by the cluster CA
 /// kept in `dir`. Answers the certificate and key PEM.
-pub fn issue_node_serving(dir: &Path, node: &str, addresses: &[String]) -> Result<(String, String)> {
+pub fn issue_node_serving(
+    dir: &Path,
+    node: &str,
+    addresses: &[String],
+) -> Result<(String, String)> {
     let ca_key_pem = std::fs::read_to_string(dir.join("server-ca.key"))
         .with_context(|| format!("cannot read the CA key in {}", dir.display()))?;
     let ca_key = KeyPair::from_pem(&ca_key_pem)?;

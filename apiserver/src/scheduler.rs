@@ -12,7 +12,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
 use crate::client::{Client, resource_path};
 use crate::controllers::{Caches, record_event};
@@ -107,7 +106,10 @@ pub mod quantity {
                 .and_then(|f| num.checked_mul(f));
             return scaled.map_or(i64::MAX, |v| i64::try_from(v).unwrap_or(i64::MAX));
         }
-        match u32::try_from(-pow10).ok().and_then(|p| 10i128.checked_pow(p)) {
+        match u32::try_from(-pow10)
+            .ok()
+            .and_then(|p| 10i128.checked_pow(p))
+        {
             Some(den) => i64::try_from((num + den - 1) / den).unwrap_or(i64::MAX),
             // Smaller than 10^-38 of a unit, but not zero: one unit.
             None => 1,
@@ -374,7 +376,12 @@ impl NodeInfo {
 pub fn snapshot(nodes: &[Value], pods: &[Value]) -> BTreeMap<String, NodeInfo> {
     let mut infos: BTreeMap<String, NodeInfo> = nodes
         .iter()
-        .map(|n| (str_at(n, "/metadata/name").to_string(), NodeInfo::new(n.clone())))
+        .map(|n| {
+            (
+                str_at(n, "/metadata/name").to_string(),
+                NodeInfo::new(n.clone()),
+            )
+        })
         .collect();
     for pod in pods {
         if is_terminal(pod) {
@@ -429,10 +436,7 @@ fn readiness_taint(node: &Value) -> Option<Value> {
     Some(json!({"key": key, "effect": "NoSchedule"}))
 }
 
-fn matches_expression(
-    expr: &Value,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> bool {
+fn matches_expression(expr: &Value, lookup: impl Fn(&str) -> Option<String>) -> bool {
     let key = str_at(expr, "/key");
     let values: Vec<&str> = expr["values"]
         .as_array()
@@ -448,10 +452,17 @@ fn matches_expression(
         "Exists" => have.is_some(),
         "DoesNotExist" => have.is_none(),
         "Gt" | "Lt" => {
-            let (Some(h), Some(v)) = (have.as_deref().and_then(number), values.first().and_then(|v| number(v))) else {
+            let (Some(h), Some(v)) = (
+                have.as_deref().and_then(number),
+                values.first().and_then(|v| number(v)),
+            ) else {
                 return false;
             };
-            if str_at(expr, "/operator") == "Gt" { h > v } else { h < v }
+            if str_at(expr, "/operator") == "Gt" {
+                h > v
+            } else {
+                h < v
+            }
         }
         _ => false,
     }
@@ -477,10 +488,17 @@ pub fn matches_node_selector(pod: &Value, node: &Value) -> bool {
     else {
         return true;
     };
-    let field = |k: &str| (k == "metadata.name").then(|| str_at(node, "/metadata/name").to_string());
+    let field =
+        |k: &str| (k == "metadata.name").then(|| str_at(node, "/metadata/name").to_string());
     terms.iter().any(|term| {
-        let exprs = term["matchExpressions"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-        let fields = term["matchFields"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        let exprs = term["matchExpressions"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let fields = term["matchFields"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         (!exprs.is_empty() || !fields.is_empty())
             && exprs.iter().all(|e| matches_expression(e, label))
             && fields.iter().all(|e| matches_expression(e, field))
@@ -502,12 +520,16 @@ pub fn filter(pod: &Value, tolerations: &[Value], info: &NodeInfo) -> Result<(),
         .cloned()
         .unwrap_or_default();
     if let Some(t) = readiness_taint(node) {
-        if !node_taints.iter().any(|n| taints::key(n) == taints::key(&t) && taints::effect(n) == "NoSchedule") {
+        if !node_taints
+            .iter()
+            .any(|n| taints::key(n) == taints::key(&t) && taints::effect(n) == "NoSchedule")
+        {
             node_taints.push(t);
         }
     }
     let untolerated = node_taints.iter().find(|t| {
-        matches!(taints::effect(t), "NoSchedule" | "NoExecute") && taints::matching(tolerations, t).is_none()
+        matches!(taints::effect(t), "NoSchedule" | "NoExecute")
+            && taints::matching(tolerations, t).is_none()
     });
     if let Some(t) = untolerated {
         return Err(Rejection::Taint {
@@ -519,7 +541,10 @@ pub fn filter(pod: &Value, tolerations: &[Value], info: &NodeInfo) -> Result<(),
         return Err(Rejection::Selector);
     }
     let mut short = Vec::new();
-    if info.allocatable("pods").is_some_and(|max| info.pods + 1 > max) {
+    if info
+        .allocatable("pods")
+        .is_some_and(|max| info.pods + 1 > max)
+    {
         short.push("Too many pods".to_string());
     }
     for (name, want) in pod_requests(pod) {
@@ -531,7 +556,11 @@ pub fn filter(pod: &Value, tolerations: &[Value], info: &NodeInfo) -> Result<(),
             short.push(format!("Insufficient {name}"));
         }
     }
-    if short.is_empty() { Ok(()) } else { Err(Rejection::Resources(short)) }
+    if short.is_empty() {
+        Ok(())
+    } else {
+        Err(Rejection::Resources(short))
+    }
 }
 
 /// kube's LeastAllocated score (0–100, higher is emptier) over CPU and
@@ -653,10 +682,16 @@ pub fn with_unschedulable_condition(pod: &Value, message: &str, now: &str) -> Va
 
 /// The order pods are considered in: higher priority first, then older.
 fn queue_order(a: &Value, b: &Value) -> std::cmp::Ordering {
-    let priority = |p: &Value| p.pointer("/spec/priority").and_then(Value::as_i64).unwrap_or(0);
+    let priority = |p: &Value| {
+        p.pointer("/spec/priority")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+    };
     priority(b)
         .cmp(&priority(a))
-        .then_with(|| str_at(a, "/metadata/creationTimestamp").cmp(str_at(b, "/metadata/creationTimestamp")))
+        .then_with(|| {
+            str_at(a, "/metadata/creationTimestamp").cmp(str_at(b, "/metadata/creationTimestamp"))
+        })
         .then_with(|| str_at(a, "/metadata/namespace").cmp(str_at(b, "/metadata/namespace")))
         .then_with(|| str_at(a, "/metadata/name").cmp(str_at(b, "/metadata/name")))
 }
@@ -666,12 +701,6 @@ fn uid_of(obj: &Value) -> &str {
 }
 
 /// Waits until `rx` changes; a closed channel never does.
-async fn changed(rx: &mut watch::Receiver<u64>) {
-    if rx.changed().await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
 /// The scheduler's memory between rounds.
 #[derive(Default)]
 struct Scheduler {
@@ -688,11 +717,15 @@ impl Scheduler {
         let mut pods = caches.pods.list();
         let cached: HashMap<String, bool> = pods
             .iter()
-            .map(|p| (uid_of(p).to_string(), !str_at(p, "/spec/nodeName").is_empty()))
+            .map(|p| {
+                (
+                    uid_of(p).to_string(),
+                    !str_at(p, "/spec/nodeName").is_empty(),
+                )
+            })
             .collect();
-        self.assumed.retain(|uid, (_, at)| {
-            cached.get(uid) == Some(&false) && at.elapsed() < ASSUME_TTL
-        });
+        self.assumed
+            .retain(|uid, (_, at)| cached.get(uid) == Some(&false) && at.elapsed() < ASSUME_TTL);
         for pod in pods.iter_mut() {
             if let Some((bound, _)) = self.assumed.get(uid_of(pod)) {
                 *pod = bound.clone();
@@ -704,7 +737,8 @@ impl Scheduler {
         let pending_uids: HashSet<String> = pending.iter().map(|p| uid_of(p).to_string()).collect();
         self.reported.retain(|uid, _| pending_uids.contains(uid));
         for pod in pending {
-            let tolerations = taints::with_defaults(&taints::of_pod(pod), DEFAULT_TOLERATION_SECONDS);
+            let tolerations =
+                taints::with_defaults(&taints::of_pod(pod), DEFAULT_TOLERATION_SECONDS);
             match decide(pod, &tolerations, &infos) {
                 Decision::Bind(node) => {
                     if let Some(bound) = bind(client, pod, &node).await {
@@ -712,7 +746,8 @@ impl Scheduler {
                             info.add(&bound);
                         }
                         self.reported.remove(uid_of(pod));
-                        self.assumed.insert(uid_of(pod).to_string(), (bound, Instant::now()));
+                        self.assumed
+                            .insert(uid_of(pod).to_string(), (bound, Instant::now()));
                     }
                 }
                 Decision::Unschedulable(message) => {
@@ -750,7 +785,10 @@ async fn bind(client: &Client, pod: &Value, node: &str) -> Option<Value> {
         "metadata": {"name": name, "namespace": ns},
         "target": {"apiVersion": "v1", "kind": "Node", "name": node},
     });
-    match client.create(&format!("{}/binding", pod_path(pod)), &binding).await {
+    match client
+        .create(&format!("{}/binding", pod_path(pod)), &binding)
+        .await
+    {
         Ok(_) => {
             tracing::debug!(pod = %format!("{ns}/{name}"), node, "bound");
             let message = format!("Successfully assigned {ns}/{name} to {node}");
@@ -775,9 +813,20 @@ async fn bind(client: &Client, pod: &Value, node: &str) -> Option<Value> {
 /// the `FailedScheduling` event; answers whether it was written.
 async fn report_unschedulable(client: &Client, pod: &Value, message: &str) -> bool {
     let updated = with_unschedulable_condition(pod, message, &crate::objects::now());
-    match client.update(&format!("{}/status", pod_path(pod)), &updated).await {
+    match client
+        .update(&format!("{}/status", pod_path(pod)), &updated)
+        .await
+    {
         Ok(_) => {
-            record_event(client, pod, "Warning", "FailedScheduling", message, SCHEDULER_NAME).await;
+            record_event(
+                client,
+                pod,
+                "Warning",
+                "FailedScheduling",
+                message,
+                SCHEDULER_NAME,
+            )
+            .await;
             true
         }
         Err(e) => {
@@ -793,19 +842,11 @@ async fn report_unschedulable(client: &Client, pod: &Value, message: &str) -> bo
 pub async fn run(client: Client, caches: Caches) {
     caches.pods.wait_synced().await;
     caches.nodes.wait_synced().await;
-    let mut pods_changed = caches.pods.changes();
-    let mut nodes_changed = caches.nodes.changes();
+    let mut changes = [caches.pods.changes(), caches.nodes.changes()];
     let mut scheduler = Scheduler::default();
     loop {
-        pods_changed.borrow_and_update();
-        nodes_changed.borrow_and_update();
         scheduler.round(&client, &caches).await;
-        tokio::select! {
-            _ = changed(&mut pods_changed) => {}
-            _ = changed(&mut nodes_changed) => {}
-            _ = tokio::time::sleep(RESYNC) => {}
-        }
-        tokio::time::sleep(DEBOUNCE).await;
+        crate::controllers::wait_for_change(&mut changes, RESYNC, DEBOUNCE).await;
     }
 }
 
@@ -840,8 +881,7 @@ mod tests {
     }
 
     fn owned(mut p: Value, owner: &str) -> Value {
-        p["metadata"]["ownerReferences"] =
-            json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": owner, "uid": owner, "controller": true}]);
+        p["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": owner, "uid": owner, "controller": true}]);
         p
     }
 
@@ -906,7 +946,10 @@ mod tests {
     #[test]
     fn binds_to_a_ready_node_with_room() {
         let nodes = [node("a", "2", "4Gi", "110")];
-        assert_eq!(check(&pod("p", Some("1"), Some("1Gi")), &nodes, &[]), Decision::Bind("a".into()));
+        assert_eq!(
+            check(&pod("p", Some("1"), Some("1Gi")), &nodes, &[]),
+            Decision::Bind("a".into())
+        );
     }
 
     #[test]
@@ -915,12 +958,17 @@ mod tests {
         let running = [bound(pod("r", Some("600m"), Some("512Mi")), "a")];
         assert_eq!(
             check(&pod("p", Some("500m"), Some("600Mi")), &nodes, &running),
-            message("0/1 nodes are available: 1 Insufficient cpu, 1 Insufficient memory. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod.")
+            message(
+                "0/1 nodes are available: 1 Insufficient cpu, 1 Insufficient memory. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."
+            )
         );
         // Finished pods take nothing.
         let mut done = running[0].clone();
         done["status"]["phase"] = json!("Succeeded");
-        assert_eq!(check(&pod("p", Some("500m"), Some("600Mi")), &nodes, &[done]), Decision::Bind("a".into()));
+        assert_eq!(
+            check(&pod("p", Some("500m"), Some("600Mi")), &nodes, &[done]),
+            Decision::Bind("a".into())
+        );
     }
 
     #[test]
@@ -929,7 +977,9 @@ mod tests {
         let running = [bound(pod("r", None, None), "a")];
         assert_eq!(
             check(&pod("p", None, None), &nodes, &running),
-            message("0/1 nodes are available: 1 Too many pods. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod.")
+            message(
+                "0/1 nodes are available: 1 Too many pods. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."
+            )
         );
     }
 
@@ -940,7 +990,9 @@ mod tests {
         let nodes = [n];
         assert_eq!(
             check(&pod("p", None, None), &nodes, &[]),
-            message("0/1 nodes are available: 1 node(s) had untolerated taint {dedicated: db}. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.")
+            message(
+                "0/1 nodes are available: 1 node(s) had untolerated taint {dedicated: db}. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."
+            )
         );
         for toleration in [
             json!({"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}),
@@ -949,15 +1001,23 @@ mod tests {
         ] {
             let mut p = pod("p", None, None);
             p["spec"]["tolerations"] = json!([toleration]);
-            assert_eq!(check(&p, &nodes, &[]), Decision::Bind("a".into()), "{toleration}");
+            assert_eq!(
+                check(&p, &nodes, &[]),
+                Decision::Bind("a".into()),
+                "{toleration}"
+            );
         }
         let mut p = pod("p", None, None);
-        p["spec"]["tolerations"] = json!([{"key": "dedicated", "value": "web", "effect": "NoSchedule"}]);
+        p["spec"]["tolerations"] =
+            json!([{"key": "dedicated", "value": "web", "effect": "NoSchedule"}]);
         assert!(matches!(check(&p, &nodes, &[]), Decision::Unschedulable(_)));
         // PreferNoSchedule does not filter.
         let mut soft = node("a", "4", "4Gi", "110");
         soft["spec"]["taints"] = json!([{"key": "k", "effect": "PreferNoSchedule"}]);
-        assert_eq!(check(&pod("p", None, None), &[soft], &[]), Decision::Bind("a".into()));
+        assert_eq!(
+            check(&pod("p", None, None), &[soft], &[]),
+            Decision::Bind("a".into())
+        );
     }
 
     #[test]
@@ -968,7 +1028,9 @@ mod tests {
         not_ready["status"]["conditions"][0]["status"] = json!("False");
         assert_eq!(
             check(&pod("p", None, None), &[unknown.clone(), not_ready], &[]),
-            message("0/2 nodes are available: 1 node(s) had untolerated taint {node.kubernetes.io/not-ready: }, 1 node(s) had untolerated taint {node.kubernetes.io/unreachable: }. preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling.")
+            message(
+                "0/2 nodes are available: 1 node(s) had untolerated taint {node.kubernetes.io/not-ready: }, 1 node(s) had untolerated taint {node.kubernetes.io/unreachable: }. preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling."
+            )
         );
         // The default NoExecute toleration does not cover NoSchedule.
         let mut p = pod("p", None, None);
@@ -983,7 +1045,9 @@ mod tests {
         n["spec"]["taints"] = json!([{"key": taints::UNSCHEDULABLE, "effect": "NoSchedule"}]);
         assert_eq!(
             check(&pod("p", None, None), &[n], &[]),
-            message("0/1 nodes are available: 1 node(s) were unschedulable. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.")
+            message(
+                "0/1 nodes are available: 1 node(s) were unschedulable. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."
+            )
         );
     }
 
@@ -998,7 +1062,9 @@ mod tests {
         p["spec"]["nodeSelector"] = json!({"disk": "hdd"});
         assert_eq!(
             check(&p, &nodes, &[]),
-            message("0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector. preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling.")
+            message(
+                "0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector. preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling."
+            )
         );
         let mut p = pod("p", None, None);
         p["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
@@ -1020,7 +1086,9 @@ mod tests {
         p["spec"]["nodeSelector"] = json!({"zone": "y"});
         assert_eq!(
             check(&p, &[tainted, labelled], &[]),
-            message("0/2 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, 1 node(s) had untolerated taint {node.kubernetes.io/unreachable: }. preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling.")
+            message(
+                "0/2 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, 1 node(s) had untolerated taint {node.kubernetes.io/unreachable: }. preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling."
+            )
         );
         assert_eq!(
             check(&pod("p", None, None), &[], &[]),
@@ -1030,7 +1098,9 @@ mod tests {
         never["spec"]["preemptionPolicy"] = json!("Never");
         assert_eq!(
             check(&never, &[node("a", "1", "1Gi", "110")], &[]),
-            message("0/1 nodes are available: 1 Insufficient cpu. preemption: not eligible due to preemptionPolicy=Never.")
+            message(
+                "0/1 nodes are available: 1 Insufficient cpu. preemption: not eligible due to preemptionPolicy=Never."
+            )
         );
     }
 
@@ -1045,7 +1115,10 @@ mod tests {
         let p = owned(pod("r2", Some("100m"), None), "rs");
         assert_eq!(check(&p, &nodes, &running), Decision::Bind("b".into()));
         // Without an owner, the emptier node wins.
-        assert_eq!(check(&pod("x", Some("100m"), None), &nodes, &running), Decision::Bind("a".into()));
+        assert_eq!(
+            check(&pod("x", Some("100m"), None), &nodes, &running),
+            Decision::Bind("a".into())
+        );
     }
 
     #[test]
@@ -1055,7 +1128,9 @@ mod tests {
         let mut placed = Vec::new();
         for i in 0..4 {
             let p = owned(pod(&format!("r{i}"), None, None), "rs");
-            let Decision::Bind(n) = decide(&p, &[], &infos) else { panic!("unschedulable") };
+            let Decision::Bind(n) = decide(&p, &[], &infos) else {
+                panic!("unschedulable")
+            };
             infos.get_mut(&n).unwrap().add(&bound(p, &n));
             placed.push(n);
         }

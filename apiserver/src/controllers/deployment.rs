@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 use super::replicaset::{
     Expectation, Expectations, RESYNC, Want, adoption_patch, controller_ref, controller_uid,
     int_at, is_terminating, key_of, log_write_error, min_opt, now_secs, release_patch,
-    selector_matches, str_at, time_at, wait_for_change, with_kind,
+    selector_matches, str_at, time_at, with_kind,
 };
 use super::{Caches, record_event};
 use crate::client::{Client, PatchType, resource_path};
@@ -62,7 +62,12 @@ pub async fn run(client: Client, caches: Caches) {
     let mut controller = Controller::default();
     loop {
         let recheck = controller.reconcile_all(&client, &caches).await;
-        wait_for_change(&mut changes, recheck.map_or(RESYNC, |r| r.min(RESYNC))).await;
+        super::wait_for_change(
+            &mut changes,
+            recheck.map_or(RESYNC, |r| r.min(RESYNC)),
+            super::replicaset::DEBOUNCE,
+        )
+        .await;
     }
 }
 

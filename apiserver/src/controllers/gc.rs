@@ -17,7 +17,6 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
 use super::Caches;
 use crate::client::{Client, ClientResult, PatchType, resource_path};
@@ -41,11 +40,36 @@ pub struct Kind {
 }
 
 pub const KINDS: [Kind; 5] = [
-    Kind { kind: "Pod", api_version: "v1", plural: "pods", namespaced: true },
-    Kind { kind: "ReplicaSet", api_version: "apps/v1", plural: "replicasets", namespaced: true },
-    Kind { kind: "Deployment", api_version: "apps/v1", plural: "deployments", namespaced: true },
-    Kind { kind: "Node", api_version: "v1", plural: "nodes", namespaced: false },
-    Kind { kind: "Lease", api_version: "coordination.k8s.io/v1", plural: "leases", namespaced: true },
+    Kind {
+        kind: "Pod",
+        api_version: "v1",
+        plural: "pods",
+        namespaced: true,
+    },
+    Kind {
+        kind: "ReplicaSet",
+        api_version: "apps/v1",
+        plural: "replicasets",
+        namespaced: true,
+    },
+    Kind {
+        kind: "Deployment",
+        api_version: "apps/v1",
+        plural: "deployments",
+        namespaced: true,
+    },
+    Kind {
+        kind: "Node",
+        api_version: "v1",
+        plural: "nodes",
+        namespaced: false,
+    },
+    Kind {
+        kind: "Lease",
+        api_version: "coordination.k8s.io/v1",
+        plural: "leases",
+        namespaced: true,
+    },
 ];
 
 fn group(api_version: &str) -> &str {
@@ -143,7 +167,11 @@ pub fn decide(owners: &[(String, OwnerState)], has_dependents: bool) -> Decision
             .filter(|(_, s)| *s != OwnerState::Solid)
             .map(|(u, _)| u.clone())
             .collect();
-        return if stale.is_empty() { Decision::Keep } else { Decision::DropReferences(stale) };
+        return if stale.is_empty() {
+            Decision::Keep
+        } else {
+            Decision::DropReferences(stale)
+        };
     }
     if any(OwnerState::Waiting) && has_dependents {
         Decision::Delete("Foreground")
@@ -198,12 +226,21 @@ pub fn references_without(dependent: &Value, uids: &[String]) -> Value {
         .filter(|r| !uids.iter().any(|u| r["uid"].as_str() == Some(u.as_str())))
         .cloned()
         .collect();
-    if kept.is_empty() { Value::Null } else { json!(kept) }
+    if kept.is_empty() {
+        Value::Null
+    } else {
+        json!(kept)
+    }
 }
 
 /// The owner's finalizers without `finalizer`.
 pub fn finalizers_without(owner: &Value, finalizer: &str) -> Value {
-    json!(finalizers(owner).into_iter().filter(|f| *f != finalizer).collect::<Vec<_>>())
+    json!(
+        finalizers(owner)
+            .into_iter()
+            .filter(|f| *f != finalizer)
+            .collect::<Vec<_>>()
+    )
 }
 
 fn informer<'a>(caches: &'a Caches, kind: &Kind) -> &'a Informer {
@@ -222,7 +259,11 @@ fn path_of(kind: &Kind, namespace: &str, name: &str) -> String {
 }
 
 fn object_path(kind: &Kind, obj: &Value) -> String {
-    path_of(kind, str_at(obj, "/metadata/namespace"), str_at(obj, "/metadata/name"))
+    path_of(
+        kind,
+        str_at(obj, "/metadata/namespace"),
+        str_at(obj, "/metadata/name"),
+    )
 }
 
 /// One round's view: every cached object with its kind, and who
@@ -250,7 +291,10 @@ impl World {
                 }
             }
         }
-        World { objects, dependents }
+        World {
+            objects,
+            dependents,
+        }
     }
 }
 
@@ -320,7 +364,10 @@ async fn collect_dependent(
                 "ownerReferences": references_without(obj, &uids),
                 "resourceVersion": obj["metadata"]["resourceVersion"],
             }});
-            client.patch(&path, PatchType::Merge, &patch).await.map(drop)
+            client
+                .patch(&path, PatchType::Merge, &patch)
+                .await
+                .map(drop)
         }
     };
     log_write(&path, result);
@@ -329,7 +376,11 @@ async fn collect_dependent(
 /// Lists the followed kinds where dependents of `owner` may live and
 /// answers whether any still references it (the cache may lag behind a
 /// dependent just created).
-async fn has_dependents_in_api(client: &Client, owner_kind: &Kind, owner: &Value) -> ClientResult<bool> {
+async fn has_dependents_in_api(
+    client: &Client,
+    owner_kind: &Kind,
+    owner: &Value,
+) -> ClientResult<bool> {
     let owner_uid = uid(owner);
     let namespace = str_at(owner, "/metadata/namespace");
     for kind in KINDS.iter().filter(|k| k.namespaced) {
@@ -340,12 +391,14 @@ async fn has_dependents_in_api(client: &Client, owner_kind: &Kind, owner: &Value
         } else {
             None
         };
-        let list = client.get(&resource_path(kind.api_version, kind.plural, ns, None)).await?;
-        let referenced = list["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|o| references(o).iter().any(|r| r["uid"].as_str() == Some(owner_uid)));
+        let list = client
+            .get(&resource_path(kind.api_version, kind.plural, ns, None))
+            .await?;
+        let referenced = list["items"].as_array().into_iter().flatten().any(|o| {
+            references(o)
+                .iter()
+                .any(|r| r["uid"].as_str() == Some(owner_uid))
+        });
         if referenced {
             return Ok(true);
         }
@@ -354,7 +407,10 @@ async fn has_dependents_in_api(client: &Client, owner_kind: &Kind, owner: &Value
 }
 
 async fn finish_owner(client: &Client, world: &World, kind: &Kind, owner: &Value) {
-    let indexes = world.dependents.get(uid(owner)).map_or(&[][..], Vec::as_slice);
+    let indexes = world
+        .dependents
+        .get(uid(owner))
+        .map_or(&[][..], Vec::as_slice);
     let dependents: Vec<&Value> = indexes.iter().map(|i| &world.objects[*i].1).collect();
     match owner_action(owner, &dependents) {
         None | Some(OwnerAction::Wait) => {}
@@ -368,7 +424,13 @@ async fn finish_owner(client: &Client, world: &World, kind: &Kind, owner: &Value
                     "resourceVersion": dep["metadata"]["resourceVersion"],
                 }});
                 tracing::debug!(%path, "orphaning a dependent");
-                log_write(&path, client.patch(&path, PatchType::Merge, &patch).await.map(drop));
+                log_write(
+                    &path,
+                    client
+                        .patch(&path, PatchType::Merge, &patch)
+                        .await
+                        .map(drop),
+                );
             }
         }
         Some(OwnerAction::RemoveFinalizer(finalizer)) => {
@@ -386,7 +448,13 @@ async fn finish_owner(client: &Client, world: &World, kind: &Kind, owner: &Value
                 "resourceVersion": owner["metadata"]["resourceVersion"],
             }});
             tracing::debug!(%path, finalizer, "dependents handled; removing the finalizer");
-            log_write(&path, client.patch(&path, PatchType::Merge, &patch).await.map(drop));
+            log_write(
+                &path,
+                client
+                    .patch(&path, PatchType::Merge, &patch)
+                    .await
+                    .map(drop),
+            );
         }
     }
 }
@@ -419,35 +487,20 @@ async fn round(client: &Client, caches: &Caches) {
 }
 
 /// Waits until `rx` changes; a closed channel never does.
-async fn changed(rx: &mut watch::Receiver<u64>) {
-    if rx.changed().await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
 /// Collects garbage until the process ends: a round on every cache change
 /// and at least every [`RESYNC`].
 pub async fn run(client: Client, caches: Caches) {
     caches.wait_synced().await;
-    let mut pods = caches.pods.changes();
-    let mut replicasets = caches.replicasets.changes();
-    let mut deployments = caches.deployments.changes();
-    let mut nodes = caches.nodes.changes();
-    let mut leases = caches.leases.changes();
+    let mut changes = [
+        caches.pods.changes(),
+        caches.replicasets.changes(),
+        caches.deployments.changes(),
+        caches.nodes.changes(),
+        caches.leases.changes(),
+    ];
     loop {
-        for rx in [&mut pods, &mut replicasets, &mut deployments, &mut nodes, &mut leases] {
-            rx.borrow_and_update();
-        }
         round(&client, &caches).await;
-        tokio::select! {
-            _ = changed(&mut pods) => {}
-            _ = changed(&mut replicasets) => {}
-            _ = changed(&mut deployments) => {}
-            _ = changed(&mut nodes) => {}
-            _ = changed(&mut leases) => {}
-            _ = tokio::time::sleep(RESYNC) => {}
-        }
-        tokio::time::sleep(DEBOUNCE).await;
+        super::wait_for_change(&mut changes, RESYNC, DEBOUNCE).await;
     }
 }
 
@@ -456,7 +509,11 @@ mod tests {
     use super::*;
 
     fn reference(kind: &str, name: &str, uid: &str) -> Value {
-        let api_version = if kind == "ReplicaSet" || kind == "Deployment" { "apps/v1" } else { "v1" };
+        let api_version = if kind == "ReplicaSet" || kind == "Deployment" {
+            "apps/v1"
+        } else {
+            "v1"
+        };
         json!({"apiVersion": api_version, "kind": kind, "name": name, "uid": uid, "controller": true, "blockOwnerDeletion": true})
     }
 
@@ -476,51 +533,98 @@ mod tests {
 
     #[test]
     fn owner_references_map_to_followed_kinds() {
-        assert_eq!(kind_of(&reference("ReplicaSet", "rs", "u")).unwrap().plural, "replicasets");
-        assert_eq!(kind_of(&json!({"apiVersion": "apps/v1beta2", "kind": "Deployment"})).unwrap().plural, "deployments");
-        assert_eq!(kind_of(&json!({"apiVersion": "v1", "kind": "Node"})).unwrap().namespaced, false);
+        assert_eq!(
+            kind_of(&reference("ReplicaSet", "rs", "u")).unwrap().plural,
+            "replicasets"
+        );
+        assert_eq!(
+            kind_of(&json!({"apiVersion": "apps/v1beta2", "kind": "Deployment"}))
+                .unwrap()
+                .plural,
+            "deployments"
+        );
+        assert_eq!(
+            kind_of(&json!({"apiVersion": "v1", "kind": "Node"}))
+                .unwrap()
+                .namespaced,
+            false
+        );
         assert!(kind_of(&json!({"apiVersion": "batch/v1", "kind": "Job"})).is_none());
-        assert!(kind_of(&json!({"apiVersion": "v1", "kind": "ReplicaSet"})).is_none(), "wrong group");
+        assert!(
+            kind_of(&json!({"apiVersion": "v1", "kind": "ReplicaSet"})).is_none(),
+            "wrong group"
+        );
     }
 
     #[test]
     fn owner_state_checks_the_uid() {
         let r = reference("ReplicaSet", "rs", "u1");
-        assert_eq!(owner_state(&r, Some(&object("rs", "u1"))), OwnerState::Solid);
-        assert_eq!(owner_state(&r, Some(&object("rs", "u2"))), OwnerState::Dangling, "recreated");
+        assert_eq!(
+            owner_state(&r, Some(&object("rs", "u1"))),
+            OwnerState::Solid
+        );
+        assert_eq!(
+            owner_state(&r, Some(&object("rs", "u2"))),
+            OwnerState::Dangling,
+            "recreated"
+        );
         assert_eq!(owner_state(&r, None), OwnerState::Dangling);
         let fg = deleting(object("rs", "u1"), &[FOREGROUND]);
         assert_eq!(owner_state(&r, Some(&fg)), OwnerState::Waiting);
         // Background or orphan deletion in progress: still an owner.
-        assert_eq!(owner_state(&r, Some(&deleting(object("rs", "u1"), &[ORPHAN]))), OwnerState::Solid);
+        assert_eq!(
+            owner_state(&r, Some(&deleting(object("rs", "u1"), &[ORPHAN]))),
+            OwnerState::Solid
+        );
     }
 
     #[test]
     fn dependents_of_gone_owners_are_deleted() {
-        assert_eq!(decide(&owned(&[("a", OwnerState::Dangling)]), false), Decision::Delete("Background"));
         assert_eq!(
-            decide(&owned(&[("a", OwnerState::Dangling), ("b", OwnerState::Dangling)]), true),
+            decide(&owned(&[("a", OwnerState::Dangling)]), false),
             Decision::Delete("Background")
         );
-        assert_eq!(decide(&owned(&[("a", OwnerState::Solid)]), false), Decision::Keep);
+        assert_eq!(
+            decide(
+                &owned(&[("a", OwnerState::Dangling), ("b", OwnerState::Dangling)]),
+                true
+            ),
+            Decision::Delete("Background")
+        );
+        assert_eq!(
+            decide(&owned(&[("a", OwnerState::Solid)]), false),
+            Decision::Keep
+        );
         assert_eq!(decide(&[], false), Decision::Keep);
     }
 
     #[test]
     fn one_living_owner_keeps_a_dependent_without_the_dead_references() {
         assert_eq!(
-            decide(&owned(&[("a", OwnerState::Dangling), ("b", OwnerState::Solid)]), false),
+            decide(
+                &owned(&[("a", OwnerState::Dangling), ("b", OwnerState::Solid)]),
+                false
+            ),
             Decision::DropReferences(vec!["a".into()])
         );
         let dep = json!({"metadata": {"ownerReferences": [reference("ReplicaSet", "x", "a"), reference("ReplicaSet", "y", "b")]}});
-        assert_eq!(references_without(&dep, &["a".into()]), json!([reference("ReplicaSet", "y", "b")]));
-        assert_eq!(references_without(&dep, &["a".into(), "b".into()]), Value::Null);
+        assert_eq!(
+            references_without(&dep, &["a".into()]),
+            json!([reference("ReplicaSet", "y", "b")])
+        );
+        assert_eq!(
+            references_without(&dep, &["a".into(), "b".into()]),
+            Value::Null
+        );
     }
 
     #[test]
     fn unknown_owners_leave_the_dependent_alone() {
         assert_eq!(
-            decide(&owned(&[("a", OwnerState::Dangling), ("b", OwnerState::Unknown)]), false),
+            decide(
+                &owned(&[("a", OwnerState::Dangling), ("b", OwnerState::Unknown)]),
+                false
+            ),
             Decision::Keep
         );
     }
@@ -529,22 +633,44 @@ mod tests {
     fn foreground_deletion_deletes_dependents_then_the_owner() {
         // Dependents of a Waiting owner go; those with dependents of their
         // own go in the foreground too (Deployment → ReplicaSet → Pods).
-        assert_eq!(decide(&owned(&[("d", OwnerState::Waiting)]), true), Decision::Delete("Foreground"));
-        assert_eq!(decide(&owned(&[("rs", OwnerState::Waiting)]), false), Decision::Delete("Background"));
+        assert_eq!(
+            decide(&owned(&[("d", OwnerState::Waiting)]), true),
+            Decision::Delete("Foreground")
+        );
+        assert_eq!(
+            decide(&owned(&[("rs", OwnerState::Waiting)]), false),
+            Decision::Delete("Background")
+        );
         let owner = deleting(object("rs", "rs"), &[FOREGROUND]);
         let pod = deleting(object("p", "p"), &[]);
-        assert_eq!(owner_action(&owner, &[&pod]), Some(OwnerAction::Wait), "terminating pods still count");
-        assert_eq!(owner_action(&owner, &[]), Some(OwnerAction::RemoveFinalizer(FOREGROUND)));
+        assert_eq!(
+            owner_action(&owner, &[&pod]),
+            Some(OwnerAction::Wait),
+            "terminating pods still count"
+        );
+        assert_eq!(
+            owner_action(&owner, &[]),
+            Some(OwnerAction::RemoveFinalizer(FOREGROUND))
+        );
         let both = deleting(object("rs", "rs"), &["example.com/keep", FOREGROUND]);
-        assert_eq!(finalizers_without(&both, FOREGROUND), json!(["example.com/keep"]));
+        assert_eq!(
+            finalizers_without(&both, FOREGROUND),
+            json!(["example.com/keep"])
+        );
     }
 
     #[test]
     fn orphan_deletion_unlinks_dependents_then_the_owner() {
         let owner = deleting(object("rs", "rs"), &[ORPHAN]);
         let (a, b) = (object("a", "a"), object("b", "b"));
-        assert_eq!(owner_action(&owner, &[&a, &b]), Some(OwnerAction::Orphan(vec![0, 1])));
-        assert_eq!(owner_action(&owner, &[]), Some(OwnerAction::RemoveFinalizer(ORPHAN)));
+        assert_eq!(
+            owner_action(&owner, &[&a, &b]),
+            Some(OwnerAction::Orphan(vec![0, 1]))
+        );
+        assert_eq!(
+            owner_action(&owner, &[]),
+            Some(OwnerAction::RemoveFinalizer(ORPHAN))
+        );
         assert_eq!(finalizers_without(&owner, ORPHAN), json!([]));
     }
 

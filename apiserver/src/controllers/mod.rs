@@ -15,6 +15,8 @@ pub mod replicaset;
 
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use crate::client::Client;
 use crate::informer::Informer;
 
@@ -117,5 +119,44 @@ pub async fn record_event(
     let path = crate::client::resource_path("v1", "events", Some(namespace), None);
     if let Err(e) = client.create(&path, &event).await {
         tracing::debug!(error = %e, reason, "recording an event failed");
+    }
+}
+
+/// Waits until any receiver sees a change or `timeout` passes, then lets
+/// the burst settle and marks everything seen.
+pub(crate) async fn wait_for_change(
+    receivers: &mut [watch::Receiver<u64>],
+    timeout: Duration,
+    debounce: Duration,
+) {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Poll;
+    {
+        type Changed<'a> =
+            Pin<Box<dyn Future<Output = Result<(), watch::error::RecvError>> + Send + 'a>>;
+        let mut futures: Vec<Option<Changed<'_>>> = receivers
+            .iter_mut()
+            .map(|r| Some(Box::pin(r.changed()) as Changed<'_>))
+            .collect();
+        let any = std::future::poll_fn(|cx| {
+            for slot in futures.iter_mut() {
+                if let Some(f) = slot {
+                    match f.as_mut().poll(cx) {
+                        Poll::Ready(Ok(())) => return Poll::Ready(()),
+                        // A closed informer never changes again; only the
+                        // timeout wakes us for it.
+                        Poll::Ready(Err(_)) => *slot = None,
+                        Poll::Pending => {}
+                    }
+                }
+            }
+            Poll::Pending
+        });
+        let _ = tokio::time::timeout(timeout, any).await;
+    }
+    tokio::time::sleep(debounce).await;
+    for r in receivers.iter_mut() {
+        r.borrow_and_update();
     }
 }

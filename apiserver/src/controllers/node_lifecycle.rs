@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
 use super::{Caches, Config, record_event};
 use crate::client::{Client, ClientResult, resource_path};
@@ -52,7 +51,11 @@ pub fn time_ms(s: &str) -> Option<i64> {
         .get(19..)
         .and_then(|rest| rest.strip_prefix('.'))
         .map(|rest| {
-            let digits: String = rest.chars().take_while(char::is_ascii_digit).take(3).collect();
+            let digits: String = rest
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .take(3)
+                .collect();
             format!("{digits:0<3}").parse::<i64>().unwrap_or(0)
         })
         .unwrap_or(0);
@@ -170,7 +173,9 @@ fn wanted_taints(node: &Value, health: Option<Health>) -> Vec<(&'static str, &'s
         wanted.push((taints::UNSCHEDULABLE, "NoSchedule"));
     }
     for (kind, key) in PRESSURE_TAINTS {
-        if health != Some(Health::Unknown) && condition(node, kind).is_some_and(|c| c["status"] == "True") {
+        if health != Some(Health::Unknown)
+            && condition(node, kind).is_some_and(|c| c["status"] == "True")
+        {
             wanted.push((key, "NoSchedule"));
         }
     }
@@ -187,18 +192,26 @@ pub fn reconciled_taints(node: &Value, health: Option<Health>, now: &str) -> Opt
         .cloned()
         .unwrap_or_default();
     let wanted = wanted_taints(node, health);
-    let is_wanted = |t: &Value| wanted.iter().any(|(k, e)| taints::key(t) == *k && taints::effect(t) == *e);
+    let is_wanted = |t: &Value| {
+        wanted
+            .iter()
+            .any(|(k, e)| taints::key(t) == *k && taints::effect(t) == *e)
+    };
     let keep_readiness = health.is_none();
     let mut out: Vec<Value> = current
         .iter()
         .filter(|t| {
-            let readiness = matches!(taints::key(t), k if k == taints::NOT_READY || k == taints::UNREACHABLE);
+            let readiness =
+                matches!(taints::key(t), k if k == taints::NOT_READY || k == taints::UNREACHABLE);
             !managed(t) || is_wanted(t) || (keep_readiness && readiness)
         })
         .cloned()
         .collect();
     for (key, effect) in &wanted {
-        if !out.iter().any(|t| taints::key(t) == *key && taints::effect(t) == *effect) {
+        if !out
+            .iter()
+            .any(|t| taints::key(t) == *key && taints::effect(t) == *effect)
+        {
             let mut taint = json!({"key": key, "effect": effect});
             if *effect == "NoExecute" {
                 taint["timeAdded"] = json!(now);
@@ -281,8 +294,12 @@ pub fn should_force_delete(pod: &Value, node: &Value, now: i64) -> bool {
 /// The pod with its Ready condition False (kube's `MarkPodsNotReady`, so
 /// Services stop sending to a lost node); `None` unless it was True.
 pub fn marked_not_ready(pod: &Value, now: &str) -> Option<Value> {
-    let conditions = pod.pointer("/status/conditions").and_then(Value::as_array)?;
-    let i = conditions.iter().position(|c| c["type"] == "Ready" && c["status"] == "True")?;
+    let conditions = pod
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)?;
+    let i = conditions
+        .iter()
+        .position(|c| c["type"] == "Ready" && c["status"] == "True")?;
     let mut out = pod.clone();
     out["status"]["conditions"][i]["status"] = json!("False");
     out["status"]["conditions"][i]["lastTransitionTime"] = json!(now);
@@ -294,7 +311,10 @@ pub fn marked_not_ready(pod: &Value, now: &str) -> Option<Value> {
 fn with_taint_times(node: &Value, first_seen: &mut HashMap<String, i64>, now: i64) -> Value {
     let mut out = node.clone();
     let name = str_at(node, "/metadata/name");
-    if let Some(list) = out.pointer_mut("/spec/taints").and_then(Value::as_array_mut) {
+    if let Some(list) = out
+        .pointer_mut("/spec/taints")
+        .and_then(Value::as_array_mut)
+    {
         for t in list.iter_mut().filter(|t| taints::effect(t) == "NoExecute") {
             if time_ms(str_at(t, "/timeAdded")).is_none() {
                 let key = format!("{name}\n{}\n{}", taints::key(t), taints::value(t));
@@ -316,7 +336,11 @@ fn pod_path(pod: &Value) -> String {
 }
 
 fn pod_label(pod: &Value) -> String {
-    format!("{}/{}", str_at(pod, "/metadata/namespace"), str_at(pod, "/metadata/name"))
+    format!(
+        "{}/{}",
+        str_at(pod, "/metadata/namespace"),
+        str_at(pod, "/metadata/name")
+    )
 }
 
 /// Conflicts and vanished objects are the cache lagging: the next round
@@ -345,7 +369,13 @@ struct Lifecycle {
 impl Lifecycle {
     /// Brings one node's conditions and taints in line; answers the node
     /// as written (or as cached when a write failed).
-    async fn reconcile_node(&self, client: &Client, caches: &Caches, mut node: Value, now: i64) -> Value {
+    async fn reconcile_node(
+        &self,
+        client: &Client,
+        caches: &Caches,
+        mut node: Value,
+        now: i64,
+    ) -> Value {
         let name = str_at(&node, "/metadata/name").to_string();
         let stamp = crate::objects::rfc3339(now / 1000);
         let lease = caches.leases.get(Some("kube-node-lease"), &name);
@@ -362,7 +392,15 @@ impl Lifecycle {
                 tracing::info!(node = %name, "node stopped posting status; marked Unknown");
                 if !was_unknown {
                     let message = format!("Node {name} status is now: NodeNotReady");
-                    record_event(client, &written, "Normal", "NodeNotReady", &message, "node-controller").await;
+                    record_event(
+                        client,
+                        &written,
+                        "Normal",
+                        "NodeNotReady",
+                        &message,
+                        "node-controller",
+                    )
+                    .await;
                 }
                 node = written;
             }
@@ -382,7 +420,13 @@ impl Lifecycle {
     /// Whether the node is really gone (a GET confirms the cache) and has
     /// been for at least the grace period, so a pod bound to a node about
     /// to register is not taken for an orphan.
-    async fn node_gone(&mut self, client: &Client, name: &str, confirmed: &mut HashMap<String, bool>, now: i64) -> bool {
+    async fn node_gone(
+        &mut self,
+        client: &Client,
+        name: &str,
+        confirmed: &mut HashMap<String, bool>,
+        now: i64,
+    ) -> bool {
         if let Some(gone) = confirmed.get(name) {
             return *gone;
         }
@@ -410,7 +454,8 @@ impl Lifecycle {
             let node = self.reconcile_node(client, caches, node, now).await;
             nodes.insert(name, node);
         }
-        self.first_seen.retain(|k, _| nodes.contains_key(k.split('\n').next().unwrap_or("")));
+        self.first_seen
+            .retain(|k, _| nodes.contains_key(k.split('\n').next().unwrap_or("")));
         let nodes: BTreeMap<String, Value> = nodes
             .into_iter()
             .map(|(n, v)| {
@@ -431,7 +476,10 @@ impl Lifecycle {
             let deleting = pod.pointer("/metadata/deletionTimestamp").is_some();
             let Some(node) = nodes.get(node_name) else {
                 // PodGC: a pod bound to a node that no longer exists.
-                if self.node_gone(client, node_name, &mut confirmed_gone, now).await {
+                if self
+                    .node_gone(client, node_name, &mut confirmed_gone, now)
+                    .await
+                {
                     self.force_delete(client, &pod, "its node is gone").await;
                 }
                 continue;
@@ -444,10 +492,20 @@ impl Lifecycle {
             }
             if ready_status(node) == Some("Unknown") {
                 if let Some(updated) = marked_not_ready(&pod, &stamp) {
-                    let result = client.update(&format!("{}/status", pod_path(&pod)), &updated).await;
+                    let result = client
+                        .update(&format!("{}/status", pod_path(&pod)), &updated)
+                        .await;
                     log_write("marking a pod not ready", &pod_label(&pod), &result);
                     if result.is_ok() {
-                        record_event(client, &pod, "Warning", "NodeNotReady", "Node is not ready", "node-controller").await;
+                        record_event(
+                            client,
+                            &pod,
+                            "Warning",
+                            "NodeNotReady",
+                            "Node is not ready",
+                            "node-controller",
+                        )
+                        .await;
                     }
                 }
             }
@@ -463,9 +521,18 @@ impl Lifecycle {
         log_write("evicting a pod", &label, &result);
         if result.is_ok() {
             tracing::info!(pod = %label, "evicted by a NoExecute taint");
-            self.acted.insert(str_at(pod, "/metadata/uid").to_string(), Instant::now());
+            self.acted
+                .insert(str_at(pod, "/metadata/uid").to_string(), Instant::now());
             let message = format!("Marking for deletion Pod {label}");
-            record_event(client, pod, "Normal", "TaintManagerEviction", &message, "taint-eviction-controller").await;
+            record_event(
+                client,
+                pod,
+                "Normal",
+                "TaintManagerEviction",
+                &message,
+                "taint-eviction-controller",
+            )
+            .await;
         }
     }
 
@@ -483,21 +550,17 @@ impl Lifecycle {
 }
 
 /// Waits until `rx` changes; a closed channel never does.
-async fn changed(rx: &mut watch::Receiver<u64>) {
-    if rx.changed().await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
 /// Watches nodes until the process ends: a round on every node, lease or
 /// pod change and every [`TICK`].
 pub async fn run(client: Client, caches: Caches, config: Config) {
     caches.nodes.wait_synced().await;
     caches.leases.wait_synced().await;
     caches.pods.wait_synced().await;
-    let mut nodes = caches.nodes.changes();
-    let mut leases = caches.leases.changes();
-    let mut pods = caches.pods.changes();
+    let mut changes = [
+        caches.nodes.changes(),
+        caches.leases.changes(),
+        caches.pods.changes(),
+    ];
     let mut lifecycle = Lifecycle {
         config,
         first_seen: HashMap::new(),
@@ -505,17 +568,8 @@ pub async fn run(client: Client, caches: Caches, config: Config) {
         acted: HashMap::new(),
     };
     loop {
-        for rx in [&mut nodes, &mut leases, &mut pods] {
-            rx.borrow_and_update();
-        }
         lifecycle.round(&client, &caches).await;
-        tokio::select! {
-            _ = changed(&mut nodes) => {}
-            _ = changed(&mut leases) => {}
-            _ = changed(&mut pods) => {}
-            _ = tokio::time::sleep(TICK) => {}
-        }
-        tokio::time::sleep(DEBOUNCE).await;
+        super::wait_for_change(&mut changes, TICK, DEBOUNCE).await;
     }
 }
 
@@ -532,8 +586,10 @@ mod tests {
     }
 
     fn node(ready: &str, heartbeat: i64) -> Value {
-        let c = |t: &str, s: &str| json!({"type": t, "status": s, "reason": "KubeletReady",
-            "lastHeartbeatTime": at(heartbeat), "lastTransitionTime": at(-3600)});
+        let c = |t: &str, s: &str| {
+            json!({"type": t, "status": s, "reason": "KubeletReady",
+            "lastHeartbeatTime": at(heartbeat), "lastTransitionTime": at(-3600)})
+        };
         json!({
             "metadata": {"name": "n1", "creationTimestamp": at(-7200)},
             "spec": {"taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]},
@@ -549,7 +605,10 @@ mod tests {
     }
 
     fn keys(taints: &[Value]) -> Vec<String> {
-        taints.iter().map(|t| format!("{}:{}", taints::key(t), taints::effect(t))).collect()
+        taints
+            .iter()
+            .map(|t| format!("{}:{}", taints::key(t), taints::effect(t)))
+            .collect()
     }
 
     fn pod(tolerations: Value) -> Value {
@@ -583,12 +642,21 @@ mod tests {
         assert_eq!(health(&n, Some(&fresh), NOON, GRACE), Some(Health::Ready));
         // Without a lease the Ready condition's heartbeat counts.
         assert_eq!(health(&n, None, NOON, GRACE), Some(Health::Unknown));
-        assert_eq!(health(&node("True", -5), None, NOON, GRACE), Some(Health::Ready));
-        assert_eq!(health(&node("False", -5), None, NOON, GRACE), Some(Health::NotReady));
+        assert_eq!(
+            health(&node("True", -5), None, NOON, GRACE),
+            Some(Health::Ready)
+        );
+        assert_eq!(
+            health(&node("False", -5), None, NOON, GRACE),
+            Some(Health::NotReady)
+        );
         // A node that never posted anything counts from its creation.
         let bare = json!({"metadata": {"name": "n", "creationTimestamp": at(-10)}});
         assert_eq!(health(&bare, None, NOON, GRACE), None);
-        assert_eq!(health(&bare, None, NOON + 60_000, GRACE), Some(Health::Unknown));
+        assert_eq!(
+            health(&bare, None, NOON + 60_000, GRACE),
+            Some(Health::Unknown)
+        );
     }
 
     #[test]
@@ -612,12 +680,20 @@ mod tests {
         let t = reconciled_taints(&marked, h, &at(0)).expect("changed");
         assert_eq!(
             keys(&t),
-            ["dedicated:NoSchedule", "node.kubernetes.io/unreachable:NoSchedule", "node.kubernetes.io/unreachable:NoExecute"]
+            [
+                "dedicated:NoSchedule",
+                "node.kubernetes.io/unreachable:NoSchedule",
+                "node.kubernetes.io/unreachable:NoExecute"
+            ]
         );
         assert_eq!(t[2]["timeAdded"], at(0));
         assert!(t[1].get("timeAdded").is_none());
         marked["spec"]["taints"] = json!(t);
-        assert_eq!(reconciled_taints(&marked, h, &at(30)), None, "timeAdded is kept");
+        assert_eq!(
+            reconciled_taints(&marked, h, &at(30)),
+            None,
+            "timeAdded is kept"
+        );
     }
 
     #[test]
@@ -636,23 +712,39 @@ mod tests {
         let t = reconciled_taints(&n, h, &at(0)).unwrap();
         assert_eq!(
             keys(&t),
-            ["dedicated:NoSchedule", "node.kubernetes.io/not-ready:NoSchedule", "node.kubernetes.io/not-ready:NoExecute"]
+            [
+                "dedicated:NoSchedule",
+                "node.kubernetes.io/not-ready:NoSchedule",
+                "node.kubernetes.io/not-ready:NoExecute"
+            ]
         );
     }
 
     #[test]
     fn a_recovered_node_loses_the_taints() {
         let mut n = tainted(taints::UNREACHABLE, -100);
-        n["spec"]["taints"].as_array_mut().unwrap().insert(0, json!({"key": "dedicated", "value": "db", "effect": "NoSchedule"}));
+        n["spec"]["taints"].as_array_mut().unwrap().insert(
+            0,
+            json!({"key": "dedicated", "value": "db", "effect": "NoSchedule"}),
+        );
         // Its agent is back: lease fresh, Ready True again.
         n["status"]["conditions"] = node("True", -2)["status"]["conditions"].clone();
         let h = health(&n, Some(&lease(&at(-1))), NOON, GRACE);
         assert_eq!(h, Some(Health::Ready));
-        assert_eq!(keys(&reconciled_taints(&n, h, &at(0)).unwrap()), ["dedicated:NoSchedule"]);
+        assert_eq!(
+            keys(&reconciled_taints(&n, h, &at(0)).unwrap()),
+            ["dedicated:NoSchedule"]
+        );
         // Unknown → NotReady swaps the taints.
         let h = Some(Health::NotReady);
         let t = reconciled_taints(&tainted(taints::UNREACHABLE, -100), h, &at(0)).unwrap();
-        assert_eq!(keys(&t), ["node.kubernetes.io/not-ready:NoSchedule", "node.kubernetes.io/not-ready:NoExecute"]);
+        assert_eq!(
+            keys(&t),
+            [
+                "node.kubernetes.io/not-ready:NoSchedule",
+                "node.kubernetes.io/not-ready:NoExecute"
+            ]
+        );
         // A node still registering keeps what it has.
         let t = tainted(taints::NOT_READY, -1);
         assert_eq!(reconciled_taints(&t, None, &at(0)), None);
@@ -666,7 +758,11 @@ mod tests {
         let t = reconciled_taints(&n, Some(Health::Ready), &at(0)).unwrap();
         assert_eq!(
             keys(&t),
-            ["dedicated:NoSchedule", "node.kubernetes.io/unschedulable:NoSchedule", "node.kubernetes.io/disk-pressure:NoSchedule"]
+            [
+                "dedicated:NoSchedule",
+                "node.kubernetes.io/unschedulable:NoSchedule",
+                "node.kubernetes.io/disk-pressure:NoSchedule"
+            ]
         );
     }
 
@@ -675,9 +771,20 @@ mod tests {
         let mut n = node("True", -1);
         n["spec"]["taints"] = json!([{"key": "gpu", "effect": "NoExecute", "timeAdded": at(0)}]);
         assert_eq!(eviction(&pod(json!([])), &n, 300, NOON), Eviction::Now);
-        assert_eq!(eviction(&pod(json!([{"key": "gpu", "operator": "Exists"}])), &n, 300, NOON), Eviction::Never);
+        assert_eq!(
+            eviction(
+                &pod(json!([{"key": "gpu", "operator": "Exists"}])),
+                &n,
+                300,
+                NOON
+            ),
+            Eviction::Never
+        );
         // NoSchedule taints never evict.
-        assert_eq!(eviction(&pod(json!([])), &node("True", -1), 300, NOON), Eviction::Never);
+        assert_eq!(
+            eviction(&pod(json!([])), &node("True", -1), 300, NOON),
+            Eviction::Never
+        );
     }
 
     #[test]
@@ -686,18 +793,33 @@ mod tests {
         let p = pod(json!([]));
         assert_eq!(eviction(&p, &n, 300, NOON), Eviction::At(NOON + 200_000));
         assert_eq!(eviction(&p, &n, 300, NOON + 200_000), Eviction::Now);
-        assert_eq!(eviction(&p, &n, 60, NOON), Eviction::Now, "60 s after timeAdded has passed");
+        assert_eq!(
+            eviction(&p, &n, 60, NOON),
+            Eviction::Now,
+            "60 s after timeAdded has passed"
+        );
     }
 
     #[test]
     fn explicit_tolerations_decide_the_timing() {
         let n = tainted(taints::NOT_READY, -100);
-        let short = pod(json!([{"key": taints::NOT_READY, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30}]));
+        let short = pod(
+            json!([{"key": taints::NOT_READY, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30}]),
+        );
         assert_eq!(eviction(&short, &n, 300, NOON), Eviction::Now);
-        let long = pod(json!([{"key": taints::NOT_READY, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 3600}]));
-        assert_eq!(eviction(&long, &n, 300, NOON), Eviction::At(NOON + 3_500_000));
-        let forever = pod(json!([{"key": taints::NOT_READY, "operator": "Exists", "effect": "NoExecute"}]));
-        assert_eq!(eviction(&forever, &n, 300, NOON + 999_999_000), Eviction::Never);
+        let long = pod(
+            json!([{"key": taints::NOT_READY, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 3600}]),
+        );
+        assert_eq!(
+            eviction(&long, &n, 300, NOON),
+            Eviction::At(NOON + 3_500_000)
+        );
+        let forever =
+            pod(json!([{"key": taints::NOT_READY, "operator": "Exists", "effect": "NoExecute"}]));
+        assert_eq!(
+            eviction(&forever, &n, 300, NOON + 999_999_000),
+            Eviction::Never
+        );
         let all = pod(json!([{"operator": "Exists"}]));
         assert_eq!(eviction(&all, &n, 300, NOON), Eviction::Never);
     }
@@ -709,7 +831,10 @@ mod tests {
         let mut p = pod(json!([]));
         p["metadata"]["deletionTimestamp"] = json!(at(20));
         p["metadata"]["deletionGracePeriodSeconds"] = json!(30);
-        assert!(!should_force_delete(&p, &n, NOON), "within the grace period");
+        assert!(
+            !should_force_delete(&p, &n, NOON),
+            "within the grace period"
+        );
         assert!(!should_force_delete(&p, &n, NOON + 19_000));
         assert!(should_force_delete(&p, &n, NOON + 20_000));
         // The node must have been lost for a whole grace period too.
@@ -727,7 +852,10 @@ mod tests {
         p["status"] = json!({"conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": at(-50)}]});
         let marked = marked_not_ready(&p, &at(0)).unwrap();
         assert_eq!(marked["status"]["conditions"][0]["status"], "False");
-        assert_eq!(marked["status"]["conditions"][0]["lastTransitionTime"], at(0));
+        assert_eq!(
+            marked["status"]["conditions"][0]["lastTransitionTime"],
+            at(0)
+        );
         assert_eq!(marked_not_ready(&marked, &at(1)), None);
     }
 

@@ -15,7 +15,6 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
 use super::{Caches, record_event};
 use crate::client::{Client, ClientError, PatchType, resource_path};
@@ -50,7 +49,12 @@ pub async fn run(client: Client, caches: Caches) {
     let mut controller = Controller::default();
     loop {
         let recheck = controller.reconcile_all(&client, &caches).await;
-        wait_for_change(&mut changes, recheck.map_or(RESYNC, |r| r.min(RESYNC))).await;
+        super::wait_for_change(
+            &mut changes,
+            recheck.map_or(RESYNC, |r| r.min(RESYNC)),
+            DEBOUNCE,
+        )
+        .await;
     }
 }
 
@@ -260,41 +264,6 @@ impl Expectations {
             .values()
             .map(|(d, _)| d.saturating_duration_since(now) + Duration::from_millis(10))
             .min()
-    }
-}
-
-/// Waits until any receiver sees a change or `timeout` passes, then lets
-/// the burst settle and marks everything seen.
-pub(crate) async fn wait_for_change(receivers: &mut [watch::Receiver<u64>], timeout: Duration) {
-    use std::future::Future;
-    use std::pin::Pin;
-    use std::task::Poll;
-    {
-        type Changed<'a> =
-            Pin<Box<dyn Future<Output = Result<(), watch::error::RecvError>> + Send + 'a>>;
-        let mut futures: Vec<Option<Changed<'_>>> = receivers
-            .iter_mut()
-            .map(|r| Some(Box::pin(r.changed()) as Changed<'_>))
-            .collect();
-        let any = std::future::poll_fn(|cx| {
-            for slot in futures.iter_mut() {
-                if let Some(f) = slot {
-                    match f.as_mut().poll(cx) {
-                        Poll::Ready(Ok(())) => return Poll::Ready(()),
-                        // A closed informer never changes again; only the
-                        // timeout wakes us for it.
-                        Poll::Ready(Err(_)) => *slot = None,
-                        Poll::Pending => {}
-                    }
-                }
-            }
-            Poll::Pending
-        });
-        let _ = tokio::time::timeout(timeout, any).await;
-    }
-    tokio::time::sleep(DEBOUNCE).await;
-    for r in receivers.iter_mut() {
-        r.borrow_and_update();
     }
 }
 
