@@ -24,6 +24,8 @@ pub enum Command {
     Server(ServerArgs),
     /// Run the datastore alone: a drop-in for kine or etcd under K3s or kube-apiserver.
     Kine(KineArgs),
+    /// Run a node agent: join a server, register this node, run its pods.
+    Agent(AgentArgs),
     /// Certificates for TLS and client-certificate auth.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -141,6 +143,134 @@ pub struct ServerArgs {
     /// Run the datastore only, without the Kubernetes API.
     #[arg(long)]
     pub disable_apiserver: bool,
+
+    /// Do not run an agent (pods run only on nodes that join).
+    #[arg(long)]
+    pub disable_agent: bool,
+
+    /// Run neither the scheduler nor the controllers.
+    #[arg(long)]
+    pub disable_controllers: bool,
+
+    #[command(flatten)]
+    pub node: NodeArgs,
+
+    /// A node whose heartbeat is older than this turns NotReady/Unknown
+    /// (kube-controller-manager's --node-monitor-grace-period).
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    pub node_monitor_grace_period: std::time::Duration,
+
+    /// How long pods stay on a not-ready or unreachable node before they are
+    /// evicted, for pods that do not say (kube's DefaultTolerationSeconds).
+    #[arg(long, default_value_t = 300)]
+    pub default_not_ready_toleration_seconds: u64,
+}
+
+/// Flags describing the node an agent runs (K3s's names).
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The node's name. Default: the host name.
+    #[arg(long, env = "K3RS_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// The address the node reports and its agent port listens on.
+    /// Default: the address of the default route, else 127.0.0.1.
+    #[arg(long, env = "K3RS_NODE_IP")]
+    pub node_ip: Option<std::net::IpAddr>,
+
+    /// A label for the node, KEY=VALUE (repeatable).
+    #[arg(long = "node-label")]
+    pub node_labels: Vec<String>,
+
+    /// A taint for the node, KEY[=VALUE]:EFFECT (repeatable).
+    #[arg(long = "node-taint")]
+    pub node_taints: Vec<String>,
+
+    /// The agent's port for logs (the kubelet's); 0 picks a free one.
+    #[arg(long, env = "K3RS_AGENT_PORT", default_value_t = 10250)]
+    pub agent_port: u16,
+}
+
+impl NodeArgs {
+    fn into_config(self, server: String, token: String, dir: PathBuf) -> Result<agent::Config> {
+        let node_name = match self.node_name {
+            Some(n) => n,
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_ascii_lowercase())
+                .context("cannot read the host name; give --node-name")?,
+        };
+        let mut labels = Vec::new();
+        for l in self.node_labels {
+            let (k, v) = l
+                .split_once('=')
+                .with_context(|| format!("--node-label {l:?} is not KEY=VALUE"))?;
+            labels.push((k.to_string(), v.to_string()));
+        }
+        for t in &self.node_taints {
+            let effect = t.rsplit_once(':').map(|(_, e)| e).unwrap_or("");
+            if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+                bail!(
+                    "--node-taint {t:?} is not KEY[=VALUE]:NoSchedule|PreferNoSchedule|NoExecute"
+                );
+            }
+        }
+        Ok(agent::Config {
+            server,
+            token,
+            dir,
+            node_name,
+            node_ip: self.node_ip,
+            port: self.agent_port,
+            labels,
+            taints: self.node_taints,
+        })
+    }
+}
+
+/// Flags of `k3rs agent` (K3s's names).
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The server to join, https://HOST:6443.
+    #[arg(long, env = "K3RS_URL")]
+    pub server: String,
+
+    /// The cluster token (the server's DATA_DIR/server/token).
+    #[arg(long, env = "K3RS_TOKEN", required_unless_present = "token_file")]
+    pub token: Option<String>,
+
+    /// A file holding the cluster token.
+    #[arg(long, env = "K3RS_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Directory for the agent's state. Default: /var/lib/k3rs as root, ~/.k3rs otherwise.
+    #[arg(long, env = "K3RS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub node: NodeArgs,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value = "plain")]
+    pub log_format: LogFormat,
+
+    /// Log at debug level (RUST_LOG overrides).
+    #[arg(long)]
+    pub debug: bool,
+}
+
+impl AgentArgs {
+    pub fn into_config(self) -> Result<agent::Config> {
+        let token = match (self.token, &self.token_file) {
+            (Some(t), _) => t,
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read the token file {}", f.display()))?
+                .trim()
+                .to_string(),
+            (None, None) => bail!("give --token or --token-file"),
+        };
+        let dir = self.data_dir.unwrap_or_else(default_data_dir).join("agent");
+        self.node.into_config(self.server, token, dir)
+    }
 }
 
 /// What `k3rs server` runs.
@@ -151,6 +281,9 @@ pub struct ServerConfig {
     pub debug: bool,
     /// The Kubernetes API; `None` with --disable-apiserver.
     pub api: Option<apiserver::Config>,
+    /// The server's own agent (its server URL and token are filled in
+    /// once the API is up); `None` with --disable-agent.
+    pub agent: Option<agent::Config>,
 }
 
 impl ServerArgs {
@@ -190,16 +323,33 @@ impl ServerArgs {
                 "the Kubernetes API reaches the embedded datastore over plain loopback; TLS on the datastore with the API is not built yet (use `k3rs kine` for a TLS datastore)"
             );
         }
+        let controllers = (!self.disable_controllers).then(|| apiserver::controllers::Config {
+            node_monitor_grace: self.node_monitor_grace_period,
+            default_toleration: std::time::Duration::from_secs(
+                self.default_not_ready_toleration_seconds,
+            ),
+        });
+        let agent_dir = server_dir.with_file_name("agent");
+        let agent = if self.disable_agent || self.disable_apiserver {
+            None
+        } else {
+            Some(
+                self.node
+                    .into_config(String::new(), String::new(), agent_dir)?,
+            )
+        };
         let api = (!self.disable_apiserver).then(|| apiserver::Config {
             listen: SocketAddr::new(self.bind_address, self.https_listen_port),
             server_dir,
             etcd_endpoint,
+            controllers,
         });
         Ok(ServerConfig {
             datastore,
             log_format,
             debug,
             api,
+            agent,
         })
     }
 }

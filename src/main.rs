@@ -42,6 +42,11 @@ fn run(cli: Cli) -> Result<()> {
             None => kine.datastore.into_config()?,
             Some(KineCommand::Snapshot(command)) => return run_snapshot(command),
         },
+        Command::Agent(args) => {
+            init_tracing(args.log_format, args.debug);
+            let config = args.into_config()?;
+            return runtime()?.block_on(run_agent(config));
+        }
         Command::Certs(CertsCommand::Generate(args)) => {
             certs::generate(&args.dir, &args.hosts)?;
             eprintln!(
@@ -82,11 +87,30 @@ async fn run_server(config: cli::ServerConfig) -> Result<()> {
             "serving the Kubernetes API; use it with: kubectl --kubeconfig {}",
             running.kubeconfig.display()
         );
+        if let Some(mut agent) = config.agent {
+            // The server's own agent joins it like any other, over loopback.
+            agent.server = format!("https://127.0.0.1:{}", running.local_addr.port());
+            agent.token = running.token.clone();
+            tokio::spawn(async move {
+                if let Err(e) = agent::run(agent).await {
+                    tracing::error!(error = %format!("{e:#}"), "the server's agent stopped");
+                }
+            });
+        }
         running.task.await?;
     }
     match datastore {
         Some(d) => d.await?,
         None => Ok(()),
+    }
+}
+
+/// `k3rs agent`: joins a server and runs this node's pods until SIGINT or
+/// SIGTERM (the pods' processes stay; the next start cleans them up).
+async fn run_agent(config: agent::Config) -> Result<()> {
+    tokio::select! {
+        r = agent::run(config) => r,
+        _ = shutdown_signal() => Ok(()),
     }
 }
 

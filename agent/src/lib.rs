@@ -1,5 +1,126 @@
-//! k3rs's node agent (the kubelet's job, for host processes).
+//! k3rs's node agent (the kubelet's job, for host processes): joins the
+//! cluster, registers its Node, renews its Lease, runs the pods bound to it
+//! and serves their logs.
+//!
+//! - `join`: the CA check against the token, the node password, the
+//!   agent port's certificate.
+//! - `node`: the Node object, its status and the Lease heartbeat.
+//! - `pods`: this node's pods from the API to the supervisor and back.
+//! - `supervisor`: each pod's containers, restarts, probes and status;
+//!   `runtime`: how a container runs (host processes, behind a trait);
+//!   `probes`: readiness, liveness and startup probes.
+//! - `logs`: the agent's HTTPS port, serving container logs.
 
+pub mod join;
+pub mod logs;
+pub mod node;
+pub mod pods;
 pub mod probes;
 pub mod runtime;
 pub mod supervisor;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+/// How to run the agent.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The server, `https://HOST:6443`.
+    pub server: String,
+    /// The cluster token (`K10<CA hash>::server:<secret>`).
+    pub token: String,
+    /// The agent's directory: node password, pod directories, logs.
+    pub dir: PathBuf,
+    pub node_name: String,
+    /// The address the node reports and its port listens on; `None`: the
+    /// address of the default route, else 127.0.0.1.
+    pub node_ip: Option<IpAddr>,
+    /// The agent's port (the kubelet's 10250); 0 picks a free one.
+    pub port: u16,
+    pub labels: Vec<(String, String)>,
+    pub taints: Vec<String>,
+}
+
+/// The address this machine reaches others from (no packet is sent).
+fn default_ip() -> IpAddr {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("192.0.2.1:9").map(|_| s))
+        .and_then(|s| s.local_addr());
+    match probe {
+        Ok(a) if !a.ip().is_unspecified() => a.ip(),
+        _ => IpAddr::from([127, 0, 0, 1]),
+    }
+}
+
+/// Joins (retrying while the server is unreachable), registers the node and
+/// runs until the process ends; errors that retrying cannot fix end it.
+pub async fn run(config: Config) -> Result<()> {
+    let ip = config.node_ip.unwrap_or_else(default_ip);
+    let listener = logs::bind(SocketAddr::new(ip, config.port)).await?;
+    let port = listener.local_addr()?.port();
+    let mut delay = Duration::from_millis(200);
+    let joined = loop {
+        match join::join(
+            &config.server,
+            &config.token,
+            &config.node_name,
+            &[ip.to_string()],
+            &config.dir,
+        )
+        .await
+        {
+            Ok(j) => break j,
+            Err(join::JoinError::Refused(e)) => return Err(e),
+            Err(join::JoinError::Unreachable(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), "waiting for the server");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    let pods_dir = config.dir.join("pods");
+    std::fs::create_dir_all(&pods_dir)
+        .with_context(|| format!("cannot create {}", pods_dir.display()))?;
+    runtime::cleanup_orphans(&pods_dir);
+    let process_runtime: Arc<dyn runtime::Runtime> = Arc::new(runtime::ProcessRuntime);
+    let (supervisor, updates) =
+        supervisor::Supervisor::new(pods_dir, process_runtime, ip.to_string());
+    let supervisor = Arc::new(supervisor);
+    logs::serve(
+        listener,
+        &joined.serving_cert_pem,
+        &joined.serving_key_pem,
+        supervisor.clone(),
+        joined.token.clone(),
+    )?;
+    let info = node::NodeInfo {
+        name: config.node_name.clone(),
+        address: ip.to_string(),
+        agent_port: port,
+        labels: config.labels.clone(),
+        taints: config.taints.clone(),
+    };
+    let client = joined.client.clone();
+    let registered = loop {
+        match node::register(&client, &info).await {
+            Ok(n) => break n,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "registering the node failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    tracing::info!(node = %info.name, address = %ip, port, server = %config.server, "node registered; running its pods");
+    let uid = registered["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    tokio::spawn(node::heartbeat(client.clone(), info, uid));
+    tokio::spawn(pods::report(client.clone(), updates));
+    pods::run(client, config.node_name, supervisor).await;
+    Ok(())
+}

@@ -1,1 +1,1357 @@
-//! Placeholder until written.
+//! The pods of this node, run the way the kubelet runs them: init
+//! containers in order, then the containers side by side, restarted per
+//! the restart policy with the kubelet's crash-loop back-off, watched by
+//! their probes, and stopped gracefully. Every change of a pod's status is
+//! sent as a `PodUpdate` for the agent to write to the API.
+//!
+//! Each pod runs in its own task (and each of its containers in one more);
+//! the `Supervisor` only keeps a handle per pod, keyed by uid. Each pod has
+//! a directory `ROOT/<uid>` holding the container logs
+//! (`<container>/<restartCount>.log`) and pid files.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use apiserver::objects::{now, rfc3339};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::probes::{Probe, ProbeContext, Prober};
+use crate::runtime::{Container, ContainerSpec, Exit, Runtime, Signal};
+
+/// Status updates queued for the agent; a full queue holds pod tasks back
+/// rather than dropping a status.
+const UPDATE_QUEUE: usize = 1024;
+/// The kubelet's crash-loop back-off: the first delay, doubled each restart...
+const BACKOFF_BASE: Duration = Duration::from_secs(10);
+/// ...up to this.
+const BACKOFF_CAP: Duration = Duration::from_secs(300);
+/// `terminationGracePeriodSeconds` when the pod does not say.
+const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
+/// A pod's new status, for `pods/NAME/status`.
+#[derive(Debug, Clone)]
+pub struct PodUpdate {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// The full pod `.status`.
+    pub status: Value,
+}
+
+/// Runs the pods bound to this node.
+pub struct Supervisor {
+    root: PathBuf,
+    runtime: Arc<dyn Runtime>,
+    node_ip: String,
+    backoff: Backoff,
+    updates: mpsc::Sender<PodUpdate>,
+    /// By uid. A std mutex: nothing awaits while holding it.
+    pods: Mutex<HashMap<String, PodEntry>>,
+}
+
+/// The supervisor's handle on one pod's task.
+struct PodEntry {
+    shared: Arc<PodShared>,
+    /// The grace period once the pod is told to stop.
+    stop: watch::Sender<Option<Duration>>,
+    /// Becomes true when every process of the pod is gone.
+    done: watch::Receiver<bool>,
+    /// Order of arrival, so the newest of two same-named pods wins lookups.
+    seq: u64,
+}
+
+impl Supervisor {
+    /// root: DATA_DIR/agent/pods; node_ip: the node's InternalIP (hostIP/podIP, host network).
+    pub fn new(
+        root: PathBuf,
+        runtime: Arc<dyn Runtime>,
+        node_ip: String,
+    ) -> (Supervisor, mpsc::Receiver<PodUpdate>) {
+        let (updates, rx) = mpsc::channel(UPDATE_QUEUE);
+        let supervisor = Supervisor {
+            root,
+            runtime,
+            node_ip,
+            backoff: Backoff {
+                base: BACKOFF_BASE,
+                cap: BACKOFF_CAP,
+            },
+            updates,
+            pods: Mutex::default(),
+        };
+        (supervisor, rx)
+    }
+
+    /// Replaces the crash-loop back-off (10 s doubling to 300 s), for tests.
+    pub fn with_backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.backoff = Backoff {
+            base,
+            cap: cap.max(base),
+        };
+        self
+    }
+
+    /// Called on every event for a pod bound to this node (not being
+    /// deleted): starts it if its uid is new, else does nothing (pod specs
+    /// are immutable apart from things we ignore). A pod already Succeeded
+    /// or Failed is never run again. Non-blocking.
+    pub fn sync(&self, pod: &Value) {
+        let uid = text(pod, "/metadata/uid");
+        if uid.is_empty() || matches!(text(pod, "/status/phase"), "Succeeded" | "Failed") {
+            return;
+        }
+        let mut pods = lock(&self.pods);
+        if pods.contains_key(uid) {
+            return;
+        }
+        let Ok(tokio) = tokio::runtime::Handle::try_current() else {
+            tracing::error!("Supervisor::sync called outside a tokio runtime");
+            return;
+        };
+        let dir = self.root.join(uid);
+        let spec = Arc::new(PodSpec::parse(pod, &dir));
+        let shared = Arc::new(PodShared {
+            namespace: text(pod, "/metadata/namespace").to_string(),
+            name: text(pod, "/metadata/name").to_string(),
+            uid: uid.to_string(),
+            state: Mutex::new(PodState::new(pod, &spec, &self.node_ip)),
+            last_sent: tokio::sync::Mutex::new(None),
+            updates: self.updates.clone(),
+        });
+        let (stop, stop_rx) = watch::channel(None);
+        let (done_tx, done) = watch::channel(false);
+        let run = PodRun {
+            shared: shared.clone(),
+            runtime: self.runtime.clone(),
+            spec,
+            dir,
+            backoff: self.backoff,
+            stop: stop_rx,
+        };
+        tracing::info!(pod = %shared.name, namespace = %shared.namespace, uid, "starting pod");
+        tokio.spawn(async move {
+            run.run_pod().await;
+            let _ = done_tx.send(true);
+        });
+        let seq = pods.values().map(|p| p.seq + 1).max().unwrap_or(0);
+        pods.insert(
+            uid.to_string(),
+            PodEntry {
+                shared,
+                stop,
+                done,
+                seq,
+            },
+        );
+    }
+
+    /// Graceful stop (pod deletion): SIGTERM to every container, wait up to
+    /// `grace`, SIGKILL; resolves once all its processes are gone, after a
+    /// final PodUpdate (containers terminated, phase Succeeded or Failed as
+    /// the kubelet leaves a deleted pod). Unknown uid: returns at once.
+    pub async fn terminate(&self, uid: &str, grace: Duration) {
+        let Some((shared, mut done)) = self.stop_pod(uid, grace) else {
+            return;
+        };
+        let _ = done.wait_for(|d| *d).await;
+        // A pod that had already finished gets its terminal status too.
+        shared.report().await;
+    }
+
+    /// The pod is gone from the API: kill anything left (SIGKILL), forget
+    /// it, remove its directory.
+    pub async fn remove(&self, uid: &str) {
+        let Some((_, mut done)) = self.stop_pod(uid, Duration::ZERO) else {
+            return;
+        };
+        let _ = done.wait_for(|d| *d).await;
+        lock(&self.pods).remove(uid);
+        let dir = self.root.join(uid);
+        if let Err(e) = tokio::fs::remove_dir_all(&dir).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "removing a pod directory failed");
+        }
+    }
+
+    /// Tells a pod to stop within `grace` (or sooner if already told so).
+    fn stop_pod(
+        &self,
+        uid: &str,
+        grace: Duration,
+    ) -> Option<(Arc<PodShared>, watch::Receiver<bool>)> {
+        let pods = lock(&self.pods);
+        let entry = pods.get(uid)?;
+        lock(&entry.shared.state).terminating = true;
+        entry
+            .stop
+            .send_modify(|g| *g = Some(g.map_or(grace, |old| old.min(grace))));
+        Some((entry.shared.clone(), entry.done.clone()))
+    }
+
+    /// UIDs currently supervised.
+    pub fn uids(&self) -> Vec<String> {
+        lock(&self.pods).keys().cloned().collect()
+    }
+
+    /// Log file of a container: the current run, or with previous=true the
+    /// run before it. None if unknown or never written. Past 10 MiB the
+    /// older part of a run is in the same path with `.1` appended.
+    pub fn log_path(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        previous: bool,
+    ) -> Option<PathBuf> {
+        let pods = lock(&self.pods);
+        let (uid, entry) = pods
+            .iter()
+            .filter(|(_, e)| e.shared.namespace == namespace && e.shared.name == pod)
+            .max_by_key(|(_, e)| e.seq)?;
+        let restarts = {
+            let state = lock(&entry.shared.state);
+            state
+                .init
+                .iter()
+                .chain(&state.containers)
+                .find(|c| c.name == container)?
+                .restarts
+        };
+        let run = if previous {
+            restarts.checked_sub(1)?
+        } else {
+            restarts
+        };
+        let path = log_path(&self.root.join(uid), container, run);
+        path.exists().then_some(path)
+    }
+
+    /// Containers of a pod by name (not its init containers), for
+    /// `kubectl logs` without -c.
+    pub fn containers(&self, namespace: &str, pod: &str) -> Option<Vec<String>> {
+        let pods = lock(&self.pods);
+        let entry = pods
+            .values()
+            .filter(|e| e.shared.namespace == namespace && e.shared.name == pod)
+            .max_by_key(|e| e.seq)?;
+        let state = lock(&entry.shared.state);
+        Some(state.containers.iter().map(|c| c.name.clone()).collect())
+    }
+}
+
+/// Locks, ignoring poisoning: the guarded data stays consistent because
+/// no code panics halfway through an edit.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+fn log_path(pod_dir: &Path, container: &str, run: u32) -> PathBuf {
+    pod_dir.join(container).join(format!("{run}.log"))
+}
+
+fn timestamp(t: SystemTime) -> String {
+    rfc3339(
+        t.duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
+    )
+}
+
+/// The crash-loop back-off settings.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    base: Duration,
+    cap: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// What the supervisor needs from the pod spec, read once.
+struct PodSpec {
+    policy: RestartPolicy,
+    /// terminationGracePeriodSeconds, used when a liveness probe fails.
+    grace: Duration,
+    init: Vec<ContainerDef>,
+    containers: Vec<ContainerDef>,
+}
+
+struct ContainerDef {
+    spec: ContainerSpec,
+    startup: Option<Probe>,
+    readiness: Option<Probe>,
+    liveness: Option<Probe>,
+}
+
+impl PodSpec {
+    fn parse(pod: &Value, dir: &Path) -> PodSpec {
+        let name = text(pod, "/metadata/name");
+        let defs = |key: &str| -> Vec<ContainerDef> {
+            let list = pod
+                .pointer(&format!("/spec/{key}"))
+                .and_then(Value::as_array);
+            list.into_iter()
+                .flatten()
+                .map(|c| {
+                    let spec = ContainerSpec::from_json(c, name, dir);
+                    let probe = |kind: &str| {
+                        let p = c.get(kind).filter(|p| p.is_object())?;
+                        Probe::parse(p, c)
+                            .inspect_err(|e| {
+                                tracing::warn!(pod = name, container = %spec.name, probe = kind, error = %e, "ignoring probe")
+                            })
+                            .ok()
+                    };
+                    ContainerDef {
+                        startup: probe("startupProbe"),
+                        readiness: probe("readinessProbe"),
+                        liveness: probe("livenessProbe"),
+                        spec,
+                    }
+                })
+                .collect()
+        };
+        let policy = match text(pod, "/spec/restartPolicy") {
+            "OnFailure" => RestartPolicy::OnFailure,
+            "Never" => RestartPolicy::Never,
+            _ => RestartPolicy::Always,
+        };
+        let grace = pod
+            .pointer("/spec/terminationGracePeriodSeconds")
+            .and_then(Value::as_u64)
+            .map_or(DEFAULT_GRACE, Duration::from_secs);
+        PodSpec {
+            policy,
+            grace,
+            init: defs("initContainers"),
+            containers: defs("containers"),
+        }
+    }
+
+    fn def(&self, slot: Slot) -> &ContainerDef {
+        if slot.init {
+            &self.init[slot.index]
+        } else {
+            &self.containers[slot.index]
+        }
+    }
+
+    /// Whether a container that exited with `code` runs again. Init
+    /// containers rerun only on failure, and not under Never.
+    fn restarts(&self, init: bool, code: i32) -> bool {
+        match self.policy {
+            RestartPolicy::Never => false,
+            RestartPolicy::OnFailure => code != 0,
+            RestartPolicy::Always => !init || code != 0,
+        }
+    }
+}
+
+/// Which container of the pod.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    init: bool,
+    index: usize,
+}
+
+/// A pod's status as its tasks keep it, shared with the supervisor.
+struct PodShared {
+    namespace: String,
+    name: String,
+    uid: String,
+    /// A std mutex: never held across an await.
+    state: Mutex<PodState>,
+    /// The last status sent. An async mutex held across the send, so
+    /// updates leave in the order the status changed.
+    last_sent: tokio::sync::Mutex<Option<Value>>,
+    updates: mpsc::Sender<PodUpdate>,
+}
+
+impl PodShared {
+    fn edit<R>(&self, f: impl FnOnce(&mut PodState) -> R) -> R {
+        f(&mut lock(&self.state))
+    }
+
+    /// Sends the status if it changed since the last one sent.
+    async fn report(&self) {
+        let mut last = self.last_sent.lock().await;
+        let status = lock(&self.state).status();
+        if last.as_ref() == Some(&status) {
+            return;
+        }
+        *last = Some(status.clone());
+        let update = PodUpdate {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            status,
+        };
+        // Closed only when the agent is shutting down.
+        let _ = self.updates.send(update).await;
+    }
+
+    async fn update<R>(&self, f: impl FnOnce(&mut PodState) -> R) -> R {
+        let r = self.edit(f);
+        self.report().await;
+        r
+    }
+
+    async fn update_container<R>(
+        &self,
+        slot: Slot,
+        f: impl FnOnce(&mut ContainerStatus) -> R,
+    ) -> R {
+        self.update(|s| f(s.container(slot))).await
+    }
+}
+
+/// One container's status.
+#[derive(Debug, Clone)]
+struct ContainerStatus {
+    name: String,
+    image: String,
+    /// Of the latest run; None until one started.
+    id: Option<String>,
+    state: State,
+    last: Option<Terminated>,
+    restarts: u32,
+    ready: bool,
+    started: bool,
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    Waiting {
+        reason: &'static str,
+        message: Option<String>,
+    },
+    Running {
+        started_at: String,
+    },
+    Terminated(Terminated),
+}
+
+#[derive(Debug, Clone)]
+struct Terminated {
+    exit_code: i32,
+    signal: Option<i32>,
+    reason: &'static str,
+    message: Option<String>,
+    started_at: String,
+    finished_at: String,
+    id: Option<String>,
+}
+
+impl Terminated {
+    fn from_exit(exit: &Exit, started_at: SystemTime, id: &str) -> Terminated {
+        Terminated {
+            exit_code: exit.code,
+            signal: exit.signal,
+            reason: if exit.code == 0 { "Completed" } else { "Error" },
+            message: None,
+            started_at: timestamp(started_at),
+            finished_at: timestamp(exit.finished_at),
+            id: Some(id.to_string()),
+        }
+    }
+
+    fn json(&self) -> Value {
+        let mut t = json!({
+            "exitCode": self.exit_code,
+            "reason": self.reason,
+            "startedAt": self.started_at,
+            "finishedAt": self.finished_at,
+        });
+        if let Some(signal) = self.signal {
+            t["signal"] = json!(signal);
+        }
+        if let Some(message) = &self.message {
+            t["message"] = json!(message);
+        }
+        if let Some(id) = &self.id {
+            t["containerID"] = json!(id);
+        }
+        t
+    }
+}
+
+impl ContainerStatus {
+    fn waiting(spec: &ContainerSpec, reason: &'static str) -> ContainerStatus {
+        ContainerStatus {
+            name: spec.name.clone(),
+            image: spec.image.clone(),
+            id: None,
+            state: State::Waiting {
+                reason,
+                message: None,
+            },
+            last: None,
+            restarts: 0,
+            ready: false,
+            started: false,
+        }
+    }
+
+    fn json(&self) -> Value {
+        let state = match &self.state {
+            State::Waiting { reason, message } => {
+                let mut w = json!({"reason": reason});
+                if let Some(m) = message {
+                    w["message"] = json!(m);
+                }
+                json!({"waiting": w})
+            }
+            State::Running { started_at } => json!({"running": {"startedAt": started_at}}),
+            State::Terminated(t) => json!({"terminated": t.json()}),
+        };
+        let last = self
+            .last
+            .as_ref()
+            .map_or(json!({}), |t| json!({"terminated": t.json()}));
+        let mut c = json!({
+            "name": self.name,
+            "image": self.image,
+            "imageID": if self.id.is_some() { format!("process://{}", self.image) } else { String::new() },
+            "ready": self.ready,
+            "started": self.started,
+            "restartCount": self.restarts,
+            "state": state,
+            "lastState": last,
+        });
+        if let Some(id) = &self.id {
+            c["containerID"] = json!(id);
+        }
+        c
+    }
+
+    /// Terminated, or waiting to restart after a termination.
+    fn last_exit(&self) -> Option<i32> {
+        match (&self.state, &self.last) {
+            (State::Terminated(t), _) => Some(t.exit_code),
+            (State::Waiting { .. }, Some(t)) => Some(t.exit_code),
+            _ => None,
+        }
+    }
+}
+
+/// Everything the pod's status is computed from.
+struct PodState {
+    policy: RestartPolicy,
+    init: Vec<ContainerStatus>,
+    containers: Vec<ContainerStatus>,
+    initialized: bool,
+    /// Told to stop (deletion): nothing restarts, and the pod ends terminal.
+    terminating: bool,
+    /// Every container is done for good (the pod task ended).
+    finished: bool,
+    start_time: String,
+    node_ip: String,
+    /// Condition type → (status, lastTransitionTime).
+    transitions: HashMap<&'static str, (bool, String)>,
+    scheduled: Value,
+    qos_class: Option<Value>,
+}
+
+impl PodState {
+    fn new(pod: &Value, spec: &PodSpec, node_ip: &str) -> PodState {
+        let start_time = now();
+        let first = if spec.init.is_empty() {
+            "ContainerCreating"
+        } else {
+            "PodInitializing"
+        };
+        let scheduled = pod
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "PodScheduled"))
+            .cloned()
+            .unwrap_or_else(|| {
+                json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": start_time})
+            });
+        PodState {
+            policy: spec.policy,
+            init: spec
+                .init
+                .iter()
+                .map(|c| ContainerStatus::waiting(&c.spec, "PodInitializing"))
+                .collect(),
+            containers: spec
+                .containers
+                .iter()
+                .map(|c| ContainerStatus::waiting(&c.spec, first))
+                .collect(),
+            initialized: spec.init.is_empty(),
+            terminating: false,
+            finished: false,
+            start_time,
+            node_ip: node_ip.to_string(),
+            transitions: HashMap::new(),
+            scheduled,
+            qos_class: pod.pointer("/status/qosClass").cloned(),
+        }
+    }
+
+    fn container(&mut self, slot: Slot) -> &mut ContainerStatus {
+        if slot.init {
+            &mut self.init[slot.index]
+        } else {
+            &mut self.containers[slot.index]
+        }
+    }
+
+    /// The kubelet's getPhase.
+    fn phase(&self) -> &'static str {
+        let (mut pending_init, mut failed_init) = (false, false);
+        for c in &self.init {
+            match (&c.state, c.last_exit()) {
+                (State::Running { .. }, _) | (_, None) => pending_init = true,
+                (_, Some(code)) => failed_init |= code != 0,
+            }
+        }
+        if failed_init && self.policy == RestartPolicy::Never {
+            return "Failed";
+        }
+        let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
+        for c in &self.containers {
+            match (&c.state, c.last_exit()) {
+                (State::Running { .. }, _) => running += 1,
+                (State::Terminated(t), _) => {
+                    stopped += 1;
+                    succeeded += usize::from(t.exit_code == 0);
+                }
+                (State::Waiting { .. }, Some(_)) => stopped += 1,
+                (State::Waiting { .. }, None) => waiting += 1,
+            }
+        }
+        if pending_init || waiting > 0 {
+            "Pending"
+        } else if running > 0 {
+            "Running"
+        } else if stopped == 0 {
+            "Pending"
+        } else if self.terminating && self.finished {
+            // A deleted pod ends terminal whatever its restart policy.
+            if stopped == succeeded {
+                "Succeeded"
+            } else {
+                "Failed"
+            }
+        } else if self.policy == RestartPolicy::Always {
+            "Running"
+        } else if stopped == succeeded {
+            "Succeeded"
+        } else if self.policy == RestartPolicy::Never {
+            "Failed"
+        } else {
+            "Running"
+        }
+    }
+
+    /// The full `.status`, updating condition transition times.
+    fn status(&mut self) -> Value {
+        let phase = self.phase();
+        let completed = matches!(phase, "Succeeded" | "Failed");
+        let names = |cs: &[ContainerStatus], keep: &dyn Fn(&ContainerStatus) -> bool| {
+            cs.iter()
+                .filter(|c| keep(c))
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let unready = names(&self.containers, &|c| !c.ready);
+        let uninitialized = names(
+            &self.init,
+            &|c| !matches!(&c.state, State::Terminated(t) if t.exit_code == 0),
+        );
+        let ready = self.containers.iter().all(|c| c.ready) && !completed;
+        let ready_why = if completed {
+            Some(("PodCompleted", None))
+        } else if !ready {
+            Some((
+                "ContainersNotReady",
+                Some(format!("containers with unready status: [{unready}]")),
+            ))
+        } else {
+            None
+        };
+        let init_why = (!self.initialized).then(|| {
+            (
+                "ContainersNotInitialized",
+                Some(format!(
+                    "containers with incomplete status: [{uninitialized}]"
+                )),
+            )
+        });
+        let mut conditions = vec![
+            self.condition(
+                "PodReadyToStartContainers",
+                !(self.terminating && self.finished),
+                None,
+            ),
+            self.condition("Initialized", self.initialized, init_why),
+            self.condition("Ready", ready, ready_why.clone()),
+            self.condition("ContainersReady", ready, ready_why),
+        ];
+        conditions.push(self.scheduled.clone());
+        let mut status = json!({
+            "phase": phase,
+            "conditions": conditions,
+            "hostIP": self.node_ip,
+            "hostIPs": [{"ip": self.node_ip}],
+            "podIP": self.node_ip,
+            "podIPs": [{"ip": self.node_ip}],
+            "startTime": self.start_time,
+            "containerStatuses": self.containers.iter().map(ContainerStatus::json).collect::<Vec<_>>(),
+        });
+        if !self.init.is_empty() {
+            status["initContainerStatuses"] = self.init.iter().map(ContainerStatus::json).collect();
+        }
+        if let Some(qos) = &self.qos_class {
+            status["qosClass"] = qos.clone();
+        }
+        status
+    }
+
+    fn condition(
+        &mut self,
+        kind: &'static str,
+        ok: bool,
+        why: Option<(&'static str, Option<String>)>,
+    ) -> Value {
+        let entry = self.transitions.entry(kind).or_insert_with(|| (ok, now()));
+        if entry.0 != ok {
+            *entry = (ok, now());
+        }
+        let mut c = json!({
+            "type": kind,
+            "status": if ok { "True" } else { "False" },
+            "lastProbeTime": null,
+            "lastTransitionTime": entry.1,
+        });
+        if let Some((reason, message)) = why {
+            c["reason"] = json!(reason);
+            if let Some(m) = message {
+                c["message"] = json!(m);
+            }
+        }
+        c
+    }
+}
+
+/// What one pod's tasks share.
+#[derive(Clone)]
+struct PodRun {
+    shared: Arc<PodShared>,
+    runtime: Arc<dyn Runtime>,
+    spec: Arc<PodSpec>,
+    dir: PathBuf,
+    backoff: Backoff,
+    /// Some(grace) once the pod is to stop.
+    stop: watch::Receiver<Option<Duration>>,
+}
+
+/// How one run of a container ended.
+struct RunEnd {
+    terminated: Terminated,
+    /// Ended because the pod was told to stop.
+    stopped: bool,
+}
+
+impl PodRun {
+    /// The pod's task: init containers in order, then all containers.
+    async fn run_pod(self) {
+        if let Err(e) = tokio::fs::create_dir_all(&self.dir).await {
+            // Its containers will fail to start, which shows in the status.
+            tracing::error!(dir = %self.dir.display(), error = %e, "creating the pod directory failed");
+        }
+        self.shared.report().await;
+        let mut initialized = true;
+        for index in 0..self.spec.init.len() {
+            if self.clone().run_container(Slot { init: true, index }).await != Some(0) {
+                initialized = false;
+                break;
+            }
+        }
+        if initialized && self.stop.borrow().is_none() {
+            self.shared
+                .update(|s| {
+                    s.initialized = true;
+                    for c in &mut s.containers {
+                        c.state = State::Waiting {
+                            reason: "ContainerCreating",
+                            message: None,
+                        };
+                    }
+                })
+                .await;
+            let mut tasks = tokio::task::JoinSet::new();
+            for index in 0..self.spec.containers.len() {
+                tasks.spawn(self.clone().run_container(Slot { init: false, index }));
+            }
+            while tasks.join_next().await.is_some() {}
+        }
+        self.shared.update(|s| s.finished = true).await;
+        tracing::info!(pod = %self.shared.name, namespace = %self.shared.namespace, "pod finished");
+    }
+
+    /// Runs a container, restarting it per the policy, until it is done
+    /// for good. Returns its last exit code; None if it never ran.
+    async fn run_container(mut self, slot: Slot) -> Option<i32> {
+        // An owned handle, so `def` does not borrow `self`.
+        let pod_spec = self.spec.clone();
+        let def = pod_spec.def(slot);
+        let mut backoff: Option<(Duration, Instant)> = None;
+        let mut exit_code = None;
+        loop {
+            if self.stop.borrow().is_some() {
+                return exit_code;
+            }
+            let run = self.shared.edit(|s| s.container(slot).restarts);
+            let mut spec = def.spec.clone();
+            spec.log_path = log_path(&self.dir, &spec.name, run);
+            if let Some(old) = run.checked_sub(2) {
+                // Only the current and the previous run's logs are kept.
+                let old = log_path(&self.dir, &spec.name, old);
+                let _ = tokio::fs::remove_file(old.with_extension("log.1")).await;
+                let _ = tokio::fs::remove_file(old).await;
+            }
+            let end = match self.runtime.start(&spec).await {
+                Ok(container) => self.run_started(slot, container).await,
+                Err(e) => {
+                    tracing::warn!(pod = %self.shared.name, container = %spec.name, error = %e, "container failed to start");
+                    RunEnd {
+                        terminated: Terminated {
+                            exit_code: 128,
+                            signal: None,
+                            reason: "StartError",
+                            message: Some(e.message),
+                            // As containerd reports a container that never started.
+                            started_at: rfc3339(0),
+                            finished_at: now(),
+                            id: None,
+                        },
+                        stopped: false,
+                    }
+                }
+            };
+            let terminated = end.terminated;
+            exit_code = Some(terminated.exit_code);
+            let restart = !end.stopped && self.spec.restarts(slot.init, terminated.exit_code);
+            self.shared
+                .update_container(slot, |c| {
+                    c.state = State::Terminated(terminated.clone());
+                    c.ready = slot.init && terminated.exit_code == 0;
+                    c.started = false;
+                })
+                .await;
+            if !restart {
+                return exit_code;
+            }
+            let now = Instant::now();
+            match backoff {
+                // The kubelet restarts at once after the first crash, or one
+                // after a long run, and backs off from the second on.
+                Some((delay, since)) if now.duration_since(since) <= self.backoff.cap * 2 => {
+                    let message = format!(
+                        "back-off {} restarting failed container={} pod={}_{}({})",
+                        go_duration(delay),
+                        spec.name,
+                        self.shared.name,
+                        self.shared.namespace,
+                        self.shared.uid
+                    );
+                    let older = self
+                        .shared
+                        .update_container(slot, |c| {
+                            c.state = State::Waiting {
+                                reason: "CrashLoopBackOff",
+                                message: Some(message),
+                            };
+                            c.last.replace(terminated.clone())
+                        })
+                        .await;
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        _ = stopped(&mut self.stop) => {
+                            self.shared
+                                .update_container(slot, |c| {
+                                    c.state = State::Terminated(terminated);
+                                    c.last = older;
+                                })
+                                .await;
+                            return exit_code;
+                        }
+                    }
+                    backoff = Some(((delay * 2).min(self.backoff.cap), Instant::now()));
+                }
+                _ => backoff = Some((self.backoff.base, now)),
+            }
+            self.shared.edit(|s| {
+                let c = s.container(slot);
+                c.last = Some(terminated);
+                c.restarts += 1;
+            });
+        }
+    }
+
+    /// Watches a started container until it exits, a probe kills it, or
+    /// the pod stops.
+    async fn run_started(&mut self, slot: Slot, container: Box<dyn Container>) -> RunEnd {
+        // An owned handle, so `def` does not borrow `self`.
+        let pod_spec = self.spec.clone();
+        let def = pod_spec.def(slot);
+        let started = Instant::now();
+        let id = container.id().to_string();
+        let started_at = container.started_at();
+        let no_startup = slot.init || def.startup.is_none();
+        self.shared
+            .update_container(slot, |c| {
+                c.id = Some(id.clone());
+                c.state = State::Running {
+                    started_at: timestamp(started_at),
+                };
+                c.started = !slot.init && no_startup;
+                c.ready = no_startup && !slot.init && def.readiness.is_none();
+            })
+            .await;
+        let stop = &mut self.stop;
+        let (exit, stopped) = tokio::select! {
+            exit = container.wait() => (exit, false),
+            why = watch_probes(&self.shared, slot, def, started), if !slot.init => {
+                tracing::info!(pod = %self.shared.name, container = %def.spec.name, why, "killing container");
+                (kill(&*container, self.spec.grace, stop).await, false)
+            }
+            grace = stopped(stop) => (kill(&*container, grace, stop).await, true),
+        };
+        RunEnd {
+            terminated: Terminated::from_exit(&exit, started_at, &id),
+            stopped,
+        }
+    }
+}
+
+/// Runs a container's probes, keeping its started and ready flags; resolves
+/// (with the reason) only when a startup or liveness probe fails.
+async fn watch_probes(
+    shared: &PodShared,
+    slot: Slot,
+    def: &ContainerDef,
+    started: Instant,
+) -> String {
+    let ctx = ProbeContext {
+        env: def.spec.env.clone(),
+        dir: def.spec.working_dir.clone(),
+    };
+    if let Some(probe) = &def.startup {
+        let mut prober = Prober::new(probe.clone(), started, None);
+        loop {
+            match prober.step(&ctx).await {
+                Some(true) => break,
+                Some(false) => return failed("Startup", &prober),
+                None => {}
+            }
+        }
+        let ready = def.readiness.is_none();
+        shared
+            .update_container(slot, |c| {
+                c.started = true;
+                c.ready = ready;
+            })
+            .await;
+    }
+    let liveness = async {
+        let Some(probe) = &def.liveness else {
+            return std::future::pending().await;
+        };
+        let mut prober = Prober::new(probe.clone(), started, Some(true));
+        loop {
+            if prober.step(&ctx).await == Some(false) {
+                return failed("Liveness", &prober);
+            }
+        }
+    };
+    let readiness = async {
+        let Some(probe) = &def.readiness else {
+            return std::future::pending().await;
+        };
+        let mut prober = Prober::new(probe.clone(), started, Some(false));
+        loop {
+            if let Some(ready) = prober.step(&ctx).await {
+                shared.update_container(slot, |c| c.ready = ready).await;
+            }
+        }
+    };
+    tokio::select! {
+        why = liveness => why,
+        why = readiness => why,
+    }
+}
+
+fn failed(kind: &str, prober: &Prober) -> String {
+    format!(
+        "{kind} probe failed: {}",
+        prober.last_error().unwrap_or_default()
+    )
+}
+
+/// Resolves with the grace period once the pod is told to stop.
+async fn stopped(stop: &mut watch::Receiver<Option<Duration>>) -> Duration {
+    // Copied out at once: the borrow guard must not live across an await.
+    let grace = stop
+        .wait_for(Option::is_some)
+        .await
+        .map(|g| g.unwrap_or_default());
+    match grace {
+        Ok(grace) => grace,
+        // The supervisor is gone: nobody can stop the pod any more.
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// SIGTERM, then SIGKILL after `grace`; a stop request meanwhile can only
+/// shorten the wait.
+async fn kill(
+    container: &dyn Container,
+    grace: Duration,
+    stop: &mut watch::Receiver<Option<Duration>>,
+) -> Exit {
+    let mut deadline = Instant::now() + grace;
+    let mut listening = true;
+    if !grace.is_zero() {
+        container.signal(Signal::Term);
+    }
+    loop {
+        tokio::select! {
+            exit = container.wait() => return exit,
+            () = tokio::time::sleep_until(deadline) => break,
+            changed = stop.changed(), if listening => match changed {
+                Ok(()) => {
+                    if let Some(grace) = *stop.borrow_and_update() {
+                        deadline = deadline.min(Instant::now() + grace);
+                    }
+                }
+                Err(_) => listening = false,
+            },
+        }
+    }
+    container.signal(Signal::Kill);
+    container.wait().await
+}
+
+/// A duration as Go prints it ("10s", "2m40s", "5m0s", "100ms"), as the
+/// kubelet's back-off message shows it.
+fn go_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let secs = d.as_secs();
+    let frac = ms % 1000;
+    let mut s = (secs % 60).to_string();
+    if frac > 0 {
+        s = format!("{s}.{}", format!("{frac:03}").trim_end_matches('0'));
+    }
+    match (secs / 3600, secs % 3600 / 60) {
+        (0, 0) => format!("{s}s"),
+        (0, m) => format!("{m}m{s}s"),
+        (h, m) => format!("{h}h{m}m{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::ProcessRuntime;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    struct Harness {
+        supervisor: Supervisor,
+        updates: mpsc::Receiver<PodUpdate>,
+        dir: tempfile::TempDir,
+    }
+
+    fn harness() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let (supervisor, updates) = Supervisor::new(
+            dir.path().to_path_buf(),
+            Arc::new(ProcessRuntime),
+            "10.0.0.7".into(),
+        );
+        let supervisor =
+            supervisor.with_backoff(Duration::from_millis(100), Duration::from_millis(400));
+        Harness {
+            supervisor,
+            updates,
+            dir,
+        }
+    }
+
+    /// A pod named `uid` in namespace `ns`, with `spec` as its spec.
+    fn pod(uid: &str, spec: Value) -> Value {
+        json!({"metadata": {"name": uid, "namespace": "ns", "uid": uid}, "spec": spec})
+    }
+
+    fn one(command: &[&str], policy: &str) -> Value {
+        json!({"restartPolicy": policy, "containers": [{"name": "c", "image": "busybox", "command": command}]})
+    }
+
+    impl Harness {
+        /// The first status sent that satisfies `check`.
+        async fn until(&mut self, check: impl Fn(&Value) -> bool) -> Value {
+            let wait = async {
+                loop {
+                    let update = self.updates.recv().await.expect("updates flow");
+                    if check(&update.status) {
+                        return update.status;
+                    }
+                }
+            };
+            tokio::time::timeout(WAIT, wait)
+                .await
+                .expect("the expected status arrives in time")
+        }
+    }
+
+    fn phase(s: &Value) -> &str {
+        text(s, "/phase")
+    }
+
+    fn state<'a>(s: &'a Value, key: &str) -> &'a Value {
+        &s["containerStatuses"][0]["state"][key]
+    }
+
+    #[tokio::test]
+    async fn completed_pod_succeeds_and_keeps_its_log() {
+        let mut h = harness();
+        h.supervisor.sync(&pod(
+            "a",
+            one(&["sh", "-c", "echo hello from $HOSTNAME"], "Never"),
+        ));
+        let first = h.until(|_| true).await;
+        assert_eq!(phase(&first), "Pending");
+        assert_eq!(state(&first, "waiting")["reason"], "ContainerCreating");
+        let done = h.until(|s| phase(s) == "Succeeded").await;
+        let t = state(&done, "terminated");
+        assert_eq!(
+            (t["exitCode"].as_i64(), t["reason"].as_str()),
+            (Some(0), Some("Completed"))
+        );
+        assert_eq!(done["podIP"], "10.0.0.7");
+        let ready = done["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap();
+        assert_eq!(
+            (ready["status"].as_str(), ready["reason"].as_str()),
+            (Some("False"), Some("PodCompleted"))
+        );
+        let log = h.supervisor.log_path("ns", "a", "c", false).unwrap();
+        assert_eq!(std::fs::read_to_string(log).unwrap(), "hello from a\n");
+        assert_eq!(h.supervisor.log_path("ns", "a", "c", true), None);
+        assert_eq!(
+            h.supervisor.containers("ns", "a"),
+            Some(vec!["c".to_string()])
+        );
+        h.supervisor.remove("a").await;
+        assert!(h.supervisor.uids().is_empty());
+    }
+
+    #[tokio::test]
+    async fn failing_container_crash_loops() {
+        let mut h = harness();
+        h.supervisor
+            .sync(&pod("b", one(&["sh", "-c", "exit 1"], "Always")));
+        let s = h
+            .until(|s| state(s, "waiting")["reason"] == "CrashLoopBackOff")
+            .await;
+        assert_eq!(phase(&s), "Running");
+        assert_eq!(
+            state(&s, "waiting")["message"],
+            "back-off 100ms restarting failed container=c pod=b_ns(b)"
+        );
+        let last = &s["containerStatuses"][0]["lastState"]["terminated"];
+        assert_eq!(
+            (last["exitCode"].as_i64(), last["reason"].as_str()),
+            (Some(1), Some("Error"))
+        );
+        h.until(|s| s["containerStatuses"][0]["restartCount"].as_u64() >= Some(3))
+            .await;
+        h.supervisor.remove("b").await;
+    }
+
+    #[tokio::test]
+    async fn missing_command_is_a_start_error() {
+        let mut h = harness();
+        h.supervisor.sync(&pod("c", one(&["nosuchcmd"], "Never")));
+        let s = h.until(|s| phase(s) == "Failed").await;
+        let t = state(&s, "terminated");
+        assert_eq!(
+            (t["exitCode"].as_i64(), t["reason"].as_str()),
+            (Some(128), Some("StartError"))
+        );
+        assert!(
+            t["message"]
+                .as_str()
+                .unwrap()
+                .contains("executable file not found in $PATH")
+        );
+        h.supervisor.remove("c").await;
+    }
+
+    #[tokio::test]
+    async fn terminate_sends_sigterm() {
+        let mut h = harness();
+        h.supervisor
+            .sync(&pod("d", one(&["sleep", "1000"], "Always")));
+        h.until(|s| phase(s) == "Running").await;
+        let began = std::time::Instant::now();
+        h.supervisor.terminate("d", Duration::from_secs(5)).await;
+        assert!(began.elapsed() < Duration::from_secs(2));
+        let s = h.until(|s| phase(s) == "Failed").await;
+        assert_eq!(state(&s, "terminated")["exitCode"], 143);
+        assert_eq!(h.supervisor.uids(), ["d"]);
+        h.supervisor.remove("d").await;
+        assert!(h.supervisor.uids().is_empty());
+    }
+
+    #[tokio::test]
+    async fn terminate_kills_after_the_grace() {
+        let mut h = harness();
+        h.supervisor.sync(&pod(
+            "e",
+            one(
+                &["sh", "-c", "trap '' TERM; echo trapped; sleep 1000"],
+                "Always",
+            ),
+        ));
+        h.until(|s| phase(s) == "Running").await;
+        // Let the shell set its trap.
+        let log = h.dir.path().join("e/c/0.log");
+        while std::fs::read_to_string(&log).unwrap_or_default().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let began = std::time::Instant::now();
+        h.supervisor
+            .terminate("e", Duration::from_millis(300))
+            .await;
+        assert!(began.elapsed() >= Duration::from_millis(300));
+        let s = h.until(|s| phase(s) == "Failed").await;
+        assert_eq!(state(&s, "terminated")["exitCode"], 137);
+        h.supervisor.remove("e").await;
+    }
+
+    #[tokio::test]
+    async fn readiness_probe_flips_ready() {
+        let mut h = harness();
+        let spec = json!({"containers": [{
+            "name": "c", "image": "busybox",
+            "command": ["sh", "-c", "sleep 0.2; touch ready; sleep 1000"],
+            "readinessProbe": {"exec": {"command": ["test", "-f", "ready"]}, "periodSeconds": 1},
+        }]});
+        h.supervisor.sync(&pod("f", spec));
+        let running = h.until(|s| phase(s) == "Running").await;
+        assert_eq!(running["containerStatuses"][0]["ready"], false);
+        let ready = h
+            .until(|s| s["containerStatuses"][0]["ready"] == true)
+            .await;
+        let cond = ready["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap();
+        assert_eq!(cond["status"], "True");
+        h.supervisor.remove("f").await;
+    }
+
+    #[tokio::test]
+    async fn liveness_failure_restarts() {
+        let mut h = harness();
+        let spec = json!({"terminationGracePeriodSeconds": 1, "containers": [{
+            "name": "c", "image": "busybox", "command": ["sleep", "1000"],
+            "livenessProbe": {"exec": {"command": ["false"]}, "failureThreshold": 1},
+        }]});
+        h.supervisor.sync(&pod("g", spec));
+        let s = h
+            .until(|s| s["containerStatuses"][0]["restartCount"] == 1)
+            .await;
+        assert_eq!(
+            s["containerStatuses"][0]["lastState"]["terminated"]["exitCode"],
+            143
+        );
+        h.supervisor.remove("g").await;
+    }
+
+    #[tokio::test]
+    async fn previous_log_after_a_restart() {
+        let mut h = harness();
+        h.supervisor = h
+            .supervisor
+            .with_backoff(Duration::from_secs(5), Duration::from_secs(5));
+        let count = "n=$(cat n 2>/dev/null || echo 0); echo run$n; echo $((n+1)) > n; exit 1";
+        h.supervisor
+            .sync(&pod("h", one(&["sh", "-c", count], "OnFailure")));
+        h.until(|s| state(s, "waiting")["reason"] == "CrashLoopBackOff")
+            .await;
+        let read = |previous| {
+            std::fs::read_to_string(h.supervisor.log_path("ns", "h", "c", previous).unwrap())
+                .unwrap()
+        };
+        assert_eq!(
+            (read(false).as_str(), read(true).as_str()),
+            ("run1\n", "run0\n")
+        );
+        h.supervisor.remove("h").await;
+        assert!(!h.dir.path().join("h").exists());
+    }
+
+    #[tokio::test]
+    async fn init_containers_run_first() {
+        let mut h = harness();
+        let spec = json!({"restartPolicy": "Never",
+            "initContainers": [{"name": "init", "image": "busybox", "command": ["sh", "-c", "echo hi > f"]}],
+            "containers": [{"name": "c", "image": "busybox", "command": ["cat", "f"]}]});
+        h.supervisor.sync(&pod("i", spec));
+        let first = h.until(|_| true).await;
+        assert_eq!(state(&first, "waiting")["reason"], "PodInitializing");
+        let done = h.until(|s| phase(s) == "Succeeded").await;
+        let init = &done["initContainerStatuses"][0];
+        assert_eq!(
+            (
+                init["state"]["terminated"]["reason"].as_str(),
+                init["ready"].as_bool()
+            ),
+            (Some("Completed"), Some(true))
+        );
+        let log = h.supervisor.log_path("ns", "i", "c", false).unwrap();
+        assert_eq!(std::fs::read_to_string(log).unwrap(), "hi\n");
+        h.supervisor.remove("i").await;
+    }
+
+    #[test]
+    fn durations_print_like_go() {
+        let s = Duration::from_secs;
+        assert_eq!(go_duration(s(10)), "10s");
+        assert_eq!(go_duration(s(160)), "2m40s");
+        assert_eq!(go_duration(s(300)), "5m0s");
+        assert_eq!(go_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(go_duration(Duration::from_millis(100)), "100ms");
+    }
+}

@@ -1,0 +1,144 @@
+//! The pods bound to this node: a cache of them (list + watch on
+//! `spec.nodeName`), handed to the supervisor; its status reports written
+//! back; deletions carried out gracefully, then confirmed to the API.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use apiserver::client::{Client, PatchType, encode_query, resource_path};
+use apiserver::informer::Informer;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::supervisor::{PodUpdate, Supervisor};
+
+fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+fn is_finished(pod: &Value) -> bool {
+    matches!(str_at(pod, "/status/phase"), "Succeeded" | "Failed")
+}
+
+/// Watches this node's pods and keeps the supervisor in step with them.
+pub async fn run(client: Client, node: String, supervisor: Arc<Supervisor>) {
+    let query = format!(
+        "fieldSelector={}",
+        encode_query(&format!("spec.nodeName={node}"))
+    );
+    let pods = Informer::start(client.clone(), "/api/v1/pods", &query);
+    pods.wait_synced().await;
+    let mut changes = pods.changes();
+    // UIDs being terminated, so each deletion runs once.
+    let terminating: Arc<Mutex<HashSet<String>>> = Arc::default();
+    loop {
+        let cached = pods.list();
+        let present: HashSet<String> = cached
+            .iter()
+            .map(|p| str_at(p, "/metadata/uid").to_string())
+            .collect();
+        let known: HashSet<String> = supervisor.uids().into_iter().collect();
+        for pod in &cached {
+            let uid = str_at(pod, "/metadata/uid").to_string();
+            if pod.pointer("/metadata/deletionTimestamp").is_some() {
+                if terminating
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(uid.clone())
+                {
+                    tokio::spawn(finish_deletion(
+                        client.clone(),
+                        supervisor.clone(),
+                        pod.clone(),
+                        terminating.clone(),
+                    ));
+                }
+            } else if known.contains(&uid) || !is_finished(pod) {
+                supervisor.sync(pod);
+            }
+        }
+        for gone in known.difference(&present) {
+            supervisor.remove(gone).await;
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+        // Let a burst of events settle into one pass.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A pod marked for deletion: stop it within its grace period, then delete
+/// it for good (grace 0, only this very pod, by uid).
+async fn finish_deletion(
+    client: Client,
+    supervisor: Arc<Supervisor>,
+    pod: Value,
+    terminating: Arc<Mutex<HashSet<String>>>,
+) {
+    let uid = str_at(&pod, "/metadata/uid").to_string();
+    let grace = pod
+        .pointer("/metadata/deletionGracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(30)
+        .max(0) as u64;
+    supervisor.terminate(&uid, Duration::from_secs(grace)).await;
+    let path = resource_path(
+        "v1",
+        "pods",
+        Some(str_at(&pod, "/metadata/namespace")),
+        Some(str_at(&pod, "/metadata/name")),
+    );
+    let options = json!({"gracePeriodSeconds": 0, "preconditions": {"uid": uid}});
+    for attempt in 0..30 {
+        match client.delete(&path, &options).await {
+            Ok(_) => break,
+            Err(e) if e.is_not_found() || e.is_conflict() => break,
+            Err(e) => {
+                tracing::warn!(pod = %path, error = %e, attempt, "confirming a pod's deletion failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    supervisor.remove(&uid).await;
+    terminating.lock().expect("not poisoned").remove(&uid);
+}
+
+/// Writes the supervisor's status reports to `pods/NAME/status`; a burst
+/// for one pod is written once, with its latest status.
+pub async fn report(client: Client, mut updates: mpsc::Receiver<PodUpdate>) {
+    let mut pending: HashMap<String, PodUpdate> = HashMap::new();
+    loop {
+        if pending.is_empty() {
+            match updates.recv().await {
+                Some(u) => {
+                    pending.insert(u.uid.clone(), u);
+                }
+                None => return,
+            }
+        }
+        while let Ok(u) = updates.try_recv() {
+            pending.insert(u.uid.clone(), u);
+        }
+        let batch: Vec<PodUpdate> = pending.drain().map(|(_, u)| u).collect();
+        for update in batch {
+            let path = format!(
+                "{}/status",
+                resource_path("v1", "pods", Some(&update.namespace), Some(&update.name))
+            );
+            let body = json!({"status": update.status});
+            match client.patch(&path, PatchType::Merge, &body).await {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => {
+                    tracing::warn!(pod = %path, error = %e, "writing pod status failed; retrying");
+                    pending.entry(update.uid.clone()).or_insert(update);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+}
