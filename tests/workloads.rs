@@ -201,6 +201,31 @@ impl Cluster {
     }
 }
 
+impl Drop for Cluster {
+    /// Agents killed with -9 leave their pods' processes running (as
+    /// K3s leaves containers); the test ends them through the pid files.
+    fn drop(&mut self) {
+        self.server.kill();
+        for a in &mut self.agents {
+            a.kill();
+        }
+        let agents = std::fs::read_dir(&self.dir).into_iter().flatten().flatten();
+        for agent in agents {
+            let pods = std::fs::read_dir(agent.path().join("agent/pods"));
+            for pod in pods.into_iter().flatten().flatten() {
+                for file in std::fs::read_dir(pod.path()).into_iter().flatten().flatten() {
+                    if file.path().extension().is_some_and(|e| e == "pid") {
+                        let record = std::fs::read_to_string(file.path()).unwrap_or_default();
+                        if let Some(pid) = record.split_whitespace().next() {
+                            let _ = Command::new("kill").args(["-9", "--", &format!("-{pid}")]).output();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn cluster_log_has(p: &Process, text: &str) -> bool {
     p.log().contains(text)
 }

@@ -382,6 +382,12 @@ async fn route(
             let pod = get(api, res, ns, name).await?;
             crate::node_proxy::pod_log(api, &pod, &q).await
         }
+        (_, Some(_), Some("exec" | "attach" | "portforward")) if res.kind == "Pod" => {
+            Err(ApiError::bad_request(format!(
+                "pods/{} is not built yet in k3rs: its agent runs containers as host processes; use kubectl logs, or run the command on the node",
+                sub.unwrap_or_default()
+            )))
+        }
         (Method::POST, Some(name), Some("binding")) if res.kind == "Pod" => {
             let binding = parse_body(&body, &content_type)?;
             bind(api, res, ns, name, &binding).await?;
