@@ -234,7 +234,7 @@ pub struct AgentArgs {
     #[arg(long, env = "K3RS_URL")]
     pub server: String,
 
-    /// The cluster token (the server's DATA_DIR/server/token).
+    /// The cluster token (the server's DATA_DIR/server/tls/token).
     #[arg(long, env = "K3RS_TOKEN", required_unless_present = "token_file")]
     pub token: Option<String>,
 

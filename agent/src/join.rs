@@ -86,7 +86,7 @@ async fn join_checked(
 ) -> Result<Joined, JoinError> {
     let Some(expected) = ca_hash(token) else {
         return Err(anyhow::anyhow!(
-            "the token is not a full cluster token (K10<CA hash>::<secret>); use the server's token file (DATA_DIR/server/token)"
+            "the token is not a full cluster token (K10<CA hash>::<secret>); use the server's token file (DATA_DIR/server/tls/token)"
         ).into());
     };
     let ca_pem = match apiserver::client::fetch_ca_unverified(server).await {
