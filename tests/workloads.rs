@@ -48,6 +48,7 @@ impl Drop for Process {
 struct Cluster {
     dir: PathBuf,
     server: Process,
+    server_args: Vec<String>,
     url: String,
     agents: Vec<Process>,
 }
@@ -84,6 +85,7 @@ impl Cluster {
         let mut cluster = Cluster {
             dir: dir.to_path_buf(),
             server,
+            server_args: args,
             url: format!("https://127.0.0.1:{port}"),
             agents: Vec::new(),
         };
@@ -95,6 +97,16 @@ impl Cluster {
             cluster.agents.push(agent);
         }
         cluster
+    }
+
+    /// Kills the server with -9 and starts it again on the same ports.
+    fn restart_server(&mut self) {
+        self.server.kill();
+        let log = self.dir.join("server-node/k3rs-restarted.log");
+        self.server = Process::spawn(&self.server_args, log);
+        self.wait_for("the API after a restart", || {
+            cluster_log_has(&self.server, "serving the Kubernetes API")
+        });
     }
 
     fn token(&self) -> String {
@@ -213,11 +225,17 @@ impl Drop for Cluster {
         for agent in agents {
             let pods = std::fs::read_dir(agent.path().join("agent/pods"));
             for pod in pods.into_iter().flatten().flatten() {
-                for file in std::fs::read_dir(pod.path()).into_iter().flatten().flatten() {
+                for file in std::fs::read_dir(pod.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
                     if file.path().extension().is_some_and(|e| e == "pid") {
                         let record = std::fs::read_to_string(file.path()).unwrap_or_default();
                         if let Some(pid) = record.split_whitespace().next() {
-                            let _ = Command::new("kill").args(["-9", "--", &format!("-{pid}")]).output();
+                            let _ = Command::new("kill")
+                                .args(["-9", "--", &format!("-{pid}")])
+                                .output();
                         }
                     }
                 }
@@ -422,4 +440,111 @@ fn a_failing_container_shows_why_and_nothing_else_suffers() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refused the token"), "{err}");
     c.ok(&["delete", "pod", "fine", "--wait=true", "--timeout=60s"]);
+}
+
+#[test]
+fn agents_recover_from_restarts_and_names_are_not_stolen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(tmp.path(), 1);
+    c.wait_for("a Ready node", || {
+        c.kubectl(&["get", "nodes", "--no-headers"])
+            .1
+            .contains(" Ready ")
+    });
+    c.ok(&["run", "keep", "--image=busybox", "--", "sleep", "1000"]);
+    let container_id = |c: &Cluster| {
+        c.ok(&[
+            "get",
+            "pod",
+            "keep",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].containerID}",
+        ])
+    };
+    c.wait_for("the pod running", || {
+        container_id(&c).starts_with("process://")
+    });
+    let first = container_id(&c);
+    let pid = first.trim_start_matches("process://").to_string();
+
+    // The agent killed with -9 and started again: the process it left is
+    // killed, the pod started afresh and reported truthfully.
+    c.agents[0].kill();
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "the pod outlives its agent"
+    );
+    c.agents[0] = c.start_agent("n1");
+    c.wait_for("the pod running under the new agent", || {
+        let id = container_id(&c);
+        id.starts_with("process://") && id != first
+    });
+    c.wait_for("the old process gone", || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
+
+    // Another machine cannot take the name n1 while that node exists.
+    let dir = tmp.path().join("impostor");
+    let out = Command::new(env!("CARGO_BIN_EXE_k3rs"))
+        .args([
+            "agent",
+            "--server",
+            &c.url,
+            "--token",
+            &c.token(),
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--node-name",
+            "n1",
+            "--agent-port",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Node password rejected"), "{err}");
+
+    // The server restarted: the agent reconnects by itself and runs new pods.
+    c.restart_server();
+    c.ok(&["run", "after", "--image=busybox", "--", "sleep", "1000"]);
+    c.wait_for("a pod after the server restart", || {
+        c.kubectl(&["get", "pod", "after", "-o", "jsonpath={.status.phase}"])
+            .1
+            == "Running"
+    });
+    assert!(
+        c.kubectl(&["get", "nodes", "--no-headers"])
+            .1
+            .contains(" Ready ")
+    );
+
+    // Deleting a namespace stops its pods gracefully, empties it and ends.
+    c.ok(&["create", "namespace", "team"]);
+    c.ok(&[
+        "run",
+        "-n",
+        "team",
+        "worker",
+        "--image=busybox",
+        "--",
+        "sleep",
+        "1000",
+    ]);
+    c.wait_for("the team's pod running", || {
+        c.kubectl(&[
+            "get",
+            "pod",
+            "-n",
+            "team",
+            "worker",
+            "-o",
+            "jsonpath={.status.phase}",
+        ])
+        .1 == "Running"
+    });
+    c.ok(&["delete", "namespace", "team", "--timeout=60s"]);
+    assert!(!c.kubectl(&["get", "namespace", "team"]).0);
+    let described = c.ok(&["describe", "pod", "after"]);
+    assert!(described.contains("Started container after"), "{described}");
 }

@@ -107,10 +107,62 @@ async fn finish_deletion(
     terminating.lock().expect("not poisoned").remove(&uid);
 }
 
+/// The Events the kubelet records for a change of a pod's status: a
+/// container started, crash-looping, or failing to start.
+pub fn events_between(
+    old: Option<&Value>,
+    new: &Value,
+) -> Vec<(&'static str, &'static str, String)> {
+    let mut events = Vec::new();
+    let statuses = |s: Option<&Value>| -> Vec<Value> {
+        s.and_then(|s| s.get("containerStatuses"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let before = statuses(old);
+    for c in statuses(Some(new)) {
+        let name = c["name"].as_str().unwrap_or_default();
+        let prev = before.iter().find(|b| b["name"] == c["name"]);
+        let prev_state = prev.map(|p| &p["state"]);
+        let started = c.pointer("/state/running/startedAt");
+        if started.is_some() && prev_state.and_then(|s| s.pointer("/running/startedAt")) != started
+        {
+            events.push(("Normal", "Started", format!("Started container {name}")));
+        }
+        let waiting = c.pointer("/state/waiting/reason").and_then(Value::as_str);
+        let was_waiting = prev_state
+            .and_then(|s| s.pointer("/waiting/reason"))
+            .and_then(Value::as_str);
+        if waiting == Some("CrashLoopBackOff") && was_waiting != Some("CrashLoopBackOff") {
+            events.push((
+                "Warning",
+                "BackOff",
+                format!("Back-off restarting failed container {name}"),
+            ));
+        }
+        let last = c.pointer("/lastState/terminated");
+        if last.is_some()
+            && last.and_then(|t| t.get("reason")).and_then(Value::as_str) == Some("StartError")
+            && prev.and_then(|p| p.pointer("/lastState/terminated/finishedAt"))
+                != last.and_then(|t| t.get("finishedAt"))
+        {
+            let message = last
+                .and_then(|t| t.get("message"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            events.push(("Warning", "Failed", format!("Error: {message}")));
+        }
+    }
+    events
+}
+
 /// Writes the supervisor's status reports to `pods/NAME/status`; a burst
-/// for one pod is written once, with its latest status.
+/// for one pod is written once, with its latest status; records the Events
+/// its changes mean.
 pub async fn report(client: Client, mut updates: mpsc::Receiver<PodUpdate>) {
     let mut pending: HashMap<String, PodUpdate> = HashMap::new();
+    let mut last: HashMap<String, Value> = HashMap::new();
     loop {
         if pending.is_empty() {
             match updates.recv().await {
@@ -124,6 +176,9 @@ pub async fn report(client: Client, mut updates: mpsc::Receiver<PodUpdate>) {
             pending.insert(u.uid.clone(), u);
         }
         let batch: Vec<PodUpdate> = pending.drain().map(|(_, u)| u).collect();
+        if last.len() > 4096 {
+            last.clear();
+        }
         for update in batch {
             let path = format!(
                 "{}/status",
@@ -131,7 +186,17 @@ pub async fn report(client: Client, mut updates: mpsc::Receiver<PodUpdate>) {
             );
             let body = json!({"status": update.status});
             match client.patch(&path, PatchType::Merge, &body).await {
-                Ok(_) => {}
+                Ok(pod) => {
+                    for (kind, reason, message) in
+                        events_between(last.get(&update.uid), &update.status)
+                    {
+                        apiserver::controllers::record_event(
+                            &client, &pod, kind, reason, &message, "kubelet",
+                        )
+                        .await;
+                    }
+                    last.insert(update.uid.clone(), update.status);
+                }
                 Err(e) if e.is_not_found() => {}
                 Err(e) => {
                     tracing::warn!(pod = %path, error = %e, "writing pod status failed; retrying");
@@ -140,5 +205,31 @@ pub async fn report(client: Client, mut updates: mpsc::Receiver<PodUpdate>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_changes_become_the_kubelets_events() {
+        let running = json!({"containerStatuses": [{"name": "web", "state": {"running": {"startedAt": "t1"}}}]});
+        let events = events_between(None, &running);
+        assert_eq!(
+            events,
+            vec![("Normal", "Started", "Started container web".to_string())]
+        );
+        assert!(events_between(Some(&running), &running).is_empty());
+        let looping = json!({"containerStatuses": [{"name": "web", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"reason": "StartError", "message": "exec: no", "finishedAt": "t2"}}}]});
+        let events = events_between(Some(&running), &looping);
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(events[0].1, "BackOff");
+        assert_eq!(
+            events[1],
+            ("Warning", "Failed", "Error: exec: no".to_string())
+        );
+        assert!(events_between(Some(&looping), &looping).is_empty());
     }
 }

@@ -990,6 +990,10 @@ async fn terminate_namespace(api: &Api, current: Value, name: &str) -> ApiResult
         for attempt in 0.. {
             match empty_namespace(&api, &ns).await {
                 Ok(()) => return,
+                // Pods still terminating: look again in a second.
+                Err(e) if e.code == 409 => {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
                 Err(e) => {
                     tracing::warn!(namespace = %ns, error = %e.message, attempt, "emptying a namespace failed; retrying");
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
@@ -1001,6 +1005,7 @@ async fn terminate_namespace(api: &Api, current: Value, name: &str) -> ApiResult
 }
 
 async fn empty_namespace(api: &Api, ns: &str) -> ApiResult<()> {
+    let mut pods_left = 0;
     for res in resources::RESOURCES.iter().filter(|r| r.namespaced) {
         let page = api.store.list(&res.prefix(Some(ns)), None, 0, 0).await?;
         for (_, obj) in page.items {
@@ -1008,11 +1013,38 @@ async fn empty_namespace(api: &Api, ns: &str) -> ApiResult<()> {
                 .pointer("/metadata/name")
                 .and_then(Value::as_str)
                 .unwrap_or_default();
+            if res.kind == "Pod" {
+                // Pods on a node end gracefully: their agents stop them,
+                // then delete them (a direct delete would skip the grace).
+                match pod_grace_period(res, &obj, &json!({})) {
+                    Some(grace) => {
+                        pods_left += 1;
+                        if obj.pointer("/metadata/deletionTimestamp").is_none() {
+                            let mut marked = obj.clone();
+                            marked["metadata"]["deletionTimestamp"] =
+                                json!(objects::rfc3339(now_secs() + grace));
+                            marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+                            let key = res.key(Some(ns), name);
+                            api.store
+                                .swap(&key, &marked, store::revision_of(&obj))
+                                .await?;
+                        }
+                    }
+                    None => {
+                        let key = res.key(Some(ns), name);
+                        api.store.delete(&key, store::revision_of(&obj)).await?;
+                    }
+                }
+                continue;
+            }
             let key = res.key(Some(ns), name);
             // Straight to the store: finalizers of the contents are not
-            // waited for (no controllers would remove them).
+            // waited for.
             api.store.delete(&key, store::revision_of(&obj)).await?;
         }
+    }
+    if pods_left > 0 {
+        return Err(ApiError::conflict("namespaces", ns));
     }
     let namespaces = resources::find("", "v1", "namespaces").expect("served");
     if let Some(current) = api.store.get(&namespaces.key(None, ns)).await? {
