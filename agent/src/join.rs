@@ -74,16 +74,6 @@ pub async fn join(
     addresses: &[String],
     agent_dir: &Path,
 ) -> Result<Joined, JoinError> {
-    Ok(join_checked(server, token, node_name, addresses, agent_dir).await?)
-}
-
-async fn join_checked(
-    server: &str,
-    token: &str,
-    node_name: &str,
-    addresses: &[String],
-    agent_dir: &Path,
-) -> Result<Joined, JoinError> {
     let Some(expected) = ca_hash(token) else {
         return Err(anyhow::anyhow!(
             "the token is not a full cluster token (K10<CA hash>::<secret>); use the server's token file (DATA_DIR/server/tls/token)"

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use apiserver::client::{Client, PatchType, encode_query, resource_path};
+use apiserver::client::{Client, PatchType, encode_query, pod_path, resource_path};
 use apiserver::informer::Informer;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -86,12 +86,7 @@ async fn finish_deletion(
         .unwrap_or(30)
         .max(0) as u64;
     supervisor.terminate(&uid, Duration::from_secs(grace)).await;
-    let path = resource_path(
-        "v1",
-        "pods",
-        Some(str_at(&pod, "/metadata/namespace")),
-        Some(str_at(&pod, "/metadata/name")),
-    );
+    let path = pod_path(&pod);
     let options = json!({"gracePeriodSeconds": 0, "preconditions": {"uid": uid}});
     for attempt in 0..30 {
         match client.delete(&path, &options).await {

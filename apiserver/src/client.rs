@@ -111,6 +111,17 @@ pub fn resource_path(
     p
 }
 
+/// The path of a pod object, from its metadata.
+pub fn pod_path(pod: &Value) -> String {
+    let at = |p: &str| pod.pointer(p).and_then(Value::as_str).unwrap_or_default();
+    resource_path(
+        "v1",
+        "pods",
+        Some(at("/metadata/namespace")),
+        Some(at("/metadata/name")),
+    )
+}
+
 /// Percent-encodes a query value (selectors carry `=`, `,` and `!`).
 pub fn encode_query(value: &str) -> String {
     let mut out = String::with_capacity(value.len());

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::{Caches, Config, record_event};
-use crate::client::{Client, ClientResult, resource_path};
+use crate::client::{Client, ClientResult, pod_path, resource_path};
 use crate::scheduler::{ready_status, taints};
 
 /// Nodes are checked this often even when no cache changes: staleness is
@@ -324,15 +324,6 @@ fn with_taint_times(node: &Value, first_seen: &mut HashMap<String, i64>, now: i6
         }
     }
     out
-}
-
-fn pod_path(pod: &Value) -> String {
-    resource_path(
-        "v1",
-        "pods",
-        Some(str_at(pod, "/metadata/namespace")),
-        Some(str_at(pod, "/metadata/name")),
-    )
 }
 
 fn pod_label(pod: &Value) -> String {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::client::{Client, resource_path};
+use crate::client::{Client, pod_path};
 use crate::controllers::{Caches, record_event};
 
 const SCHEDULER_NAME: &str = "default-scheduler";
@@ -598,15 +598,6 @@ impl Scheduler {
             }
         }
     }
-}
-
-fn pod_path(pod: &Value) -> String {
-    resource_path(
-        "v1",
-        "pods",
-        Some(str_at(pod, "/metadata/namespace")),
-        Some(str_at(pod, "/metadata/name")),
-    )
 }
 
 /// POSTs the Binding; answers the pod as bound, or `None` when the server
