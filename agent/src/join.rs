@@ -42,10 +42,10 @@ fn ring_digest(data: &[u8]) -> Vec<u8> {
 /// keeps it in /etc/rancher/node/password).
 fn node_password(dir: &Path) -> Result<String> {
     let path = dir.join("node-password");
-    if let Ok(p) = std::fs::read_to_string(&path) {
-        if !p.trim().is_empty() {
-            return Ok(p.trim().to_string());
-        }
+    if let Ok(p) = std::fs::read_to_string(&path)
+        && !p.trim().is_empty()
+    {
+        return Ok(p.trim().to_string());
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let password = apiserver::objects::uid().replace('-', "");

@@ -222,23 +222,23 @@ async fn route(
         ["api", v] if is_get => {
             return discovery::resource_list("", v)
                 .map(|l| ok(&l))
-                .ok_or_else(|| ApiError::no_route());
+                .ok_or_else(ApiError::no_route);
         }
         ["apis", g] if is_get => {
             return discovery::one_group(g)
                 .map(|l| ok(&l))
-                .ok_or_else(|| ApiError::no_route());
+                .ok_or_else(ApiError::no_route);
         }
         ["apis", g, v] if is_get => {
             return discovery::resource_list(g, v)
                 .map(|l| ok(&l))
-                .ok_or_else(|| ApiError::no_route());
+                .ok_or_else(ApiError::no_route);
         }
         ["openapi", "v3"] if is_get => return Ok(ok(&discovery::openapi_index())),
         ["openapi", "v3", rest @ ..] if is_get => {
             return discovery::openapi_document(&rest.join("/"))
                 .map(|d| ok(&d))
-                .ok_or_else(|| ApiError::no_route());
+                .ok_or_else(ApiError::no_route);
         }
         _ => {}
     }
@@ -247,7 +247,7 @@ async fn route(
         ["apis", g, v, rest @ ..] => parse_target(g, v, rest),
         _ => None,
     }
-    .ok_or_else(|| ApiError::no_route())?;
+    .ok_or_else(ApiError::no_route)?;
     let q = query(uri);
     let content_type = headers
         .get(http::header::CONTENT_TYPE)
@@ -352,11 +352,9 @@ async fn route(
                 if let Some(rv) = scale
                     .pointer("/metadata/resourceVersion")
                     .and_then(Value::as_str)
-                {
-                    if rv != store::revision_of(current).to_string() {
+                    && rv != store::revision_of(current).to_string() {
                         return Err(ApiError::conflict(res.plural, name));
                     }
-                }
                 let replicas = scale
                     .pointer("/spec/replicas")
                     .and_then(Value::as_i64)
@@ -438,11 +436,10 @@ async fn route(
                 .and_then(Value::as_str)
                 .map(str::to_string);
             update(api, res, ns, name, status_only, |current| {
-                if let Some(rv) = &expected {
-                    if *rv != store::revision_of(current).to_string() {
+                if let Some(rv) = &expected
+                    && *rv != store::revision_of(current).to_string() {
                         return Err(ApiError::conflict(res.plural, name));
                     }
-                }
                 Ok(new.clone())
             })
             .await
@@ -468,11 +465,10 @@ async fn route(
                         return Err(ApiError::unsupported_media(format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {other})")));
                     }
                 }
-                if let Some(rv) = patch_body.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
-                    if rv != store::revision_of(current).to_string() {
+                if let Some(rv) = patch_body.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+                    && rv != store::revision_of(current).to_string() {
                         return Err(ApiError::conflict(res.plural, name));
                     }
-                }
                 check_fields(&out)?;
                 Ok(out)
             })
@@ -709,18 +705,16 @@ async fn delete(
         if let Some(uid) = options
             .pointer("/preconditions/uid")
             .and_then(Value::as_str)
+            && current.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid)
         {
-            if current.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
-                return Err(ApiError::conflict(res.plural, name));
-            }
+            return Err(ApiError::conflict(res.plural, name));
         }
         if let Some(rv) = options
             .pointer("/preconditions/resourceVersion")
             .and_then(Value::as_str)
+            && rv != store::revision_of(&current).to_string()
         {
-            if rv != store::revision_of(&current).to_string() {
-                return Err(ApiError::conflict(res.plural, name));
-            }
+            return Err(ApiError::conflict(res.plural, name));
         }
         if res.kind == "Namespace" {
             return terminate_namespace(api, current, name).await;
@@ -730,10 +724,10 @@ async fn delete(
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
-        if let Some(f) = propagation_finalizer(res, options)? {
-            if !finalizers.iter().any(|x| x == f) {
-                finalizers.push(json!(f));
-            }
+        if let Some(f) = propagation_finalizer(res, options)?
+            && !finalizers.iter().any(|x| x == f)
+        {
+            finalizers.push(json!(f));
         }
         let marked_already = current.pointer("/metadata/deletionTimestamp").is_some();
         if let Some(grace) = pod_grace_period(res, &current, options) {
@@ -1124,10 +1118,10 @@ pub async fn bootstrap(store: &Store, advertise_port: u16) -> ApiResult<()> {
         return Ok(());
     }
     // A reservation left by an earlier start that stopped half-way is ours.
-    if let Err(e) = crate::allocate::assign(store, &mut kubernetes).await {
-        if e.code != 422 {
-            return Err(e);
-        }
+    if let Err(e) = crate::allocate::assign(store, &mut kubernetes).await
+        && e.code != 422
+    {
+        return Err(e);
     }
     put(services, Some("default"), kubernetes).await
 }

@@ -126,15 +126,13 @@ pub async fn list(
     }
     let more = p.limit > 0 && items.len() as i64 >= p.limit && remaining > 0;
     let mut metadata = json!({"resourceVersion": revision.to_string()});
-    if more {
-        if let Some(key) = &last_key {
-            metadata["continue"] = json!(encode_continue(
-                revision,
-                key.strip_prefix(&prefix).unwrap_or(key)
-            ));
-            if !filtered {
-                metadata["remainingItemCount"] = json!(remaining);
-            }
+    if more && let Some(key) = &last_key {
+        metadata["continue"] = json!(encode_continue(
+            revision,
+            key.strip_prefix(&prefix).unwrap_or(key)
+        ));
+        if !filtered {
+            metadata["remainingItemCount"] = json!(remaining);
         }
     }
     Ok(json!({
@@ -543,10 +541,10 @@ fn pod_status_text(pod: &Value) -> String {
         if c.pointer("/state/terminated").is_some() {
             return ended(c, "Init:").unwrap_or_default();
         }
-        if let Some(w) = c.pointer("/state/waiting/reason").and_then(Value::as_str) {
-            if w != "PodInitializing" {
-                return format!("Init:{w}");
-            }
+        if let Some(w) = c.pointer("/state/waiting/reason").and_then(Value::as_str)
+            && w != "PodInitializing"
+        {
+            return format!("Init:{w}");
         }
         return format!("Init:{i}/{init_total}");
     }

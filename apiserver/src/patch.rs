@@ -253,12 +253,11 @@ fn merge_object(target: Option<Value>, patch: &Value) -> ApiResult<Option<Value>
             Value::Null => {
                 t.remove(k);
             }
-            Value::Object(_) => match merge_object(t.remove(k), v)? {
-                Some(merged) => {
+            Value::Object(_) => {
+                if let Some(merged) = merge_object(t.remove(k), v)? {
                     t.insert(k.clone(), merged);
                 }
-                None => {}
-            },
+            }
             Value::Array(items) => {
                 let merged = merge_list(k, t.remove(k), items)?;
                 t.insert(k.clone(), merged);

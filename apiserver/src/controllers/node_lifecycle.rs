@@ -372,29 +372,29 @@ impl Lifecycle {
         let lease = caches.leases.get(Some("kube-node-lease"), &name);
         let health = health(&node, lease.as_ref(), now, self.config.node_monitor_grace);
         let path = resource_path("v1", "nodes", None, Some(&name));
-        if health == Some(Health::Unknown) {
-            if let Some(conditions) = unknown_conditions(&node, &stamp) {
-                let was_unknown = ready_status(&node) == Some("Unknown");
-                let mut updated = node.clone();
-                updated["status"]["conditions"] = json!(conditions);
-                let result = client.update(&format!("{path}/status"), &updated).await;
-                log_write("marking a node Unknown", &name, &result);
-                let Ok(written) = result else { return node };
-                tracing::info!(node = %name, "node stopped posting status; marked Unknown");
-                if !was_unknown {
-                    let message = format!("Node {name} status is now: NodeNotReady");
-                    record_event(
-                        client,
-                        &written,
-                        "Normal",
-                        "NodeNotReady",
-                        &message,
-                        "node-controller",
-                    )
-                    .await;
-                }
-                node = written;
+        if health == Some(Health::Unknown)
+            && let Some(conditions) = unknown_conditions(&node, &stamp)
+        {
+            let was_unknown = ready_status(&node) == Some("Unknown");
+            let mut updated = node.clone();
+            updated["status"]["conditions"] = json!(conditions);
+            let result = client.update(&format!("{path}/status"), &updated).await;
+            log_write("marking a node Unknown", &name, &result);
+            let Ok(written) = result else { return node };
+            tracing::info!(node = %name, "node stopped posting status; marked Unknown");
+            if !was_unknown {
+                let message = format!("Node {name} status is now: NodeNotReady");
+                record_event(
+                    client,
+                    &written,
+                    "Normal",
+                    "NodeNotReady",
+                    &message,
+                    "node-controller",
+                )
+                .await;
             }
+            node = written;
         }
         if let Some(new_taints) = reconciled_taints(&node, health, &stamp) {
             let mut updated = node.clone();
@@ -481,23 +481,23 @@ impl Lifecycle {
                 }
                 continue;
             }
-            if ready_status(node) == Some("Unknown") {
-                if let Some(updated) = marked_not_ready(&pod, &stamp) {
-                    let result = client
-                        .update(&format!("{}/status", pod_path(&pod)), &updated)
-                        .await;
-                    log_write("marking a pod not ready", &pod_label(&pod), &result);
-                    if result.is_ok() {
-                        record_event(
-                            client,
-                            &pod,
-                            "Warning",
-                            "NodeNotReady",
-                            "Node is not ready",
-                            "node-controller",
-                        )
-                        .await;
-                    }
+            if ready_status(node) == Some("Unknown")
+                && let Some(updated) = marked_not_ready(&pod, &stamp)
+            {
+                let result = client
+                    .update(&format!("{}/status", pod_path(&pod)), &updated)
+                    .await;
+                log_write("marking a pod not ready", &pod_label(&pod), &result);
+                if result.is_ok() {
+                    record_event(
+                        client,
+                        &pod,
+                        "Warning",
+                        "NodeNotReady",
+                        "Node is not ready",
+                        "node-controller",
+                    )
+                    .await;
                 }
             }
             if eviction(&pod, node, default_seconds, now) == Eviction::Now {

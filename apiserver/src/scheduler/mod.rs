@@ -353,13 +353,12 @@ pub fn filter(pod: &Value, tolerations: &[Value], info: &NodeInfo) -> Result<(),
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    if let Some(t) = readiness_taint(node) {
-        if !node_taints
+    if let Some(t) = readiness_taint(node)
+        && !node_taints
             .iter()
             .any(|n| taints::key(n) == taints::key(&t) && taints::effect(n) == "NoSchedule")
-        {
-            node_taints.push(t);
-        }
+    {
+        node_taints.push(t);
     }
     let untolerated = node_taints.iter().find(|t| {
         matches!(taints::effect(t), "NoSchedule" | "NoExecute")
