@@ -168,6 +168,14 @@ fn scenario(server: &Server, dir: &Path) -> Vec<String> {
     std::fs::write(&manifests, MANIFESTS).unwrap();
     let file = manifests.to_str().unwrap();
 
+    // kubectl explain reads the OpenAPI v3 field schemas.
+    let explained = server.ok(&["explain", "pods.spec.containers.ports"]);
+    assert!(
+        explained.contains("containerPort") && explained.contains("<integer>"),
+        "{explained}"
+    );
+    note(explained);
+
     // Bootstrap objects.
     note(server.ok(&["get", "namespaces", "-o", "name"]));
     note(server.ok(&["get", "serviceaccounts", "-A", "-o", "name"]));

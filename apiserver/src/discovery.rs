@@ -150,20 +150,18 @@ pub fn openapi_document(path: &str) -> Option<Value> {
         _ => return None,
     };
     let mut paths = serde_json::Map::new();
-    let mut schemas = serde_json::Map::new();
+    let mut schemas = crate::protobuf::openapi_schemas();
     for r in resources::of_group_version(group, version) {
         let gvk = json!([{"group": r.group, "version": r.version, "kind": r.kind}]);
-        let schema_name = format!(
-            "io.k3rs.{}.{}.{}",
-            if r.group.is_empty() { "core" } else { r.group },
-            r.version,
-            r.kind
+        let schema_name = crate::protobuf::openapi_name(r.kind);
+        let schema = schemas.entry(schema_name.clone()).or_insert_with(
+            || json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
         );
-        schemas.insert(
-            schema_name.clone(),
-            json!({"type": "object", "x-kubernetes-group-version-kind": gvk, "x-kubernetes-preserve-unknown-fields": true,
-                   "description": format!("{} (k3rs serves it; field schemas are not built yet)", r.kind)}),
-        );
+        schema["x-kubernetes-group-version-kind"] = gvk;
+        if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+            props.insert("apiVersion".into(), json!({"type": "string"}));
+            props.insert("kind".into(), json!({"type": "string"}));
+        }
         let params = json!([
             {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}, "description": "Strict, Warn or Ignore"},
             {"name": "dryRun", "in": "query", "schema": {"type": "string"}},

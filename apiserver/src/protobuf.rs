@@ -500,3 +500,97 @@ mod strict_tests {
         );
     }
 }
+
+/// How a list merges in a strategic merge patch, where kube's API types say
+/// so: `(message, field) → merge key` (strategy `merge`).
+const PATCH_MERGE_KEYS: &[(&str, &str, &str)] = &[
+    ("PodSpec", "containers", "name"),
+    ("PodSpec", "initContainers", "name"),
+    ("PodSpec", "ephemeralContainers", "name"),
+    ("PodSpec", "volumes", "name"),
+    ("PodSpec", "imagePullSecrets", "name"),
+    ("Container", "env", "name"),
+    ("Container", "ports", "containerPort"),
+    ("Container", "volumeMounts", "mountPath"),
+    ("Container", "volumeDevices", "devicePath"),
+    ("ServiceSpec", "ports", "port"),
+    ("ObjectMeta", "ownerReferences", "uid"),
+    ("PodStatus", "conditions", "type"),
+    ("NodeStatus", "conditions", "type"),
+    ("NodeStatus", "addresses", "type"),
+    ("DeploymentStatus", "conditions", "type"),
+    ("ReplicaSetStatus", "conditions", "type"),
+];
+
+/// The OpenAPI v3 schema of a field's value.
+fn openapi_type(ty: &Type) -> Value {
+    match ty {
+        Type::String => json!({"type": "string"}),
+        Type::Bool => json!({"type": "boolean"}),
+        Type::Int32 => json!({"type": "integer", "format": "int32"}),
+        Type::Int64 => json!({"type": "integer", "format": "int64"}),
+        Type::Bytes => json!({"type": "string", "format": "byte"}),
+        Type::MapString => json!({"type": "object", "additionalProperties": {"type": "string"}}),
+        Type::MapBytes => {
+            json!({"type": "object", "additionalProperties": {"type": "string", "format": "byte"}})
+        }
+        Type::MapQuantity => {
+            json!({"type": "object", "additionalProperties": {"$ref": schema_ref("Quantity")}})
+        }
+        Type::Message(m) => match m.as_str() {
+            "Time" | "MicroTime" => json!({"type": "string", "format": "date-time"}),
+            "RawExtension" | "FieldsV1" => json!({"type": "object"}),
+            _ => json!({"$ref": schema_ref(m)}),
+        },
+    }
+}
+
+fn schema_ref(message: &str) -> String {
+    format!("#/components/schemas/{}", openapi_name(message))
+}
+
+/// A message's name among the OpenAPI components.
+pub fn openapi_name(message: &str) -> String {
+    format!("io.k3rs.{message}")
+}
+
+/// Every message of the wire table as an OpenAPI v3 schema (field names and
+/// types, the merge keys strategic merge patch uses; no descriptions), for
+/// `kubectl explain` and clients that read schemas.
+pub fn openapi_schemas() -> Map<String, Value> {
+    let mut out = Map::new();
+    for name in schemas().keys() {
+        let schema = match name.as_str() {
+            "IntOrString" | "Quantity" => json!({"x-kubernetes-int-or-string": true}),
+            "Time" | "MicroTime" => json!({"type": "string", "format": "date-time"}),
+            "RawExtension" | "FieldsV1" => {
+                json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
+            }
+            _ => {
+                let mut properties = Map::new();
+                let mut fields: Vec<&Field> = json_fields(name)
+                    .into_iter()
+                    .flat_map(|f| f.values())
+                    .collect();
+                fields.sort_by(|a, b| a.name.cmp(&b.name));
+                for f in fields {
+                    let mut prop = openapi_type(&f.ty);
+                    if f.repeated {
+                        prop = json!({"type": "array", "items": prop});
+                        if let Some((_, _, key)) = PATCH_MERGE_KEYS
+                            .iter()
+                            .find(|(m, field, _)| *m == name && *field == f.name)
+                        {
+                            prop["x-kubernetes-patch-merge-key"] = json!(key);
+                            prop["x-kubernetes-patch-strategy"] = json!("merge");
+                        }
+                    }
+                    properties.insert(f.name.clone(), prop);
+                }
+                json!({"type": "object", "properties": properties})
+            }
+        };
+        out.insert(openapi_name(name), schema);
+    }
+    out
+}
