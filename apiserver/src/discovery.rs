@@ -97,6 +97,50 @@ fn entry(r: &Resource) -> Vec<Value> {
     out
 }
 
+/// The media type of aggregated discovery (kubectl asks for it first and
+/// falls back to one request per group-version without it).
+pub const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// Aggregated discovery: every group (core alone for `/api`, the named
+/// groups for `/apis`) with its versions and resources, in one answer.
+pub fn aggregated(core: bool) -> Value {
+    let names: Vec<&str> = if core { vec![""] } else { GROUPS.to_vec() };
+    let kind_of = |group: &str, kind: &str| json!({"group": group, "version": "v1", "kind": kind});
+    let items: Vec<Value> = names
+        .iter()
+        .map(|g| {
+            let resources: Vec<Value> = resources::of_group_version(g, "v1")
+                .map(|r| {
+                    let mut subresources = Vec::new();
+                    if r.has_status {
+                        subresources.push(json!({"subresource": "status", "responseKind": kind_of(r.group, r.kind), "verbs": ["get", "patch", "update"]}));
+                    }
+                    if matches!(r.kind, "Deployment" | "ReplicaSet") {
+                        subresources.push(json!({"subresource": "scale", "responseKind": kind_of("autoscaling", "Scale"), "verbs": ["get", "patch", "update"]}));
+                    }
+                    if r.kind == "Pod" {
+                        subresources.push(json!({"subresource": "binding", "responseKind": kind_of("", "Binding"), "verbs": ["create"]}));
+                        subresources.push(json!({"subresource": "log", "responseKind": kind_of("", "Pod"), "verbs": ["get"]}));
+                    }
+                    json!({
+                        "resource": r.plural,
+                        "responseKind": kind_of(r.group, r.kind),
+                        "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+                        "singularResource": r.singular,
+                        "verbs": VERBS,
+                        "shortNames": r.short_names,
+                        "categories": if r.in_all { vec!["all"] } else { vec![] },
+                        "subresources": subresources,
+                    })
+                })
+                .collect();
+            json!({"metadata": {"name": g, "creationTimestamp": null},
+                   "versions": [{"version": "v1", "resources": resources, "freshness": "Current"}]})
+        })
+        .collect();
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
+}
+
 /// The `APIResourceList` of one group-version, if k3rs serves it.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     let list: Vec<Value> = resources::of_group_version(group, version)
@@ -133,7 +177,7 @@ pub fn openapi_index() -> Value {
         let p = gv_path(g, v);
         paths.insert(
             p.clone(),
-            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash=k3rs1")}),
+            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash=k3rs2")}),
         );
     }
     json!({"paths": paths})

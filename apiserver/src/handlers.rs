@@ -155,6 +155,13 @@ fn list_params(q: &[(String, String)], res: &Resource) -> ApiResult<ListParams> 
     })
 }
 
+fn wants_aggregated(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"))
+}
+
 fn wants_table(headers: &HeaderMap) -> bool {
     headers
         .get(http::header::ACCEPT)
@@ -217,6 +224,15 @@ async fn route(
     let is_get = *method == Method::GET;
     match segments.as_slice() {
         ["version"] if is_get => return Ok(ok(&discovery::version())),
+        ["api" | "apis"] if is_get && wants_aggregated(headers) => {
+            let body = discovery::aggregated(segments[0] == "api");
+            return Ok((
+                StatusCode::OK,
+                [(http::header::CONTENT_TYPE, discovery::AGGREGATED)],
+                body.to_string(),
+            )
+                .into_response());
+        }
         ["api"] if is_get => return Ok(ok(&discovery::core_versions())),
         ["apis"] if is_get => return Ok(ok(&discovery::groups())),
         ["api", v] if is_get => {
