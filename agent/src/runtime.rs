@@ -29,6 +29,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// The most a container log file holds (the kubelet's `containerLogMaxSize`).
 pub const MAX_LOG_BYTES: u64 = 10 * 1024 * 1024;
 
+/// Stack of a container's two threads (log copy, exit wait): they hold
+/// almost nothing, and a node runs hundreds of them.
+const THREAD_STACK: usize = 128 * 1024;
+
 /// How long an exit waits for the log to drain: a process that left the
 /// group may hold the pipe open forever.
 const LOG_DRAIN: Duration = Duration::from_secs(1);
@@ -377,6 +381,7 @@ fn spawn(spec: &ContainerSpec) -> Result<ProcessContainer, StartError> {
     let (logged, drained) = std::sync::mpsc::channel::<()>();
     let logger = std::thread::Builder::new()
         .name(format!("log-{pid}"))
+        .stack_size(THREAD_STACK)
         .spawn(move || {
             copy_log(reader, log, &log_path);
             drop(logged);
@@ -388,6 +393,7 @@ fn spawn(spec: &ContainerSpec) -> Result<ProcessContainer, StartError> {
         let pid_file = spec.pid_file.clone();
         std::thread::Builder::new()
             .name(format!("wait-{pid}"))
+            .stack_size(THREAD_STACK)
             .spawn(move || {
                 let exit = reap(child, &exited);
                 let _ = std::fs::remove_file(&pid_file);
@@ -478,7 +484,8 @@ fn copy_log(mut pipe: std::io::PipeReader, file: File, path: &Path) {
     let mut file = Some(file);
     let mut written = 0u64;
     let mut use_splice = true;
-    let mut buf = vec![0u8; 64 * 1024];
+    // Only the read/write fallback needs a buffer; splice needs none.
+    let mut buf = Vec::new();
     loop {
         if written >= MAX_LOG_BYTES {
             let _ = std::fs::rename(path, &rotated);
@@ -513,11 +520,15 @@ fn copy_log(mut pipe: std::io::PipeReader, file: File, path: &Path) {
                 }
             }
             Some(f) => {
+                buf.resize(64 * 1024, 0);
                 let take = want.min(buf.len());
                 pipe.read(&mut buf[..take])
                     .and_then(|n| f.write_all(&buf[..n]).map(|()| n))
             }
-            None => pipe.read(&mut buf),
+            None => {
+                buf.resize(64 * 1024, 0);
+                pipe.read(&mut buf)
+            }
         };
         match moved {
             Ok(0) => return,
