@@ -611,8 +611,11 @@ impl LogWriter for MysqlWriter {
         let landed: Option<i64> = self
             .client
             .run("reading this server's commits", async |c| {
+                // A locking read: the broken connection's transaction may
+                // still be finishing its commit on the server (it holds
+                // this row); a plain read would see the count before it.
                 c.exec_first(
-                    "SELECT commits FROM k3rs_members WHERE member_id = ?",
+                    "SELECT commits FROM k3rs_members WHERE member_id = ? FOR UPDATE",
                     (member,),
                 )
                 .await

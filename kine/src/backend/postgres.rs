@@ -606,8 +606,11 @@ impl LogWriter for PostgresWriter {
         self.ensure_connected()?;
         let landed: i64 = self
             .client
+            // A locking read: the broken connection's transaction may still
+            // be finishing on the server (it holds this row); a plain read
+            // would see the count before it.
             .query_one(
-                "SELECT commits FROM k3rs_members WHERE member_id = $1",
+                "SELECT commits FROM k3rs_members WHERE member_id = $1 FOR UPDATE",
                 &[&self.session.member_id],
             )
             .map_err(|e| sql_error("reading this server's commits", e))?
