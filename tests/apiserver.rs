@@ -354,6 +354,13 @@ fn scenario(server: &Server, dir: &Path) -> Vec<String> {
         err.rsplit_once("typo.yaml\": ")
             .map_or(err.clone(), |(_, m)| m.trim().to_string()),
     );
+    // With --validate=warn it is stored without the unknown field, and the
+    // warning is printed, as kube-apiserver's decoder drops it.
+    let (ok, _, err) = server.kubectl(&["create", "--validate=warn", "-f", typo.to_str().unwrap()]);
+    assert!(ok && err.contains("unknown field \"datta\""), "{err}");
+    let (_, stored, _) = server.kubectl(&["get", "configmap", "typo", "-o", "json"]);
+    assert!(!stored.contains("datta"), "{stored}");
+    server.kubectl(&["delete", "configmap", "typo"]);
     let bad = dir.join("bad.yaml");
     std::fs::write(
         &bad,
@@ -603,4 +610,119 @@ fn kubectl_1_37_works_too() {
     let version = server.ok(&["version", "--client", "-o", "json"]);
     assert!(version.contains("\"minor\": \"37\""), "{version}");
     scenario(&server, dir.path());
+}
+
+/// kube-rs, the Rust client, with its typed API: CRUD, a label-selected
+/// list, a watch from that list's resourceVersion, merge and strategic
+/// patches, a Deployment's scale subresource, and errors decoded as
+/// `kube::Error::Api` with kube's codes and reasons.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kube_rs_client_works() {
+    use k8s_openapi::api::{apps::v1::Deployment, core::v1::ConfigMap, core::v1::Namespace};
+    use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+    use serde_json::json;
+    use tokio_stream::StreamExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let kubeconfig = kube::config::Kubeconfig::read_from(&server.kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+    let version = client.apiserver_version().await.unwrap();
+    assert_eq!(version.major, "1", "{version:?}");
+    let api_error = |r: kube::Error| match r {
+        kube::Error::Api(status) => (status.code, status.reason),
+        other => panic!("not an API error: {other:?}"),
+    };
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns = serde_json::from_value(json!({"metadata": {"name": "kube-rs"}})).unwrap();
+    namespaces.create(&PostParams::default(), &ns).await.unwrap();
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-rs");
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "cfg", "labels": {"app": "kube-rs"}},
+        "data": {"k": "v"}
+    }))
+    .unwrap();
+    let created = config_maps.create(&PostParams::default(), &cm).await.unwrap();
+    assert!(created.metadata.uid.is_some() && created.metadata.creation_timestamp.is_some());
+    let listed = config_maps
+        .list(&ListParams::default().labels("app in (kube-rs, other)"))
+        .await
+        .unwrap();
+    let names: Vec<_> = listed.items.iter().filter_map(|c| c.metadata.name.clone()).collect();
+    assert_eq!(names, ["cfg"]);
+    let from = listed.metadata.resource_version.unwrap();
+    let mut events = Box::pin(
+        config_maps
+            .watch(&WatchParams::default().timeout(10), &from)
+            .await
+            .unwrap(),
+    );
+
+    let patched = config_maps
+        .patch("cfg", &PatchParams::default(), &Patch::Merge(json!({"data": {"k2": "v2"}})))
+        .await
+        .unwrap();
+    let patched_again = config_maps
+        .patch("cfg", &PatchParams::default(), &Patch::Strategic(json!({"metadata": {"labels": {"tier": "web"}}})))
+        .await
+        .unwrap();
+    assert_eq!(patched.data.unwrap().len(), 2);
+    assert_eq!(patched_again.metadata.labels.unwrap().len(), 2);
+    // A replace carrying the old resourceVersion loses: 409 Conflict.
+    let stale = config_maps.replace("cfg", &PostParams::default(), &created).await;
+    assert_eq!(api_error(stale.unwrap_err()), (409, "Conflict".to_string()));
+    assert_eq!(
+        api_error(config_maps.get("missing").await.unwrap_err()),
+        (404, "NotFound".to_string())
+    );
+    let invalid: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "Not_Valid"}})).unwrap();
+    assert_eq!(
+        api_error(config_maps.create(&PostParams::default(), &invalid).await.unwrap_err()),
+        (422, "Invalid".to_string())
+    );
+    let apply = config_maps
+        .patch("cfg", &PatchParams::apply("kube-rs-test"), &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap"})))
+        .await;
+    assert_eq!(api_error(apply.unwrap_err()).0, 415);
+    let deleted = config_maps.delete("cfg", &DeleteParams::default()).await.unwrap();
+    assert!(deleted.is_left(), "a deleted ConfigMap comes back as the object");
+
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match events.next().await.expect("the watch ended early").unwrap() {
+            WatchEvent::Modified(c) => seen.push(("MODIFIED", c.metadata.resource_version)),
+            WatchEvent::Deleted(c) => seen.push(("DELETED", c.metadata.resource_version)),
+            other => panic!("unexpected watch event: {other:?}"),
+        }
+    }
+    assert_eq!(
+        seen.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+        ["MODIFIED", "MODIFIED", "DELETED"]
+    );
+    assert_eq!(seen[1].1, patched_again.metadata.resource_version);
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "kube-rs");
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                         "spec": {"containers": [{"name": "web", "image": "nginx"}]}}
+        }
+    }))
+    .unwrap();
+    deployments.create(&PostParams::default(), &deployment).await.unwrap();
+    deployments
+        .patch_scale("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}})))
+        .await
+        .unwrap();
+    let scale = deployments.get_scale("web").await.unwrap();
+    assert_eq!(scale.spec.unwrap().replicas, Some(3));
+    let got = deployments.get("web").await.unwrap();
+    assert_eq!(got.spec.unwrap().replicas, Some(3));
 }

@@ -230,6 +230,46 @@ async fn postgres_errors_name_the_problem() {
     );
 }
 
+/// A commit the database refuses fails every request of its batch, a
+/// revoke of a lease without keys included (it writes no log row, only
+/// the lease's): the client hears the error and the lease lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_refused_commit_fails_a_keyless_revoke() {
+    use kine::proto::lease_client::LeaseClient;
+    use kine::proto::{LeaseGrantRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::create().await.unwrap();
+    let server = start(dir.path(), &db);
+    let mut leases = LeaseClient::new(server.channel().await);
+    let grant = LeaseGrantRequest { ttl: 60, id: 0 };
+    let id = leases.lease_grant(grant).await.unwrap().into_inner().id;
+    run_sql(
+        &db.dsn,
+        "CREATE FUNCTION k3rs_test_refuse() RETURNS trigger LANGUAGE plpgsql
+             AS $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$;
+         CREATE TRIGGER k3rs_test_refuse BEFORE INSERT OR UPDATE ON k3rs_leases
+             FOR EACH ROW EXECUTE FUNCTION k3rs_test_refuse()",
+    );
+    let refused = leases.lease_revoke(LeaseRevokeRequest { id }).await;
+    assert!(refused.is_err(), "a revoke whose commit failed succeeded: {refused:?}");
+    run_sql(&db.dsn, "DROP TRIGGER k3rs_test_refuse ON k3rs_leases");
+    let alive = LeaseTimeToLiveRequest { id, keys: false };
+    let ttl = leases.lease_time_to_live(alive).await.unwrap().into_inner().ttl;
+    assert!(ttl > 0, "the lease is gone after a refused revoke (ttl {ttl})");
+    leases.lease_revoke(LeaseRevokeRequest { id }).await.unwrap();
+}
+
+/// Runs `sql` on a PostgreSQL database (off the async threads).
+fn run_sql(dsn: &str, sql: &str) {
+    let (dsn, sql) = (dsn.to_string(), sql.to_string());
+    std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&dsn, postgres::NoTls).unwrap();
+        c.batch_execute(&sql).unwrap();
+    })
+    .join()
+    .unwrap();
+}
+
 /// Drops the guard's database so k3rs has to create it; the guard drops
 /// it again at the end.
 fn drop_database_keep_guard(db: &TestDatabase) {

@@ -281,8 +281,9 @@ async fn route(
         sub,
     } = target;
     let ns = namespace.as_deref();
-    // kube-apiserver's default is Warn: unknown fields are named in
-    // `Warning` headers (kubectl prints them).
+    // kube-apiserver's default is Warn: unknown fields are dropped and
+    // named in `Warning` headers (kubectl prints them); Ignore drops them
+    // silently.
     let strict = match param(&q, "fieldValidation") {
         None | Some("") | Some("Warn") => Some(false),
         Some("Ignore") => None,
@@ -294,14 +295,11 @@ async fn route(
         }
     };
     let warnings = std::sync::Mutex::new(Vec::<String>::new());
-    let check_fields = |obj: &Value| -> ApiResult<()> {
-        let Some(strict) = strict else {
+    let check_fields = |obj: &mut Value| -> ApiResult<()> {
+        let unknown = crate::protobuf::prune_unknown_fields(res.kind, obj);
+        let Some(strict) = strict.filter(|_| !unknown.is_empty()) else {
             return Ok(());
         };
-        let unknown = crate::protobuf::unknown_fields(res.kind, obj);
-        if unknown.is_empty() {
-            return Ok(());
-        }
         let list: Vec<String> = unknown
             .iter()
             .map(|f| format!("unknown field \"{f}\""))
@@ -412,7 +410,7 @@ async fn route(
         }
         (Method::POST, None, None) => {
             let mut obj = parse_body(&body, &content_type)?;
-            check_fields(&obj)?;
+            check_fields(&mut obj)?;
             objects::prepare_create(res, &mut obj, ns)?;
             if param(&q, "dryRun").is_some() {
                 return Ok(json_response(StatusCode::CREATED, &obj));
@@ -444,8 +442,8 @@ async fn route(
             }
         }
         (Method::PUT, Some(name), None | Some("status")) => {
-            let new = parse_body(&body, &content_type)?;
-            check_fields(&new)?;
+            let mut new = parse_body(&body, &content_type)?;
+            check_fields(&mut new)?;
             let status_only = sub.is_some();
             let expected = new
                 .pointer("/metadata/resourceVersion")
@@ -485,7 +483,7 @@ async fn route(
                     && rv != store::revision_of(current).to_string() {
                         return Err(ApiError::conflict(res.plural, name));
                     }
-                check_fields(&out)?;
+                check_fields(&mut out)?;
                 Ok(out)
             })
             .await

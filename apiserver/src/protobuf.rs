@@ -392,18 +392,25 @@ mod tests {
     }
 }
 
-/// The JSON fields of `obj` (a `kind` k3rs serves) that its schema does not
-/// have, as dotted paths (`spec.replica`): what `fieldValidation=Strict`
-/// refuses. Parts whose message the table lacks are not checked.
-pub fn unknown_fields(kind: &str, obj: &Value) -> Vec<String> {
+/// Removes the JSON fields of `obj` (a `kind` k3rs serves) that its
+/// schema does not have, as kube-apiserver's decoder drops them, and names
+/// them as dotted paths (`spec.replica`): what `fieldValidation=Warn`
+/// reports and `Strict` refuses. Parts whose message the table lacks are
+/// kept as they are.
+pub fn prune_unknown_fields(kind: &str, obj: &mut Value) -> Vec<String> {
     let mut out = Vec::new();
     if let Value::Object(m) = obj {
-        let top: Map<String, Value> = m
-            .iter()
-            .filter(|(k, _)| *k != "apiVersion" && *k != "kind")
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        check(kind, &Value::Object(top), "", &mut out, 0);
+        for (k, v) in m.iter_mut() {
+            if k == "apiVersion" || k == "kind" {
+                continue;
+            }
+            match json_fields(kind).map(|fields| fields.get(k)) {
+                None => {}
+                Some(None) => out.push(k.clone()),
+                Some(Some(field)) => prune_field(field, v, k, &mut out, 0),
+            }
+        }
+        m.retain(|k, _| !out.contains(k));
     }
     out
 }
@@ -435,7 +442,7 @@ fn json_fields(name: &str) -> Option<&'static HashMap<String, Field>> {
     .get(name)
 }
 
-fn check(message: &str, value: &Value, path: &str, out: &mut Vec<String>, depth: usize) {
+fn prune(message: &str, value: &mut Value, path: &str, out: &mut Vec<String>, depth: usize) {
     if depth > 32
         || matches!(
             message,
@@ -447,27 +454,38 @@ fn check(message: &str, value: &Value, path: &str, out: &mut Vec<String>, depth:
     let (Value::Object(m), Some(fields)) = (value, json_fields(message)) else {
         return;
     };
-    for (k, v) in m {
-        let here = if path.is_empty() {
-            k.clone()
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
         } else {
             format!("{path}.{k}")
-        };
-        let Some(field) = fields.get(k) else {
-            out.push(here);
-            continue;
-        };
-        if let Type::Message(inner) = &field.ty {
-            match (field.repeated, v) {
-                (true, Value::Array(items)) => {
-                    for (i, item) in items.iter().enumerate() {
-                        check(inner, item, &format!("{here}[{i}]"), out, depth + 1);
-                    }
-                }
-                (false, _) => check(inner, v, &here, out, depth + 1),
-                _ => {}
+        }
+    };
+    m.retain(|k, _| {
+        let known = fields.contains_key(k);
+        if !known {
+            out.push(join(k));
+        }
+        known
+    });
+    for (k, v) in m.iter_mut() {
+        prune_field(&fields[k], v, &join(k), out, depth);
+    }
+}
+
+/// Prunes inside one known field's value, when it holds messages.
+fn prune_field(field: &Field, value: &mut Value, here: &str, out: &mut Vec<String>, depth: usize) {
+    let Type::Message(inner) = &field.ty else {
+        return;
+    };
+    match (field.repeated, value) {
+        (true, Value::Array(items)) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                prune(inner, item, &format!("{here}[{i}]"), out, depth + 1);
             }
         }
+        (false, v) => prune(inner, v, here, out, depth + 1),
+        _ => {}
     }
 }
 
@@ -476,10 +494,10 @@ mod strict_tests {
     use super::*;
 
     #[test]
-    fn unknown_fields_are_found_by_path() {
-        let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x", "labelz": {}},
+    fn unknown_fields_are_dropped_and_named_by_path() {
+        let mut d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x", "labelz": {}},
                        "spec": {"replica": 1, "template": {"spec": {"containers": [{"name": "a", "image": "b", "imagePolicy": "x"}]}}}});
-        let mut found = unknown_fields("Deployment", &d);
+        let mut found = prune_unknown_fields("Deployment", &mut d);
         found.sort();
         assert_eq!(
             found,
@@ -489,15 +507,18 @@ mod strict_tests {
                 "spec.template.spec.containers[0].imagePolicy"
             ]
         );
-        let probe = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "b",
+        assert_eq!(
+            d,
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+                   "spec": {"template": {"spec": {"containers": [{"name": "a", "image": "b"}]}}}})
+        );
+        let mut probe = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "b",
                            "livenessProbe": {"httpGet": {"path": "/", "port": 80}, "periodSeconds": 5},
                            "resources": {"limits": {"cpu": "1"}}}],
                            "volumes": [{"name": "v", "configMap": {"name": "c"}}]}});
-        assert!(
-            unknown_fields("Pod", &probe).is_empty(),
-            "{:?}",
-            unknown_fields("Pod", &probe)
-        );
+        let kept = probe.clone();
+        assert_eq!(prune_unknown_fields("Pod", &mut probe), Vec::<String>::new());
+        assert_eq!(probe, kept);
     }
 }
 

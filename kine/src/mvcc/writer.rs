@@ -332,6 +332,7 @@ impl Writer {
             let mut leases = shared.leases();
             let compact = shared.compact_revision();
             for (op, reply) in writes {
+                let before = batch.footprint();
                 match op {
                     WriteOp::Compact { revision } => {
                         let compacted = batch.compact_revision.unwrap_or(compact);
@@ -343,7 +344,7 @@ impl Writer {
                             batch.compact_revision = Some(revision);
                             Ok(WriteReply::Revision(self.head))
                         };
-                        replies.push((reply, result, false));
+                        replies.push((reply, result, batch.footprint() != before));
                         continue;
                     }
                     WriteOp::Noop => {
@@ -417,7 +418,11 @@ impl Writer {
                 } else if wrote {
                     self.head += 1;
                 }
-                replies.push((reply, result, wrote));
+                // A revoke of a lease without keys or a keep-alive writes
+                // no row but still changes the batch: it too succeeded
+                // only if the batch commits.
+                let needs_commit = batch.footprint() != before;
+                replies.push((reply, result, needs_commit));
             }
         }
         batch.current_revision = self.head;
@@ -464,10 +469,9 @@ impl Writer {
                 self.undo(outcome);
             }
         }
-        for (reply, result, wrote) in replies {
-            let result = match (&committed, wrote, &result) {
-                (Err(e), true, _) => Err(e.clone()),
-                (Err(e), _, Ok(WriteReply::LeaseGrant(_))) => Err(e.clone()),
+        for (reply, result, needs_commit) in replies {
+            let result = match &committed {
+                Err(e) if needs_commit => Err(e.clone()),
                 _ => result,
             };
             let _ = reply.send(result);
