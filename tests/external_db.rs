@@ -230,33 +230,83 @@ async fn postgres_errors_name_the_problem() {
     );
 }
 
-/// A commit the database refuses fails every request of its batch, a
-/// revoke of a lease without keys included (it writes no log row, only
-/// the lease's): the client hears the error and the lease lives on.
+/// A commit the database refuses fails every request whose answer
+/// depended on it: a revoke of a lease without keys (it writes no log row,
+/// only the lease's) and a read that saw an earlier write of the same
+/// batch, not only the writes. The refused changes stay undone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_refused_commit_fails_a_keyless_revoke() {
+async fn postgres_a_refused_commit_fails_every_answer_that_depended_on_it() {
     use kine::proto::lease_client::LeaseClient;
-    use kine::proto::{LeaseGrantRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest};
+    use kine::proto::{
+        Compare, LeaseGrantRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, TxnRequest,
+        compare,
+    };
     let dir = tempfile::tempdir().unwrap();
     let db = TestDatabase::create().await.unwrap();
     let server = start(dir.path(), &db);
-    let mut leases = LeaseClient::new(server.channel().await);
+    let channel = server.channel().await;
+    let mut leases = LeaseClient::new(channel.clone());
     let grant = LeaseGrantRequest { ttl: 60, id: 0 };
     let id = leases.lease_grant(grant).await.unwrap().into_inner().id;
+    let mut kv = KvClient::new(channel.clone());
+    let revision = kv.put(put("/refused/base")).await.unwrap().into_inner().header.unwrap().revision;
     run_sql(
         &db.dsn,
         "CREATE FUNCTION k3rs_test_refuse() RETURNS trigger LANGUAGE plpgsql
              AS $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$;
          CREATE TRIGGER k3rs_test_refuse BEFORE INSERT OR UPDATE ON k3rs_leases
+             FOR EACH ROW EXECUTE FUNCTION k3rs_test_refuse();
+         CREATE TRIGGER k3rs_test_refuse BEFORE INSERT ON k3rs_log
              FOR EACH ROW EXECUTE FUNCTION k3rs_test_refuse()",
     );
     let refused = leases.lease_revoke(LeaseRevokeRequest { id }).await;
     assert!(refused.is_err(), "a revoke whose commit failed succeeded: {refused:?}");
-    run_sql(&db.dsn, "DROP TRIGGER k3rs_test_refuse ON k3rs_leases");
+    // Puts and read-only txns at once, so that they share batches: every
+    // put fails, and no read may report a revision that never committed.
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let mut kv = KvClient::new(channel.clone());
+        tasks.push(tokio::spawn(async move {
+            if i % 2 == 0 {
+                kv.put(put(&format!("/refused/{i}"))).await.err().map(|_| 0)
+            } else {
+                let never = Compare {
+                    key: "/refused/base".into(),
+                    result: compare::CompareResult::Equal as i32,
+                    target: compare::CompareTarget::Version as i32,
+                    target_union: Some(compare::TargetUnion::Version(99)),
+                    ..Default::default()
+                };
+                let txn = TxnRequest { compare: vec![never], ..Default::default() };
+                kv.txn(txn).await.ok().map(|r| r.into_inner().header.unwrap().revision)
+            }
+        }));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        match (i % 2, task.await.unwrap()) {
+            (0, outcome) => assert_eq!(outcome, Some(0), "put {i} succeeded"),
+            (_, Some(seen)) => assert_eq!(seen, revision, "txn {i} saw an uncommitted write"),
+            (_, None) => {}
+        }
+    }
+    run_sql(
+        &db.dsn,
+        "DROP TRIGGER k3rs_test_refuse ON k3rs_leases; DROP TRIGGER k3rs_test_refuse ON k3rs_log",
+    );
     let alive = LeaseTimeToLiveRequest { id, keys: false };
     let ttl = leases.lease_time_to_live(alive).await.unwrap().into_inner().ttl;
     assert!(ttl > 0, "the lease is gone after a refused revoke (ttl {ttl})");
     leases.lease_revoke(LeaseRevokeRequest { id }).await.unwrap();
+    let after = kv.put(put("/refused/after")).await.unwrap().into_inner();
+    assert_eq!(after.header.unwrap().revision, revision + 1, "a refused write kept its revision");
+}
+
+fn put(key: &str) -> PutRequest {
+    PutRequest {
+        key: key.to_string().into(),
+        value: "v".into(),
+        ..Default::default()
+    }
 }
 
 /// Runs `sql` on a PostgreSQL database (off the async threads).

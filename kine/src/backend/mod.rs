@@ -78,17 +78,6 @@ impl CommitBatch {
             && self.compact_revision.is_none()
             && self.replication.is_none()
     }
-
-    /// How many changes of each kind the batch holds: a request that grew
-    /// it succeeded only if the batch commits.
-    pub fn footprint(&self) -> (usize, usize, usize, Option<i64>) {
-        (
-            self.records.len(),
-            self.granted_leases.len(),
-            self.revoked_leases.len(),
-            self.compact_revision,
-        )
-    }
 }
 
 /// Identity of this store, fixed when it is created.

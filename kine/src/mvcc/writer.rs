@@ -332,7 +332,6 @@ impl Writer {
             let mut leases = shared.leases();
             let compact = shared.compact_revision();
             for (op, reply) in writes {
-                let before = batch.footprint();
                 match op {
                     WriteOp::Compact { revision } => {
                         let compacted = batch.compact_revision.unwrap_or(compact);
@@ -344,11 +343,11 @@ impl Writer {
                             batch.compact_revision = Some(revision);
                             Ok(WriteReply::Revision(self.head))
                         };
-                        replies.push((reply, result, batch.footprint() != before));
+                        replies.push((reply, result, !batch.is_empty()));
                         continue;
                     }
                     WriteOp::Noop => {
-                        replies.push((reply, Ok(WriteReply::Revision(self.head)), false));
+                        replies.push((reply, Ok(WriteReply::Revision(self.head)), !batch.is_empty()));
                         continue;
                     }
                     _ => {}
@@ -418,11 +417,11 @@ impl Writer {
                 } else if wrote {
                     self.head += 1;
                 }
-                // A revoke of a lease without keys or a keep-alive writes
-                // no row but still changes the batch: it too succeeded
-                // only if the batch commits.
-                let needs_commit = batch.footprint() != before;
-                replies.push((reply, result, needs_commit));
+                // An answer given once the batch holds a change depends on
+                // its commit: the request's own change (a row, or a lease
+                // revoke or keep-alive that writes none), or an earlier
+                // request's write that a read in this one saw.
+                replies.push((reply, result, !batch.is_empty()));
             }
         }
         batch.current_revision = self.head;
