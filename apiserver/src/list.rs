@@ -456,45 +456,6 @@ pub fn table(res: &Resource, list: &Value) -> Value {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn pod_status_reads_as_kubectl_prints_it() {
-        let pod = |status: serde_json::Value| json!({"spec": {"containers": [{"name": "a"}]}, "status": status});
-        let waiting = pod(json!({"phase": "Running", "containerStatuses": [
-            {"name": "a", "ready": false, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}));
-        assert_eq!(super::pod_status_text(&waiting), "CrashLoopBackOff");
-        let done = pod(json!({"phase": "Succeeded", "containerStatuses": [
-            {"name": "a", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]}));
-        assert_eq!(super::pod_status_text(&done), "Completed");
-        let killed = pod(json!({"phase": "Failed", "containerStatuses": [
-            {"name": "a", "state": {"terminated": {"exitCode": 137, "signal": 9}}}]}));
-        assert_eq!(super::pod_status_text(&killed), "Signal:9");
-        let running = pod(json!({"phase": "Running", "containerStatuses": [
-            {"name": "a", "ready": true, "state": {"running": {}}}]}));
-        assert_eq!(super::pod_status_text(&running), "Running");
-        let mut init = pod(json!({"phase": "Pending", "initContainerStatuses": [
-            {"name": "i", "state": {"running": {}}}]}));
-        init["spec"]["initContainers"] = json!([{"name": "i"}]);
-        assert_eq!(super::pod_status_text(&init), "Init:0/1");
-        let mut gone = running.clone();
-        gone["metadata"] = json!({"deletionTimestamp": "2026-01-01T00:00:00Z"});
-        assert_eq!(super::pod_status_text(&gone), "Terminating");
-    }
-
-    use super::*;
-
-    #[test]
-    fn continue_tokens_round_trip() {
-        let t = encode_continue(42, "default/web");
-        assert_eq!(
-            decode_continue(&t).unwrap(),
-            (42, "default/web\u{0}".to_string())
-        );
-        assert!(decode_continue("!!").is_err());
-    }
-}
-
 /// The pod STATUS column as kubectl prints it: an init container's progress
 /// or failure, else the reason a container waits or ended, else the phase.
 fn pod_status_text(pod: &Value) -> String {
@@ -569,4 +530,43 @@ fn pod_status_text(pod: &Value) -> String {
         reason = "Running".into();
     }
     reason
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pod_status_reads_as_kubectl_prints_it() {
+        let pod = |status: serde_json::Value| json!({"spec": {"containers": [{"name": "a"}]}, "status": status});
+        let waiting = pod(json!({"phase": "Running", "containerStatuses": [
+            {"name": "a", "ready": false, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}));
+        assert_eq!(super::pod_status_text(&waiting), "CrashLoopBackOff");
+        let done = pod(json!({"phase": "Succeeded", "containerStatuses": [
+            {"name": "a", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]}));
+        assert_eq!(super::pod_status_text(&done), "Completed");
+        let killed = pod(json!({"phase": "Failed", "containerStatuses": [
+            {"name": "a", "state": {"terminated": {"exitCode": 137, "signal": 9}}}]}));
+        assert_eq!(super::pod_status_text(&killed), "Signal:9");
+        let running = pod(json!({"phase": "Running", "containerStatuses": [
+            {"name": "a", "ready": true, "state": {"running": {}}}]}));
+        assert_eq!(super::pod_status_text(&running), "Running");
+        let mut init = pod(json!({"phase": "Pending", "initContainerStatuses": [
+            {"name": "i", "state": {"running": {}}}]}));
+        init["spec"]["initContainers"] = json!([{"name": "i"}]);
+        assert_eq!(super::pod_status_text(&init), "Init:0/1");
+        let mut gone = running.clone();
+        gone["metadata"] = json!({"deletionTimestamp": "2026-01-01T00:00:00Z"});
+        assert_eq!(super::pod_status_text(&gone), "Terminating");
+    }
+
+    use super::*;
+
+    #[test]
+    fn continue_tokens_round_trip() {
+        let t = encode_continue(42, "default/web");
+        assert_eq!(
+            decode_continue(&t).unwrap(),
+            (42, "default/web\u{0}".to_string())
+        );
+        assert!(decode_continue("!!").is_err());
+    }
 }

@@ -48,6 +48,8 @@ impl Resource {
     }
 }
 
+// One row of the resource table: each argument is a column.
+#[allow(clippy::too_many_arguments)]
 const fn res(
     group: &'static str,
     kind: &'static str,

@@ -543,11 +543,10 @@ mod tests {
                 .plural,
             "deployments"
         );
-        assert_eq!(
-            kind_of(&json!({"apiVersion": "v1", "kind": "Node"}))
+        assert!(
+            !kind_of(&json!({"apiVersion": "v1", "kind": "Node"}))
                 .unwrap()
-                .namespaced,
-            false
+                .namespaced
         );
         assert!(kind_of(&json!({"apiVersion": "batch/v1", "kind": "Job"})).is_none());
         assert!(

@@ -109,7 +109,7 @@ fn release(revisions: &mut [Revision]) {
 
 /// The keys `[start, end)` as `BTreeMap` bounds, with etcd's conventions
 /// already applied by `KeyRange`.
-fn bounds<'a>(range: &'a KeyRange) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
+fn bounds(range: &KeyRange) -> (Bound<&[u8]>, Bound<&[u8]>) {
     let end = match &range.end {
         RangeEnd::Single => Bound::Included(range.start.as_ref()),
         RangeEnd::Unbounded => Bound::Unbounded,

@@ -62,6 +62,11 @@ impl LeaseTable {
         self.leases.len()
     }
 
+    /// Whether no lease is live.
+    pub fn is_empty(&self) -> bool {
+        self.leases.is_empty()
+    }
+
     /// Whether `id` is a live lease.
     pub fn contains(&self, id: i64) -> bool {
         self.leases.contains_key(&id)

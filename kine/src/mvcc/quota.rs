@@ -158,8 +158,8 @@ mod tests {
             member_id: 7,
             alarm: AlarmType::Nospace as i32,
         };
-        assert!(alarms.activate(nospace.clone()));
-        assert!(!alarms.activate(nospace.clone()));
+        assert!(alarms.activate(nospace));
+        assert!(!alarms.activate(nospace));
         assert!(alarms.nospace());
         assert_eq!(alarms.list(AlarmType::Corrupt as i32), vec![]);
         assert!(alarms.deactivate(&nospace));

@@ -755,11 +755,10 @@ impl Writer {
         let changes = self.log.lock_and_catch_up(self.head)?;
         self.apply_changes(changes);
         let result = self.compact(revision);
-        if result.is_err() {
-            if let Err(e) = self.log.release() {
+        if result.is_err()
+            && let Err(e) = self.log.release() {
                 tracing::warn!(error = %e, "ending a refused compaction's transaction failed");
             }
-        }
         result
     }
 

@@ -43,7 +43,7 @@ impl Maintenance for MaintenanceService {
         let answer = match AlarmAction::try_from(req.action) {
             Ok(AlarmAction::Get) => alarms.list(req.alarm),
             Ok(AlarmAction::Activate) => {
-                if alarms.activate(member.clone()) {
+                if alarms.activate(member) {
                     tracing::warn!(alarm = req.alarm, "alarm raised by a client");
                 }
                 vec![member]
@@ -195,7 +195,7 @@ fn stream_snapshot(
         sha.update(&buf[..want]);
         sent += want as u64;
         let chunk = SnapshotResponse {
-            header: header.clone(),
+            header,
             remaining_bytes: total - sent,
             blob: bytes::Bytes::copy_from_slice(&buf[..want]),
             ..Default::default()
