@@ -516,6 +516,80 @@ fn kubectl_on_the_embedded_datastore_and_on_etcd_agrees() {
     );
 }
 
+/// Server-side apply with kubectl: field ownership in managedFields, a
+/// conflict with another manager's change and its forced resolution,
+/// fields dropped from the configuration removed, a client-side-applied
+/// object taken over, and a server-side dry run that writes nothing.
+#[test]
+fn kubectl_server_side_apply_tracks_field_owners() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let manifest = |replicas: u32, with_env: bool| {
+        let env = if with_env {
+            "\n        env:\n        - name: MODE\n          value: fast"
+        } else {
+            ""
+        };
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  labels: {{app: web}}\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels: {{app: web}}\n  template:\n    metadata:\n      labels: {{app: web}}\n    spec:\n      containers:\n      - name: web\n        image: nginx{env}\n"
+        )
+    };
+    let file = dir.path().join("web.yaml");
+    let path = file.to_str().unwrap();
+    std::fs::write(&file, manifest(2, true)).unwrap();
+    let out = server.ok(&["apply", "--server-side", "-f", path]);
+    assert!(out.contains("deployment.apps/web serverside-applied"), "{out}");
+    let fields = |server: &Server| -> serde_json::Value {
+        let json = server.ok(&["get", "deploy", "web", "-o", "json", "--show-managed-fields"]);
+        serde_json::from_str::<serde_json::Value>(&json).unwrap()["metadata"]["managedFields"].clone()
+    };
+    let owners = fields(&server);
+    assert_eq!(owners[0]["manager"], "kubectl", "{owners}");
+    assert_eq!(owners[0]["operation"], "Apply", "{owners}");
+    assert!(owners[0]["fieldsV1"]["f:spec"]["f:replicas"].is_object(), "{owners}");
+
+    // Another manager changes a field the configuration sets: a conflict
+    // (`kubectl scale` names no field manager: its User-Agent's, kubectl,
+    // with operation Update, is not the applier).
+    server.ok(&["scale", "deploy", "web", "--replicas=5"]);
+    let (ok, _, err) = server.kubectl(&["apply", "--server-side", "-f", path]);
+    assert!(!ok, "an apply over another manager's replicas succeeded");
+    assert!(
+        err.contains("Apply failed with 1 conflict: conflict with \"kubectl\" using apps/v1: .spec.replicas"),
+        "{err}"
+    );
+    // Forced, the applier takes it back; without the env var, the
+    // variable it alone set goes.
+    std::fs::write(&file, manifest(2, false)).unwrap();
+    server.ok(&["apply", "--server-side", "--force-conflicts", "-f", path]);
+    let replicas = server.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]);
+    assert_eq!(replicas, "2");
+    let env = server.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.template.spec.containers[0].env}"]);
+    assert_eq!(env, "", "the dropped env var is still there");
+    let owners = fields(&server);
+    assert!(
+        owners.as_array().unwrap().iter().all(|e| e["operation"] != "Update"),
+        "the scale's only field was taken, so its entry goes: {owners}"
+    );
+
+    // A server-side dry run changes nothing.
+    std::fs::write(&file, manifest(7, false)).unwrap();
+    server.ok(&["apply", "--server-side", "--dry-run=server", "-f", path]);
+    let replicas = server.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]);
+    assert_eq!(replicas, "2");
+
+    // An object applied client-side is taken over by a server-side apply
+    // of the same configuration without conflicts.
+    let cm = dir.path().join("cm.yaml");
+    std::fs::write(&cm, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  a: \"1\"\n").unwrap();
+    let cm = cm.to_str().unwrap();
+    server.ok(&["apply", "-f", cm]);
+    let out = server.ok(&["apply", "--server-side", "-f", cm]);
+    assert!(out.contains("configmap/settings serverside-applied"), "{out}");
+    let data = server.ok(&["get", "configmap", "settings", "-o", "jsonpath={.data.a}"]);
+    assert_eq!(data, "1");
+}
+
 #[test]
 fn requests_without_credentials_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -614,8 +688,8 @@ fn kubectl_1_37_works_too() {
 
 /// kube-rs, the Rust client, with its typed API: CRUD, a label-selected
 /// list, a watch from that list's resourceVersion, merge and strategic
-/// patches, a Deployment's scale subresource, and errors decoded as
-/// `kube::Error::Api` with kube's codes and reasons.
+/// patches, server-side apply, a Deployment's scale subresource, and
+/// errors decoded as `kube::Error::Api` with kube's codes and reasons.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kube_rs_client_works() {
     use k8s_openapi::api::{apps::v1::Deployment, core::v1::ConfigMap, core::v1::Namespace};
@@ -684,15 +758,30 @@ async fn the_kube_rs_client_works() {
         api_error(config_maps.create(&PostParams::default(), &invalid).await.unwrap_err()),
         (422, "Invalid".to_string())
     );
-    let apply = config_maps
-        .patch("cfg", &PatchParams::apply("kube-rs-test"), &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap"})))
+    // Server-side apply: the applier owns what it applied.
+    let applied = config_maps
+        .patch(
+            "cfg",
+            &PatchParams::apply("kube-rs-test"),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}, "data": {"k3": "v3"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.data.as_ref().unwrap().len(), 3);
+    let owners = applied.metadata.managed_fields.unwrap();
+    let mine = owners.iter().find(|e| e.manager.as_deref() == Some("kube-rs-test")).unwrap();
+    assert_eq!(mine.operation.as_deref(), Some("Apply"));
+    // Without a field manager an apply is refused, as kube-apiserver does.
+    let anonymous = PatchParams { field_manager: None, ..PatchParams::default() };
+    let refused = config_maps
+        .patch("cfg", &anonymous, &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}})))
         .await;
-    assert_eq!(api_error(apply.unwrap_err()).0, 415);
+    assert_eq!(api_error(refused.unwrap_err()).0, 422);
     let deleted = config_maps.delete("cfg", &DeleteParams::default()).await.unwrap();
     assert!(deleted.is_left(), "a deleted ConfigMap comes back as the object");
 
     let mut seen = Vec::new();
-    while seen.len() < 3 {
+    while seen.len() < 4 {
         match events.next().await.expect("the watch ended early").unwrap() {
             WatchEvent::Modified(c) => seen.push(("MODIFIED", c.metadata.resource_version)),
             WatchEvent::Deleted(c) => seen.push(("DELETED", c.metadata.resource_version)),
@@ -701,7 +790,7 @@ async fn the_kube_rs_client_works() {
     }
     assert_eq!(
         seen.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
-        ["MODIFIED", "MODIFIED", "DELETED"]
+        ["MODIFIED", "MODIFIED", "MODIFIED", "DELETED"]
     );
     assert_eq!(seen[1].1, patched_again.metadata.resource_version);
 

@@ -352,6 +352,11 @@ impl Client {
                     http::header::CONTENT_TYPE,
                     content_type.parse().expect("a valid header"),
                 );
+                // The field manager of the controllers' writes.
+                headers.insert(
+                    http::header::USER_AGENT,
+                    http::HeaderValue::from_static("k3rs-controllers"),
+                );
                 for (name, value) in extra {
                     if let (Ok(n), Ok(v)) = (
                         http::HeaderName::from_bytes(name.as_bytes()),
@@ -388,6 +393,7 @@ impl Client {
                     .header(http::header::HOST, format!("{}:{}", https.host, https.port))
                     .header(http::header::CONTENT_TYPE, content_type)
                     .header(http::header::ACCEPT, "application/json")
+                    .header(http::header::USER_AGENT, "k3rs-agent")
                     .header(
                         http::header::AUTHORIZATION,
                         format!("Bearer {}", https.token),

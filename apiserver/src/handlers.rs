@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::{Value, json};
 
+use crate::apply;
 use crate::discovery;
 use crate::list::{self, ListParams};
 use crate::objects;
@@ -294,6 +295,15 @@ async fn route(
             )));
         }
     };
+    let manager = field_manager(&q, headers);
+    let api_version = res.api_version();
+    let now = objects::now();
+    let writer = apply::Writer {
+        manager: &manager,
+        api_version: &api_version,
+        now: &now,
+    };
+    let dry_run = param(&q, "dryRun").is_some();
     let warnings = std::sync::Mutex::new(Vec::<String>::new());
     let check_fields = |obj: &mut Value| -> ApiResult<()> {
         let unknown = crate::protobuf::prune_unknown_fields(res.kind, obj);
@@ -356,7 +366,12 @@ async fn route(
         (Method::PUT | Method::PATCH, Some(name), Some("scale")) if has_scale(res) => {
             let body: Value = serde_json::from_slice(&body)
                 .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
-            let written = update(api, res, ns, name, false, |current| {
+            let options = UpdateOptions {
+                writer: Some(&writer),
+                dry_run,
+                ..Default::default()
+            };
+            let written = update(api, res, ns, name, options, |current| {
                 let mut scale = scale_of(current);
                 match (method, content_type.as_str()) {
                     (&Method::PUT, _) => scale = body.clone(),
@@ -412,34 +427,9 @@ async fn route(
             let mut obj = parse_body(&body, &content_type)?;
             check_fields(&mut obj)?;
             objects::prepare_create(res, &mut obj, ns)?;
-            if param(&q, "dryRun").is_some() {
-                return Ok(json_response(StatusCode::CREATED, &obj));
-            }
-            if let Some(ns) = ns.filter(|_| res.kind != "Namespace") {
-                ensure_namespace(api, ns).await?;
-            }
-            let name = obj["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            if res.kind == "Service" {
-                crate::allocate::assign(&api.store, &mut obj).await?;
-            }
-            let created = api.store.swap(&res.key(ns, &name), &obj, 0).await;
-            if res.kind == "Service" && !matches!(created, Ok(Swap::Done(_))) {
-                crate::allocate::release(&api.store, &obj).await;
-            }
-            match created? {
-                Swap::Done(written) => {
-                    if res.kind == "Namespace" {
-                        // What the service-account controller does: every
-                        // namespace gets a `default` ServiceAccount.
-                        default_service_account(&api.store, &name).await?;
-                    }
-                    Ok(json_response(StatusCode::CREATED, &written))
-                }
-                Swap::Mismatch(_) => Err(ApiError::already_exists(res.plural, &name)),
-            }
+            apply::track_update(None, &mut obj, &writer);
+            let created = create(api, res, ns, obj, dry_run).await?;
+            Ok(json_response(StatusCode::CREATED, &created))
         }
         (Method::PUT, Some(name), None | Some("status")) => {
             let mut new = parse_body(&body, &content_type)?;
@@ -449,7 +439,12 @@ async fn route(
                 .pointer("/metadata/resourceVersion")
                 .and_then(Value::as_str)
                 .map(str::to_string);
-            update(api, res, ns, name, status_only, |current| {
+            let options = UpdateOptions {
+                status_only,
+                writer: Some(&writer),
+                dry_run,
+            };
+            update(api, res, ns, name, options, |current| {
                 if let Some(rv) = &expected
                     && *rv != store::revision_of(current).to_string() {
                         return Err(ApiError::conflict(res.plural, name));
@@ -459,17 +454,54 @@ async fn route(
             .await
             .map(|o| ok(&o))
         }
+        (Method::PATCH, Some(name), None) if content_type == "application/apply-patch+yaml" => {
+            let Some(manager) = param(&q, "fieldManager").filter(|m| !m.is_empty()) else {
+                return Err(ApiError::invalid(
+                    "PatchOptions.meta.k8s.io",
+                    "",
+                    vec![("fieldManager".into(), "Required value: is required for apply patch".into())],
+                ));
+            };
+            let mut config = apply_configuration(&body, res, name)?;
+            check_fields(&mut config)?;
+            let api_version = res.api_version();
+            let now = objects::now();
+            let writer = apply::Writer { manager, api_version: &api_version, now: &now };
+            let force = matches!(param(&q, "force"), Some("true"));
+            match get(api, res, ns, name).await {
+                Err(e) if e.code == 404 => {
+                    // An apply of an object that does not exist creates it.
+                    let mut obj = apply::apply(None, &config, &writer, force)?;
+                    objects::prepare_create(res, &mut obj, ns)?;
+                    let created = create(api, res, ns, obj, dry_run).await?;
+                    Ok(json_response(StatusCode::CREATED, &created))
+                }
+                Err(e) => Err(e),
+                Ok(_) => {
+                    let options = UpdateOptions { dry_run, ..Default::default() };
+                    update(api, res, ns, name, options, |current| {
+                        apply::apply(Some(current), &config, &writer, force)
+                    })
+                    .await
+                    .map(|o| ok(&o))
+                }
+            }
+        }
         (Method::PATCH, Some(name), None | Some("status")) => {
             let status_only = sub.is_some();
-            let patch_body: Value = if content_type == "application/apply-patch+yaml" {
+            if content_type == "application/apply-patch+yaml" {
                 return Err(ApiError::unsupported_media(
-                    "server-side apply is not built yet in k3rs; use kubectl apply without --server-side",
+                    "server-side apply to a status subresource is not built yet in k3rs",
                 ));
-            } else {
-                serde_json::from_slice(&body)
-                    .map_err(|e| ApiError::bad_request(format!("the patch is not JSON: {e}")))?
+            }
+            let patch_body: Value = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::bad_request(format!("the patch is not JSON: {e}")))?;
+            let options = UpdateOptions {
+                status_only,
+                writer: Some(&writer),
+                dry_run,
             };
-            update(api, res, ns, name, status_only, |current| {
+            update(api, res, ns, name, options, |current| {
                 let mut out = current.clone();
                 match content_type.as_str() {
                     "application/merge-patch+json" => patch::merge(&mut out, &patch_body),
@@ -553,6 +585,87 @@ fn parse_body(body: &[u8], content_type: &str) -> ApiResult<Value> {
         .map_err(|e| ApiError::bad_request(format!("the request body is not JSON: {e}")))
 }
 
+/// Stores a new object (prepared by `objects::prepare_create`): its
+/// namespace must exist; a Service gets its cluster IP and ports; a
+/// namespace its `default` ServiceAccount. Answers the stored object.
+async fn create(
+    api: &Api,
+    res: &Resource,
+    ns: Option<&str>,
+    mut obj: Value,
+    dry_run: bool,
+) -> ApiResult<Value> {
+    if dry_run {
+        return Ok(obj);
+    }
+    if let Some(ns) = ns.filter(|_| res.kind != "Namespace") {
+        ensure_namespace(api, ns).await?;
+    }
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if res.kind == "Service" {
+        crate::allocate::assign(&api.store, &mut obj).await?;
+    }
+    let created = api.store.swap(&res.key(ns, &name), &obj, 0).await;
+    if res.kind == "Service" && !matches!(created, Ok(Swap::Done(_))) {
+        crate::allocate::release(&api.store, &obj).await;
+    }
+    match created? {
+        Swap::Done(written) => {
+            if res.kind == "Namespace" {
+                // What the service-account controller does: every
+                // namespace gets a `default` ServiceAccount.
+                default_service_account(&api.store, &name).await?;
+            }
+            Ok(written)
+        }
+        Swap::Mismatch(_) => Err(ApiError::already_exists(res.plural, &name)),
+    }
+}
+
+/// The field manager of an ordinary write: `fieldManager`, else the
+/// client's User-Agent up to its first `/` (kube-apiserver's rule).
+fn field_manager(q: &[(String, String)], headers: &HeaderMap) -> String {
+    if let Some(m) = param(q, "fieldManager").filter(|m| !m.is_empty()) {
+        return m.to_string();
+    }
+    headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|ua| ua.split('/').next().unwrap_or_default().chars().take(128).collect::<String>())
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// A server-side apply body: a JSON object (kubectl, client-go, the
+/// Python client and kube-rs send JSON) of the target's kind, naming it.
+fn apply_configuration(body: &[u8], res: &Resource, name: &str) -> ApiResult<Value> {
+    let config: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the apply configuration is not JSON (YAML apply bodies are not read yet in k3rs): {e}"
+        ))
+    })?;
+    let field = |f: &str| config.get(f).and_then(Value::as_str).unwrap_or_default();
+    if field("apiVersion") != res.api_version() || field("kind") != res.kind {
+        return Err(ApiError::bad_request(format!(
+            "the apply configuration must be apiVersion {:?}, kind {:?} (got {:?}, {:?})",
+            res.api_version(),
+            res.kind,
+            field("apiVersion"),
+            field("kind")
+        )));
+    }
+    match config.pointer("/metadata/name").and_then(Value::as_str) {
+        Some(n) if n == name => Ok(config),
+        Some(n) => Err(ApiError::bad_request(format!(
+            "the name of the object ({n}) does not match the name on the URL ({name})"
+        ))),
+        None => Err(ApiError::bad_request("the apply configuration has no metadata.name")),
+    }
+}
+
 async fn get(api: &Api, res: &Resource, ns: Option<&str>, name: &str) -> ApiResult<Value> {
     api.store
         .get(&res.key(ns, name))
@@ -578,19 +691,40 @@ async fn ensure_namespace(api: &Api, ns: &str) -> ApiResult<()> {
 
 /// Read, change, compare-and-swap; retried when another writer got in
 /// between (only the change function decides conflicts).
+/// How an update is made: on `/status` or the main resource, by which
+/// field manager (recorded in managedFields; None: the change records
+/// ownership itself, or it is the server's own), and whether for real.
+#[derive(Clone, Copy, Default)]
+struct UpdateOptions<'a> {
+    status_only: bool,
+    writer: Option<&'a apply::Writer<'a>>,
+    dry_run: bool,
+}
+
 async fn update(
     api: &Api,
     res: &Resource,
     ns: Option<&str>,
     name: &str,
-    status_only: bool,
+    options: UpdateOptions<'_>,
     change: impl Fn(&Value) -> ApiResult<Value>,
 ) -> ApiResult<Value> {
+    let UpdateOptions {
+        status_only,
+        writer,
+        dry_run,
+    } = options;
     let key = res.key(ns, name);
     for _ in 0..16 {
         let current = get(api, res, ns, name).await?;
         let mut new = change(&current)?;
         keep_server_fields(res, &current, &mut new, status_only)?;
+        if let (Some(writer), false) = (writer, status_only) {
+            apply::track_update(Some(&current), &mut new, writer);
+        }
+        if dry_run {
+            return Ok(new);
+        }
         // The last finalizer removed from an object being deleted: it goes.
         let finalizers_empty = new
             .pointer("/metadata/finalizers")

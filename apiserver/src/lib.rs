@@ -12,6 +12,7 @@
 //!   `protobuf`: request bodies in Kubernetes' protobuf encoding.
 
 pub mod allocate;
+pub mod apply;
 pub mod client;
 pub mod controllers;
 pub mod discovery;

@@ -76,6 +76,14 @@ impl ApiError {
         Self::new(410, "Expired", message)
     }
 
+    /// A server-side apply that would take fields other managers set:
+    /// 409 with one `FieldManagerConflict` cause per field.
+    pub fn apply_conflict(message: String, causes: Vec<Value>) -> Self {
+        let mut e = Self::new(409, "Conflict", message);
+        e.details = Some(json!({"causes": causes}));
+        e
+    }
+
     pub fn unsupported_media(message: impl Into<String>) -> Self {
         Self::new(415, "UnsupportedMediaType", message)
     }
