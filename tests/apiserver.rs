@@ -519,11 +519,24 @@ fn kubectl_on_the_embedded_datastore_and_on_etcd_agrees() {
 /// Server-side apply with kubectl: field ownership in managedFields, a
 /// conflict with another manager's change and its forced resolution,
 /// fields dropped from the configuration removed, a client-side-applied
-/// object taken over, and a server-side dry run that writes nothing.
+/// object taken over, and a server-side dry run that writes nothing; on
+/// the embedded datastore and on real etcd.
 #[test]
 fn kubectl_server_side_apply_tracks_field_owners() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let embedded = Server::start(&dir.path().join("embedded"), &[]);
+    server_side_apply(&embedded, &dir.path().join("embedded"));
+    drop(embedded);
+    let etcd = support::Etcd::start(&dir.path().join("etcd"), &[]);
+    let endpoint = format!("http://127.0.0.1:{}", etcd.port);
+    let on_etcd = Server::start(
+        &dir.path().join("on-etcd"),
+        &["--datastore-endpoint", &endpoint],
+    );
+    server_side_apply(&on_etcd, &dir.path().join("on-etcd"));
+}
+
+fn server_side_apply(server: &Server, dir: &Path) {
     let manifest = |replicas: u32, with_env: bool| {
         let env = if with_env {
             "\n        env:\n        - name: MODE\n          value: fast"
@@ -534,7 +547,7 @@ fn kubectl_server_side_apply_tracks_field_owners() {
             "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  labels: {{app: web}}\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels: {{app: web}}\n  template:\n    metadata:\n      labels: {{app: web}}\n    spec:\n      containers:\n      - name: web\n        image: nginx{env}\n"
         )
     };
-    let file = dir.path().join("web.yaml");
+    let file = dir.join("web.yaml");
     let path = file.to_str().unwrap();
     std::fs::write(&file, manifest(2, true)).unwrap();
     let out = server.ok(&["apply", "--server-side", "-f", path]);
@@ -543,7 +556,7 @@ fn kubectl_server_side_apply_tracks_field_owners() {
         let json = server.ok(&["get", "deploy", "web", "-o", "json", "--show-managed-fields"]);
         serde_json::from_str::<serde_json::Value>(&json).unwrap()["metadata"]["managedFields"].clone()
     };
-    let owners = fields(&server);
+    let owners = fields(server);
     assert_eq!(owners[0]["manager"], "kubectl", "{owners}");
     assert_eq!(owners[0]["operation"], "Apply", "{owners}");
     assert!(owners[0]["fieldsV1"]["f:spec"]["f:replicas"].is_object(), "{owners}");
@@ -566,7 +579,7 @@ fn kubectl_server_side_apply_tracks_field_owners() {
     assert_eq!(replicas, "2");
     let env = server.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.template.spec.containers[0].env}"]);
     assert_eq!(env, "", "the dropped env var is still there");
-    let owners = fields(&server);
+    let owners = fields(server);
     assert!(
         owners.as_array().unwrap().iter().all(|e| e["operation"] != "Update"),
         "the scale's only field was taken, so its entry goes: {owners}"
@@ -580,7 +593,7 @@ fn kubectl_server_side_apply_tracks_field_owners() {
 
     // An object applied client-side is taken over by a server-side apply
     // of the same configuration without conflicts.
-    let cm = dir.path().join("cm.yaml");
+    let cm = dir.join("cm.yaml");
     std::fs::write(&cm, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  a: \"1\"\n").unwrap();
     let cm = cm.to_str().unwrap();
     server.ok(&["apply", "-f", cm]);

@@ -245,6 +245,17 @@ fn parent_mut<'a>(obj: &'a mut Value, path: &[String]) -> Option<&'a mut Value> 
     Some(here)
 }
 
+/// Whether `path` names one of the key fields of a keyed list item.
+fn is_key_field(path: &[String]) -> bool {
+    let [.., item, last] = path else {
+        return false;
+    };
+    let (Some(key), Some(field)) = (item.strip_prefix("k:"), last.strip_prefix("f:")) else {
+        return false;
+    };
+    serde_json::from_str::<Map<String, Value>>(key).is_ok_and(|k| k.contains_key(field))
+}
+
 /// Merges an applied configuration into the live object: maps field by
 /// field, keyed lists item by item (new items last), sets as unions, the
 /// rest replaced.
@@ -483,9 +494,20 @@ pub fn apply(live: Option<&Value>, applied: &Value, writer: &Writer, force: bool
         .map(|e| e.fields.clone())
         .unwrap_or_default();
     for p in previous.difference(&wanted) {
-        let owned_elsewhere = entries
-            .iter()
-            .any(|e| !e.is(writer.manager, "Apply") && e.fields.contains(p));
+        if is_key_field(p) {
+            // Goes with its item (the `.` path), never alone.
+            continue;
+        }
+        // A keyed item stays while another manager owns any of its fields.
+        let item = match p.split_last() {
+            Some((last, item)) if last == "." => Some(item),
+            _ => None,
+        };
+        let owned_elsewhere = entries.iter().any(|e| {
+            !e.is(writer.manager, "Apply")
+                && (e.fields.contains(p)
+                    || item.is_some_and(|item| e.fields.iter().any(|q| q.starts_with(item))))
+        });
         if !owned_elsewhere {
             remove_at(&mut new, p);
         }
@@ -674,6 +696,21 @@ mod tests {
         assert_eq!(*env, json!([{"name": "A", "value": "1"}]), "env B was only the applier's");
         assert_eq!(new["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:2");
         assert_eq!(new["metadata"]["labels"], json!({"team": "a"}), "app went; team is the editor's");
+    }
+
+    #[test]
+    fn a_dropped_item_stays_while_another_manager_owns_part_of_it() {
+        let live = stored(apply(None, &deployment(2, "nginx", true), &KUBECTL, false).unwrap());
+        let mut edited = live.clone();
+        edited["spec"]["template"]["spec"]["containers"][0]["env"][1]["value"] = json!("3");
+        track_update(Some(&live), &mut edited, &EDITOR);
+        let new = apply(Some(&edited), &deployment(2, "nginx", false), &KUBECTL, false).unwrap();
+        let env = &new["spec"]["template"]["spec"]["containers"][0]["env"];
+        assert_eq!(
+            *env,
+            json!([{"name": "A", "value": "1"}, {"name": "B", "value": "3"}]),
+            "B's value is the editor's, so B stays"
+        );
     }
 
     #[test]
