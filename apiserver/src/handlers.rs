@@ -455,18 +455,15 @@ async fn route(
             .map(|o| ok(&o))
         }
         (Method::PATCH, Some(name), None) if content_type == "application/apply-patch+yaml" => {
-            let Some(manager) = param(&q, "fieldManager").filter(|m| !m.is_empty()) else {
+            if param(&q, "fieldManager").is_none_or(str::is_empty) {
                 return Err(ApiError::invalid(
                     "PatchOptions.meta.k8s.io",
                     "",
                     vec![("fieldManager".into(), "Required value: is required for apply patch".into())],
                 ));
-            };
+            }
             let mut config = apply_configuration(&body, res, name)?;
             check_fields(&mut config)?;
-            let api_version = res.api_version();
-            let now = objects::now();
-            let writer = apply::Writer { manager, api_version: &api_version, now: &now };
             let force = matches!(param(&q, "force"), Some("true"));
             match get(api, res, ns, name).await {
                 Err(e) if e.code == 404 => {
