@@ -84,8 +84,14 @@ impl Server {
 
     /// Runs kubectl; `(success, stdout, stderr)`.
     fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
+        self.kubectl_with(args, &[])
+    }
+
+    /// Runs kubectl with extra environment variables.
+    fn kubectl_with(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
         let out = Command::new(&self.kubectl)
             .args(args)
+            .envs(env.iter().copied())
             .env("KUBECONFIG", &self.kubeconfig)
             .env("HOME", self.kubeconfig.parent().unwrap())
             .output()
@@ -294,6 +300,22 @@ fn scenario(server: &Server, dir: &Path) -> Vec<String> {
     ]));
     note(server.ok(&["label", "configmap", "settings", "tier=front"]));
     note(server.ok(&["annotate", "configmap", "settings", "owner=team-a"]));
+    // kubectl edit, with an editor that changes the annotation.
+    let (ok, out, err) = server.kubectl_with(
+        &["edit", "configmap", "settings"],
+        &[("KUBE_EDITOR", "sed -i s/team-a/team-b/")],
+    );
+    assert!(ok, "{err}");
+    note(out);
+    let owner = server.ok(&[
+        "get",
+        "configmap",
+        "settings",
+        "-o",
+        "jsonpath={.metadata.annotations.owner}",
+    ]);
+    assert_eq!(owner, "team-b", "kubectl edit did not change the annotation");
+    note(owner);
     note(server.ok(&[
         "get",
         "configmaps,deployments",
