@@ -1,6 +1,6 @@
 """The official Python `kubernetes` client against k3rs: CRUD, list and
 watch with resourceVersion and timeoutSeconds, patches with dict and list
-bodies. Exits non-zero with a message on the first difference."""
+bodies, server-side apply. Exits non-zero with a message on the first difference."""
 
 import sys
 
@@ -60,6 +60,28 @@ dep = apps.create_namespaced_deployment(
 )
 apps.patch_namespaced_deployment_scale("web", ns, {"spec": {"replicas": 4}})
 assert apps.read_namespaced_deployment("web", ns).spec.replicas == 4
+
+# Server-side apply: it creates, and the applier owns its fields; a
+# conflicting apply by another manager is a 409 until forced.
+apply = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied"}, "data": {"mode": "a"}}
+applied = core.patch_namespaced_config_map(
+    "applied", ns, apply, field_manager="py-apply", _content_type="application/apply-patch+yaml"
+)
+assert applied.data == {"mode": "a"}, applied.data
+assert [(m.manager, m.operation) for m in applied.metadata.managed_fields] == [("py-apply", "Apply")], applied.metadata
+apply["data"]["mode"] = "b"
+try:
+    core.patch_namespaced_config_map(
+        "applied", ns, apply, field_manager="other", _content_type="application/apply-patch+yaml"
+    )
+    raise SystemExit("a conflicting apply was accepted")
+except ApiException as e:
+    assert e.status == 409 and 'conflict with \\"py-apply\\"' in e.body, e.body
+forced = core.patch_namespaced_config_map(
+    "applied", ns, apply, field_manager="other", force=True, _content_type="application/apply-patch+yaml"
+)
+assert forced.data == {"mode": "b"}, forced.data
+core.delete_namespaced_config_map("applied", ns)
 
 try:
     core.read_namespaced_config_map("missing", ns)
