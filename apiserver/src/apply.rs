@@ -411,9 +411,14 @@ pub struct Writer<'a> {
 /// Records an ordinary write (create, update, patch) from `old` (None:
 /// created) to `new`: the writer now owns what it changed, and nobody owns
 /// what it changed or removed any more. A body that sets managedFields to
-/// entries without a manager (`[{}]`) clears them, as in Kubernetes.
+/// entries without a manager (`[{}]`) clears them, as in Kubernetes; an
+/// empty list keeps them.
 pub fn track_update(old: Option<&Value>, new: &mut Value, writer: &Writer) {
-    let sent = new.pointer("/metadata/managedFields").cloned();
+    // An empty list changes nothing (kube's rule): only `[{}]` clears.
+    let sent = new
+        .pointer("/metadata/managedFields")
+        .filter(|v| v.as_array().is_none_or(|a| !a.is_empty()))
+        .cloned();
     let kept = old.and_then(|o| o.pointer("/metadata/managedFields")).cloned();
     if let Some(Value::Array(list)) = &sent
         && sent != kept
@@ -719,6 +724,10 @@ mod tests {
         let mut same = live.clone();
         track_update(Some(&live), &mut same, &EDITOR);
         assert_eq!(same, live);
+        let mut empty = live.clone();
+        empty["metadata"]["managedFields"] = json!([]);
+        track_update(Some(&live), &mut empty, &EDITOR);
+        assert_eq!(empty, live, "an empty list changes nothing");
         let mut cleared = live.clone();
         cleared["metadata"]["managedFields"] = json!([{}]);
         track_update(Some(&live), &mut cleared, &EDITOR);
