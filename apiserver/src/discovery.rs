@@ -167,26 +167,38 @@ fn gv_path(group: &str, version: &str) -> String {
     }
 }
 
-/// `/openapi/v3`: one document per served group-version.
+/// `/openapi/v3`: one document per served group-version, each URL with a
+/// hash of the document itself, under which kubectl caches it (so a
+/// changed schema is never read from a stale cache).
 pub fn openapi_index() -> Value {
-    let mut paths = serde_json::Map::new();
-    for (g, v) in std::iter::once("")
-        .chain(GROUPS.iter().copied())
-        .map(|g| (g, "v1"))
-    {
-        let p = gv_path(g, v);
-        paths.insert(
-            p.clone(),
-            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash=k3rs2")}),
-        );
-    }
-    json!({"paths": paths})
+    static INDEX: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    INDEX
+        .get_or_init(|| {
+            let mut paths = serde_json::Map::new();
+            for (g, v) in std::iter::once("")
+                .chain(GROUPS.iter().copied())
+                .map(|g| (g, "v1"))
+            {
+                let p = gv_path(g, v);
+                let document = serde_json::to_vec(&openapi_document(&p)).unwrap_or_default();
+                let hash: String = crate::pki::sha256(&document)[..16]
+                    .iter()
+                    .map(|b| format!("{b:02X}"))
+                    .collect();
+                paths.insert(
+                    p.clone(),
+                    json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={hash}")}),
+                );
+            }
+            json!({"paths": paths})
+        })
+        .clone()
 }
 
 /// The OpenAPI v3 document of one group-version: every object path with
 /// its operations, the `x-kubernetes-group-version-kind` kubectl looks for
-/// and the `fieldValidation` parameter that tells it the server validates.
-/// Schemas are open objects: field-level schemas are not built yet.
+/// and the `fieldValidation` parameter that tells it the server validates;
+/// every kind's field schema comes from the wire table.
 pub fn openapi_document(path: &str) -> Option<Value> {
     let (group, version) = match path.split('/').collect::<Vec<_>>()[..] {
         ["api", v] => ("", v),
