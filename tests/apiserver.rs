@@ -806,6 +806,17 @@ async fn the_kube_rs_client_works() {
     let owners = applied.metadata.managed_fields.unwrap();
     let mine = owners.iter().find(|e| e.manager.as_deref() == Some("kube-rs-test")).unwrap();
     assert_eq!(mine.operation.as_deref(), Some("Apply"));
+    // A resourceVersion in the configuration is a precondition.
+    let stale_rv = created.metadata.resource_version.clone().unwrap();
+    let stale_apply = config_maps
+        .patch(
+            "cfg",
+            &PatchParams::apply("kube-rs-test"),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                                 "metadata": {"name": "cfg", "resourceVersion": stale_rv}, "data": {"k3": "v4"}})),
+        )
+        .await;
+    assert_eq!(api_error(stale_apply.unwrap_err()), (409, "Conflict".to_string()));
     // Without a field manager an apply is refused, as kube-apiserver does.
     let anonymous = PatchParams { field_manager: None, ..PatchParams::default() };
     let refused = config_maps

@@ -476,7 +476,12 @@ async fn route(
                 Err(e) => Err(e),
                 Ok(_) => {
                     let options = UpdateOptions { dry_run, ..Default::default() };
+                    // A resourceVersion in the configuration is a precondition.
+                    let expected = config.pointer("/metadata/resourceVersion").and_then(Value::as_str);
                     update(api, res, ns, name, options, |current| {
+                        if expected.is_some_and(|rv| rv != store::revision_of(current).to_string()) {
+                            return Err(ApiError::conflict(res.plural, name));
+                        }
                         apply::apply(Some(current), &config, &writer, force)
                     })
                     .await
