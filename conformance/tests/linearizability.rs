@@ -366,6 +366,31 @@ fn an_unknown_op_may_or_may_not_have_happened() {
     assert!(!linearizable(&early));
 }
 
+/// An unknown delete sent while the put of its key was in flight may have
+/// deleted it after the put: that it would have deleted nothing earlier
+/// must not settle it as a no-op (a kill -9 history that was refused).
+#[test]
+fn an_unknown_delete_may_land_after_a_concurrent_put() {
+    let ops = vec![
+        op(0, 0, 10, put(0, a()), Response::Put { rev: 2, prev: None }),
+        op(
+            1,
+            1,
+            INFINITY,
+            Request::Delete { key: 0 },
+            Response::Unknown("killed".into()),
+        ),
+        op(
+            2,
+            20,
+            21,
+            Request::Get { key: 0 },
+            Response::Get { rev: 3, kv: None },
+        ),
+    ];
+    assert!(linearizable(&ops));
+}
+
 #[test]
 fn a_lease_revoke_deletes_its_keys_in_one_revision() {
     let lease = 0x77;

@@ -179,6 +179,9 @@ impl<'a> Search<'a> {
     /// return entry would otherwise stand before the op's call), and moving
     /// a state-preserving op earlier, to a point where it is legal, keeps
     /// any linearization legal. It removes most backtracking over reads.
+    /// Ops with an unknown outcome are never forced: one that would change
+    /// nothing now (a delete of a key not yet written) may have taken
+    /// effect later.
     fn run(
         &mut self,
         init: &State,
@@ -222,7 +225,11 @@ impl<'a> Search<'a> {
                 let mut forced = None;
                 while e != NIL && self.list[e].call {
                     let op = &self.ops[self.list[e].op];
-                    if let Ok(None) = state.step(&op.req, &op.resp) {
+                    // Not an unknown op: "it did nothing here" is one of its
+                    // outcomes, and it may yet have done something later.
+                    if op.ret != INFINITY
+                        && let Ok(None) = state.step(&op.req, &op.resp)
+                    {
                         forced = Some(e);
                         break;
                     }
