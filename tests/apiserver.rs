@@ -78,6 +78,16 @@ impl Server {
         server
     }
 
+    /// `k3rs server` on a real etcd 3.4.23 of its own, under `dir`
+    /// (`on-etcd/` and `etcd/`). Bind them in this order, so the server is
+    /// dropped (stopped) before etcd.
+    fn start_on_etcd(dir: &Path) -> (support::Etcd, Server) {
+        let etcd = support::Etcd::start(&dir.join("etcd"), &[]);
+        let endpoint = format!("http://127.0.0.1:{}", etcd.port);
+        let server = Server::start(&dir.join("on-etcd"), &["--datastore-endpoint", &endpoint]);
+        (etcd, server)
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -314,7 +324,10 @@ fn scenario(server: &Server, dir: &Path) -> Vec<String> {
         "-o",
         "jsonpath={.metadata.annotations.owner}",
     ]);
-    assert_eq!(owner, "team-b", "kubectl edit did not change the annotation");
+    assert_eq!(
+        owner, "team-b",
+        "kubectl edit did not change the annotation"
+    );
     note(owner);
     note(server.ok(&[
         "get",
@@ -514,12 +527,7 @@ fn kubectl_on_the_embedded_datastore_and_on_etcd_agrees() {
     let on_k3rs = scenario(&embedded, &dir.path().join("embedded"));
     drop(embedded);
 
-    let etcd = support::Etcd::start(&dir.path().join("etcd"), &[]);
-    let endpoint = format!("http://127.0.0.1:{}", etcd.port);
-    let on_etcd_server = Server::start(
-        &dir.path().join("on-etcd"),
-        &["--datastore-endpoint", &endpoint],
-    );
+    let (etcd, on_etcd_server) = Server::start_on_etcd(dir.path());
     let on_etcd = scenario(&on_etcd_server, &dir.path().join("on-etcd"));
     assert_eq!(on_k3rs, on_etcd, "the API answered differently on etcd");
     // kube-apiserver's layout, in real etcd.
@@ -549,12 +557,7 @@ fn kubectl_server_side_apply_tracks_field_owners() {
     let embedded = Server::start(&dir.path().join("embedded"), &[]);
     server_side_apply(&embedded, &dir.path().join("embedded"));
     drop(embedded);
-    let etcd = support::Etcd::start(&dir.path().join("etcd"), &[]);
-    let endpoint = format!("http://127.0.0.1:{}", etcd.port);
-    let on_etcd = Server::start(
-        &dir.path().join("on-etcd"),
-        &["--datastore-endpoint", &endpoint],
-    );
+    let (_etcd, on_etcd) = Server::start_on_etcd(dir.path());
     server_side_apply(&on_etcd, &dir.path().join("on-etcd"));
 }
 
@@ -573,15 +576,29 @@ fn server_side_apply(server: &Server, dir: &Path) {
     let path = file.to_str().unwrap();
     std::fs::write(&file, manifest(2, true)).unwrap();
     let out = server.ok(&["apply", "--server-side", "-f", path]);
-    assert!(out.contains("deployment.apps/web serverside-applied"), "{out}");
+    assert!(
+        out.contains("deployment.apps/web serverside-applied"),
+        "{out}"
+    );
     let fields = |server: &Server| -> serde_json::Value {
-        let json = server.ok(&["get", "deploy", "web", "-o", "json", "--show-managed-fields"]);
-        serde_json::from_str::<serde_json::Value>(&json).unwrap()["metadata"]["managedFields"].clone()
+        let json = server.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ]);
+        serde_json::from_str::<serde_json::Value>(&json).unwrap()["metadata"]["managedFields"]
+            .clone()
     };
     let owners = fields(server);
     assert_eq!(owners[0]["manager"], "kubectl", "{owners}");
     assert_eq!(owners[0]["operation"], "Apply", "{owners}");
-    assert!(owners[0]["fieldsV1"]["f:spec"]["f:replicas"].is_object(), "{owners}");
+    assert!(
+        owners[0]["fieldsV1"]["f:spec"]["f:replicas"].is_object(),
+        "{owners}"
+    );
 
     // Another manager changes a field the configuration sets: a conflict
     // (`kubectl scale` names no field manager: its User-Agent's, kubectl,
@@ -590,7 +607,9 @@ fn server_side_apply(server: &Server, dir: &Path) {
     let (ok, _, err) = server.kubectl(&["apply", "--server-side", "-f", path]);
     assert!(!ok, "an apply over another manager's replicas succeeded");
     assert!(
-        err.contains("Apply failed with 1 conflict: conflict with \"kubectl\" using apps/v1: .spec.replicas"),
+        err.contains(
+            "Apply failed with 1 conflict: conflict with \"kubectl\" using apps/v1: .spec.replicas"
+        ),
         "{err}"
     );
     // Forced, the applier takes it back; without the env var, the
@@ -599,11 +618,21 @@ fn server_side_apply(server: &Server, dir: &Path) {
     server.ok(&["apply", "--server-side", "--force-conflicts", "-f", path]);
     let replicas = server.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]);
     assert_eq!(replicas, "2");
-    let env = server.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.template.spec.containers[0].env}"]);
+    let env = server.ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].env}",
+    ]);
     assert_eq!(env, "", "the dropped env var is still there");
     let owners = fields(server);
     assert!(
-        owners.as_array().unwrap().iter().all(|e| e["operation"] != "Update"),
+        owners
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["operation"] != "Update"),
         "the scale's only field was taken, so its entry goes: {owners}"
     );
 
@@ -616,11 +645,18 @@ fn server_side_apply(server: &Server, dir: &Path) {
     // An object applied client-side is taken over by a server-side apply
     // of the same configuration without conflicts.
     let cm = dir.join("cm.yaml");
-    std::fs::write(&cm, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  a: \"1\"\n").unwrap();
+    std::fs::write(
+        &cm,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  a: \"1\"\n",
+    )
+    .unwrap();
     let cm = cm.to_str().unwrap();
     server.ok(&["apply", "-f", cm]);
     let out = server.ok(&["apply", "--server-side", "-f", cm]);
-    assert!(out.contains("configmap/settings serverside-applied"), "{out}");
+    assert!(
+        out.contains("configmap/settings serverside-applied"),
+        "{out}"
+    );
     let data = server.ok(&["get", "configmap", "settings", "-o", "jsonpath={.data.a}"]);
     assert_eq!(data, "1");
 }
@@ -728,7 +764,9 @@ fn kubectl_1_37_works_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kube_rs_client_works() {
     use k8s_openapi::api::{apps::v1::Deployment, core::v1::ConfigMap, core::v1::Namespace};
-    use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+    use kube::api::{
+        Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+    };
     use serde_json::json;
     use tokio_stream::StreamExt;
 
@@ -748,20 +786,30 @@ async fn the_kube_rs_client_works() {
 
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns = serde_json::from_value(json!({"metadata": {"name": "kube-rs"}})).unwrap();
-    namespaces.create(&PostParams::default(), &ns).await.unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-rs");
     let cm: ConfigMap = serde_json::from_value(json!({
         "metadata": {"name": "cfg", "labels": {"app": "kube-rs"}},
         "data": {"k": "v"}
     }))
     .unwrap();
-    let created = config_maps.create(&PostParams::default(), &cm).await.unwrap();
+    let created = config_maps
+        .create(&PostParams::default(), &cm)
+        .await
+        .unwrap();
     assert!(created.metadata.uid.is_some() && created.metadata.creation_timestamp.is_some());
     let listed = config_maps
         .list(&ListParams::default().labels("app in (kube-rs, other)"))
         .await
         .unwrap();
-    let names: Vec<_> = listed.items.iter().filter_map(|c| c.metadata.name.clone()).collect();
+    let names: Vec<_> = listed
+        .items
+        .iter()
+        .filter_map(|c| c.metadata.name.clone())
+        .collect();
     assert_eq!(names, ["cfg"]);
     let from = listed.metadata.resource_version.unwrap();
     let mut events = Box::pin(
@@ -772,25 +820,41 @@ async fn the_kube_rs_client_works() {
     );
 
     let patched = config_maps
-        .patch("cfg", &PatchParams::default(), &Patch::Merge(json!({"data": {"k2": "v2"}})))
+        .patch(
+            "cfg",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"k2": "v2"}})),
+        )
         .await
         .unwrap();
     let patched_again = config_maps
-        .patch("cfg", &PatchParams::default(), &Patch::Strategic(json!({"metadata": {"labels": {"tier": "web"}}})))
+        .patch(
+            "cfg",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"metadata": {"labels": {"tier": "web"}}})),
+        )
         .await
         .unwrap();
     assert_eq!(patched.data.unwrap().len(), 2);
     assert_eq!(patched_again.metadata.labels.unwrap().len(), 2);
     // A replace carrying the old resourceVersion loses: 409 Conflict.
-    let stale = config_maps.replace("cfg", &PostParams::default(), &created).await;
+    let stale = config_maps
+        .replace("cfg", &PostParams::default(), &created)
+        .await;
     assert_eq!(api_error(stale.unwrap_err()), (409, "Conflict".to_string()));
     assert_eq!(
         api_error(config_maps.get("missing").await.unwrap_err()),
         (404, "NotFound".to_string())
     );
-    let invalid: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "Not_Valid"}})).unwrap();
+    let invalid: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "Not_Valid"}})).unwrap();
     assert_eq!(
-        api_error(config_maps.create(&PostParams::default(), &invalid).await.unwrap_err()),
+        api_error(
+            config_maps
+                .create(&PostParams::default(), &invalid)
+                .await
+                .unwrap_err()
+        ),
         (422, "Invalid".to_string())
     );
     // Server-side apply: the applier owns what it applied.
@@ -804,7 +868,10 @@ async fn the_kube_rs_client_works() {
         .unwrap();
     assert_eq!(applied.data.as_ref().unwrap().len(), 3);
     let owners = applied.metadata.managed_fields.unwrap();
-    let mine = owners.iter().find(|e| e.manager.as_deref() == Some("kube-rs-test")).unwrap();
+    let mine = owners
+        .iter()
+        .find(|e| e.manager.as_deref() == Some("kube-rs-test"))
+        .unwrap();
     assert_eq!(mine.operation.as_deref(), Some("Apply"));
     // A resourceVersion in the configuration is a precondition.
     let stale_rv = created.metadata.resource_version.clone().unwrap();
@@ -816,15 +883,33 @@ async fn the_kube_rs_client_works() {
                                  "metadata": {"name": "cfg", "resourceVersion": stale_rv}, "data": {"k3": "v4"}})),
         )
         .await;
-    assert_eq!(api_error(stale_apply.unwrap_err()), (409, "Conflict".to_string()));
+    assert_eq!(
+        api_error(stale_apply.unwrap_err()),
+        (409, "Conflict".to_string())
+    );
     // Without a field manager an apply is refused, as kube-apiserver does.
-    let anonymous = PatchParams { field_manager: None, ..PatchParams::default() };
+    let anonymous = PatchParams {
+        field_manager: None,
+        ..PatchParams::default()
+    };
     let refused = config_maps
-        .patch("cfg", &anonymous, &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}})))
+        .patch(
+            "cfg",
+            &anonymous,
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}}),
+            ),
+        )
         .await;
     assert_eq!(api_error(refused.unwrap_err()).0, 422);
-    let deleted = config_maps.delete("cfg", &DeleteParams::default()).await.unwrap();
-    assert!(deleted.is_left(), "a deleted ConfigMap comes back as the object");
+    let deleted = config_maps
+        .delete("cfg", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(
+        deleted.is_left(),
+        "a deleted ConfigMap comes back as the object"
+    );
 
     let mut seen = Vec::new();
     while seen.len() < 4 {
@@ -851,9 +936,16 @@ async fn the_kube_rs_client_works() {
         }
     }))
     .unwrap();
-    deployments.create(&PostParams::default(), &deployment).await.unwrap();
     deployments
-        .patch_scale("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}})))
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    deployments
+        .patch_scale(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
         .await
         .unwrap();
     let scale = deployments.get_scale("web").await.unwrap();

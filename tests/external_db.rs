@@ -238,8 +238,7 @@ async fn postgres_errors_name_the_problem() {
 async fn postgres_a_refused_commit_fails_every_answer_that_depended_on_it() {
     use kine::proto::lease_client::LeaseClient;
     use kine::proto::{
-        Compare, LeaseGrantRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, TxnRequest,
-        compare,
+        Compare, LeaseGrantRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, TxnRequest, compare,
     };
     let dir = tempfile::tempdir().unwrap();
     let db = TestDatabase::create().await.unwrap();
@@ -249,7 +248,14 @@ async fn postgres_a_refused_commit_fails_every_answer_that_depended_on_it() {
     let grant = LeaseGrantRequest { ttl: 60, id: 0 };
     let id = leases.lease_grant(grant).await.unwrap().into_inner().id;
     let mut kv = KvClient::new(channel.clone());
-    let revision = kv.put(put("/refused/base")).await.unwrap().into_inner().header.unwrap().revision;
+    let revision = kv
+        .put(put("/refused/base"))
+        .await
+        .unwrap()
+        .into_inner()
+        .header
+        .unwrap()
+        .revision;
     run_sql(
         &db.dsn,
         "CREATE FUNCTION k3rs_test_refuse() RETURNS trigger LANGUAGE plpgsql
@@ -260,7 +266,10 @@ async fn postgres_a_refused_commit_fails_every_answer_that_depended_on_it() {
              FOR EACH ROW EXECUTE FUNCTION k3rs_test_refuse()",
     );
     let refused = leases.lease_revoke(LeaseRevokeRequest { id }).await;
-    assert!(refused.is_err(), "a revoke whose commit failed succeeded: {refused:?}");
+    assert!(
+        refused.is_err(),
+        "a revoke whose commit failed succeeded: {refused:?}"
+    );
     // Puts and read-only txns at once, so that they share batches: every
     // put fails, and no read may report a revision that never committed.
     let mut tasks = Vec::new();
@@ -277,8 +286,14 @@ async fn postgres_a_refused_commit_fails_every_answer_that_depended_on_it() {
                     target_union: Some(compare::TargetUnion::Version(99)),
                     ..Default::default()
                 };
-                let txn = TxnRequest { compare: vec![never], ..Default::default() };
-                kv.txn(txn).await.ok().map(|r| r.into_inner().header.unwrap().revision)
+                let txn = TxnRequest {
+                    compare: vec![never],
+                    ..Default::default()
+                };
+                kv.txn(txn)
+                    .await
+                    .ok()
+                    .map(|r| r.into_inner().header.unwrap().revision)
             }
         }));
     }
@@ -294,11 +309,26 @@ async fn postgres_a_refused_commit_fails_every_answer_that_depended_on_it() {
         "DROP TRIGGER k3rs_test_refuse ON k3rs_leases; DROP TRIGGER k3rs_test_refuse ON k3rs_log",
     );
     let alive = LeaseTimeToLiveRequest { id, keys: false };
-    let ttl = leases.lease_time_to_live(alive).await.unwrap().into_inner().ttl;
-    assert!(ttl > 0, "the lease is gone after a refused revoke (ttl {ttl})");
-    leases.lease_revoke(LeaseRevokeRequest { id }).await.unwrap();
+    let ttl = leases
+        .lease_time_to_live(alive)
+        .await
+        .unwrap()
+        .into_inner()
+        .ttl;
+    assert!(
+        ttl > 0,
+        "the lease is gone after a refused revoke (ttl {ttl})"
+    );
+    leases
+        .lease_revoke(LeaseRevokeRequest { id })
+        .await
+        .unwrap();
     let after = kv.put(put("/refused/after")).await.unwrap().into_inner();
-    assert_eq!(after.header.unwrap().revision, revision + 1, "a refused write kept its revision");
+    assert_eq!(
+        after.header.unwrap().revision,
+        revision + 1,
+        "a refused write kept its revision"
+    );
 }
 
 fn put(key: &str) -> PutRequest {
@@ -323,14 +353,8 @@ fn run_sql(dsn: &str, sql: &str) {
 /// Drops the guard's database so k3rs has to create it; the guard drops
 /// it again at the end.
 fn drop_database_keep_guard(db: &TestDatabase) {
-    let name = db.dsn.rsplit('/').next().unwrap().to_string();
-    let admin = postgres_admin_dsn();
-    std::thread::spawn(move || {
-        let mut c = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
-        c.batch_execute(&format!("DROP DATABASE {name}")).unwrap();
-    })
-    .join()
-    .unwrap();
+    let name = db.dsn.rsplit('/').next().unwrap();
+    run_sql(&postgres_admin_dsn(), &format!("DROP DATABASE {name}"));
 }
 
 /// TLS to PostgreSQL (the test server's own self-signed certificate):

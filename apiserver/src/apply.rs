@@ -54,8 +54,14 @@ enum ListKind {
 
 fn list_kind(field: &str, items: &[Value]) -> ListKind {
     let keys: &'static [&'static str] = match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes"
-        | "imagePullSecrets" | "resourceClaims" | "schedulingGates" => &["name"],
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "resourceClaims"
+        | "schedulingGates" => &["name"],
         "volumeMounts" => &["mountPath"],
         "volumeDevices" => &["devicePath"],
         "conditions" => &["type"],
@@ -162,20 +168,13 @@ fn walk(field: &str, v: &Value, path: Path, out: &mut FieldSet) {
 fn value_at<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value> {
     let mut here = obj;
     for step in path {
-        here = if let Some(name) = step.strip_prefix("f:") {
-            here.get(name)?
-        } else if let Some(key) = step.strip_prefix("k:") {
-            let key: Map<String, Value> = serde_json::from_str(key).ok()?;
-            let keys: Vec<&str> = key.keys().map(String::as_str).collect();
-            let wanted = format!("k:{}", Value::Object(key.clone()));
-            here.as_array()?
+        here = match step.strip_prefix("f:") {
+            Some(name) => here.get(name)?,
+            None if step == "." => here,
+            None => here
+                .as_array()?
                 .iter()
-                .find(|item| item_key(item, &keys).as_deref() == Some(wanted.as_str()))?
-        } else if let Some(value) = step.strip_prefix("v:") {
-            let value: Value = serde_json::from_str(value).ok()?;
-            here.as_array()?.iter().find(|item| **item == value)?
-        } else {
-            here
+                .find(|item| matches_step(item, step))?,
         };
     }
     Some(here)
@@ -217,13 +216,15 @@ fn remove_at(obj: &mut Value, path: &[String]) {
     }
 }
 
+/// Whether a list item is the one a `k:` or `v:` step names.
 fn matches_step(item: &Value, step: &str) -> bool {
     if let Some(key) = step.strip_prefix("k:") {
         let Ok(key) = serde_json::from_str::<Map<String, Value>>(key) else {
             return false;
         };
+        let wanted = format!("k:{}", Value::Object(key.clone()));
         let keys: Vec<&str> = key.keys().map(String::as_str).collect();
-        item_key(item, &keys).as_deref() == Some(step)
+        item_key(item, &keys) == Some(wanted)
     } else if let Some(value) = step.strip_prefix("v:") {
         serde_json::from_str::<Value>(value).is_ok_and(|v| v == *item)
     } else {
@@ -316,13 +317,21 @@ impl Entry {
 }
 
 fn read_entries(obj: &Value) -> Vec<Entry> {
-    let Some(list) = obj.pointer("/metadata/managedFields").and_then(Value::as_array) else {
+    let Some(list) = obj
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+    else {
         return Vec::new();
     };
     list.iter()
         .filter(|e| e.get("manager").is_some())
         .map(|e| {
-            let text = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+            let text = |k: &str| {
+                e.get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
             let mut fields = FieldSet::new();
             if let Some(tree) = e.get("fieldsV1") {
                 from_fields_v1(tree, &mut Vec::new(), &mut fields);
@@ -419,7 +428,9 @@ pub fn track_update(old: Option<&Value>, new: &mut Value, writer: &Writer) {
         .pointer("/metadata/managedFields")
         .filter(|v| v.as_array().is_none_or(|a| !a.is_empty()))
         .cloned();
-    let kept = old.and_then(|o| o.pointer("/metadata/managedFields")).cloned();
+    let kept = old
+        .and_then(|o| o.pointer("/metadata/managedFields"))
+        .cloned();
     if let Some(Value::Array(list)) = &sent
         && sent != kept
         && list.iter().all(|e| e.get("manager").is_none())
@@ -448,7 +459,8 @@ pub fn track_update(old: Option<&Value>, new: &mut Value, writer: &Writer) {
         return;
     }
     for e in entries.iter_mut().filter(|e| e.raw.is_none()) {
-        e.fields.retain(|p| !changed.contains(p) && !removed.contains(p));
+        e.fields
+            .retain(|p| !changed.contains(p) && !removed.contains(p));
     }
     match entries.iter_mut().find(|e| e.is(writer.manager, "Update")) {
         Some(mine) => {
@@ -472,7 +484,12 @@ pub fn track_update(old: Option<&Value>, new: &mut Value, writer: &Writer) {
 /// and name are the target's) by `writer` to `live` (None: the apply
 /// creates it). Answers the new object, or 409 naming the fields other
 /// managers set to other values, unless `force`.
-pub fn apply(live: Option<&Value>, applied: &Value, writer: &Writer, force: bool) -> ApiResult<Value> {
+pub fn apply(
+    live: Option<&Value>,
+    applied: &Value,
+    writer: &Writer,
+    force: bool,
+) -> ApiResult<Value> {
     let empty = json!({});
     let live_obj = live.unwrap_or(&empty);
     let mut entries = read_entries(live_obj);
@@ -519,7 +536,9 @@ pub fn apply(live: Option<&Value>, applied: &Value, writer: &Writer, force: bool
     }
     let mut config = applied.clone();
     if let Some(meta) = config.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.retain(|k, _| !SERVER_METADATA.contains(&k.as_str()) || k == "name" || k == "namespace");
+        meta.retain(|k, _| {
+            !SERVER_METADATA.contains(&k.as_str()) || k == "name" || k == "namespace"
+        });
     }
     if let Some(m) = config.as_object_mut() {
         m.remove("status");
@@ -594,7 +613,10 @@ fn conflict_error(entries: &[Entry], conflicts: &[(usize, Path)]) -> ApiError {
     };
     let plural = if conflicts.len() == 1 { "" } else { "s" };
     ApiError::apply_conflict(
-        format!("Apply failed with {} conflict{plural}: {message}", conflicts.len()),
+        format!(
+            "Apply failed with {} conflict{plural}: {message}",
+            conflicts.len()
+        ),
         causes,
     )
 }
@@ -642,15 +664,23 @@ mod tests {
         assert_eq!(entry["operation"], "Apply");
         let f = &entry["fieldsV1"];
         assert_eq!(f["f:spec"]["f:replicas"], json!({}));
-        assert_eq!(f["f:spec"]["f:selector"], json!({}), "a label selector is atomic");
-        let container = &f["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"web\"}"];
+        assert_eq!(
+            f["f:spec"]["f:selector"],
+            json!({}),
+            "a label selector is atomic"
+        );
+        let container =
+            &f["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"web\"}"];
         assert_eq!(container["."], json!({}));
         assert_eq!(container["f:image"], json!({}));
         assert_eq!(
             container["f:ports"]["k:{\"containerPort\":80,\"protocol\":\"TCP\"}"]["."],
             json!({})
         );
-        assert!(f["f:metadata"].get("f:name").is_none(), "the server's metadata is nobody's");
+        assert!(
+            f["f:metadata"].get("f:name").is_none(),
+            "the server's metadata is nobody's"
+        );
         // FieldsV1 reads back to the same set.
         let mut back = FieldSet::new();
         from_fields_v1(f, &mut Vec::new(), &mut back);
@@ -665,19 +695,40 @@ mod tests {
         track_update(Some(&live), &mut edited, &EDITOR);
         let entries = edited["metadata"]["managedFields"].as_array().unwrap();
         assert_eq!(entries.len(), 2);
-        assert_eq!(entries[1]["fieldsV1"], json!({"f:spec": {"f:replicas": {}}}));
+        assert_eq!(
+            entries[1]["fieldsV1"],
+            json!({"f:spec": {"f:replicas": {}}})
+        );
         assert!(entries[0]["fieldsV1"]["f:spec"].get("f:replicas").is_none());
 
         // The same value as live: no conflict, the field is shared.
-        let shared = apply(Some(&edited), &deployment(5, "nginx", false), &KUBECTL, false).unwrap();
+        let shared = apply(
+            Some(&edited),
+            &deployment(5, "nginx", false),
+            &KUBECTL,
+            false,
+        )
+        .unwrap();
         assert_eq!(shared["spec"]["replicas"], 5);
-        let err = apply(Some(&edited), &deployment(3, "nginx", false), &KUBECTL, false).unwrap_err();
+        let err = apply(
+            Some(&edited),
+            &deployment(3, "nginx", false),
+            &KUBECTL,
+            false,
+        )
+        .unwrap_err();
         assert_eq!(err.code, 409);
         assert_eq!(
             err.message,
             "Apply failed with 1 conflict: conflict with \"kubectl-edit\" using apps/v1: .spec.replicas"
         );
-        let forced = apply(Some(&edited), &deployment(3, "nginx", false), &KUBECTL, true).unwrap();
+        let forced = apply(
+            Some(&edited),
+            &deployment(3, "nginx", false),
+            &KUBECTL,
+            true,
+        )
+        .unwrap();
         assert_eq!(forced["spec"]["replicas"], 3);
         let managers: Vec<&str> = forced["metadata"]["managedFields"]
             .as_array()
@@ -685,7 +736,11 @@ mod tests {
             .iter()
             .map(|e| e["manager"].as_str().unwrap())
             .collect();
-        assert_eq!(managers, ["kubectl"], "the editor owned nothing else, so its entry goes");
+        assert_eq!(
+            managers,
+            ["kubectl"],
+            "the editor owned nothing else, so its entry goes"
+        );
     }
 
     #[test]
@@ -698,9 +753,20 @@ mod tests {
         config["metadata"].as_object_mut().unwrap().remove("labels");
         let new = apply(Some(&labelled), &config, &KUBECTL, false).unwrap();
         let env = &new["spec"]["template"]["spec"]["containers"][0]["env"];
-        assert_eq!(*env, json!([{"name": "A", "value": "1"}]), "env B was only the applier's");
-        assert_eq!(new["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:2");
-        assert_eq!(new["metadata"]["labels"], json!({"team": "a"}), "app went; team is the editor's");
+        assert_eq!(
+            *env,
+            json!([{"name": "A", "value": "1"}]),
+            "env B was only the applier's"
+        );
+        assert_eq!(
+            new["spec"]["template"]["spec"]["containers"][0]["image"],
+            "nginx:2"
+        );
+        assert_eq!(
+            new["metadata"]["labels"],
+            json!({"team": "a"}),
+            "app went; team is the editor's"
+        );
     }
 
     #[test]
@@ -709,7 +775,13 @@ mod tests {
         let mut edited = live.clone();
         edited["spec"]["template"]["spec"]["containers"][0]["env"][1]["value"] = json!("3");
         track_update(Some(&live), &mut edited, &EDITOR);
-        let new = apply(Some(&edited), &deployment(2, "nginx", false), &KUBECTL, false).unwrap();
+        let new = apply(
+            Some(&edited),
+            &deployment(2, "nginx", false),
+            &KUBECTL,
+            false,
+        )
+        .unwrap();
         let env = &new["spec"]["template"]["spec"]["containers"][0]["env"];
         assert_eq!(
             *env,
@@ -740,7 +812,9 @@ mod tests {
             .map(String::from)
             .to_vec();
         assert_eq!(path_text(&p), ".spec.containers[name=\"a\"].image");
-        let v: Path = ["f:metadata", "f:finalizers", "v:\"x\""].map(String::from).to_vec();
+        let v: Path = ["f:metadata", "f:finalizers", "v:\"x\""]
+            .map(String::from)
+            .to_vec();
         assert_eq!(path_text(&v), ".metadata.finalizers[=\"x\"]");
     }
 }

@@ -465,28 +465,26 @@ async fn route(
             let mut config = apply_configuration(&body, res, name)?;
             check_fields(&mut config)?;
             let force = matches!(param(&q, "force"), Some("true"));
-            match get(api, res, ns, name).await {
+            let options = UpdateOptions { dry_run, ..Default::default() };
+            // A resourceVersion in the configuration is a precondition.
+            let expected = config.pointer("/metadata/resourceVersion").and_then(Value::as_str);
+            let applied = update(api, res, ns, name, options, |current| {
+                if expected.is_some_and(|rv| rv != store::revision_of(current).to_string()) {
+                    return Err(ApiError::conflict(res.plural, name));
+                }
+                apply::apply(Some(current), &config, &writer, force)
+            })
+            .await;
+            match applied {
+                Ok(obj) => Ok(ok(&obj)),
+                // An apply of an object that does not exist creates it.
                 Err(e) if e.code == 404 => {
-                    // An apply of an object that does not exist creates it.
                     let mut obj = apply::apply(None, &config, &writer, force)?;
                     objects::prepare_create(res, &mut obj, ns)?;
                     let created = create(api, res, ns, obj, dry_run).await?;
                     Ok(json_response(StatusCode::CREATED, &created))
                 }
                 Err(e) => Err(e),
-                Ok(_) => {
-                    let options = UpdateOptions { dry_run, ..Default::default() };
-                    // A resourceVersion in the configuration is a precondition.
-                    let expected = config.pointer("/metadata/resourceVersion").and_then(Value::as_str);
-                    update(api, res, ns, name, options, |current| {
-                        if expected.is_some_and(|rv| rv != store::revision_of(current).to_string()) {
-                            return Err(ApiError::conflict(res.plural, name));
-                        }
-                        apply::apply(Some(current), &config, &writer, force)
-                    })
-                    .await
-                    .map(|o| ok(&o))
-                }
             }
         }
         (Method::PATCH, Some(name), None | Some("status")) => {
@@ -636,7 +634,14 @@ fn field_manager(q: &[(String, String)], headers: &HeaderMap) -> String {
     headers
         .get(http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
-        .map(|ua| ua.split('/').next().unwrap_or_default().chars().take(128).collect::<String>())
+        .map(|ua| {
+            ua.split('/')
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .take(128)
+                .collect::<String>()
+        })
         .filter(|m| !m.is_empty())
         .unwrap_or_else(|| "unknown".into())
 }
@@ -664,7 +669,9 @@ fn apply_configuration(body: &[u8], res: &Resource, name: &str) -> ApiResult<Val
         Some(n) => Err(ApiError::bad_request(format!(
             "the name of the object ({n}) does not match the name on the URL ({name})"
         ))),
-        None => Err(ApiError::bad_request("the apply configuration has no metadata.name")),
+        None => Err(ApiError::bad_request(
+            "the apply configuration has no metadata.name",
+        )),
     }
 }
 

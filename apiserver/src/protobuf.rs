@@ -399,18 +399,17 @@ mod tests {
 /// kept as they are.
 pub fn prune_unknown_fields(kind: &str, obj: &mut Value) -> Vec<String> {
     let mut out = Vec::new();
+    let Value::Object(m) = obj else {
+        return out;
+    };
+    // The type fields are not the kind's message's own: set them aside.
+    let type_meta: Vec<(String, Value)> = ["apiVersion", "kind"]
+        .into_iter()
+        .filter_map(|k| m.remove_entry(k))
+        .collect();
+    prune(kind, obj, "", &mut out, 0);
     if let Value::Object(m) = obj {
-        for (k, v) in m.iter_mut() {
-            if k == "apiVersion" || k == "kind" {
-                continue;
-            }
-            match json_fields(kind).map(|fields| fields.get(k)) {
-                None => {}
-                Some(None) => out.push(k.clone()),
-                Some(Some(field)) => prune_field(field, v, k, &mut out, 0),
-            }
-        }
-        m.retain(|k, _| !out.contains(k));
+        m.extend(type_meta);
     }
     out
 }
@@ -517,7 +516,10 @@ mod strict_tests {
                            "resources": {"limits": {"cpu": "1"}}}],
                            "volumes": [{"name": "v", "configMap": {"name": "c"}}]}});
         let kept = probe.clone();
-        assert_eq!(prune_unknown_fields("Pod", &mut probe), Vec::<String>::new());
+        assert_eq!(
+            prune_unknown_fields("Pod", &mut probe),
+            Vec::<String>::new()
+        );
         assert_eq!(probe, kept);
     }
 }

@@ -347,7 +347,11 @@ impl Writer {
                         continue;
                     }
                     WriteOp::Noop => {
-                        replies.push((reply, Ok(WriteReply::Revision(self.head)), !batch.is_empty()));
+                        replies.push((
+                            reply,
+                            Ok(WriteReply::Revision(self.head)),
+                            !batch.is_empty(),
+                        ));
                         continue;
                     }
                     _ => {}
@@ -756,9 +760,10 @@ impl Writer {
         self.apply_changes(changes);
         let result = self.compact(revision);
         if result.is_err()
-            && let Err(e) = self.log.release() {
-                tracing::warn!(error = %e, "ending a refused compaction's transaction failed");
-            }
+            && let Err(e) = self.log.release()
+        {
+            tracing::warn!(error = %e, "ending a refused compaction's transaction failed");
+        }
         result
     }
 

@@ -167,9 +167,10 @@ where
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
         if let (Poll::Ready(Some(Ok(frame))), Some(call)) = (&polled, this.call.as_mut())
-            && let Some(status) = frame.trailers_ref().and_then(|t| t.get("grpc-status")) {
-                call.code = Some(code_of(status.as_bytes()));
-            }
+            && let Some(status) = frame.trailers_ref().and_then(|t| t.get("grpc-status"))
+        {
+            call.code = Some(code_of(status.as_bytes()));
+        }
         if let Poll::Ready(None) = polled {
             // Ended: record now rather than whenever hyper drops the body.
             this.call.take();
