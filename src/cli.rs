@@ -63,7 +63,8 @@ pub enum SnapshotCommand {
 pub struct SnapshotSaveArgs {
     /// Where to write the snapshot.
     pub file: PathBuf,
-    /// The server, HOST:PORT.
+    /// The server, HOST:PORT, or unix://PATH (`k3rs server`'s
+    /// DATA_DIR/server/kine.sock).
     #[arg(long, default_value = "127.0.0.1:2379")]
     pub endpoints: String,
     /// CA of the server's certificate (turns on TLS).
@@ -284,44 +285,50 @@ pub struct ServerConfig {
     /// The server's own agent (its server URL and token are filled in
     /// once the API is up); `None` with --disable-agent.
     pub agent: Option<agent::Config>,
+    /// Directories of k3rs's own to create 0700, or tighten to 0700.
+    pub private_dirs: Vec<PathBuf>,
 }
 
 impl ServerArgs {
     pub fn into_config(self) -> Result<ServerConfig> {
-        let server_dir = self
+        let data_dir = self
             .datastore
             .data_dir
             .clone()
-            .unwrap_or_else(default_data_dir)
-            .join("server");
+            .unwrap_or_else(default_data_dir);
+        let server_dir = data_dir.join("server");
         let external = match self.datastore_endpoint.as_deref() {
-            Some(e) if e.starts_with("http://") || e.starts_with("https://") => Some(e.to_string()),
+            Some(e) if ["http://", "https://", "unix:"].iter().any(|p| e.starts_with(p)) => {
+                Some(e.to_string())
+            }
             Some(e) => bail!(
-                "--datastore-endpoint {e:?} is not an etcd endpoint (http://HOST:PORT); for a database use --endpoint"
+                "--datastore-endpoint {e:?} is not an etcd endpoint (http://HOST:PORT or unix://PATH); for a database use --endpoint"
             ),
             None => None,
         };
         let (log_format, debug) = (self.datastore.log_format, self.datastore.debug);
         let datastore = match external {
             Some(_) => None,
-            None => Some(self.datastore.into_config()?),
+            None => {
+                // K3s's kine.sock: the API server's way to its datastore,
+                // open to this user alone.
+                let socket = std::path::absolute(server_dir.join("kine.sock")).with_context(|| {
+                    format!("cannot resolve {}", server_dir.display())
+                })?;
+                Some(self.datastore.into_config_with(Some(socket))?)
+            }
         };
         let etcd_endpoint = match (&external, &datastore) {
             (Some(e), _) => e.clone(),
-            (None, Some(d)) => {
-                let ip = if d.listen.ip().is_unspecified() {
-                    "127.0.0.1".to_string()
-                } else {
-                    d.listen.ip().to_string()
-                };
-                format!("http://{ip}:{}", d.listen.port())
-            }
+            (None, Some(d)) => match &d.socket {
+                Some(socket) => format!("unix://{}", socket.display()),
+                None => unreachable!("`k3rs server` always serves its socket"),
+            },
             (None, None) => unreachable!("one of the two is set"),
         };
-        if datastore.as_ref().is_some_and(|d| d.server.tls.is_some()) && !self.disable_apiserver {
-            bail!(
-                "the Kubernetes API reaches the embedded datastore over plain loopback; TLS on the datastore with the API is not built yet (use `k3rs kine` for a TLS datastore)"
-            );
+        let mut private_dirs = vec![data_dir.clone(), server_dir.clone()];
+        if !self.disable_apiserver {
+            private_dirs.extend([server_dir.join("tls"), server_dir.join("cred")]);
         }
         let controllers = (!self.disable_controllers).then(|| apiserver::controllers::Config {
             node_monitor_grace: self.node_monitor_grace_period,
@@ -350,6 +357,7 @@ impl ServerArgs {
             debug,
             api,
             agent,
+            private_dirs,
         })
     }
 }
@@ -357,9 +365,19 @@ impl ServerArgs {
 /// Flags of the datastore; names follow kine's where kine has one.
 #[derive(Debug, Args)]
 pub struct DatastoreArgs {
-    /// Address the etcd v3 gRPC API listens on.
-    #[arg(long, env = "KINE_LISTEN_ADDRESS", default_value = "127.0.0.1:2379")]
-    pub listen_address: String,
+    /// Address the etcd v3 gRPC API listens on: HOST:PORT, or unix://PATH
+    /// for a socket only its owner can use. `k3rs kine`: 127.0.0.1:2379 by
+    /// default. `k3rs server`: the socket DATA_DIR/server/kine.sock by
+    /// default, which its Kubernetes API uses; HOST:PORT opens TCP besides
+    /// it, without credentials unless --trusted-ca-file is set.
+    #[arg(long, env = "KINE_LISTEN_ADDRESS")]
+    pub listen_address: Option<String>,
+
+    /// Start an empty store even though the database file is empty or
+    /// damaged, or only its -wal is left: the file is set aside and what it
+    /// held is lost. Without it k3rs refuses to start on such files.
+    #[arg(long, env = "K3RS_INIT_EMPTY")]
+    pub init_empty: bool,
 
     /// Storage DSN, in kine's form: sqlite://PATH, postgres://USER:PASS@HOST:PORT/DB or mysql://USER:PASS@tcp(HOST:PORT)/DB.
     /// Default: SQLite at DATA_DIR/server/db/state.db.
@@ -565,10 +583,20 @@ pub enum MetricsBind {
 /// The default monitoring address (kine's port, on loopback).
 const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:8080";
 
+/// The default etcd address of `k3rs kine` (etcd's and kine's port, on loopback).
+const DEFAULT_LISTEN_ADDRESS: &str = "127.0.0.1:2379";
+
 /// Validated datastore settings.
 #[derive(Debug)]
 pub struct DatastoreConfig {
-    pub listen: SocketAddr,
+    /// TCP listener; `None` serves the socket alone.
+    pub listen: Option<SocketAddr>,
+    /// Unix socket (absolute path), owner-only.
+    pub socket: Option<PathBuf>,
+    /// Directories of k3rs's own to create 0700, or tighten to 0700.
+    pub private_dirs: Vec<PathBuf>,
+    /// Set an empty, headerless or orphaned database aside and start empty.
+    pub init_empty: bool,
     pub endpoint: Endpoint,
     pub server: kine::ServerConfig,
     pub log_format: LogFormat,
@@ -705,6 +733,27 @@ pub fn database_endpoint(
     }
 }
 
+fn parse_listen_address(address: &str) -> Result<SocketAddr> {
+    address.parse().with_context(|| {
+        format!(
+            "--listen-address {address:?} is not HOST:PORT (e.g. 127.0.0.1:2379) or unix://PATH"
+        )
+    })
+}
+
+/// The absolute path of `unix://PATH` or `unix:PATH` (kine's forms).
+fn unix_socket_path(address: &str) -> Result<PathBuf> {
+    let path = address
+        .strip_prefix("unix://")
+        .or_else(|| address.strip_prefix("unix:"))
+        .unwrap_or(address);
+    if path.is_empty() {
+        bail!("--listen-address {address:?} names no socket; use unix://PATH");
+    }
+    std::path::absolute(path)
+        .with_context(|| format!("--listen-address {address:?}: cannot resolve the path"))
+}
+
 fn read_pem(path: &PathBuf, flag: &str) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("{flag} {}: cannot read it", path.display()))
 }
@@ -740,14 +789,39 @@ impl DatastoreArgs {
         })
     }
 
-    /// Validates the flags into a config.
+    /// Validates the flags of `k3rs kine` into a config.
     pub fn into_config(self) -> Result<DatastoreConfig> {
-        let listen: SocketAddr = self.listen_address.parse().with_context(|| {
-            format!(
-                "--listen-address {:?} is not HOST:PORT (e.g. 127.0.0.1:2379)",
-                self.listen_address
-            )
-        })?;
+        self.into_config_with(None)
+    }
+
+    /// Validates the flags into a config; with `default_socket` (`k3rs
+    /// server`), the datastore is served on that socket, and on TCP only
+    /// when --listen-address asks for it.
+    fn into_config_with(self, default_socket: Option<PathBuf>) -> Result<DatastoreConfig> {
+        let (listen, socket) = match self.listen_address.as_deref() {
+            Some(a) if a.starts_with("unix:") => (None, Some(unix_socket_path(a)?)),
+            Some(a) => (Some(parse_listen_address(a)?), default_socket),
+            None if default_socket.is_some() => (None, default_socket),
+            None => (Some(parse_listen_address(DEFAULT_LISTEN_ADDRESS)?), None),
+        };
+        if self.server_cert_file.is_some() && listen.is_none() {
+            bail!(
+                "--server-cert-file secures a TCP listener, and there is none: the datastore is served on the unix socket {} only; give --listen-address HOST:PORT too",
+                socket.as_deref().unwrap_or(Path::new("")).display()
+            );
+        }
+        // The database's directory is k3rs's own when it is the default
+        // one; one an --endpoint names is created 0700 but left as it is.
+        let private_dirs = if self.endpoint.as_deref().is_none_or(str::is_empty) {
+            let data_dir = self.data_dir.clone().unwrap_or_else(default_data_dir);
+            vec![
+                data_dir.clone(),
+                data_dir.join("server"),
+                data_dir.join("server/db"),
+            ]
+        } else {
+            Vec::new()
+        };
         let compact_interval = parse_optional_duration(&self.compact_interval)
             .map_err(|e| anyhow::anyhow!("--compact-interval: {e}"))?;
         let durability = if self.unsafe_no_fsync {
@@ -786,16 +860,22 @@ impl DatastoreArgs {
                 .map(|h| h.trim().to_string())
                 .unwrap_or_else(|_| "default".into())
         });
-        let host = if listen.ip().is_unspecified() {
-            "127.0.0.1".to_string()
-        } else {
-            listen.ip().to_string()
-        };
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let client_url = if listen.is_ipv6() {
-            format!("{scheme}://[{host}]:{}", listen.port())
-        } else {
-            format!("{scheme}://{host}:{}", listen.port())
+        let client_url = match (listen, &socket) {
+            (Some(listen), _) => {
+                let host = if listen.ip().is_unspecified() {
+                    "127.0.0.1".to_string()
+                } else {
+                    listen.ip().to_string()
+                };
+                if listen.is_ipv6() {
+                    format!("{scheme}://[{host}]:{}", listen.port())
+                } else {
+                    format!("{scheme}://{host}:{}", listen.port())
+                }
+            }
+            (None, Some(socket)) => format!("unix://{}", socket.display()),
+            (None, None) => unreachable!("a listener is always chosen"),
         };
         let quota_bytes = match self.quota_backend_bytes {
             0 => kine::mvcc::quota::DEFAULT_QUOTA_BYTES,
@@ -804,6 +884,9 @@ impl DatastoreArgs {
         };
         Ok(DatastoreConfig {
             listen,
+            socket,
+            private_dirs,
+            init_empty: self.init_empty,
             endpoint,
             server: kine::ServerConfig {
                 emulated_etcd_version: self.emulated_etcd_version,
@@ -917,17 +1000,22 @@ mod tests {
     fn parse_args(args: &[&str]) -> Result<DatastoreConfig> {
         let cli = Cli::try_parse_from(args)?;
         match cli.command {
-            Command::Server(ServerArgs { datastore: a, .. })
-            | Command::Kine(KineArgs { datastore: a, .. }) => a.into_config(),
+            Command::Server(a) => a
+                .into_config()?
+                .datastore
+                .context("no embedded datastore"),
+            Command::Kine(KineArgs { datastore: a, .. }) => a.into_config(),
             other => anyhow::bail!("not a serving command: {other:?}"),
         }
     }
 
     #[test]
     fn defaults_and_flags_parse() {
-        let c = parse_args(&["k3rs", "server"]).unwrap();
-        assert_eq!(c.listen.to_string(), "127.0.0.1:2379");
+        let c = parse_args(&["k3rs", "kine"]).unwrap();
+        assert_eq!(c.listen.unwrap().to_string(), "127.0.0.1:2379");
         assert!(c.auto_compact.is_none());
+        assert!(!c.init_empty);
+        assert!(parse_args(&["k3rs", "kine", "--init-empty"]).unwrap().init_empty);
         let c = parse_args(&[
             "k3rs",
             "kine",
@@ -947,6 +1035,55 @@ mod tests {
         );
         assert!(parse_args(&["k3rs", "kine", "--compact-interval", "5 parsecs"]).is_err());
         assert!(parse_args(&["k3rs", "kine", "--listen-address", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn listeners() {
+        // `k3rs server`: its own socket, and TCP only when asked.
+        let c = parse_args(&["k3rs", "server", "--data-dir", "/d"]).unwrap();
+        assert_eq!(c.listen, None);
+        assert_eq!(c.socket.as_deref(), Some(Path::new("/d/server/kine.sock")));
+        assert_eq!(
+            c.server.advertise_client_urls,
+            ["unix:///d/server/kine.sock"]
+        );
+        assert_eq!(
+            c.private_dirs,
+            [
+                PathBuf::from("/d"),
+                PathBuf::from("/d/server"),
+                PathBuf::from("/d/server/db")
+            ]
+        );
+        let server = ["k3rs", "server", "--data-dir", "/d"];
+        let c = parse_args(&[&server[..], &["--listen-address", "127.0.0.1:2379"]].concat()).unwrap();
+        assert_eq!(c.listen.unwrap().to_string(), "127.0.0.1:2379");
+        assert_eq!(c.socket.as_deref(), Some(Path::new("/d/server/kine.sock")));
+        let cli = Cli::try_parse_from(server).unwrap();
+        let Command::Server(args) = cli.command else {
+            unreachable!()
+        };
+        let config = args.into_config().unwrap();
+        assert_eq!(
+            config.api.unwrap().etcd_endpoint,
+            "unix:///d/server/kine.sock"
+        );
+        assert!(config.private_dirs.contains(&PathBuf::from("/d/server/tls")));
+        let tls_without_tcp = [
+            &server[..],
+            &["--server-cert-file", "/c", "--server-key-file", "/k"],
+        ]
+        .concat();
+        let err = parse_args(&tls_without_tcp).unwrap_err().to_string();
+        assert!(err.contains("--listen-address"), "{err}");
+
+        // `k3rs kine`: TCP by default, or kine's unix:// form alone.
+        let c = parse_args(&["k3rs", "kine", "--listen-address", "unix:///run/k.sock"]).unwrap();
+        assert_eq!(c.listen, None);
+        assert_eq!(c.socket.as_deref(), Some(Path::new("/run/k.sock")));
+        assert!(parse_args(&["k3rs", "kine", "--listen-address", "unix://"]).is_err());
+        let c = parse_args(&["k3rs", "kine", "--endpoint", "sqlite:///x/state.db"]).unwrap();
+        assert!(c.private_dirs.is_empty(), "a named database's directory is the user's");
     }
 
     #[test]

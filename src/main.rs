@@ -5,7 +5,7 @@ mod cli;
 mod snapshot;
 
 use std::fs::{File, TryLockError};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow};
@@ -63,6 +63,7 @@ fn run(cli: Cli) -> Result<()> {
 /// `k3rs server`: the embedded datastore and the Kubernetes API on it,
 /// stopped together by SIGINT or SIGTERM.
 async fn run_server(config: cli::ServerConfig) -> Result<()> {
+    private_dirs(&config.private_dirs)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -108,6 +109,10 @@ async fn run_server(config: cli::ServerConfig) -> Result<()> {
 /// `k3rs agent`: joins a server and runs this node's pods until SIGINT or
 /// SIGTERM (the pods' processes stay; the next start cleans them up).
 async fn run_agent(config: agent::Config) -> Result<()> {
+    // DATA_DIR; the agent makes its own directory below it.
+    if let Some(data_dir) = config.dir.parent() {
+        private_dirs(&[data_dir.to_path_buf()])?;
+    }
     tokio::select! {
         r = agent::run(config) => r,
         _ = shutdown_signal() => Ok(()),
@@ -164,11 +169,26 @@ fn init_tracing(format: LogFormat, debug: bool) {
     }
 }
 
+/// Creates k3rs's own directories 0700, and tightens existing ones to it
+/// (the database and the cluster's keys live below them).
+fn private_dirs(dirs: &[PathBuf]) -> Result<()> {
+    for dir in dirs {
+        kine::backend::files::private_dir(dir).with_context(|| {
+            format!(
+                "cannot create {}; pick a writable --data-dir",
+                dir.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// Holds an exclusive lock beside the database, so two k3rs processes never
 /// share one file. Released when the process exits, however it exits.
 fn lock_database(db: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| {
+        kine::backend::files::create_private_dir(dir).with_context(|| {
             format!(
                 "cannot create {}; pick a writable --data-dir or --endpoint",
                 dir.display()
@@ -177,17 +197,21 @@ fn lock_database(db: &Path) -> Result<File> {
     }
     let mut lock_path = db.as_os_str().to_owned();
     lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
     let file = File::options()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(kine::backend::files::FILE_MODE)
         .open(&lock_path)
         .with_context(|| {
             format!(
                 "cannot open {}; is the directory writable?",
-                Path::new(&lock_path).display()
+                lock_path.display()
             )
         })?;
+    kine::backend::files::private_file(&lock_path)
+        .with_context(|| format!("cannot read the mode of {}", lock_path.display()))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(TryLockError::WouldBlock) => Err(anyhow!(
@@ -202,9 +226,11 @@ async fn run_datastore(
     config: DatastoreConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    private_dirs(&config.private_dirs)?;
     let (store, database, _lock) = match &config.endpoint {
         Endpoint::Sqlite(sqlite) => {
             let lock = lock_database(&sqlite.path)?;
+            check_database(&sqlite.path, config.init_empty)?;
             let store = kine::open_sqlite(sqlite)
                 .with_context(|| format!("cannot open the datastore {}", sqlite.path.display()))?;
             let fsync = sqlite.durability == kine::backend::sqlite::Durability::Fsync;
@@ -233,18 +259,41 @@ async fn run_datastore(
         Some(settings) => Some(start_member(settings, &config, store.clone()).await?),
         None => None,
     };
-    let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AddrInUse {
-            anyhow!("cannot listen on {}: the address is in use (another etcd, kine or k3rs?); choose another with --listen-address", config.listen)
-        } else {
-            anyhow!("cannot listen on {}: {e}", config.listen)
-        }
-    })?;
+    let tcp = match config.listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                anyhow!("cannot listen on {addr}: the address is in use (another etcd, kine or k3rs?); choose another with --listen-address")
+            } else {
+                anyhow!("cannot listen on {addr}: {e}")
+            }
+        })?),
+        None => None,
+    };
+    // After the database lock: a socket a running server serves is never
+    // taken for a stale one.
+    let unix = config.socket.as_deref().map(bind_socket).transpose()?;
     let monitor = bind_monitor(config.metrics).await?;
+    let client_cert_auth = config
+        .server
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.client_ca_pem.is_some());
+    if let Some(addr) = config.listen.filter(|_| !client_cert_auth) {
+        let who = if addr.ip().is_loopback() {
+            "every local user"
+        } else {
+            "anyone who can reach it"
+        };
+        tracing::warn!(
+            listen = %addr,
+            "the etcd API on {addr} takes no credentials: {who} can read and write all cluster state through it; require client certificates with --server-cert-file, --server-key-file and --trusted-ca-file"
+        );
+    }
     tracing::info!(
-        listen = %config.listen,
+        listen = %config.listen.map_or("none".to_string(), |a| a.to_string()),
+        socket = %config.socket.as_deref().map_or("none".into(), Path::display),
         tls = config.server.tls.is_some(),
-        client_cert_auth = config.server.tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()),
+        client_cert_auth,
         metrics = ?monitor.as_ref().and_then(|l| l.local_addr().ok()),
         quota_bytes = config.quota_bytes,
         database = %database,
@@ -271,9 +320,12 @@ async fn run_datastore(
             }
         }
     };
-    kine::serve_with_monitor(listener, monitor, store.clone(), config.server, shutdown)
-        .await
-        .context("the gRPC server failed")?;
+    let listeners = kine::Listeners { tcp, unix };
+    let served = kine::serve_on(listeners, monitor, store.clone(), config.server, shutdown).await;
+    if let Some(socket) = &config.socket {
+        let _ = std::fs::remove_file(socket);
+    }
+    served.context("the gRPC server failed")?;
     if let Some(node) = cluster {
         let _ = node.raft().shutdown().await;
     }
@@ -283,6 +335,66 @@ async fn run_datastore(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Refuses database files that would open as an empty store (a zero-length
+/// or headerless file, a `-wal` without its database); with --init-empty,
+/// sets them aside and starts empty.
+fn check_database(db: &Path, init_empty: bool) -> Result<()> {
+    use kine::backend::sqlite;
+    if !init_empty {
+        return sqlite::check_files(db).map_err(|e| anyhow!("{e}"));
+    }
+    if let Some(found) = sqlite::set_aside(db)? {
+        tracing::warn!(
+            found = %found.found(),
+            "--init-empty: starting an empty store; what the file held is not in it"
+        );
+    }
+    Ok(())
+}
+
+/// Binds the datastore's unix socket, owner-only. A socket file left by a
+/// killed process is removed; one that a live process answers on is not.
+fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Some(dir) = path.parent() {
+        kine::backend::files::create_private_dir(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!(
+                    "{} is in use by another process (a running k3rs?); stop it or pick another --data-dir or --listen-address",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+        }
+        Ok(_) => anyhow::bail!(
+            "{} exists and is not a socket; move it away or pick another --listen-address",
+            path.display()
+        ),
+        Err(_) => {}
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(|e| {
+        // sun_path holds 108 bytes, the terminating zero included.
+        if path.as_os_str().len() > 107 {
+            anyhow!(
+                "cannot listen on {}: {e}; a socket's path is at most 107 bytes: choose a shorter --data-dir",
+                path.display()
+            )
+        } else {
+            anyhow!("cannot listen on {}: {e}", path.display())
+        }
+    })?;
+    // Its directory is 0700 already; the mode keeps the socket the owner's
+    // wherever it lives.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    Ok(listener)
 }
 
 /// Starts this server as a member of a replicated cluster.

@@ -29,6 +29,17 @@ pub struct ClientConfig {
 
 async fn connect(config: &ClientConfig) -> Result<Channel> {
     let tls = config.cacert.is_some() || config.cert.is_some();
+    if config.endpoint.starts_with("unix:") {
+        // `k3rs server`'s own socket: plain, its file mode is the guard.
+        if tls {
+            bail!("--cacert, --cert and --key are for TCP endpoints, not a unix socket");
+        }
+        return Channel::from_shared(config.endpoint.clone())
+            .with_context(|| format!("--endpoints {:?} is not unix://PATH", config.endpoint))?
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {}", config.endpoint));
+    }
     let address = config
         .endpoint
         .trim_start_matches("http://")
@@ -71,8 +82,17 @@ pub async fn save(config: &ClientConfig, path: &Path) -> Result<()> {
     let mut partial = path.as_os_str().to_owned();
     partial.push(".part");
     let partial = std::path::PathBuf::from(partial);
-    let mut file = std::fs::File::create(&partial)
-        .with_context(|| format!("cannot create {}", partial.display()))?;
+    // Owner-only, as etcdctl writes it: the snapshot holds every Secret.
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&partial)
+    }
+    .with_context(|| format!("cannot create {}", partial.display()))?;
     let mut sha = Sha256::default();
     let mut last = Vec::new();
     let mut total = 0u64;

@@ -45,6 +45,33 @@ pub struct Config {
     pub taints: Vec<String>,
 }
 
+/// Creates `dir` 0700, or tightens it to 0700: the node password, the
+/// serving key and the pods' files and logs live below it.
+fn private_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let was = std::fs::metadata(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if was & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot set the mode of {}", dir.display()))?;
+        tracing::warn!(
+            path = %dir.display(),
+            was = %format!("{was:04o}"),
+            now = "0700",
+            "tightened the mode of a k3rs directory: other local users could read it"
+        );
+    }
+    Ok(())
+}
+
 /// The address this machine reaches others from (no packet is sent).
 fn default_ip() -> IpAddr {
     let probe = std::net::UdpSocket::bind("0.0.0.0:0")
@@ -59,6 +86,7 @@ fn default_ip() -> IpAddr {
 /// Joins (retrying while the server is unreachable), registers the node and
 /// runs until the process ends; errors that retrying cannot fix end it.
 pub async fn run(config: Config) -> Result<()> {
+    private_dir(&config.dir)?;
     let ip = config.node_ip.unwrap_or_else(default_ip);
     let listener = logs::bind(SocketAddr::new(ip, config.port)).await?;
     let port = listener.local_addr()?.port();
@@ -83,8 +111,7 @@ pub async fn run(config: Config) -> Result<()> {
         }
     };
     let pods_dir = config.dir.join("pods");
-    std::fs::create_dir_all(&pods_dir)
-        .with_context(|| format!("cannot create {}", pods_dir.display()))?;
+    private_dir(&pods_dir)?;
     runtime::cleanup_orphans(&pods_dir);
     let process_runtime: Arc<dyn runtime::Runtime> = Arc::new(runtime::ProcessRuntime);
     let (supervisor, updates) =

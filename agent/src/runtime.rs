@@ -147,12 +147,48 @@ pub struct ContainerSpec {
     pub pid_file: PathBuf,
 }
 
+/// A name the agent will not make a path of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsafeName(pub String);
+
+impl std::fmt::Display for UnsafeName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?} is not a DNS-1123 label, so the agent makes no file of it",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnsafeName {}
+
+/// `dir/name`: the one way the agent makes a path of a name from the API
+/// (a pod's uid, a container's name). Only a DNS-1123 label passes, which
+/// is what the API server allows for container names and makes uids of;
+/// anything else (`..`, `a/b`, an absolute path), from an object written
+/// past the API server's validation, is refused, so no path leaves `dir`.
+pub fn path_under(dir: &Path, name: &str) -> Result<PathBuf, UnsafeName> {
+    if apiserver::objects::is_dns1123_label(name) {
+        Ok(dir.join(name))
+    } else {
+        Err(UnsafeName(name.to_string()))
+    }
+}
+
 impl ContainerSpec {
     /// Reads a core/v1 Container of pod `pod_name` living in `pod_dir`.
     /// `$(VAR)` references in env values, command and args are expanded as
     /// the kubelet does; `valueFrom` entries are not supported and skipped.
-    pub fn from_json(container: &Value, pod_name: &str, pod_dir: &Path) -> ContainerSpec {
+    /// Its files go in `pod_dir/<name>`, so a name that is no DNS-1123
+    /// label is refused.
+    pub fn from_json(
+        container: &Value,
+        pod_name: &str,
+        pod_dir: &Path,
+    ) -> Result<ContainerSpec, UnsafeName> {
         let name = str_field(container, "name").to_string();
+        let files = path_under(pod_dir, &name)?;
         let strings = |key: &str| -> Vec<String> {
             container[key]
                 .as_array()
@@ -197,16 +233,17 @@ impl ContainerSpec {
             "" => pod_dir.to_path_buf(),
             dir => PathBuf::from(dir),
         };
-        ContainerSpec {
+        Ok(ContainerSpec {
             image: str_field(container, "image").to_string(),
             command,
             args,
             env,
             working_dir,
-            log_path: pod_dir.join(&name).join("0.log"),
-            pid_file: pod_dir.join(format!("{name}.pid")),
+            log_path: files.join("0.log"),
+            // A label has no dot, so this only appends `.pid`.
+            pid_file: files.with_extension("pid"),
             name,
-        }
+        })
     }
 
     /// The program and its arguments: `command` + `args`, or `args` alone.
@@ -601,7 +638,7 @@ mod tests {
 
     fn spec(dir: &Path, command: &[&str]) -> ContainerSpec {
         let c = json!({"name": "c", "image": "busybox", "command": command});
-        ContainerSpec::from_json(&c, "pod", dir)
+        ContainerSpec::from_json(&c, "pod", dir).unwrap()
     }
 
     #[test]
@@ -616,13 +653,43 @@ mod tests {
             "name": "c", "image": "img", "args": ["echo", "$(GREETING)"],
             "env": [{"name": "GREETING", "value": "hi"}, {"name": "S", "valueFrom": {}}],
         });
-        let s = ContainerSpec::from_json(&c, "p", Path::new("/pods/u"));
+        let s = ContainerSpec::from_json(&c, "p", Path::new("/pods/u")).unwrap();
         assert_eq!(s.argv().unwrap(), ["echo", "hi"]);
         assert!(s.env.contains(&("HOSTNAME".into(), "p".into())));
         assert!(!s.env.iter().any(|(k, _)| k == "S"));
         assert_eq!(s.log_path, Path::new("/pods/u/c/0.log"));
-        let empty = ContainerSpec::from_json(&json!({"name": "c"}), "p", Path::new("/"));
+        assert_eq!(s.pid_file, Path::new("/pods/u/c.pid"));
+        let empty = ContainerSpec::from_json(&json!({"name": "c"}), "p", Path::new("/")).unwrap();
         assert!(empty.argv().is_err());
+    }
+
+    #[test]
+    fn only_dns_labels_become_paths() {
+        let dir = Path::new("/pods/u");
+        assert_eq!(
+            path_under(dir, "web-1").unwrap(),
+            Path::new("/pods/u/web-1")
+        );
+        for bad in [
+            "../../../../../../tmp/probe/trav",
+            "..",
+            ".",
+            "",
+            "a/b",
+            "/etc",
+            "UPPER_case",
+            "a.pid",
+            "-a",
+            "a\0",
+        ] {
+            assert_eq!(
+                path_under(dir, bad),
+                Err(UnsafeName(bad.to_string())),
+                "{bad}"
+            );
+            let c = json!({"name": bad, "image": "busybox", "command": ["true"]});
+            assert!(ContainerSpec::from_json(&c, "p", dir).is_err(), "{bad}");
+        }
     }
 
     #[tokio::test]

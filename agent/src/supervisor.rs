@@ -9,7 +9,7 @@
 //! a directory `ROOT/<uid>` holding the container logs
 //! (`<container>/<restartCount>.log`) and pid files.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::probes::{Probe, ProbeContext, Prober};
-use crate::runtime::{Container, ContainerSpec, Exit, Runtime, Signal};
+use crate::runtime::{Container, ContainerSpec, Exit, Runtime, Signal, path_under};
 
 /// Status updates queued for the agent; a full queue holds pod tasks back
 /// rather than dropping a status.
@@ -51,6 +51,9 @@ pub struct Supervisor {
     updates: mpsc::Sender<PodUpdate>,
     /// By uid. A std mutex: nothing awaits while holding it.
     pods: Mutex<HashMap<String, PodEntry>>,
+    /// UIDs of pods refused as written, so each is reported once. Only an
+    /// object stored past the API server's validation lands here.
+    refused: Mutex<HashSet<String>>,
 }
 
 /// The supervisor's handle on one pod's task.
@@ -82,6 +85,7 @@ impl Supervisor {
             },
             updates,
             pods: Mutex::default(),
+            refused: Mutex::default(),
         };
         (supervisor, rx)
     }
@@ -101,7 +105,10 @@ impl Supervisor {
     /// or Failed is never run again. Non-blocking.
     pub fn sync(&self, pod: &Value) {
         let uid = text(pod, "/metadata/uid");
-        if uid.is_empty() || matches!(text(pod, "/status/phase"), "Succeeded" | "Failed") {
+        if uid.is_empty()
+            || matches!(text(pod, "/status/phase"), "Succeeded" | "Failed")
+            || lock(&self.refused).contains(uid)
+        {
             return;
         }
         let mut pods = lock(&self.pods);
@@ -112,8 +119,13 @@ impl Supervisor {
             tracing::error!("Supervisor::sync called outside a tokio runtime");
             return;
         };
-        let dir = self.root.join(uid);
-        let spec = Arc::new(PodSpec::parse(pod, &dir));
+        let parsed = path_under(&self.root, uid)
+            .map_err(|e| format!("uid {e}"))
+            .and_then(|dir| Ok((PodSpec::parse(pod, &dir)?, dir)));
+        let (spec, dir) = match parsed {
+            Ok((spec, dir)) => (Arc::new(spec), dir),
+            Err(why) => return self.refuse(pod, &why),
+        };
         let shared = Arc::new(PodShared {
             namespace: text(pod, "/metadata/namespace").to_string(),
             name: text(pod, "/metadata/name").to_string(),
@@ -149,6 +161,30 @@ impl Supervisor {
         );
     }
 
+    /// A pod the agent cannot run as written fails at once, as the kubelet
+    /// fails a pod it rejects at admission.
+    fn refuse(&self, pod: &Value, why: &str) {
+        let uid = text(pod, "/metadata/uid");
+        if !lock(&self.refused).insert(uid.to_string()) {
+            return;
+        }
+        let (namespace, name) = (
+            text(pod, "/metadata/namespace"),
+            text(pod, "/metadata/name"),
+        );
+        tracing::warn!(pod = name, namespace, uid, why, "refusing to run pod");
+        let update = PodUpdate {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            uid: uid.to_string(),
+            status: json!({"phase": "Failed", "reason": "InvalidName", "message": format!("Pod was rejected: {why}")}),
+        };
+        // A full queue: the next sync tries again.
+        if self.updates.try_send(update).is_err() {
+            lock(&self.refused).remove(uid);
+        }
+    }
+
     /// Graceful stop (pod deletion): SIGTERM to every container, wait up to
     /// `grace`, SIGKILL; resolves once all its processes are gone, after a
     /// final PodUpdate (containers terminated, phase Succeeded or Failed as
@@ -170,7 +206,9 @@ impl Supervisor {
         };
         let _ = done.wait_for(|d| *d).await;
         lock(&self.pods).remove(uid);
-        let dir = self.root.join(uid);
+        let Ok(dir) = path_under(&self.root, uid) else {
+            return;
+        };
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -227,7 +265,8 @@ impl Supervisor {
         } else {
             restarts
         };
-        let path = log_path(&self.root.join(uid), container, run);
+        let path = path_under(&path_under(&self.root, uid).ok()?, container).ok()?;
+        let path = path.join(format!("{run}.log"));
         path.exists().then_some(path)
     }
 
@@ -256,15 +295,19 @@ fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
         .unwrap_or_default()
 }
 
-fn log_path(pod_dir: &Path, container: &str, run: u32) -> PathBuf {
-    pod_dir.join(container).join(format!("{run}.log"))
+/// The log of run `run`, beside the first run's (whose path was made
+/// from the container's checked name).
+fn run_log(first: &Path, run: u32) -> PathBuf {
+    first.with_file_name(format!("{run}.log"))
 }
 
-fn timestamp(t: SystemTime) -> String {
-    rfc3339(
-        t.duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64),
-    )
+/// A time for the status; None for one a runtime does not know (the
+/// epoch or before), which kube leaves out rather than show 1970.
+fn timestamp(t: SystemTime) -> Option<String> {
+    t.duration_since(UNIX_EPOCH)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .map(|d| rfc3339(d.as_secs() as i64))
 }
 
 /// The crash-loop back-off settings.
@@ -298,16 +341,24 @@ struct ContainerDef {
 }
 
 impl PodSpec {
-    fn parse(pod: &Value, dir: &Path) -> PodSpec {
+    /// Reads the spec of the pod living in `dir`; refused (with why) when
+    /// a container's name is no DNS-1123 label or names two containers,
+    /// as each container's files are named after it.
+    fn parse(pod: &Value, dir: &Path) -> Result<PodSpec, String> {
         let name = text(pod, "/metadata/name");
-        let defs = |key: &str| -> Vec<ContainerDef> {
+        let mut names = HashSet::new();
+        let mut defs = |key: &str| -> Result<Vec<ContainerDef>, String> {
             let list = pod
                 .pointer(&format!("/spec/{key}"))
                 .and_then(Value::as_array);
             list.into_iter()
                 .flatten()
                 .map(|c| {
-                    let spec = ContainerSpec::from_json(c, name, dir);
+                    let spec = ContainerSpec::from_json(c, name, dir)
+                        .map_err(|e| format!("container name {e}"))?;
+                    if !names.insert(spec.name.clone()) {
+                        return Err(format!("container name {:?} is used twice", spec.name));
+                    }
                     let probe = |kind: &str| {
                         let p = c.get(kind).filter(|p| p.is_object())?;
                         Probe::parse(p, c)
@@ -316,15 +367,17 @@ impl PodSpec {
                             })
                             .ok()
                     };
-                    ContainerDef {
+                    Ok(ContainerDef {
                         startup: probe("startupProbe"),
                         readiness: probe("readinessProbe"),
                         liveness: probe("livenessProbe"),
                         spec,
-                    }
+                    })
                 })
                 .collect()
         };
+        let init = defs("initContainers")?;
+        let containers = defs("containers")?;
         let policy = match text(pod, "/spec/restartPolicy") {
             "OnFailure" => RestartPolicy::OnFailure,
             "Never" => RestartPolicy::Never,
@@ -334,12 +387,12 @@ impl PodSpec {
             .pointer("/spec/terminationGracePeriodSeconds")
             .and_then(Value::as_u64)
             .map_or(DEFAULT_GRACE, Duration::from_secs);
-        PodSpec {
+        Ok(PodSpec {
             policy,
             grace,
-            init: defs("initContainers"),
-            containers: defs("containers"),
-        }
+            init,
+            containers,
+        })
     }
 
     fn def(&self, slot: Slot) -> &ContainerDef {
@@ -440,7 +493,7 @@ enum State {
         message: Option<String>,
     },
     Running {
-        started_at: String,
+        started_at: Option<String>,
     },
     Terminated(Terminated),
 }
@@ -451,8 +504,9 @@ struct Terminated {
     signal: Option<i32>,
     reason: &'static str,
     message: Option<String>,
-    started_at: String,
-    finished_at: String,
+    /// None for a container that never started (kube leaves it out).
+    started_at: Option<String>,
+    finished_at: Option<String>,
     id: Option<String>,
 }
 
@@ -473,9 +527,13 @@ impl Terminated {
         let mut t = json!({
             "exitCode": self.exit_code,
             "reason": self.reason,
-            "startedAt": self.started_at,
-            "finishedAt": self.finished_at,
         });
+        if let Some(started) = &self.started_at {
+            t["startedAt"] = json!(started);
+        }
+        if let Some(finished) = &self.finished_at {
+            t["finishedAt"] = json!(finished);
+        }
         if let Some(signal) = self.signal {
             t["signal"] = json!(signal);
         }
@@ -515,7 +573,10 @@ impl ContainerStatus {
                 }
                 json!({"waiting": w})
             }
-            State::Running { started_at } => json!({"running": {"startedAt": started_at}}),
+            State::Running { started_at } => match started_at {
+                Some(t) => json!({"running": {"startedAt": t}}),
+                None => json!({"running": {}}),
+            },
             State::Terminated(t) => json!({"terminated": t.json()}),
         };
         let last = self
@@ -822,10 +883,10 @@ impl PodRun {
             }
             let run = self.shared.edit(|s| s.container(slot).restarts);
             let mut spec = def.spec.clone();
-            spec.log_path = log_path(&self.dir, &spec.name, run);
+            spec.log_path = run_log(&def.spec.log_path, run);
             if let Some(old) = run.checked_sub(2) {
                 // Only the current and the previous run's logs are kept.
-                let old = log_path(&self.dir, &spec.name, old);
+                let old = run_log(&def.spec.log_path, old);
                 let _ = tokio::fs::remove_file(old.with_extension("log.1")).await;
                 let _ = tokio::fs::remove_file(old).await;
             }
@@ -839,9 +900,9 @@ impl PodRun {
                             signal: None,
                             reason: "StartError",
                             message: Some(e.message),
-                            // As containerd reports a container that never started.
-                            started_at: rfc3339(0),
-                            finished_at: now(),
+                            // It never started: kube has no start time to show.
+                            started_at: None,
+                            finished_at: Some(now()),
                             id: None,
                         },
                         stopped: false,

@@ -135,6 +135,18 @@ pub fn encode_query(value: &str) -> String {
     out
 }
 
+/// The user k3rs's own controllers and scheduler act as.
+fn in_process_user() -> Arc<crate::identity::User> {
+    static USER: std::sync::OnceLock<Arc<crate::identity::User>> = std::sync::OnceLock::new();
+    USER.get_or_init(|| {
+        Arc::new(crate::identity::User::new(
+            "system:k3rs-controllers",
+            &["system:masters"],
+        ))
+    })
+    .clone()
+}
+
 #[derive(Clone)]
 enum Transport {
     InProcess(Arc<Api>),
@@ -370,7 +382,7 @@ impl Client {
                 let response = Box::pin(handlers::handle(
                     api.clone(),
                     ConnAuth {
-                        client_certificate: true,
+                        certificate_user: Some(in_process_user()),
                     },
                     method,
                     uri,
@@ -432,6 +444,22 @@ impl Https {
         Ok(sender)
     }
 
+    async fn send_fresh(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> ClientResult<(
+        hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        http::Response<hyper::body::Incoming>,
+    )> {
+        let mut sender = self.connect().await?;
+        sender.ready().await.map_err(ClientError::unreachable)?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(ClientError::unreachable)?;
+        Ok((sender, response))
+    }
+
     async fn send(
         &self,
         request: Request<Full<Bytes>>,
@@ -444,15 +472,22 @@ impl Https {
         } else {
             None
         };
-        let mut sender = match pooled {
-            Some(s) => s,
-            None => self.connect().await?,
+        let (sender, response) = match pooled {
+            // The server may have closed an idle connection (its header
+            // timeout) just now: a request that did not go out goes on a
+            // new one.
+            Some(mut sender) => match sender.ready().await {
+                Ok(()) => match sender.try_send_request(request).await {
+                    Ok(response) => (sender, response),
+                    Err(mut e) => match e.take_message() {
+                        Some(request) => self.send_fresh(request).await?,
+                        None => return Err(ClientError::unreachable(e.into_error())),
+                    },
+                },
+                Err(_) => self.send_fresh(request).await?,
+            },
+            None => self.send_fresh(request).await?,
         };
-        sender.ready().await.map_err(ClientError::unreachable)?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(ClientError::unreachable)?;
         let status = response.status();
         if !reuse {
             let body = response.into_body().map_err(BoxError::from).boxed_unsync();

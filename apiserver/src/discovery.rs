@@ -1,5 +1,6 @@
 //! Discovery (`/version`, `/api`, `/apis`, resource lists) and the OpenAPI
-//! v3 index, generated from the resource table.
+//! v3 index, generated from the resource table (`openapi_v2` builds the
+//! v2 document from the same schemas).
 
 use serde_json::{Value, json};
 
@@ -159,7 +160,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     )
 }
 
-fn gv_path(group: &str, version: &str) -> String {
+pub(crate) fn gv_path(group: &str, version: &str) -> String {
     if group.is_empty() {
         format!("api/{version}")
     } else {
@@ -195,6 +196,24 @@ pub fn openapi_index() -> Value {
         .clone()
 }
 
+/// Makes the wire-table schema of a served kind (among `schemas`, as
+/// `protobuf::openapi_schemas` names them) the kind's own: the type fields
+/// and the `x-kubernetes-group-version-kind` clients find it by. Returns
+/// its name there.
+pub(crate) fn tag_kind(schemas: &mut serde_json::Map<String, Value>, r: &Resource) -> String {
+    let gvk = json!([{"group": r.group, "version": r.version, "kind": r.kind}]);
+    let schema_name = crate::protobuf::openapi_name(r.kind);
+    let schema = schemas
+        .entry(schema_name.clone())
+        .or_insert_with(|| json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
+    schema["x-kubernetes-group-version-kind"] = gvk;
+    if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+        props.insert("apiVersion".into(), json!({"type": "string"}));
+        props.insert("kind".into(), json!({"type": "string"}));
+    }
+    schema_name
+}
+
 /// The OpenAPI v3 document of one group-version: every object path with
 /// its operations, the `x-kubernetes-group-version-kind` kubectl looks for
 /// and the `fieldValidation` parameter that tells it the server validates;
@@ -208,16 +227,7 @@ pub fn openapi_document(path: &str) -> Option<Value> {
     let mut paths = serde_json::Map::new();
     let mut schemas = crate::protobuf::openapi_schemas();
     for r in resources::of_group_version(group, version) {
-        let gvk = json!([{"group": r.group, "version": r.version, "kind": r.kind}]);
-        let schema_name = crate::protobuf::openapi_name(r.kind);
-        let schema = schemas.entry(schema_name.clone()).or_insert_with(
-            || json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
-        );
-        schema["x-kubernetes-group-version-kind"] = gvk;
-        if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
-            props.insert("apiVersion".into(), json!({"type": "string"}));
-            props.insert("kind".into(), json!({"type": "string"}));
-        }
+        let schema_name = tag_kind(&mut schemas, r);
         let params = json!([
             {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}, "description": "Strict, Warn or Ignore"},
             {"name": "dryRun", "in": "query", "schema": {"type": "string"}},

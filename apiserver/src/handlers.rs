@@ -9,6 +9,7 @@ use http::{HeaderMap, Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::apply;
+use crate::identity::User;
 use crate::discovery;
 use crate::list::{self, ListParams};
 use crate::objects;
@@ -27,21 +28,22 @@ pub struct Api {
     /// key (node serving certificates are issued from it).
     pub ca_pem: String,
     pub tls_dir: std::path::PathBuf,
+    /// The CA that agents' serving certificates chain to (see `pki`).
+    pub node_ca_pem: String,
 }
 
-/// How the connection authenticated at the TLS layer.
-#[derive(Clone, Copy, Debug)]
+/// How the connection authenticated at the TLS layer: the user its
+/// client certificate (verified against the cluster CA) names, if any.
+#[derive(Clone, Debug, Default)]
 pub struct ConnAuth {
-    pub client_certificate: bool,
+    pub certificate_user: Option<Arc<User>>,
 }
 
 fn json_response(code: StatusCode, value: &Value) -> Response {
-    (
-        code,
-        [(http::header::CONTENT_TYPE, "application/json")],
-        value.to_string(),
-    )
-        .into_response()
+    // kube-apiserver's JSON encoder ends every body with a newline.
+    let mut body = value.to_string();
+    body.push('\n');
+    (code, [(http::header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 fn ok(value: &Value) -> Response {
@@ -86,6 +88,13 @@ fn param<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
     q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
+/// A boolean query parameter read as kube-apiserver's parameter codec
+/// reads it: absent, `0` or `false` in any case is false, anything else
+/// (`true`, `True` from Python's `str(True)`, `1`, even empty) is true.
+pub fn flag(q: &[(String, String)], name: &str) -> bool {
+    param(q, name).is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("false"))
+}
+
 /// The object or collection a resource path names.
 struct Target {
     res: &'static Resource,
@@ -126,7 +135,7 @@ fn parse_target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
 }
 
 fn list_params(q: &[(String, String)], res: &Resource) -> ApiResult<ListParams> {
-    if param(q, "sendInitialEvents").is_some() {
+    if flag(q, "sendInitialEvents") {
         return Err(ApiError::invalid(
             "ListOptions",
             "",
@@ -152,7 +161,7 @@ fn list_params(q: &[(String, String)], res: &Resource) -> ApiResult<ListParams> 
             .map(str::to_string),
         resource_version: param(q, "resourceVersion").map(str::to_string),
         timeout_seconds: param(q, "timeoutSeconds").and_then(|t| t.parse().ok()),
-        allow_bookmarks: param(q, "allowWatchBookmarks") == Some("true"),
+        allow_bookmarks: flag(q, "allowWatchBookmarks"),
     })
 }
 
@@ -170,15 +179,64 @@ fn wants_table(headers: &HeaderMap) -> bool {
         .is_some_and(|a| a.contains("as=Table"))
 }
 
-fn authenticated(api: &Api, conn: ConnAuth, headers: &HeaderMap) -> bool {
-    if conn.client_certificate {
-        return true;
+/// The request's user: its client certificate's, else its bearer token's.
+fn authenticated(api: &Api, conn: &ConnAuth, headers: &HeaderMap) -> Option<Arc<User>> {
+    if let Some(user) = &conn.certificate_user {
+        return Some(user.clone());
     }
     let bearer = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "));
-    bearer.is_some_and(|b| api.tokens.iter().any(|t| t == b.trim()))
+        .and_then(|h| h.strip_prefix("Bearer "))?;
+    api.tokens
+        .iter()
+        .any(|t| t == bearer.trim())
+        .then(|| Arc::new(User::new(crate::identity::TOKEN_USER, &[])))
+}
+
+/// `Impersonate-*` headers are refused with kube's 403 for a user who may
+/// not impersonate: until k3rs authorizes requests, nobody may, and a
+/// request must never run silently with the caller's own rights.
+fn refuse_impersonation(user: &User, headers: &HeaderMap) -> ApiResult<()> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (resource, group, name, namespace) = if let Some(target) = header("impersonate-user") {
+        match target.strip_prefix("system:serviceaccount:").and_then(|r| r.split_once(':')) {
+            Some((ns, sa)) => ("serviceaccounts", "", sa.to_string(), Some(ns.to_string())),
+            None => ("users", "", target.to_string(), None),
+        }
+    } else if let Some(group) = header("impersonate-group") {
+        ("groups", "", group.to_string(), None)
+    } else if let Some(uid) = header("impersonate-uid") {
+        ("uids", "authentication.k8s.io", uid.to_string(), None)
+    } else if let Some((key, value)) = headers.iter().find_map(|(k, v)| {
+        let extra = k.as_str().strip_prefix("impersonate-extra-")?;
+        Some((extra.to_string(), v.to_str().unwrap_or_default().to_string()))
+    }) {
+        ("userextras", "authentication.k8s.io", value, Some(key))
+    } else {
+        return Ok(());
+    };
+    let qualified = if group.is_empty() {
+        resource.to_string()
+    } else {
+        format!("{resource}.{group}")
+    };
+    let scope = match &namespace {
+        Some(ns) if resource == "serviceaccounts" => format!("in the namespace \"{ns}\""),
+        _ => "at the cluster scope".to_string(),
+    };
+    let resource_named = match (resource, &namespace) {
+        ("userextras", Some(key)) => format!("userextras/{key}"),
+        _ => resource.to_string(),
+    };
+    Err(ApiError::forbidden(
+        &qualified,
+        &name,
+        format!(
+            "User \"{}\" cannot impersonate resource \"{resource_named}\" in API group \"{group}\" {scope}",
+            user.name
+        ),
+    ))
 }
 
 /// Every request.
@@ -198,8 +256,11 @@ pub async fn handle(
     if let Some((code, body)) = crate::join::unauthenticated(&api, &path) {
         return (code, body).into_response();
     }
-    if !authenticated(&api, conn, &headers) {
+    let Some(user) = authenticated(&api, &conn, &headers) else {
         return ApiError::unauthorized().into_response();
+    };
+    if let Err(e) = refuse_impersonation(&user, &headers) {
+        return e.into_response();
     }
     if path == "/v1-k3s/serving-kubelet.crt" && method == Method::POST {
         return match crate::join::serving_certificate(&api, &headers).await {
@@ -251,6 +312,7 @@ async fn route(
                 .map(|l| ok(&l))
                 .ok_or_else(ApiError::no_route);
         }
+        ["openapi", "v2"] if is_get => return Ok(crate::openapi_v2::serve(headers)),
         ["openapi", "v3"] if is_get => return Ok(ok(&discovery::openapi_index())),
         ["openapi", "v3", rest @ ..] if is_get => {
             return discovery::openapi_document(&rest.join("/"))
@@ -329,15 +391,15 @@ async fn route(
     match (method.clone(), name.as_deref(), sub.as_deref()) {
         (Method::GET, None, None) => {
             let p = list_params(&q, res)?;
-            if matches!(param(&q, "watch"), Some("true" | "1")) {
+            if flag(&q, "watch") {
                 let shape = if wants_table(headers) {
                     crate::watch::Shape::Table(res)
                 } else {
                     crate::watch::Shape::Object
                 };
-                let rx = crate::watch::start(api.store.clone(), res, namespace.clone(), p, shape)
+                let events = crate::watch::start(api.store.clone(), res, namespace.clone(), p, shape)
                     .await?;
-                let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+                let body = Body::from_stream(events);
                 return Ok(Response::builder()
                     .status(StatusCode::OK)
                     .header(http::header::CONTENT_TYPE, "application/json")
@@ -382,7 +444,7 @@ async fn route(
                     .pointer("/metadata/resourceVersion")
                     .and_then(Value::as_str)
                     && rv != store::revision_of(current).to_string() {
-                        return Err(ApiError::conflict(res.plural, name));
+                        return Err(ApiError::conflict(&res.qualified(), name));
                     }
                 let replicas = scale
                     .pointer("/spec/replicas")
@@ -447,7 +509,7 @@ async fn route(
             update(api, res, ns, name, options, |current| {
                 if let Some(rv) = &expected
                     && *rv != store::revision_of(current).to_string() {
-                        return Err(ApiError::conflict(res.plural, name));
+                        return Err(ApiError::conflict(&res.qualified(), name));
                     }
                 Ok(new.clone())
             })
@@ -464,13 +526,13 @@ async fn route(
             }
             let mut config = apply_configuration(&body, res, name)?;
             check_fields(&mut config)?;
-            let force = matches!(param(&q, "force"), Some("true"));
+            let force = flag(&q, "force");
             let options = UpdateOptions { dry_run, ..Default::default() };
             // A resourceVersion in the configuration is a precondition.
             let expected = config.pointer("/metadata/resourceVersion").and_then(Value::as_str);
             let applied = update(api, res, ns, name, options, |current| {
                 if expected.is_some_and(|rv| rv != store::revision_of(current).to_string()) {
-                    return Err(ApiError::conflict(res.plural, name));
+                    return Err(ApiError::conflict(&res.qualified(), name));
                 }
                 apply::apply(Some(current), &config, &writer, force)
             })
@@ -513,7 +575,7 @@ async fn route(
                 }
                 if let Some(rv) = patch_body.pointer("/metadata/resourceVersion").and_then(Value::as_str)
                     && rv != store::revision_of(current).to_string() {
-                        return Err(ApiError::conflict(res.plural, name));
+                        return Err(ApiError::conflict(&res.qualified(), name));
                     }
                 check_fields(&mut out)?;
                 Ok(out)
@@ -621,7 +683,7 @@ async fn create(
             }
             Ok(written)
         }
-        Swap::Mismatch(_) => Err(ApiError::already_exists(res.plural, &name)),
+        Swap::Mismatch(_) => Err(ApiError::already_exists(&res.qualified(), &name)),
     }
 }
 
@@ -679,7 +741,7 @@ async fn get(api: &Api, res: &Resource, ns: Option<&str>, name: &str) -> ApiResu
     api.store
         .get(&res.key(ns, name))
         .await?
-        .ok_or_else(|| ApiError::not_found(res.plural, name))
+        .ok_or_else(|| ApiError::not_found(&res.qualified(), name))
 }
 
 async fn ensure_namespace(api: &Api, ns: &str) -> ApiResult<()> {
@@ -759,11 +821,11 @@ async fn update(
             .await?
         {
             Swap::Done(obj) => return Ok(obj),
-            Swap::Mismatch(None) => return Err(ApiError::not_found(res.plural, name)),
+            Swap::Mismatch(None) => return Err(ApiError::not_found(&res.qualified(), name)),
             Swap::Mismatch(Some(_)) => continue,
         }
     }
-    Err(ApiError::conflict(res.plural, name))
+    Err(ApiError::conflict(&res.qualified(), name))
 }
 
 /// What a client cannot change: identity and server-set metadata; on the
@@ -864,14 +926,14 @@ async fn delete(
             .and_then(Value::as_str)
             && current.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid)
         {
-            return Err(ApiError::conflict(res.plural, name));
+            return Err(ApiError::conflict(&res.qualified(), name));
         }
         if let Some(rv) = options
             .pointer("/preconditions/resourceVersion")
             .and_then(Value::as_str)
             && rv != store::revision_of(&current).to_string()
         {
-            return Err(ApiError::conflict(res.plural, name));
+            return Err(ApiError::conflict(&res.qualified(), name));
         }
         if res.kind == "Namespace" {
             return terminate_namespace(api, current, name).await;
@@ -932,11 +994,11 @@ async fn delete(
         }
         match api.store.delete(&key, store::revision_of(&current)).await? {
             Swap::Done(obj) => return Ok(obj),
-            Swap::Mismatch(None) => return Err(ApiError::not_found(res.plural, name)),
+            Swap::Mismatch(None) => return Err(ApiError::not_found(&res.qualified(), name)),
             Swap::Mismatch(Some(_)) => continue,
         }
     }
-    Err(ApiError::conflict(res.plural, name))
+    Err(ApiError::conflict(&res.qualified(), name))
 }
 
 /// A Service's cluster IP is allocated once: an update that leaves it out
@@ -1097,11 +1159,11 @@ async fn bind(
             .await?
         {
             Swap::Done(_) => return Ok(()),
-            Swap::Mismatch(None) => return Err(ApiError::not_found(res.plural, name)),
+            Swap::Mismatch(None) => return Err(ApiError::not_found(&res.qualified(), name)),
             Swap::Mismatch(Some(_)) => continue,
         }
     }
-    Err(ApiError::conflict(res.plural, name))
+    Err(ApiError::conflict(&res.qualified(), name))
 }
 
 /// Deleting a namespace: it turns Terminating (no new objects in it), its
@@ -1137,6 +1199,7 @@ async fn terminate_namespace(api: &Api, current: Value, name: &str) -> ApiResult
             tokens: Vec::new(),
             ca_pem: String::new(),
             tls_dir: std::path::PathBuf::new(),
+            node_ca_pem: String::new(),
         };
         for attempt in 0.. {
             match empty_namespace(&api, &ns).await {
@@ -1158,8 +1221,7 @@ async fn terminate_namespace(api: &Api, current: Value, name: &str) -> ApiResult
 async fn empty_namespace(api: &Api, ns: &str) -> ApiResult<()> {
     let mut pods_left = 0;
     for res in resources::RESOURCES.iter().filter(|r| r.namespaced) {
-        let page = api.store.list(&res.prefix(Some(ns)), None, 0, 0).await?;
-        for (_, obj) in page.items {
+        for (_, obj) in api.store.list_all(&res.prefix(Some(ns))).await? {
             let name = obj
                 .pointer("/metadata/name")
                 .and_then(Value::as_str)

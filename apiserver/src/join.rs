@@ -1,7 +1,8 @@
 //! What agents join through (K3s's supervisor routes): `/cacerts` and
 //! `/ping` without authentication (the agent checks the CA against the hash
 //! in its token), and `/v1-k3s/serving-kubelet.crt`, which checks the node
-//! password and issues the certificate the agent serves logs with.
+//! password and issues the certificate the agent serves logs with, from a
+//! CA of its own that API clients do not trust.
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
@@ -95,13 +96,17 @@ pub async fn serving_certificate(api: &Api, headers: &HeaderMap) -> ApiResult<By
         )));
     }
     check_node_password(api, node, password).await?;
-    let addresses: Vec<String> = header(headers, "k3s-Node-IP")
+    let addresses = header(headers, "k3s-Node-IP")
         .unwrap_or("")
         .split(',')
         .map(str::trim)
         .filter(|a| !a.is_empty())
-        .map(str::to_string)
-        .collect();
+        .map(|a| {
+            a.parse::<std::net::IpAddr>().map_err(|_| {
+                ApiError::bad_request(format!("k3s-Node-IP {a:?} is not an IP address"))
+            })
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
     let (cert, key) = crate::pki::issue_node_serving(&api.tls_dir, node, &addresses)
         .map_err(|e| ApiError::internal(format!("cannot issue the node's certificate: {e:#}")))?;
     Ok(Bytes::from(format!("{cert}{key}")))

@@ -17,11 +17,14 @@ pub mod client;
 pub mod controllers;
 pub mod discovery;
 pub mod handlers;
+pub mod identity;
 pub mod informer;
+mod limits;
 pub mod join;
 pub mod list;
 pub mod node_proxy;
 pub mod objects;
+pub mod openapi_v2;
 pub mod patch;
 pub mod pki;
 pub mod protobuf;
@@ -46,6 +49,15 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 const MAX_BODY: usize = 3 << 20;
 /// A new connection's TLS handshake must finish within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request's headers must arrive within this, and an idle keep-alive
+/// connection's next request too (kube-apiserver's `ReadHeaderTimeout`).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(32);
+/// A request's body must arrive within this (kube-apiserver's request
+/// timeout, `--request-timeout`'s default).
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Open connections one client address may hold; past it new ones are
+/// closed at once, so one client cannot take every socket.
+const MAX_CONNECTIONS_PER_CLIENT: usize = 256;
 
 /// How to run the API server.
 #[derive(Debug, Clone)]
@@ -141,6 +153,7 @@ pub async fn start(
         tokens: vec![pki.token.clone()],
         ca_pem: pki.ca_pem.clone(),
         tls_dir: config.server_dir.join("tls"),
+        node_ca_pem: pki::ensure_node_ca(&config.server_dir.join("tls"))?,
     });
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&pki)?));
     if let Some(c) = config.controllers {
@@ -162,8 +175,9 @@ async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let connections = limits::Connections::new(MAX_CONNECTIONS_PER_CLIENT);
     loop {
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             _ = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -174,27 +188,40 @@ async fn serve(
                 }
             },
         };
+        let Some(slot) = connections.admit(peer.ip()) else {
+            tracing::debug!(%peer, "refusing a connection: too many from this client");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let (acceptor, api) = (acceptor.clone(), api.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
             else {
                 return;
             };
             let conn = handlers::ConnAuth {
-                client_certificate: tls
+                certificate_user: tls
                     .get_ref()
                     .1
                     .peer_certificates()
-                    .is_some_and(|c| !c.is_empty()),
+                    .and_then(|c| c.first())
+                    .and_then(|c| identity::from_certificate(c))
+                    .map(Arc::new),
             };
             let service =
                 hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let api = api.clone();
+                    let (api, conn) = (api.clone(), conn.clone());
                     async move {
                         let (parts, body) = req.into_parts();
+                        let body = http_body_util::Limited::new(body, MAX_BODY).collect();
+                        let Ok(body) = tokio::time::timeout(BODY_READ_TIMEOUT, body).await else {
+                            return Ok(axum::response::IntoResponse::into_response(
+                                status::ApiError::timeout(),
+                            ));
+                        };
                         let response =
-                            match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+                            match body {
                                 Ok(b) => {
                                     handlers::handle(
                                         api,
@@ -206,19 +233,18 @@ async fn serve(
                                     )
                                     .await
                                 }
-                                Err(_) => {
-                                    axum::response::IntoResponse::into_response(status::ApiError {
-                                        code: 413,
-                                        reason: "RequestEntityTooLarge",
-                                        message: "the request body is larger than 3 MiB".into(),
-                                        details: None,
-                                    })
-                                }
+                                Err(_) => axum::response::IntoResponse::into_response(
+                                    status::ApiError::too_large(format!(
+                                        "Request entity too large: limit is {MAX_BODY}"
+                                    )),
+                                ),
                             };
                         Ok::<_, std::convert::Infallible>(response)
                     }
                 });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
                 .await;
         });

@@ -9,6 +9,9 @@ use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::{ApiError, ApiResult};
 use crate::store::Store;
 
+/// Keys per datastore read of a list without `limit`.
+const UNLIMITED_PAGE: i64 = 1000;
+
 /// Query parameters of a list or watch.
 #[derive(Debug, Default, Clone)]
 pub struct ListParams {
@@ -93,7 +96,9 @@ pub async fn list(
     let mut items = Vec::new();
     let mut last_key = None;
     let mut remaining;
-    let mut page_limit = if p.limit > 0 { p.limit } else { 0 };
+    // An unlimited list is read in pages too, at the first page's
+    // revision: no datastore answer grows with the collection.
+    let mut page_limit = if p.limit > 0 { p.limit } else { UNLIMITED_PAGE };
     loop {
         let page = store.list(&prefix, start.as_deref(), page_limit, revision).await.map_err(|e| {
             if e.code == 410 && p.continue_token.is_some() {

@@ -1,6 +1,6 @@
 //! Requests the API server passes to a node's agent (the kubelet's port):
 //! `pods/NAME/log` goes to the agent running the pod, over TLS checked
-//! against the cluster CA, authenticated with the cluster token.
+//! against the node-serving CA, authenticated with the cluster token.
 
 use axum::body::Body;
 use axum::response::Response;
@@ -112,12 +112,20 @@ pub async fn pod_log(api: &Api, pod: &Value, query: &[(String, String)]) -> ApiR
         ApiError::internal(format!("node {node_name:?} reports no InternalIP address"))
     })?;
     let token = api.tokens.first().cloned().unwrap_or_default();
-    let client = Client::https(&address, &api.ca_pem, &token)
+    let client = Client::https(&address, &api.node_ca_pem, &token)
         .map_err(|e| ApiError::internal(format!("cannot reach node {node_name:?}: {e}")))?;
     let mut path = format!("/containerLogs/{namespace}/{name}/{container}");
     let forwarded: Vec<String> = LOG_PARAMS
         .iter()
-        .filter_map(|p| param(p).map(|v| format!("{p}={}", encode_query(v))))
+        .filter_map(|p| {
+            param(p).map(|v| match *p {
+                // Booleans as the API server reads them (`True` is true).
+                "follow" | "previous" | "timestamps" => {
+                    format!("{p}={}", crate::handlers::flag(query, p))
+                }
+                _ => format!("{p}={}", encode_query(v)),
+            })
+        })
         .collect();
     if !forwarded.is_empty() {
         path.push('?');

@@ -82,11 +82,50 @@ fn remove(doc: &mut Value, path: &str) -> ApiResult<Value> {
 }
 
 /// RFC 6902, applied to a copy: all operations or none.
+/// kube-apiserver's cap on the operations of one JSON patch.
+const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+/// kube-apiserver's cap on what a JSON patch's copies may add, in bytes
+/// (its `JSONPatchMaxCopyBytes`, the request body limit).
+const MAX_JSON_PATCH_COPY_BYTES: usize = 3 << 20;
+
+/// The size of `v` as compact JSON, counted up to `cap` only (a copied
+/// value is measured before it is copied).
+fn json_size(v: &Value, cap: usize) -> usize {
+    struct Counter {
+        n: usize,
+        cap: usize,
+    }
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.n += buf.len();
+            if self.n > self.cap {
+                return Err(std::io::Error::other("over the cap"));
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter { n: 0, cap };
+    let _ = serde_json::to_writer(&mut counter, v);
+    counter.n
+}
+
 pub fn json_patch(doc: &Value, ops: &Value) -> ApiResult<Value> {
     let ops = ops
         .as_array()
         .ok_or_else(|| ApiError::bad_request("a JSON patch must be a list of operations"))?;
+    if ops.len() > MAX_JSON_PATCH_OPERATIONS {
+        return Err(ApiError::too_large(format!(
+            "Request entity too large: The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {}",
+            ops.len()
+        )));
+    }
     let mut out = doc.clone();
+    // What `copy` ops have added: doubling copies would otherwise grow the
+    // document exponentially from a small patch.
+    let mut copied = 0usize;
     for op in ops {
         let field = |name: &str| -> ApiResult<String> {
             op.get(name)
@@ -117,9 +156,16 @@ pub fn json_patch(doc: &Value, ops: &Value) -> ApiResult<Value> {
             }
             "copy" => {
                 let from = field("from")?;
-                let v = out.pointer(&from).cloned().ok_or_else(|| {
+                let v = out.pointer(&from).ok_or_else(|| {
                     ApiError::unprocessable_patch(format!("the path {from:?} does not exist"))
                 })?;
+                copied += json_size(v, MAX_JSON_PATCH_COPY_BYTES + 1);
+                if copied > MAX_JSON_PATCH_COPY_BYTES {
+                    return Err(ApiError::unprocessable_patch(format!(
+                        "Unable to complete the copy, the accumulated size increase of copy is {copied}, exceeding the limit {MAX_JSON_PATCH_COPY_BYTES}"
+                    )));
+                }
+                let v = v.clone();
                 add(&mut out, &path, v)?;
             }
             "test" => {
@@ -377,6 +423,36 @@ mod tests {
             json!({"metadata": {"labels": {"b": "2"}}, "list": [0, 2, 3]})
         );
         assert!(json_patch(&doc, &json!([{"op": "remove", "path": "/nope"}])).is_err());
+    }
+
+    #[test]
+    fn json_patches_are_bounded() {
+        // 18 doubling copies of a 100-byte string would build 26 MB.
+        let doc = json!({"data": {"a": "x".repeat(100)}});
+        let mut ops = vec![json!({"op": "add", "path": "/data/b", "value": ["x".repeat(100)]})];
+        for _ in 0..18 {
+            ops.push(json!({"op": "copy", "from": "/data/b", "path": "/data/b/-"}));
+            ops.push(json!({"op": "copy", "from": "/data/b", "path": "/data/c"}));
+            ops.push(json!({"op": "move", "from": "/data/c", "path": "/data/b"}));
+        }
+        let e = json_patch(&doc, &Value::Array(ops)).unwrap_err();
+        assert_eq!((e.code, e.reason), (422, "Invalid"));
+        assert!(
+            e.message.starts_with("Unable to complete the copy, the accumulated size increase of copy is ")
+                && e.message.ends_with("exceeding the limit 3145728"),
+            "{}",
+            e.message
+        );
+
+        let many = vec![json!({"op": "test", "path": "/data/a", "value": "x".repeat(100)}); 10_001];
+        let e = json_patch(&doc, &Value::Array(many)).unwrap_err();
+        assert_eq!((e.code, e.reason), (413, "RequestEntityTooLarge"));
+        assert_eq!(
+            e.message,
+            "Request entity too large: The allowed maximum operations in a JSON patch is 10000, got 10001"
+        );
+        let enough = vec![json!({"op": "test", "path": "/data/a", "value": "x".repeat(100)}); 10_000];
+        assert!(json_patch(&doc, &Value::Array(enough)).is_ok());
     }
 
     #[test]

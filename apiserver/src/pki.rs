@@ -75,8 +75,19 @@ pub fn write_private(path: &Path, content: &str) -> Result<()> {
 /// The CA's parameters; an issuer rebuilt from them and the CA key signs
 /// certificates that chain to the stored CA certificate (same name, same key).
 fn ca_params() -> Result<CertificateParams> {
+    ca_named("k3rs-server-ca")
+}
+
+/// The node-serving CA signs only agents' serving certificates, and only
+/// the API server trusts it, for its connections to agents: a certificate
+/// a joining node asks for can never pass as the API server's.
+fn node_ca_params() -> Result<CertificateParams> {
+    ca_named("k3rs-node-serving-ca")
+}
+
+fn ca_named(cn: &str) -> Result<CertificateParams> {
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.distinguished_name = named("k3rs-server-ca", "k3rs");
+    ca.distinguished_name = named(cn, "k3rs");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -87,21 +98,38 @@ fn ca_params() -> Result<CertificateParams> {
     Ok(ca)
 }
 
+/// The node-serving CA's certificate PEM, made in `dir` if missing.
+pub fn ensure_node_ca(dir: &Path) -> Result<String> {
+    if let Ok(pem) = std::fs::read_to_string(dir.join(NODE_CA_CERT)) {
+        return Ok(pem);
+    }
+    let key = KeyPair::generate()?;
+    let cert = node_ca_params()?.self_signed(&key)?;
+    write_secret(&dir.join(NODE_CA_KEY), &key.serialize_pem(), 0o600)?;
+    // The certificate last: its presence marks a complete pair.
+    write_secret(&dir.join(NODE_CA_CERT), &cert.pem(), 0o644)?;
+    Ok(cert.pem())
+}
+
+const NODE_CA_CERT: &str = "node-serving-ca.crt";
+const NODE_CA_KEY: &str = "node-serving-ca.key";
+
 /// A serving certificate for a node agent's port (K3s's
-/// `serving-kubelet.crt`): its name and addresses, signed by the cluster CA
-/// kept in `dir`. Answers the certificate and key PEM.
+/// `serving-kubelet.crt`) naming exactly the node and its IP addresses,
+/// signed by the node-serving CA kept in `dir`. Answers the certificate
+/// and key PEM.
 pub fn issue_node_serving(
     dir: &Path,
     node: &str,
-    addresses: &[String],
+    addresses: &[std::net::IpAddr],
 ) -> Result<(String, String)> {
-    let ca_key_pem = std::fs::read_to_string(dir.join("server-ca.key"))
-        .with_context(|| format!("cannot read the CA key in {}", dir.display()))?;
+    let ca_key_pem = std::fs::read_to_string(dir.join(NODE_CA_KEY))
+        .with_context(|| format!("cannot read the node-serving CA key in {}", dir.display()))?;
     let ca_key = KeyPair::from_pem(&ca_key_pem)?;
-    let issuer = Issuer::new(ca_params()?, &ca_key);
+    let issuer = Issuer::new(node_ca_params()?, &ca_key);
     let key = KeyPair::generate()?;
-    let mut sans = vec![node.to_string(), "localhost".to_string()];
-    sans.extend(addresses.iter().cloned());
+    let mut sans = vec![node.to_string()];
+    sans.extend(addresses.iter().map(|a| a.to_string()));
     sans.dedup();
     let mut p = CertificateParams::new(sans)?;
     p.distinguished_name = named(node, "system:nodes");

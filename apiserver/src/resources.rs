@@ -31,6 +31,15 @@ impl Resource {
         }
     }
 
+    /// The resource as kube's errors name it: `pods`, `deployments.apps`.
+    pub fn qualified(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_string()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
     /// The etcd key of an object.
     pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
         match namespace {

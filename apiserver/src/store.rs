@@ -16,11 +16,21 @@ use tonic::transport::Channel;
 
 use crate::status::{ApiError, ApiResult};
 
+/// Largest datastore answer the API server reads; etcd allows 1.5 MiB
+/// per value and a list holds many, so kube-apiserver lifts gRPC's 4 MiB
+/// default to `MaxInt32` as well.
+const MAX_DATASTORE_MESSAGE: usize = i32::MAX as usize;
+
+/// Keys per read of `Store::list_all`.
+const INTERNAL_PAGE: i64 = 500;
+
 /// A handle on the datastore; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     kv: KvClient<Channel>,
-    channel: Channel,
+    /// Watches ride their own connection, so a watch stream's flow control
+    /// never delays gets, lists and writes.
+    watch_channel: Channel,
 }
 
 /// One page of a list.
@@ -38,6 +48,18 @@ pub enum Swap {
     Done(Value),
     /// The key's current state did not match (`None`: it does not exist).
     Mismatch(Option<Value>),
+}
+
+/// A lazily connected channel to an etcd v3 endpoint, `http://HOST:PORT`,
+/// or a unix socket, `unix:///ABS/PATH` or `unix:PATH` (tonic dials those
+/// itself; `k3rs server` reaches its own datastore so).
+fn datastore_channel(endpoint: &str) -> anyhow::Result<Channel> {
+    Ok(
+        tonic::transport::Endpoint::from_shared(endpoint.to_string())?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .connect_lazy(),
+    )
 }
 
 fn range_end(prefix: &str) -> Vec<u8> {
@@ -103,18 +125,16 @@ fn get_op(key: &str) -> RequestOp {
 impl Store {
     /// Connects (lazily) to an etcd v3 endpoint, `http://HOST:PORT`.
     pub fn connect(endpoint: &str) -> anyhow::Result<Store> {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())?
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect_lazy();
         Ok(Store {
-            kv: KvClient::new(channel.clone()),
-            channel,
+            kv: KvClient::new(datastore_channel(endpoint)?)
+                .max_decoding_message_size(MAX_DATASTORE_MESSAGE),
+            watch_channel: datastore_channel(endpoint)?,
         })
     }
 
     pub fn watch_client(&self) -> WatchClient<Channel> {
-        WatchClient::new(self.channel.clone())
+        WatchClient::new(self.watch_channel.clone())
+            .max_decoding_message_size(MAX_DATASTORE_MESSAGE)
     }
 
     /// The object at `key`.
@@ -165,6 +185,26 @@ impl Store {
             revision,
             remaining,
         })
+    }
+
+    /// Every object under `prefix`, read in pages of `INTERNAL_PAGE` (what
+    /// the server lists for itself, such as a namespace being emptied).
+    pub async fn list_all(&self, prefix: &str) -> ApiResult<Vec<(String, Value)>> {
+        let mut all = Vec::new();
+        let mut start: Option<String> = None;
+        let mut revision = 0;
+        loop {
+            let page = self
+                .list(prefix, start.as_deref(), INTERNAL_PAGE, revision)
+                .await?;
+            revision = page.revision;
+            let done = page.remaining <= 0 || page.items.is_empty();
+            start = page.items.last().map(|(k, _)| format!("{k}\u{0}"));
+            all.extend(page.items);
+            if done {
+                return Ok(all);
+            }
+        }
     }
 
     /// The store's current revision.

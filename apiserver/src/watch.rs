@@ -1,13 +1,24 @@
 //! Watch: one JSON event per line on a chunked response, from an etcd
 //! watch on the resource's prefix.
+//!
+//! Each watcher reads its etcd stream at once, whatever its client does,
+//! into its own bounded outbox (kube-apiserver's cacheWatcher buffer): a
+//! client that stops reading fills only its outbox and is then dropped, as
+//! kube drops a watcher too slow to keep up (the client lists again).
+//! Were the etcd stream left unread, its HTTP/2 window would fill the
+//! datastore connection's and stall every other watch.
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use kine::proto::watch_request::RequestUnion;
 use kine::proto::{WatchCreateRequest, WatchRequest};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::list::ListParams;
 use crate::resources::Resource;
@@ -38,15 +49,98 @@ fn line(kind: &str, object: &Value) -> Bytes {
     Bytes::from(s)
 }
 
-/// Starts a watch; the receiver yields the response body's chunks.
+/// Bytes a watcher may have queued for its client; past it (after
+/// `DRAIN_GRACE`), the watcher is dropped. Several of etcd's largest
+/// values (1.5 MiB) fit, so a burst to a client that reads does not.
+const MAX_QUEUED_BYTES: usize = 8 << 20;
+/// How long a live event waits for a full outbox to drain (kube's
+/// dispatch budget is 100 ms); the etcd stream is not read meanwhile.
+const DRAIN_GRACE: Duration = Duration::from_millis(100);
+
+/// The sending half of a watcher's outbox: unbounded in events, bounded
+/// in bytes by `MAX_QUEUED_BYTES`.
+struct Outbox {
+    tx: mpsc::UnboundedSender<Bytes>,
+    queue: Arc<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    bytes: AtomicUsize,
+    drained: Notify,
+}
+
+impl Outbox {
+    /// Queues an event whatever the outbox holds (the initial state).
+    fn push(&self, chunk: Bytes) -> bool {
+        self.queue.bytes.fetch_add(chunk.len(), Ordering::AcqRel);
+        self.tx.send(chunk).is_ok()
+    }
+
+    /// Queues a live event; false when the client has gone or stopped
+    /// reading (its outbox stayed full for `DRAIN_GRACE`).
+    async fn send(&self, chunk: Bytes) -> bool {
+        let fits = || self.queue.bytes.load(Ordering::Acquire) + chunk.len() <= MAX_QUEUED_BYTES;
+        if !fits() {
+            let deadline = tokio::time::Instant::now() + DRAIN_GRACE;
+            while !fits() {
+                let drained = self.queue.drained.notified();
+                if fits() {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                    tracing::debug!(
+                        queued = self.queue.bytes.load(Ordering::Acquire),
+                        "closing a watch whose client stopped reading"
+                    );
+                    return false;
+                }
+            }
+        }
+        self.push(chunk)
+    }
+}
+
+/// The response body of a watch: its outbox's events, in order.
+pub struct WatchBody {
+    rx: mpsc::UnboundedReceiver<Bytes>,
+    queue: Arc<Queue>,
+}
+
+impl tokio_stream::Stream for WatchBody {
+    type Item = Result<Bytes, std::convert::Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let polled = self.rx.poll_recv(cx);
+        if let Poll::Ready(Some(chunk)) = &polled {
+            self.queue.bytes.fetch_sub(chunk.len(), Ordering::AcqRel);
+            self.queue.drained.notify_waiters();
+        }
+        polled.map(|c| c.map(Ok))
+    }
+}
+
+fn outbox() -> (Outbox, WatchBody) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queue = Arc::new(Queue::default());
+    (
+        Outbox {
+            tx,
+            queue: queue.clone(),
+        },
+        WatchBody { rx, queue },
+    )
+}
+
+/// Starts a watch; the body yields the response's chunks.
 pub async fn start(
     store: Store,
     res: &'static Resource,
     namespace: Option<String>,
     params: ListParams,
     shape: Shape,
-) -> ApiResult<mpsc::Receiver<Result<Bytes, std::convert::Infallible>>> {
-    let (tx, rx) = mpsc::channel(64);
+) -> ApiResult<WatchBody> {
+    let (tx, rx) = outbox();
     let prefix = res.prefix(namespace.as_deref());
     // From "" or "0": the current state first, as ADDED events.
     let start_revision = match params.resource_version.as_deref() {
@@ -57,7 +151,7 @@ pub async fn start(
             p.resource_version = None;
             let list = crate::list::list(&store, res, namespace.as_deref(), &p).await?;
             for item in list["items"].as_array().into_iter().flatten() {
-                let _ = tx.send(Ok(event(shape, "ADDED", item))).await;
+                tx.push(event(shape, "ADDED", item));
             }
             store::revision_of(&list) + 1
         }
@@ -97,7 +191,7 @@ pub async fn start(
         loop {
             let msg = tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return,
-                _ = tx.closed() => return,
+                _ = tx.tx.closed() => return,
                 msg = stream.message() => msg,
             };
             let resp = match msg {
@@ -114,7 +208,7 @@ pub async fn start(
                 } else {
                     ApiError::internal(format!("the watch ended: {}", resp.cancel_reason))
                 };
-                let _ = tx.send(Ok(line("ERROR", &err.to_status()))).await;
+                tx.push(line("ERROR", &err.to_status()));
                 return;
             }
             if resp.events.is_empty() {
@@ -122,7 +216,7 @@ pub async fn start(
                     let rev = resp.header.map_or(0, |h| h.revision);
                     let bookmark = json!({"kind": res.kind, "apiVersion": res.api_version(),
                                           "metadata": {"resourceVersion": rev.to_string()}});
-                    if tx.send(Ok(line("BOOKMARK", &bookmark))).await.is_err() {
+                    if !tx.send(line("BOOKMARK", &bookmark)).await {
                         return;
                     }
                 }
@@ -132,7 +226,7 @@ pub async fn start(
                 let Some((kind, object)) = translate(&ev, &params) else {
                     continue;
                 };
-                if tx.send(Ok(event(shape, kind, &object))).await.is_err() {
+                if !tx.send(event(shape, kind, &object)).await {
                     return;
                 }
             }

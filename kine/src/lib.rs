@@ -19,7 +19,7 @@ pub mod watch;
 
 pub use error::{Error, Result};
 pub use mvcc::Store;
-pub use server::{ServerConfig, TlsConfig, serve, serve_with_monitor};
+pub use server::{Listeners, ServerConfig, TlsConfig, serve, serve_on, serve_with_monitor};
 
 use backend::sqlite::SqliteConfig;
 

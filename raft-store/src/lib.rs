@@ -85,7 +85,7 @@ pub struct RaftConfig {
 /// Starts this member: opens its log, joins or starts the cluster, serves
 /// the peer protocol and makes `store` write through the cluster.
 pub async fn start(config: RaftConfig, store: Store) -> Result<Arc<RaftNode>> {
-    std::fs::create_dir_all(&config.dir)
+    kine::backend::files::create_private_dir(&config.dir)
         .map_err(|e| Error::Storage(format!("cannot create {}: {e}", config.dir.display())))?;
     // Bound first: a taken port fails the start before anything changes.
     let listener = tokio::net::TcpListener::bind(config.peer_listen)

@@ -56,6 +56,18 @@ enum DiskOp {
 impl LogStore {
     /// Opens (or creates) the log at `path` and loads it into memory.
     pub fn open(path: &Path, fsync: bool) -> Result<LogStore, kine::Error> {
+        use kine::backend::sqlite;
+        // An empty log would make this member forget its vote and entries.
+        sqlite::check_files(path).map_err(|e| {
+            kine::Error::Storage(format!(
+                "{}: this member's raft log is lost; remove this member's data directory and join it again",
+                e.found()
+            ))
+        })?;
+        if !path.exists() {
+            sqlite::create_database(path)?;
+        }
+        sqlite::tighten_files(path)?;
         let conn = Connection::open(path)?;
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL;

@@ -71,7 +71,7 @@ pub struct Snapshots {
 impl Snapshots {
     fn open(dir: &Path) -> Result<Snapshots, kine::Error> {
         let dir = dir.join("snapshots");
-        std::fs::create_dir_all(&dir)
+        kine::backend::files::private_dir(&dir)
             .map_err(|e| kine::Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
         // Leftovers of a build or a transfer that a crash interrupted.
         if let Ok(entries) = std::fs::read_dir(&dir) {
@@ -82,6 +82,9 @@ impl Snapshots {
             }
         }
         let current_path = dir.join("current.db");
+        kine::backend::files::private_file(&current_path).map_err(|e| {
+            kine::Error::Storage(format!("cannot read {}: {e}", current_path.display()))
+        })?;
         let current = if current_path.exists() {
             Some(meta_of(&current_path)?)
         } else {
@@ -257,7 +260,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         &mut self,
     ) -> Result<Box<tokio::fs::File>, StorageError<u64>> {
         let path = self.snapshots.temp_path("incoming");
-        let file = tokio::fs::File::create(&path).await.map_err(io_error)?;
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(kine::backend::files::FILE_MODE)
+            .open(&path)
+            .await
+            .map_err(io_error)?;
         if let Some(old) = self.receiving.replace(path) {
             let _ = std::fs::remove_file(old);
         }
@@ -319,7 +329,13 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
         let target = tmp.clone();
         tokio::task::spawn_blocking(move || {
             let mut copy = copy;
-            let mut out = std::fs::File::create(&target)?;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(kine::backend::files::FILE_MODE)
+                .open(&target)?;
             std::io::copy(&mut copy, &mut out).map(|_| ())
         })
         .await

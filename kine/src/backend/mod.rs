@@ -7,6 +7,7 @@
 
 #![deny(missing_docs)]
 
+pub mod files;
 pub mod mysql;
 pub mod pg_tls;
 pub mod postgres;

@@ -95,6 +95,16 @@ pub fn restore(snapshot: &Path, target: &Path, skip_hash_check: bool) -> Result<
             target.display()
         )));
     }
+    let mut wal = target.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    if wal.exists() {
+        // SQLite would apply an old log's pages to the restored file.
+        return Err(Error::Storage(format!(
+            "{} is left from an older database; move it away before restoring",
+            wal.display()
+        )));
+    }
     let mut file = File::open(snapshot).map_err(|e| fail(e.to_string()))?;
     let len = file.metadata().map_err(|e| fail(e.to_string()))?.len();
     let content_len = if has_hash_trailer(len) {
@@ -107,7 +117,7 @@ pub fn restore(snapshot: &Path, target: &Path, skip_hash_check: bool) -> Result<
         ));
     };
     if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
+        super::files::create_private_dir(dir)
             .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
     }
     let tmp = temp_path_beside(target, "restore");
@@ -138,7 +148,15 @@ fn copy_checked(
     hashed: bool,
     to: &Path,
 ) -> std::result::Result<(), String> {
-    let mut out = File::create(to).map_err(|e| format!("cannot create {}: {e}", to.display()))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Owner-only from the start: it becomes the store's database.
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(super::files::FILE_MODE)
+        .open(to)
+        .map_err(|e| format!("cannot create {}: {e}", to.display()))?;
     let mut sha = Sha256::default();
     let mut left = content_len;
     let mut buf = vec![0; 256 * 1024];

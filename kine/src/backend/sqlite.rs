@@ -65,21 +65,212 @@ fn row_id(mod_revision: i64, n: usize) -> Result<i64> {
     Ok(mod_revision << ROW_BITS | n as i64)
 }
 
-/// Refuses a file that exists and is not a SQLite database, before SQLite
-/// gets a chance to treat it as one.
-fn check_file_is_sqlite(path: &Path) -> Result<()> {
-    let Ok(mut file) = File::open(path) else {
-        return Ok(());
-    };
-    let mut header = [0u8; 16];
-    match file.read(&mut header) {
-        Ok(0) => Ok(()),
-        Ok(n) if n == 16 && &header == b"SQLite format 3\0" => Ok(()),
-        _ => Err(Error::Storage(format!(
-            "{} exists and is not a SQLite database; move it away or pick another --endpoint",
-            path.display()
-        ))),
+/// The first 16 bytes of every SQLite database file.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// Why a database's files must not be opened as they are: SQLite would
+/// take them for a new, empty database and the store would start at
+/// revision 1 over whatever they held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unusable {
+    /// The database file has no bytes at all (truncated, or never written).
+    Empty(PathBuf),
+    /// The file does not start with the SQLite header.
+    NoHeader(PathBuf),
+    /// A write-ahead log with no database file beside it.
+    WalWithoutDatabase {
+        /// The database that is missing.
+        db: PathBuf,
+        /// Its write-ahead log.
+        wal: PathBuf,
+        /// The log's size.
+        bytes: u64,
+    },
+}
+
+impl Unusable {
+    /// What was found, naming the file.
+    pub fn found(&self) -> String {
+        match self {
+            Unusable::Empty(db) => format!("{} is empty (0 bytes)", db.display()),
+            Unusable::NoHeader(db) => format!(
+                "{} is not a SQLite database (it does not start with the SQLite header)",
+                db.display()
+            ),
+            Unusable::WalWithoutDatabase { db, wal, bytes } => format!(
+                "{} ({bytes} bytes of write-ahead log) has no database beside it ({} is missing)",
+                wal.display(),
+                db.display()
+            ),
+        }
     }
+}
+
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (why, what) = match self {
+            Unusable::Empty(_) => ("it was truncated or lost its content", "move it away"),
+            Unusable::NoHeader(_) => ("it is damaged or another program's file", "move it away"),
+            Unusable::WalWithoutDatabase { .. } => (
+                "its database was deleted or moved",
+                "put the database back, or move the log away",
+            ),
+        };
+        write!(
+            f,
+            "{}: {why}, and opening it would start an empty store over what it held; to recover, {what} and restore a snapshot (`k3rs kine snapshot restore`); to start an empty store instead and lose what it held, pass --init-empty",
+            self.found()
+        )
+    }
+}
+
+/// `PATH` with `suffix` appended to its file name (`state.db-wal`).
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// Checks the files of the database at `db` before anything opens them:
+/// an empty or headerless database file, or a non-empty `-wal` without its
+/// database, is refused. No database and no log is a new store.
+pub fn check_files(db: &Path) -> std::result::Result<(), Unusable> {
+    match std::fs::metadata(db) {
+        Ok(meta) if meta.is_file() && meta.len() == 0 => Err(Unusable::Empty(db.to_owned())),
+        Ok(meta) if meta.is_file() => {
+            let mut header = [0u8; 16];
+            let mut read = 0;
+            if let Ok(mut file) = File::open(db) {
+                while read < header.len() {
+                    match file.read(&mut header[read..]) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => read += n,
+                    }
+                }
+            } else {
+                // Unreadable: SQLite names the problem when it opens it.
+                return Ok(());
+            }
+            if read == header.len() && &header == SQLITE_HEADER {
+                Ok(())
+            } else {
+                Err(Unusable::NoHeader(db.to_owned()))
+            }
+        }
+        Ok(_) => Ok(()),
+        Err(_) => {
+            let wal = with_suffix(db, "-wal");
+            match std::fs::metadata(&wal) {
+                Ok(meta) if meta.len() > 0 => Err(Unusable::WalWithoutDatabase {
+                    db: db.to_owned(),
+                    wal,
+                    bytes: meta.len(),
+                }),
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+/// `--init-empty`: moves the files `check_files` refuses out of the way,
+/// so the store starts empty. Files holding bytes are renamed beside
+/// themselves (`state.db.set-aside-SECONDS`), never deleted; an empty
+/// database and the `-shm` index (rebuilt from the log) are removed.
+/// Returns what was found, `None` when the files were usable.
+pub fn set_aside(db: &Path) -> Result<Option<Unusable>> {
+    let Err(found) = check_files(db) else {
+        return Ok(None);
+    };
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let io = |what: &str, path: &Path, e: std::io::Error| {
+        Error::Storage(format!("cannot {what} {}: {e}", path.display()))
+    };
+    let move_aside = |path: &Path| -> Result<()> {
+        let to = with_suffix(path, &format!(".set-aside-{stamp}"));
+        std::fs::rename(path, &to).map_err(|e| io("move", path, e))?;
+        tracing::warn!(from = %path.display(), to = %to.display(), "--init-empty: set the file aside");
+        Ok(())
+    };
+    let wal = with_suffix(db, "-wal");
+    match &found {
+        Unusable::Empty(_) => std::fs::remove_file(db).map_err(|e| io("remove", db, e))?,
+        Unusable::NoHeader(_) => move_aside(db)?,
+        Unusable::WalWithoutDatabase { .. } => {}
+    }
+    if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+        move_aside(&wal)?;
+    } else {
+        let _ = std::fs::remove_file(&wal);
+    }
+    let _ = std::fs::remove_file(with_suffix(db, "-shm"));
+    Ok(Some(found))
+}
+
+/// Refuses a file that is not a SQLite database, before SQLite gets a
+/// chance to treat it as a new one.
+fn check_file_is_sqlite(path: &Path) -> Result<()> {
+    check_files(path).map_err(|e| Error::Storage(e.to_string()))
+}
+
+/// Creates an empty SQLite database at `path`, owner-only: SQLite would
+/// create it with the umask's mode, and its `-wal` and `-shm` take the
+/// database's mode. Its header is written under a temporary name and
+/// renamed into place, so a crash never leaves the empty file
+/// `check_files` refuses.
+pub fn create_database(path: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".new-{:016x}.tmp", random_id()));
+    let tmp = path.with_file_name(name);
+    let storage = |e: &dyn std::fmt::Display| {
+        Error::Storage(format!("cannot create {}: {e}", path.display()))
+    };
+    let created = (|| -> Result<()> {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(super::files::FILE_MODE)
+            .open(&tmp)
+            .map_err(|e| storage(&e))?;
+        let conn = Connection::open_with_flags(
+            &tmp,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        // Any header write makes SQLite write page 1.
+        conn.execute_batch("PRAGMA user_version = 0;")?;
+        drop(conn);
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| storage(&e))?;
+        std::fs::rename(&tmp, path).map_err(|e| storage(&e))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| storage(&e))?;
+        }
+        Ok(())
+    })();
+    if created.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    created
+}
+
+/// Sets the database and its `-wal` and `-shm` to 0600 where others could
+/// read them (files of an older k3rs, or made under a loose umask).
+pub fn tighten_files(path: &Path) -> Result<()> {
+    for p in [
+        path.to_owned(),
+        with_suffix(path, "-wal"),
+        with_suffix(path, "-shm"),
+    ] {
+        super::files::private_file(&p)
+            .map_err(|e| Error::Storage(format!("cannot set the mode of {}: {e}", p.display())))?;
+    }
+    Ok(())
 }
 
 fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection> {
@@ -90,12 +281,19 @@ fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection> {
 }
 
 /// Opens (creating if needed) the database, returning its writer and reader.
+///
+/// Refuses the files `check_files` refuses. A new database and its `-wal`
+/// and `-shm` are 0600; existing ones are set to 0600.
 pub fn open(config: &SqliteConfig) -> Result<(SqliteWriter, SqliteReader)> {
     check_file_is_sqlite(&config.path)?;
     if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
+        super::files::create_private_dir(dir)
             .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
     }
+    if !config.path.exists() {
+        create_database(&config.path)?;
+    }
+    tighten_files(&config.path)?;
     let conn = open_connection(
         &config.path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -128,6 +326,8 @@ pub fn open(config: &SqliteConfig) -> Result<(SqliteWriter, SqliteReader)> {
     };
     writer.migrate()?;
     let reader = SqliteReader::open(&config.path)?;
+    // SQLite gives a new -wal and -shm the database's mode; checked anyway.
+    tighten_files(&config.path)?;
     Ok((writer, reader))
 }
 
@@ -335,12 +535,7 @@ impl LogWriter for SqliteWriter {
             &mut self.conn,
             Connection::open_in_memory()?,
         ));
-        let with_suffix = |suffix: &str| {
-            let mut p = self.path.as_os_str().to_owned();
-            p.push(suffix);
-            PathBuf::from(p)
-        };
-        for stale in [with_suffix("-wal"), with_suffix("-shm")] {
+        for stale in [with_suffix(&self.path, "-wal"), with_suffix(&self.path, "-shm")] {
             let _ = std::fs::remove_file(stale);
         }
         std::fs::rename(from, &self.path).map_err(|e| {
@@ -355,6 +550,8 @@ impl LogWriter for SqliteWriter {
                 .and_then(|d| d.sync_all())
                 .map_err(|e| Error::Storage(format!("cannot sync {}: {e}", dir.display())))?;
         }
+        // The received file has whatever mode it was written with.
+        tighten_files(&self.path)?;
         self.conn = open_connection(
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -556,6 +753,88 @@ mod tests {
         assert_eq!(seen, batch.records);
         assert_eq!(loaded.current_revision, 3);
         assert_eq!(loaded.compact_revision, -1);
+    }
+
+    #[test]
+    fn files_are_owner_only() {
+        use super::super::files::mode_of;
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(&dir);
+        let wal = with_suffix(&c.path, "-wal");
+        let shm = with_suffix(&c.path, "-shm");
+        let (mut w, r) = open(&c).unwrap();
+        w.commit(&CommitBatch {
+            records: vec![record(2, b"a", b"1")],
+            current_revision: 2,
+            ..Default::default()
+        })
+        .unwrap();
+        for p in [&c.path, &wal, &shm] {
+            assert_eq!(mode_of(p).unwrap(), 0o600, "{}", p.display());
+        }
+        drop((w, r));
+
+        // An older k3rs's files are tightened; SQLite keeps a file's mode.
+        use std::os::unix::fs::PermissionsExt;
+        let (w, r) = open(&c).unwrap();
+        for p in [&c.path, &wal, &shm] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        drop((w, r));
+        let (_w, _r) = open(&c).unwrap();
+        for p in [&c.path, &wal, &shm] {
+            assert_eq!(mode_of(p).unwrap(), 0o600, "{}", p.display());
+        }
+    }
+
+    #[test]
+    fn refuses_files_that_would_open_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(&dir);
+        let wal = with_suffix(&c.path, "-wal");
+        // A new directory is a new store.
+        assert_eq!(check_files(&c.path), Ok(()));
+
+        std::fs::write(&c.path, b"").unwrap();
+        let err = open(&c).err().unwrap().to_string();
+        assert!(err.contains("state.db is empty (0 bytes)"), "{err}");
+        assert!(err.contains("k3rs kine snapshot restore"), "{err}");
+        assert!(err.contains("--init-empty"), "{err}");
+        assert_eq!(std::fs::metadata(&c.path).unwrap().len(), 0, "left alone");
+        assert_eq!(set_aside(&c.path).unwrap(), Some(Unusable::Empty(c.path.clone())));
+        assert!(!c.path.exists());
+        assert_eq!(set_aside(&c.path).unwrap(), None);
+
+        std::fs::write(&c.path, [0u8; 4096]).unwrap();
+        assert_eq!(check_files(&c.path), Err(Unusable::NoHeader(c.path.clone())));
+        std::fs::write(&c.path, b"SQLite").unwrap();
+        assert_eq!(check_files(&c.path), Err(Unusable::NoHeader(c.path.clone())));
+
+        std::fs::remove_file(&c.path).unwrap();
+        std::fs::write(&wal, b"").unwrap();
+        assert_eq!(check_files(&c.path), Ok(()), "an empty log holds nothing");
+        std::fs::write(&wal, [7u8; 100]).unwrap();
+        let found = check_files(&c.path).unwrap_err();
+        assert_eq!(
+            found,
+            Unusable::WalWithoutDatabase {
+                db: c.path.clone(),
+                wal: wal.clone(),
+                bytes: 100
+            }
+        );
+        assert!(found.to_string().contains("state.db-wal (100 bytes"), "{found}");
+        assert!(open(&c).is_err());
+        // Set aside, not deleted: the bytes are kept beside.
+        assert!(set_aside(&c.path).unwrap().is_some());
+        assert!(!wal.exists());
+        let kept: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("state.db-wal.set-aside-"))
+            .collect();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        let (_w, _r) = open(&c).unwrap();
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::time::Duration;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 pub use transport::TlsConfig;
 
 use crate::mvcc::Store;
@@ -144,6 +144,32 @@ pub async fn serve_with_monitor(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let listeners = Listeners {
+        tcp: Some(listener),
+        unix: None,
+    };
+    serve_on(listeners, monitor, store, config, shutdown).await
+}
+
+/// Where the etcd API is served: TCP, a unix socket, or both.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// TCP, with the TLS of `ServerConfig` when it has one.
+    pub tcp: Option<TcpListener>,
+    /// A unix socket, always plain: the socket file's mode and its
+    /// directory's decide who may connect.
+    pub unix: Option<UnixListener>,
+}
+
+/// `serve_with_monitor` on every listener of `listeners`, one store and
+/// one set of services behind them.
+pub async fn serve_on(
+    listeners: Listeners,
+    monitor: Option<TcpListener>,
+    store: Store,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
     let header = Header {
         store: store.clone(),
     };
@@ -158,7 +184,7 @@ pub async fn serve_with_monitor(
     let lease = lease::LeaseService {
         store: store.clone(),
         header: header.clone(),
-        shutdown: stopping,
+        shutdown: stopping.clone(),
     };
     let expiry = tokio::spawn({
         let store = store.clone();
@@ -196,34 +222,76 @@ pub async fn serve_with_monitor(
         };
         tokio::spawn(monitor::serve(listener, m, std::future::pending()))
     });
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &config.tls {
-        builder = builder.tls_config(tls.server_config(config.handshake_timeout))?;
-    }
-    let served = builder
-        .http2_keepalive_interval(Some(config.keepalive_interval))
-        .http2_keepalive_timeout(Some(config.keepalive_timeout))
-        .max_concurrent_streams(Some(config.max_concurrent_streams))
-        .layer(observe::ObserveLayer::new(config.slow_request_threshold))
-        .add_service(
-            KvServer::new(kv)
-                .max_decoding_message_size(MAX_RECV_BYTES)
-                .max_encoding_message_size(usize::MAX),
+    let kv = KvServer::new(kv)
+        .max_decoding_message_size(MAX_RECV_BYTES)
+        .max_encoding_message_size(usize::MAX);
+    let maintenance = MaintenanceServer::new(maintenance).max_decoding_message_size(MAX_RECV_BYTES);
+    let cluster = ClusterServer::new(cluster).max_decoding_message_size(MAX_RECV_BYTES);
+    let watch = WatchServer::new(watch).max_decoding_message_size(MAX_RECV_BYTES);
+    let lease = LeaseServer::new(lease).max_decoding_message_size(MAX_RECV_BYTES);
+    // One router per listener (TLS is a property of the builder), over
+    // the same services.
+    let router = |builder: tonic::transport::Server| {
+        builder
+            .http2_keepalive_interval(Some(config.keepalive_interval))
+            .http2_keepalive_timeout(Some(config.keepalive_timeout))
+            .max_concurrent_streams(Some(config.max_concurrent_streams))
+            .layer(observe::ObserveLayer::new(config.slow_request_threshold))
+            .add_service(kv.clone())
+            .add_service(maintenance.clone())
+            .add_service(cluster.clone())
+            .add_service(watch.clone())
+            .add_service(lease.clone())
+    };
+    let tcp = match listeners.tcp {
+        Some(listener) => {
+            let mut builder = tonic::transport::Server::builder();
+            if let Some(tls) = &config.tls {
+                builder = builder.tls_config(tls.server_config(config.handshake_timeout))?;
+            }
+            // Builder-level TCP options do not apply to an incoming stream we
+            // hand over: set them on the listener's own stream (no Nagle delay).
+            let served = router(builder).serve_with_incoming_shutdown(
+                transport::incoming(listener, config.handshake_timeout),
+                stopping.clone().wait(),
+            );
+            Some(served)
+        }
+        None => None,
+    };
+    let unix = listeners.unix.map(|listener| {
+        router(tonic::transport::Server::builder()).serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            stopping.clone().wait(),
         )
-        .add_service(MaintenanceServer::new(maintenance).max_decoding_message_size(MAX_RECV_BYTES))
-        .add_service(ClusterServer::new(cluster).max_decoding_message_size(MAX_RECV_BYTES))
-        .add_service(WatchServer::new(watch).max_decoding_message_size(MAX_RECV_BYTES))
-        .add_service(LeaseServer::new(lease).max_decoding_message_size(MAX_RECV_BYTES))
-        // Builder-level TCP options do not apply to an incoming stream we
-        // hand over: set them on the listener's own stream (no Nagle delay).
-        .serve_with_incoming_shutdown(
-            transport::incoming(listener, config.handshake_timeout),
-            async move {
-                shutdown.await;
-                ready.store(false, Ordering::Release);
-                stop_streams.fire();
-            },
-        );
+    });
+    let servers = async move {
+        let tcp = async move {
+            match tcp {
+                Some(served) => served.await,
+                None => Ok(()),
+            }
+        };
+        let unix = async move {
+            match unix {
+                Some(served) => served.await,
+                None => Ok(()),
+            }
+        };
+        tokio::try_join!(tcp, unix).map(|_| ())
+    };
+    let begin_shutdown = async move {
+        shutdown.await;
+        ready.store(false, Ordering::Release);
+        stop_streams.fire();
+    };
+    let served = async move {
+        tokio::pin!(servers);
+        tokio::select! {
+            served = &mut servers => served,
+            _ = begin_shutdown => servers.await,
+        }
+    };
     // A client that keeps its half of a stream open would hold graceful
     // shutdown forever: give in-flight work a grace period, then stop.
     let served = tokio::select! {
