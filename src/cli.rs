@@ -298,7 +298,11 @@ impl ServerArgs {
             .unwrap_or_else(default_data_dir);
         let server_dir = data_dir.join("server");
         let external = match self.datastore_endpoint.as_deref() {
-            Some(e) if ["http://", "https://", "unix:"].iter().any(|p| e.starts_with(p)) => {
+            Some(e)
+                if ["http://", "https://", "unix:"]
+                    .iter()
+                    .any(|p| e.starts_with(p)) =>
+            {
                 Some(e.to_string())
             }
             Some(e) => bail!(
@@ -312,9 +316,8 @@ impl ServerArgs {
             None => {
                 // K3s's kine.sock: the API server's way to its datastore,
                 // open to this user alone.
-                let socket = std::path::absolute(server_dir.join("kine.sock")).with_context(|| {
-                    format!("cannot resolve {}", server_dir.display())
-                })?;
+                let socket = std::path::absolute(server_dir.join("kine.sock"))
+                    .with_context(|| format!("cannot resolve {}", server_dir.display()))?;
                 Some(self.datastore.into_config_with(Some(socket))?)
             }
         };
@@ -1000,10 +1003,7 @@ mod tests {
     fn parse_args(args: &[&str]) -> Result<DatastoreConfig> {
         let cli = Cli::try_parse_from(args)?;
         match cli.command {
-            Command::Server(a) => a
-                .into_config()?
-                .datastore
-                .context("no embedded datastore"),
+            Command::Server(a) => a.into_config()?.datastore.context("no embedded datastore"),
             Command::Kine(KineArgs { datastore: a, .. }) => a.into_config(),
             other => anyhow::bail!("not a serving command: {other:?}"),
         }
@@ -1015,7 +1015,11 @@ mod tests {
         assert_eq!(c.listen.unwrap().to_string(), "127.0.0.1:2379");
         assert!(c.auto_compact.is_none());
         assert!(!c.init_empty);
-        assert!(parse_args(&["k3rs", "kine", "--init-empty"]).unwrap().init_empty);
+        assert!(
+            parse_args(&["k3rs", "kine", "--init-empty"])
+                .unwrap()
+                .init_empty
+        );
         let c = parse_args(&[
             "k3rs",
             "kine",
@@ -1056,7 +1060,8 @@ mod tests {
             ]
         );
         let server = ["k3rs", "server", "--data-dir", "/d"];
-        let c = parse_args(&[&server[..], &["--listen-address", "127.0.0.1:2379"]].concat()).unwrap();
+        let c =
+            parse_args(&[&server[..], &["--listen-address", "127.0.0.1:2379"]].concat()).unwrap();
         assert_eq!(c.listen.unwrap().to_string(), "127.0.0.1:2379");
         assert_eq!(c.socket.as_deref(), Some(Path::new("/d/server/kine.sock")));
         let cli = Cli::try_parse_from(server).unwrap();
@@ -1068,7 +1073,11 @@ mod tests {
             config.api.unwrap().etcd_endpoint,
             "unix:///d/server/kine.sock"
         );
-        assert!(config.private_dirs.contains(&PathBuf::from("/d/server/tls")));
+        assert!(
+            config
+                .private_dirs
+                .contains(&PathBuf::from("/d/server/tls"))
+        );
         let tls_without_tcp = [
             &server[..],
             &["--server-cert-file", "/c", "--server-key-file", "/k"],
@@ -1083,7 +1092,10 @@ mod tests {
         assert_eq!(c.socket.as_deref(), Some(Path::new("/run/k.sock")));
         assert!(parse_args(&["k3rs", "kine", "--listen-address", "unix://"]).is_err());
         let c = parse_args(&["k3rs", "kine", "--endpoint", "sqlite:///x/state.db"]).unwrap();
-        assert!(c.private_dirs.is_empty(), "a named database's directory is the user's");
+        assert!(
+            c.private_dirs.is_empty(),
+            "a named database's directory is the user's"
+        );
     }
 
     #[test]

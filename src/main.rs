@@ -65,9 +65,13 @@ fn run(cli: Cli) -> Result<()> {
 async fn run_server(config: cli::ServerConfig) -> Result<()> {
     private_dirs(&config.private_dirs)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
+    let stop_tx = std::sync::Arc::new(stop_tx);
+    tokio::spawn({
+        let stop_tx = stop_tx.clone();
+        async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        }
     });
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -75,12 +79,20 @@ async fn run_server(config: cli::ServerConfig) -> Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let datastore = config
+    let mut datastore = config
         .datastore
         .map(|d| tokio::spawn(run_datastore(d, stopped())));
     if let Some(api) = config.api {
         let endpoint = api.etcd_endpoint.clone();
-        let running = apiserver::start(api, stopped()).await?;
+        // A datastore that cannot start (a refused database, a taken
+        // address) ends the server at once, not after the API's wait for it.
+        let mut running = tokio::select! {
+            running = apiserver::start(api, stopped()) => running?,
+            ended = datastore_ended(&mut datastore) => {
+                let _ = stop_tx.send(true);
+                return ended;
+            }
+        };
         tracing::info!(
             listen = %running.local_addr,
             datastore = %endpoint,
@@ -98,12 +110,29 @@ async fn run_server(config: cli::ServerConfig) -> Result<()> {
                 }
             });
         }
-        running.task.await?;
+        tokio::select! {
+            served = &mut running.task => served?,
+            ended = datastore_ended(&mut datastore) => {
+                let _ = stop_tx.send(true);
+                running.task.await?;
+                return ended;
+            }
+        }
     }
     match datastore {
         Some(d) => d.await?,
         None => Ok(()),
     }
+}
+
+/// Resolves when the embedded datastore's task ends (never without one).
+async fn datastore_ended(task: &mut Option<tokio::task::JoinHandle<Result<()>>>) -> Result<()> {
+    let Some(running) = task.as_mut() else {
+        return std::future::pending().await;
+    };
+    let ended = running.await;
+    *task = None;
+    ended?
 }
 
 /// `k3rs agent`: joins a server and runs this node's pods until SIGINT or
@@ -226,6 +255,11 @@ async fn run_datastore(
     config: DatastoreConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    if let (Endpoint::Sqlite(sqlite), false) = (&config.endpoint, config.init_empty) {
+        // Read-only, so before anything changes (a refused start changes
+        // nothing); checked again under the lock.
+        check_database(&sqlite.path, false)?;
+    }
     private_dirs(&config.private_dirs)?;
     let (store, database, _lock) = match &config.endpoint {
         Endpoint::Sqlite(sqlite) => {
@@ -291,7 +325,7 @@ async fn run_datastore(
     }
     tracing::info!(
         listen = %config.listen.map_or("none".to_string(), |a| a.to_string()),
-        socket = %config.socket.as_deref().map_or("none".into(), Path::display),
+        socket = %config.socket.as_deref().map_or("none".into(), |p| p.display().to_string()),
         tls = config.server.tls.is_some(),
         client_cert_auth,
         metrics = ?monitor.as_ref().and_then(|l| l.local_addr().ok()),

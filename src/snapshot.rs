@@ -34,7 +34,7 @@ async fn connect(config: &ClientConfig) -> Result<Channel> {
         if tls {
             bail!("--cacert, --cert and --key are for TCP endpoints, not a unix socket");
         }
-        return Channel::from_shared(config.endpoint.clone())
+        return tonic::transport::Endpoint::from_shared(config.endpoint.clone())
             .with_context(|| format!("--endpoints {:?} is not unix://PATH", config.endpoint))?
             .connect()
             .await

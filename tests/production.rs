@@ -1,6 +1,7 @@
 //! Day-two operations against the k3rs binary: TLS and client
 //! certificates, snapshots, the space quota (side by side with real etcd),
-//! metrics and health, SIGTERM under load, and a flood of bad input.
+//! metrics and health, SIGTERM under load, a flood of bad input, file
+//! modes and the datastore's socket, and damaged database files.
 
 mod support;
 
@@ -678,4 +679,274 @@ async fn a_flood_of_bad_input_leaves_good_clients_alone() {
     let samples = parse_metrics(&http_get(server.metrics_port, "/metrics").1);
     assert!(sample(&samples, "k3rs_handshake_timeouts_total", "") >= 220.0);
     assert!(server.is_running(), "{}", server.log());
+}
+
+/// `kubectl` against `server`: `(success, stdout + stderr)`.
+fn kubectl(server: &support::K3rsServer, args: &[&str]) -> (bool, String) {
+    let out = Command::new("/usr/bin/kubectl")
+        .args(args)
+        .env("KUBECONFIG", server.kubeconfig())
+        .env("HOME", server.data_dir.join("home"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// The mode bits of `path`.
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Everything under DATA_DIR is its owner's alone: directories 0700, the
+/// database files and the lock 0600, the datastore on a 0600 socket and on
+/// no TCP port. The API server works through the socket. A socket left by
+/// a killed server does not stop the next start, and an older k3rs's loose
+/// modes are tightened; `--listen-address` adds TCP, with a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_files_are_owner_only_and_its_datastore_is_a_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let agent_port = support::free_port();
+    let agent_flags = [
+        "--disable-controllers",
+        "--node-name",
+        "modes",
+        "--node-ip",
+        "127.0.0.1",
+        "--agent-port",
+        &agent_port.to_string(),
+    ];
+    let mut server = support::K3rsServer::start(&data, &agent_flags);
+    let dirs = [
+        "",
+        "server",
+        "server/db",
+        "server/tls",
+        "server/cred",
+        "agent",
+        "agent/pods",
+    ];
+    let files = [
+        "server/db/state.db",
+        "server/db/state.db-wal",
+        "server/db/state.db-shm",
+        "server/db/state.db.lock",
+        "server/tls/serving.key",
+        "server/tls/token",
+        "server/cred/admin.kubeconfig",
+    ];
+    let check_modes = |what: &str| {
+        // The agent makes its pods directory once it has joined.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !data.join("agent/pods").exists() {
+            assert!(Instant::now() < deadline, "no agent/pods ({what})");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for d in dirs {
+            assert_eq!(mode(&data.join(d)), 0o700, "{what}: DATA_DIR/{d}");
+        }
+        for f in files {
+            assert_eq!(mode(&data.join(f)), 0o600, "{what}: DATA_DIR/{f}");
+        }
+    };
+    check_modes("a new data directory");
+    let socket = server.socket();
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let meta = std::fs::symlink_metadata(&socket).unwrap();
+        assert!(meta.file_type().is_socket());
+    }
+    assert_eq!(mode(&socket), 0o600);
+    assert_eq!(
+        support::listening_tcp_ports(server.pid()),
+        vec![
+            server.https_port.min(agent_port),
+            server.https_port.max(agent_port)
+        ],
+        "the Kubernetes API and the agent's port only: no etcd port"
+    );
+    let (ok, out) = kubectl(&server, &["get", "ns", "default", "-o", "name"]);
+    assert!(
+        ok && out.contains("namespace/default"),
+        "{out}\n{}",
+        server.log()
+    );
+    let mut kv = KvClient::new(server.socket_channel().await);
+    kv.put(put("/modes/a", "1")).await.unwrap();
+    let (ok, out) = kubectl(&server, &["create", "configmap", "through-the-socket"]);
+    assert!(ok, "{out}");
+
+    // Killed: its socket stays behind. Then loosen the modes an older k3rs
+    // left loose (its keys were 0600 already).
+    server.kill();
+    assert!(socket.exists());
+    for d in dirs {
+        set_mode(&data.join(d), 0o755);
+    }
+    for f in files
+        .iter()
+        .filter(|f| f.starts_with("server/db/") && data.join(f).exists())
+    {
+        set_mode(&data.join(f), 0o644);
+    }
+
+    let etcd_port = support::free_port();
+    let listen = format!("127.0.0.1:{etcd_port}");
+    let mut server = support::K3rsServer::start(
+        &data,
+        &[&agent_flags[..], &["--listen-address", &listen]].concat(),
+    );
+    check_modes("an older k3rs's modes");
+    let log = server.log();
+    assert!(log.contains("tightened the mode"), "{log}");
+    assert!(
+        log.contains(&format!("the etcd API on {listen} takes no credentials"))
+            && log.contains("every local user can read and write all cluster state"),
+        "{log}"
+    );
+    assert!(support::listening_tcp_ports(server.pid()).contains(&etcd_port));
+    let channel = Channel::from_shared(format!("http://{listen}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let got = KvClient::new(channel)
+        .range(RangeRequest {
+            key: "/modes/a".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.kvs.len(), 1);
+    let (ok, out) = kubectl(
+        &server,
+        &["get", "configmap", "through-the-socket", "-o", "name"],
+    );
+    assert!(ok, "{out}\n{}", server.log());
+    let status = server.terminate();
+    assert!(status.success(), "{}", server.log());
+    assert!(!socket.exists(), "a clean stop removes its socket");
+}
+
+/// A zero-length or headerless state.db, or a -wal without its database,
+/// would open as an empty store: refused, naming the file and what to do,
+/// until --init-empty says to start empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_database_is_refused_until_init_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let db = dir.path().join("server/db/state.db");
+    let wal = dir.path().join("server/db/state.db-wal");
+    let mut server = K3rs::start(dir.path(), &[]);
+    let mut kv = server.kv().await;
+    for i in 0..100 {
+        kv.put(put(&format!("/acked/{i}"), "v")).await.unwrap();
+    }
+    server.stop();
+
+    std::fs::File::options()
+        .write(true)
+        .open(&db)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let https = support::free_port().to_string();
+    let server_args = [
+        "server",
+        "--data-dir",
+        data,
+        "--disable-agent",
+        "--https-listen-port",
+        &https,
+        "--bind-address",
+        "127.0.0.1",
+        "--metrics-bind-address",
+        "0",
+    ];
+    let (ok, err) = support::k3rs_to_exit(&server_args);
+    assert!(!ok);
+    for words in [
+        format!("{} is empty (0 bytes)", db.display()),
+        "k3rs kine snapshot restore".into(),
+        "pass --init-empty".into(),
+    ] {
+        assert!(err.contains(&words), "{words:?} in: {err}");
+    }
+    let port = support::free_port().to_string();
+    let kine_args = [
+        "kine",
+        "--data-dir",
+        data,
+        "--listen-address",
+        &format!("127.0.0.1:{port}"),
+        "--metrics-bind-address",
+        "0",
+    ];
+    let (ok, err) = support::k3rs_to_exit(&kine_args);
+    assert!(!ok && err.contains("is empty (0 bytes)"), "{err}");
+    assert_eq!(std::fs::metadata(&db).unwrap().len(), 0, "left as it was");
+
+    // Told to, it starts empty; a log that held pages is kept aside.
+    let had_wal = std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
+    let mut server = K3rs::start(dir.path(), &["--init-empty"]);
+    let mut kv = server.kv().await;
+    let all = kv
+        .range(RangeRequest {
+            key: "/".into(),
+            range_end: "0".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((all.count, all.header.unwrap().revision), (0, 1));
+    kv.put(put("/new", "v")).await.unwrap();
+    server.stop();
+    let set_aside = std::fs::read_dir(db.parent().unwrap())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("state.db-wal.set-aside-")
+        })
+        .count();
+    assert_eq!(set_aside, had_wal as usize);
+
+    // A log without its database.
+    std::fs::remove_file(&db).unwrap();
+    std::fs::write(&wal, vec![1u8; 4096]).unwrap();
+    let (ok, err) = support::k3rs_to_exit(&kine_args);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "{} (4096 bytes of write-ahead log) has no database beside it",
+            wal.display()
+        )) && err.contains("--init-empty"),
+        "{err}"
+    );
+    let (ok, err) = support::k3rs_to_exit(&server_args);
+    assert!(!ok && err.contains("has no database beside it"), "{err}");
+
+    // A file without the SQLite header.
+    std::fs::remove_file(&wal).unwrap();
+    std::fs::write(&db, vec![0u8; 8192]).unwrap();
+    let (ok, err) = support::k3rs_to_exit(&kine_args);
+    assert!(!ok && err.contains("is not a SQLite database"), "{err}");
+    assert_eq!(std::fs::read(&db).unwrap(), vec![0u8; 8192]);
 }

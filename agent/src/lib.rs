@@ -66,7 +66,7 @@ fn private_dir(dir: &std::path::Path) -> Result<()> {
             path = %dir.display(),
             was = %format!("{was:04o}"),
             now = "0700",
-            "tightened the mode of a k3rs directory: other local users could read it"
+            "tightened the mode: other local users could read k3rs's data through it"
         );
     }
     Ok(())

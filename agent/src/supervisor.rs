@@ -7,7 +7,9 @@
 //! Each pod runs in its own task (and each of its containers in one more);
 //! the `Supervisor` only keeps a handle per pod, keyed by uid. Each pod has
 //! a directory `ROOT/<uid>` holding the container logs
-//! (`<container>/<restartCount>.log`) and pid files.
+//! (`<container>/<restartCount>.log`) and pid files. Those paths are made
+//! only through `runtime::path_under`: a pod whose uid or container names
+//! are no DNS-1123 labels (stored past the API server's checks) is refused.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -1273,7 +1275,80 @@ mod tests {
                 .unwrap()
                 .contains("executable file not found in $PATH")
         );
+        // It never started: no 1970 start time, as kube leaves it out.
+        assert_eq!(t.get("startedAt"), None, "{t}");
+        assert!(
+            t["finishedAt"]
+                .as_str()
+                .is_some_and(|f| !f.starts_with("1970"))
+        );
         h.supervisor.remove("c").await;
+    }
+
+    #[tokio::test]
+    async fn a_start_error_in_last_state_has_no_start_time() {
+        let mut h = harness();
+        h.supervisor.sync(&pod("c2", one(&["nosuchcmd"], "Always")));
+        let s = h
+            .until(|s| state(s, "waiting")["reason"] == "CrashLoopBackOff")
+            .await;
+        let last = &s["containerStatuses"][0]["lastState"]["terminated"];
+        assert_eq!(last["reason"], "StartError");
+        assert_eq!(last.get("startedAt"), None, "{last}");
+        assert!(last["finishedAt"].is_string());
+        h.supervisor.remove("c2").await;
+    }
+
+    #[tokio::test]
+    async fn names_that_are_no_labels_are_refused() {
+        let mut h = harness();
+        let outside = h.dir.path().join("outside");
+        let traversal = format!("../{}", "outside");
+        let bad = |uid: &str, names: &[&str]| {
+            let containers: Vec<Value> = names
+                .iter()
+                .map(|n| json!({"name": n, "image": "busybox", "command": ["sh", "-c", "echo hi"]}))
+                .collect();
+            pod(
+                uid,
+                json!({"restartPolicy": "Never", "containers": containers}),
+            )
+        };
+        h.supervisor.sync(&bad("t1", &[&traversal]));
+        let s = h.until(|_| true).await;
+        assert_eq!(
+            (phase(&s), s["reason"].as_str()),
+            ("Failed", Some("InvalidName"))
+        );
+        assert!(
+            s["message"].as_str().unwrap().starts_with(
+                "Pod was rejected: container name \"../outside\" is not a DNS-1123 label"
+            ),
+            "{s}"
+        );
+        // Two containers of one name would share their files.
+        h.supervisor.sync(&bad("t2", &["c", "c"]));
+        let s = h.until(|_| true).await;
+        assert_eq!(
+            s["message"],
+            "Pod was rejected: container name \"c\" is used twice"
+        );
+        // A uid that would leave the pods directory.
+        let mut escaping = bad("t3", &["c"]);
+        escaping["metadata"]["uid"] = json!("../../etc");
+        h.supervisor.sync(&escaping);
+        let s = h.until(|_| true).await;
+        assert!(
+            s["message"].as_str().unwrap().contains("uid \"../../etc\""),
+            "{s}"
+        );
+        // Refused once: a later sync sends nothing, runs nothing.
+        h.supervisor.sync(&bad("t1", &[&traversal]));
+        assert!(h.updates.try_recv().is_err());
+        assert!(h.supervisor.uids().is_empty());
+        assert!(!outside.exists());
+        assert_eq!(std::fs::read_dir(h.dir.path()).unwrap().count(), 0);
+        assert_eq!(h.supervisor.log_path("ns", "t1", &traversal, false), None);
     }
 
     #[tokio::test]

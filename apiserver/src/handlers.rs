@@ -907,7 +907,7 @@ fn keep_server_fields(
             .unwrap_or(1);
         new["metadata"]["generation"] = json!(generation + 1);
     }
-    objects::validate(res, new)
+    objects::prepare_update(res, new)
 }
 
 /// Delete with preconditions and finalizers; answers the last state.

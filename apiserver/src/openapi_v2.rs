@@ -9,7 +9,8 @@
 //! named as kube names them (`io.k8s.api.core.v1.ConfigMap`: kubectl's
 //! errors quote them) and the paths k3rs serves. It is answered as JSON, or
 //! in gnostic's protobuf encoding (`openapi.v2.Document`), which is all
-//! client-go asks for; each form has its own ETag, as kube-apiserver's.
+//! client-go asks for; both forms carry the ETag of the JSON, as
+//! kube-apiserver's do.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -23,10 +24,10 @@ use serde_json::{Map, Value, json};
 use crate::discovery::{self, KUBE_MINOR};
 use crate::resources::{RESOURCES, Resource};
 
-/// The media type of the protobuf encoding (client-go's discovery asks
-/// for this one only).
+/// The media type client-go's discovery asks for (and nothing else).
 pub const PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
-/// The older spelling kube-apiserver also answers to.
+/// The spelling kube-apiserver answers with: Go's media type parser
+/// refuses the `@` of the other, so kubectl could not read it.
 const PROTOBUF_DOTTED: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
 
 const META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1";
@@ -233,92 +234,110 @@ fn path_param(name: &str, description: &str) -> Value {
     json!({"name": name, "in": "path", "required": true, "type": "string", "description": description})
 }
 
-fn body(schema: Value) -> Value {
-    json!({"name": "body", "in": "body", "required": true, "schema": schema})
+fn body(name: &str) -> Value {
+    // DeleteOptions may be left out: a DELETE usually has no body.
+    let required = !name.ends_with(".DeleteOptions");
+    json!({"name": "body", "in": "body", "required": required, "schema": definition_ref(name)})
 }
 
-fn list_params() -> Vec<Value> {
-    vec![
-        query(
-            "allowWatchBookmarks",
-            "boolean",
-            "ask for BOOKMARK events in a watch",
-        ),
-        query("continue", "string", "the token of the next page of a list"),
-        query(
-            "fieldSelector",
-            "string",
-            "a selector on the objects' fields",
-        ),
-        query(
-            "labelSelector",
-            "string",
-            "a selector on the objects' labels",
-        ),
-        query("limit", "integer", "the largest number of items to answer"),
-        query(
-            "resourceVersion",
-            "string",
-            "the revision to list at, or to watch from",
-        ),
-        query(
-            "resourceVersionMatch",
-            "string",
-            "how resourceVersion applies: NotOlderThan or Exact",
-        ),
-        query(
-            "timeoutSeconds",
-            "integer",
-            "how long a watch lasts at most",
-        ),
-        query("watch", "boolean", "watch for changes instead of listing"),
-    ]
-}
+/// Query parameters as `(name, type, description)`.
+type Params = &'static [(&'static str, &'static str, &'static str)];
 
-fn write_params() -> Vec<Value> {
-    vec![
-        query(
-            "dryRun",
-            "string",
-            "All: check the request but persist nothing",
-        ),
-        query(
-            "fieldManager",
-            "string",
-            "the name of the actor making the change",
-        ),
-        query(
-            "fieldValidation",
-            "string",
-            "what to do with unknown fields: Ignore, Warn or Strict",
-        ),
-    ]
-}
+const LIST_PARAMS: Params = &[
+    (
+        "allowWatchBookmarks",
+        "boolean",
+        "ask for BOOKMARK events in a watch",
+    ),
+    ("continue", "string", "the token of the next page of a list"),
+    (
+        "fieldSelector",
+        "string",
+        "a selector on the objects' fields",
+    ),
+    (
+        "labelSelector",
+        "string",
+        "a selector on the objects' labels",
+    ),
+    ("limit", "integer", "the largest number of items to answer"),
+    (
+        "resourceVersion",
+        "string",
+        "the revision to list at, or to watch from",
+    ),
+    (
+        "resourceVersionMatch",
+        "string",
+        "how resourceVersion applies: NotOlderThan or Exact",
+    ),
+    (
+        "timeoutSeconds",
+        "integer",
+        "how long a watch lasts at most",
+    ),
+    ("watch", "boolean", "watch for changes instead of listing"),
+];
 
-fn delete_params(options: &str) -> Vec<Value> {
-    vec![
-        body(definition_ref(options)),
-        query(
-            "dryRun",
-            "string",
-            "All: check the request but persist nothing",
-        ),
-        query(
-            "gracePeriodSeconds",
-            "integer",
-            "seconds before the object is deleted",
-        ),
-        query(
-            "orphanDependents",
-            "boolean",
-            "deprecated: use propagationPolicy",
-        ),
-        query(
-            "propagationPolicy",
-            "string",
-            "what happens to dependents: Orphan, Background or Foreground",
-        ),
-    ]
+const WRITE_PARAMS: Params = &[
+    (
+        "dryRun",
+        "string",
+        "All: check the request but persist nothing",
+    ),
+    (
+        "fieldManager",
+        "string",
+        "the name of the actor making the change",
+    ),
+    (
+        "fieldValidation",
+        "string",
+        "what to do with unknown fields: Ignore, Warn or Strict",
+    ),
+];
+
+const FORCE: Params = &[(
+    "force",
+    "boolean",
+    "take over conflicting fields (apply requests only)",
+)];
+
+const DELETE_PARAMS: Params = &[
+    (
+        "dryRun",
+        "string",
+        "All: check the request but persist nothing",
+    ),
+    (
+        "gracePeriodSeconds",
+        "integer",
+        "seconds before the object is deleted",
+    ),
+    (
+        "orphanDependents",
+        "boolean",
+        "deprecated: use propagationPolicy",
+    ),
+    (
+        "propagationPolicy",
+        "string",
+        "what happens to dependents: Orphan, Background or Foreground",
+    ),
+];
+
+/// `body` (when given) followed by the query parameters of `lists`.
+fn params(body_schema: Option<&str>, lists: &[Params]) -> Vec<Value> {
+    body_schema
+        .map(body)
+        .into_iter()
+        .chain(
+            lists
+                .iter()
+                .flat_map(|l| l.iter())
+                .map(|(n, t, d)| query(n, t, d)),
+        )
+        .collect()
 }
 
 fn responses(codes: &[&str], schema: &str) -> Value {
@@ -408,35 +427,25 @@ fn resource_paths(r: &Resource, paths: &mut Map<String, Value>) {
     let any: &[&str] = &["*/*"];
     let delete_options = format!("{META}.DeleteOptions");
 
-    let mut collection_delete = delete_params(&delete_options);
-    collection_delete.extend(list_params());
     paths.insert(
         format!("{base}{}", r.plural),
         json!({
-            "get": op("list", "", "list", format!("list or watch objects of kind {}", r.kind), list_params(), responses(&["200"], &list), any),
+            "get": op("list", "", "list", format!("list or watch objects of kind {}", r.kind), params(None, &[LIST_PARAMS]), responses(&["200"], &list), any),
             "post": op("create", "", "post", format!("create a {}", r.kind),
-                       [vec![body(definition_ref(&kind))], write_params()].concat(),
-                       responses(&["200", "201", "202"], &kind), any),
+                       params(Some(&kind), &[WRITE_PARAMS]), responses(&["200", "201", "202"], &kind), any),
             "delete": op("deletecollection", "", "deletecollection", format!("delete collection of {}", r.kind),
-                         collection_delete, responses(&["200"], &list), any),
+                         params(Some(&delete_options), &[DELETE_PARAMS, LIST_PARAMS]), responses(&["200"], &list), any),
             "parameters": scoped(vec![]),
         }),
     );
-    let mut patch_params = vec![body(definition_ref(&format!("{META}.Patch")))];
-    patch_params.extend(write_params());
-    patch_params.push(query(
-        "force",
-        "boolean",
-        "take over conflicting fields (apply requests only)",
-    ));
+    let patch_body = format!("{META}.Patch");
     let object_ops = |suffix: &str, what: &str, with_delete: bool| {
         let mut ops = json!({
             "get": op("read", suffix, "get", format!("read {what}the specified {}", r.kind), vec![], responses(&["200"], &kind), any),
             "put": op("replace", suffix, "put", format!("replace {what}the specified {}", r.kind),
-                      [vec![body(definition_ref(&kind))], write_params()].concat(),
-                      responses(&["200", "201"], &kind), any),
+                      params(Some(&kind), &[WRITE_PARAMS]), responses(&["200", "201"], &kind), any),
             "patch": op("patch", suffix, "patch", format!("partially update {what}the specified {}", r.kind),
-                        patch_params.clone(), responses(&["200", "201"], &kind), PATCH_TYPES),
+                        params(Some(&patch_body), &[WRITE_PARAMS, FORCE]), responses(&["200", "201"], &kind), PATCH_TYPES),
             "parameters": scoped(vec![name.clone()]),
         });
         if with_delete {
@@ -445,7 +454,7 @@ fn resource_paths(r: &Resource, paths: &mut Map<String, Value>) {
                 suffix,
                 "delete",
                 format!("delete a {}", r.kind),
-                delete_params(&delete_options),
+                params(Some(&delete_options), &[DELETE_PARAMS]),
                 responses(&["200", "202"], &kind),
                 any,
             );
@@ -467,7 +476,7 @@ fn resource_paths(r: &Resource, paths: &mut Map<String, Value>) {
             format!("/{}/{}", discovery::gv_path(r.group, r.version), r.plural),
             json!({
                 "get": op("listForAllNamespaces", "", "list", format!("list or watch objects of kind {}", r.kind),
-                          list_params(), responses(&["200"], &list), any),
+                          params(None, &[LIST_PARAMS]), responses(&["200"], &list), any),
                 "parameters": [pretty],
             }),
         );
@@ -1081,12 +1090,11 @@ impl Encoder {
     }
 }
 
-/// The document in both forms, with their ETags; built at first use.
+/// The document in both forms and its ETag; built at first use.
 struct Encoded {
     json: Bytes,
-    json_etag: String,
     protobuf: Bytes,
-    protobuf_etag: String,
+    etag: String,
 }
 
 /// kube-apiserver's ETag: the quoted SHA-512 of the body, in hex.
@@ -1103,9 +1111,8 @@ fn encoded() -> &'static Encoded {
         let json = Bytes::from(serde_json::to_vec(&doc).unwrap_or_default());
         let protobuf = Bytes::from(Encoder::default().document(&doc).encode_to_vec());
         Encoded {
-            json_etag: etag(&json),
+            etag: etag(&json),
             json,
-            protobuf_etag: etag(&protobuf),
             protobuf,
         }
     })
@@ -1159,7 +1166,7 @@ fn negotiate(accept: &str) -> Option<Format> {
 }
 
 /// `GET /openapi/v2`: JSON unless the protobuf form is asked for; 304 when
-/// `If-None-Match` holds the form's ETag; 406 for an `Accept` it cannot meet.
+/// `If-None-Match` holds the ETag; 406 for an `Accept` it cannot meet.
 pub fn serve(headers: &HeaderMap) -> Response {
     let accept = headers
         .get_all(header::ACCEPT)
@@ -1171,10 +1178,11 @@ pub fn serve(headers: &HeaderMap) -> Response {
         return StatusCode::NOT_ACCEPTABLE.into_response();
     };
     let doc = encoded();
-    let (body, etag, content_type) = match format {
-        Format::Json => (&doc.json, &doc.json_etag, "application/json"),
-        Format::Protobuf => (&doc.protobuf, &doc.protobuf_etag, PROTOBUF),
+    let (body, content_type) = match format {
+        Format::Json => (&doc.json, "application/json"),
+        Format::Protobuf => (&doc.protobuf, PROTOBUF_DOTTED),
     };
+    let etag = &doc.etag;
     let cached = headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
@@ -1465,16 +1473,20 @@ mod tests {
         headers.insert(header::ACCEPT, HeaderValue::from_static(PROTOBUF));
         let r = serve(&headers);
         assert_eq!(r.status(), StatusCode::OK);
-        assert_eq!(r.headers()[header::CONTENT_TYPE], PROTOBUF);
+        // Go's media type parser refuses the `@` of the asked-for spelling.
+        assert_eq!(r.headers()[header::CONTENT_TYPE], PROTOBUF_DOTTED);
         let tag = r.headers()[header::ETAG].clone();
         assert!(tag.to_str().unwrap().starts_with('"'));
         headers.insert(header::IF_NONE_MATCH, tag.clone());
         assert_eq!(serve(&headers).status(), StatusCode::NOT_MODIFIED);
-        // The JSON form has its own tag.
+        // One tag for both forms (the JSON's), as kube-apiserver's.
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        assert_eq!(serve(&headers).status(), StatusCode::NOT_MODIFIED);
+        headers.remove(header::IF_NONE_MATCH);
         let r = serve(&headers);
         assert_eq!(r.status(), StatusCode::OK);
-        assert_ne!(r.headers()[header::ETAG], tag);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(r.headers()[header::ETAG], tag);
         headers.insert(header::ACCEPT, HeaderValue::from_static("text/html"));
         assert_eq!(serve(&headers).status(), StatusCode::NOT_ACCEPTABLE);
     }

@@ -328,3 +328,32 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.send(DiskOp::Purge(log_id))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_is_owner_only_and_an_empty_one_is_refused() {
+        use kine::backend::files::mode_of;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.db");
+        let log = LogStore::open(&path, true).unwrap();
+        assert_eq!(log.identity(), None);
+        drop(log);
+        assert_eq!(mode_of(&path).unwrap(), 0o600);
+
+        // A truncated log would make the member forget its vote.
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let err = LogStore::open(&path, true).err().unwrap().to_string();
+        assert!(
+            err.contains("raft.db is empty (0 bytes)") && err.contains("join it again"),
+            "{err}"
+        );
+    }
+}

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod api_server;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -484,4 +486,166 @@ pub async fn malformed_grpc(channel: Channel, for_how_long: Duration) -> usize {
         answered += 1;
     }
     answered
+}
+
+/// `k3rs server` as its users start it (its datastore on the unix socket
+/// alone unless `extra` says otherwise), with the API on a free port and no
+/// metrics listener; killed when dropped. Its log goes to `DATA_DIR/k3rs.log`.
+pub struct K3rsServer {
+    child: Option<Child>,
+    pub https_port: u16,
+    pub data_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl K3rsServer {
+    /// Starts it and waits for the Kubernetes API.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> K3rsServer {
+        std::fs::create_dir_all(data_dir).unwrap();
+        let https_port = free_port();
+        let log = data_dir.join("k3rs.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_k3rs"))
+            .arg("server")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--https-listen-port", &https_port.to_string()])
+            .args(["--bind-address", "127.0.0.1", "--metrics-bind-address", "0"])
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting k3rs server");
+        let server = K3rsServer {
+            child: Some(child),
+            https_port,
+            data_dir: data_dir.to_path_buf(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !server.log().contains("serving the Kubernetes API") {
+            assert!(
+                Instant::now() < deadline,
+                "no Kubernetes API: {}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("stopped").id()
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.data_dir.join("server/cred/admin.kubeconfig")
+    }
+
+    /// The datastore's socket.
+    pub fn socket(&self) -> PathBuf {
+        self.data_dir.join("server/kine.sock")
+    }
+
+    /// A plaintext channel to the datastore over its socket.
+    pub async fn socket_channel(&self) -> Channel {
+        tonic::transport::Endpoint::from_shared(format!("unix://{}", self.socket().display()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("the datastore's socket: {e}: {}", self.log()))
+    }
+
+    /// SIGKILL, then waits for the exit.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("already stopped");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("already stopped");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait().unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for K3rsServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs the k3rs binary with `args`, which must exit within 30 s:
+/// `(success, stderr)`.
+pub fn k3rs_to_exit(args: &[&str]) -> (bool, String) {
+    let stderr = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_k3rs"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(stderr.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "k3rs {args:?} did not exit: {}",
+                std::fs::read_to_string(stderr.path()).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        status.success(),
+        std::fs::read_to_string(stderr.path()).unwrap_or_default(),
+    )
+}
+
+/// The TCP ports process `pid` listens on (its socket inodes, looked up
+/// in /proc/net/tcp and tcp6).
+pub fn listening_tcp_ports(pid: u32) -> Vec<u16> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+        {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address is field 1 (ADDR:PORT in hex), st field 3 (0A
+            // = LISTEN), inode field 9.
+            if fields.len() > 9 && fields[3] == "0A" && inodes.contains(fields[9]) {
+                let port = fields[1].rsplit(':').next().unwrap();
+                ports.push(u16::from_str_radix(port, 16).unwrap());
+            }
+        }
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }

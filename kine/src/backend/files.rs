@@ -57,7 +57,7 @@ fn tighten(path: &Path, mode: u32) -> io::Result<()> {
             path = %path.display(),
             mode = %format!("{was:04o}"),
             error = %e,
-            "other local users can read this k3rs file, and its mode cannot be tightened"
+            "other local users can read k3rs's data through this path, and its mode cannot be tightened"
         );
         return Ok(());
     }
@@ -65,7 +65,7 @@ fn tighten(path: &Path, mode: u32) -> io::Result<()> {
         path = %path.display(),
         was = %format!("{was:04o}"),
         now = %format!("{mode:04o}"),
-        "tightened the mode of a k3rs file: other local users could read it"
+        "tightened the mode: other local users could read k3rs's data through it"
     );
     Ok(())
 }

@@ -54,8 +54,16 @@ impl Sha256 {
 /// beside it and returns it open, already unlinked: it goes away when
 /// the caller closes it, whatever happens.
 pub fn copy_database(conn: &Connection, db: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = temp_path_beside(db, "snapshot");
     let _ = std::fs::remove_file(&tmp);
+    // VACUUM INTO fills an empty file: made first, owner-only, as SQLite
+    // would make a new one with the umask's mode.
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(super::files::FILE_MODE)
+        .open(&tmp);
     let copied = conn
         .execute("VACUUM INTO ?1", [tmp.to_string_lossy().as_ref()])
         .map_err(|e| Error::Storage(format!("cannot copy the database for a snapshot: {e}")));

