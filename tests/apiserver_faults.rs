@@ -25,7 +25,10 @@ async fn client_of(server: &Server) -> kube::Client {
 async fn create_namespace(client: &kube::Client, name: &str) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    namespaces.create(&PostParams::default(), &ns).await.unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
 }
 
 fn config_map(name: &str, bytes: usize) -> ConfigMap {
@@ -105,11 +108,12 @@ async fn stalled_watchers_hold_back_nobody(server: &Server) {
     let healthy = {
         let config_maps = config_maps.clone();
         tokio::spawn(async move {
-            let mut events = config_maps
-                .watch(&WatchParams::default().timeout(120), "0")
-                .await
-                .unwrap()
-                .boxed();
+            let mut events = Box::pin(
+                config_maps
+                    .watch(&WatchParams::default().timeout(120), "0")
+                    .await
+                    .unwrap(),
+            );
             let mut added = 0;
             while let Some(event) = events.next().await {
                 if let Ok(WatchEvent::Added(_)) = event {
@@ -127,7 +131,10 @@ async fn stalled_watchers_hold_back_nobody(server: &Server) {
         let started = Instant::now();
         tokio::time::timeout(
             Duration::from_secs(10),
-            config_maps.create(&PostParams::default(), &config_map(&format!("cm-{i}"), 100_000)),
+            config_maps.create(
+                &PostParams::default(),
+                &config_map(&format!("cm-{i}"), 100_000),
+            ),
         )
         .await
         .unwrap_or_else(|_| panic!("create {i} hung behind stalled watchers: {}", server.log()))
@@ -135,7 +142,10 @@ async fn stalled_watchers_hold_back_nobody(server: &Server) {
         latencies.push(started.elapsed());
     }
     latencies.sort();
-    let (p50, max) = (latencies[latencies.len() / 2], latencies[latencies.len() - 1]);
+    let (p50, max) = (
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1],
+    );
     assert!(max < Duration::from_secs(3), "p50 {p50:?}, max {max:?}");
     // Reads and other resources answer too.
     let listed = tokio::time::timeout(
@@ -146,7 +156,8 @@ async fn stalled_watchers_hold_back_nobody(server: &Server) {
     .expect("a list hung")
     .unwrap();
     assert_eq!(listed.items.len(), 250);
-    let (ok, out, err) = server.kubectl(&["get", "namespaces", "-o", "name", "--request-timeout=10s"]);
+    let (ok, out, err) =
+        server.kubectl(&["get", "namespaces", "-o", "name", "--request-timeout=10s"]);
     assert!(ok && out.contains("namespace/stall"), "{err}");
     let added = tokio::time::timeout(Duration::from_secs(30), healthy)
         .await
@@ -178,14 +189,20 @@ async fn a_namespace_over_4_mib_lists_and_deletes(server: &Server) {
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "big");
     for i in 0..10 {
         config_maps
-            .create(&PostParams::default(), &config_map(&format!("mb-{i}"), 1 << 20))
+            .create(
+                &PostParams::default(),
+                &config_map(&format!("mb-{i}"), 1 << 20),
+            )
             .await
             .unwrap();
     }
     let listed = config_maps.list(&ListParams::default()).await.unwrap();
     assert_eq!(listed.items.len(), 10);
     let all: Api<ConfigMap> = Api::all(client.clone());
-    assert_eq!(all.list(&ListParams::default()).await.unwrap().items.len(), 10);
+    assert_eq!(
+        all.list(&ListParams::default()).await.unwrap().items.len(),
+        10
+    );
     server.ok(&["delete", "namespace", "big", "--wait=false"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -193,10 +210,20 @@ async fn a_namespace_over_4_mib_lists_and_deletes(server: &Server) {
         if !found && err.contains("NotFound") {
             break;
         }
-        assert!(Instant::now() < deadline, "namespace big is still there: {}", server.log());
+        assert!(
+            Instant::now() < deadline,
+            "namespace big is still there: {}",
+            server.log()
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    assert!(all.list(&ListParams::default()).await.unwrap().items.is_empty());
+    assert!(
+        all.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,13 +268,25 @@ async fn parameters_errors_and_patches_as_kube_answers_them() {
     let server = Server::start(dir.path(), &[]);
     let client = client_of(&server).await;
 
-    let (code, body) = raw(&client, "GET", "/api/v1/namespaces/default/configmaps/nope", "").await;
+    let (code, body) = raw(
+        &client,
+        "GET",
+        "/api/v1/namespaces/default/configmaps/nope",
+        "",
+    )
+    .await;
     assert_eq!(code, 404);
     assert_eq!(
         body,
         "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\"message\":\"configmaps \\\"nope\\\" not found\",\"reason\":\"NotFound\",\"details\":{\"name\":\"nope\",\"kind\":\"configmaps\"},\"code\":404}\n"
     );
-    let (code, body) = raw(&client, "GET", "/apis/apps/v1/namespaces/default/deployments/nope", "").await;
+    let (code, body) = raw(
+        &client,
+        "GET",
+        "/apis/apps/v1/namespaces/default/deployments/nope",
+        "",
+    )
+    .await;
     assert_eq!(code, 404);
     assert_eq!(
         body,
@@ -256,7 +295,13 @@ async fn parameters_errors_and_patches_as_kube_answers_them() {
 
     // `watch=True` (Python's spelling) and an empty value are watches;
     // `watch=False` is a list.
-    for (query, is_watch) in [("watch=True", true), ("watch=", true), ("watch=1", true), ("watch=False", false), ("watch=0", false)] {
+    for (query, is_watch) in [
+        ("watch=True", true),
+        ("watch=", true),
+        ("watch=1", true),
+        ("watch=False", false),
+        ("watch=0", false),
+    ] {
         let (code, body) = raw(
             &client,
             "GET",
@@ -265,7 +310,11 @@ async fn parameters_errors_and_patches_as_kube_answers_them() {
         )
         .await;
         assert_eq!(code, 200, "{query}: {body}");
-        assert_eq!(!body.contains("\"kind\":\"ConfigMapList\""), is_watch, "{query}: {body}");
+        assert_eq!(
+            !body.contains("\"kind\":\"ConfigMapList\""),
+            is_watch,
+            "{query}: {body}"
+        );
     }
 
     // A Service answers with kube's defaulted status.
@@ -295,8 +344,20 @@ async fn parameters_errors_and_patches_as_kube_answers_them() {
         "{err}"
     );
     assert!(started.elapsed() < Duration::from_secs(5));
-    let many = serde_json::Value::Array(vec![json!({"op": "test", "path": "/data/a", "value": "x"}); 10_001]);
-    let (ok, _, err) = server.kubectl(&["patch", "configmap", "bomb", "--type=json", "-p", &many.to_string()]);
+    let many = serde_json::Value::Array(vec![
+        json!({"op": "test", "path": "/data/a", "value": "x"});
+        10_001
+    ]);
+    let many_file = dir.path().join("many.json");
+    std::fs::write(&many_file, many.to_string()).unwrap();
+    let (ok, _, err) = server.kubectl(&[
+        "patch",
+        "configmap",
+        "bomb",
+        "--type=json",
+        "--patch-file",
+        many_file.to_str().unwrap(),
+    ]);
     assert!(!ok);
     assert!(
         err.contains("The allowed maximum operations in a JSON patch is 10000, got 10001"),
@@ -309,6 +370,9 @@ async fn parameters_errors_and_patches_as_kube_answers_them() {
 fn impersonation_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
+    // Discovery first, as any earlier kubectl call leaves it cached (a
+    // discovery refused with 403 prints client-go's "unknown" instead).
+    server.ok(&["get", "pods"]);
     let (ok, out, err) = server.kubectl(&[
         "--as=system:serviceaccount:ns:nobody",
         "get",
@@ -368,7 +432,10 @@ print(round(time.time() - start, 1), data.split(b"\r\n")[0].decode() if data els
 "#
         );
         std::thread::spawn(move || {
-            let out = Command::new("python3").args(["-c", &script]).output().unwrap();
+            let out = Command::new("python3")
+                .args(["-c", &script])
+                .output()
+                .unwrap();
             String::from_utf8_lossy(&out.stdout).trim().to_string()
         })
     };
@@ -383,7 +450,9 @@ print(round(time.time() - start, 1), data.split(b"\r\n")[0].decode() if data els
         held.push(std::net::TcpStream::connect(("127.0.0.1", port)).unwrap());
     }
     let mut extra = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let mut buf = [0u8; 16];
     let read = std::io::Read::read(&mut extra, &mut buf);
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");

@@ -9,8 +9,8 @@ use http::{HeaderMap, Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::apply;
-use crate::identity::User;
 use crate::discovery;
+use crate::identity::User;
 use crate::list::{self, ListParams};
 use crate::objects;
 use crate::patch;
@@ -43,7 +43,12 @@ fn json_response(code: StatusCode, value: &Value) -> Response {
     // kube-apiserver's JSON encoder ends every body with a newline.
     let mut body = value.to_string();
     body.push('\n');
-    (code, [(http::header::CONTENT_TYPE, "application/json")], body).into_response()
+    (
+        code,
+        [(http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 fn ok(value: &Value) -> Response {
@@ -200,7 +205,10 @@ fn authenticated(api: &Api, conn: &ConnAuth, headers: &HeaderMap) -> Option<Arc<
 fn refuse_impersonation(user: &User, headers: &HeaderMap) -> ApiResult<()> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let (resource, group, name, namespace) = if let Some(target) = header("impersonate-user") {
-        match target.strip_prefix("system:serviceaccount:").and_then(|r| r.split_once(':')) {
+        match target
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|r| r.split_once(':'))
+        {
             Some((ns, sa)) => ("serviceaccounts", "", sa.to_string(), Some(ns.to_string())),
             None => ("users", "", target.to_string(), None),
         }
@@ -210,7 +218,10 @@ fn refuse_impersonation(user: &User, headers: &HeaderMap) -> ApiResult<()> {
         ("uids", "authentication.k8s.io", uid.to_string(), None)
     } else if let Some((key, value)) = headers.iter().find_map(|(k, v)| {
         let extra = k.as_str().strip_prefix("impersonate-extra-")?;
-        Some((extra.to_string(), v.to_str().unwrap_or_default().to_string()))
+        Some((
+            extra.to_string(),
+            v.to_str().unwrap_or_default().to_string(),
+        ))
     }) {
         ("userextras", "authentication.k8s.io", value, Some(key))
     } else {

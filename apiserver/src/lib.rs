@@ -19,8 +19,8 @@ pub mod discovery;
 pub mod handlers;
 pub mod identity;
 pub mod informer;
-mod limits;
 pub mod join;
+mod limits;
 pub mod list;
 pub mod node_proxy;
 pub mod objects;
@@ -220,25 +220,24 @@ async fn serve(
                                 status::ApiError::timeout(),
                             ));
                         };
-                        let response =
-                            match body {
-                                Ok(b) => {
-                                    handlers::handle(
-                                        api,
-                                        conn,
-                                        parts.method,
-                                        parts.uri,
-                                        parts.headers,
-                                        b.to_bytes(),
-                                    )
-                                    .await
-                                }
-                                Err(_) => axum::response::IntoResponse::into_response(
-                                    status::ApiError::too_large(format!(
-                                        "Request entity too large: limit is {MAX_BODY}"
-                                    )),
-                                ),
-                            };
+                        let response = match body {
+                            Ok(b) => {
+                                handlers::handle(
+                                    api,
+                                    conn,
+                                    parts.method,
+                                    parts.uri,
+                                    parts.headers,
+                                    b.to_bytes(),
+                                )
+                                .await
+                            }
+                            Err(_) => axum::response::IntoResponse::into_response(
+                                status::ApiError::too_large(format!(
+                                    "Request entity too large: limit is {MAX_BODY}"
+                                )),
+                            ),
+                        };
                         Ok::<_, std::convert::Infallible>(response)
                     }
                 });

@@ -438,8 +438,9 @@ mod tests {
         let e = json_patch(&doc, &Value::Array(ops)).unwrap_err();
         assert_eq!((e.code, e.reason), (422, "Invalid"));
         assert!(
-            e.message.starts_with("Unable to complete the copy, the accumulated size increase of copy is ")
-                && e.message.ends_with("exceeding the limit 3145728"),
+            e.message.starts_with(
+                "Unable to complete the copy, the accumulated size increase of copy is "
+            ) && e.message.ends_with("exceeding the limit 3145728"),
             "{}",
             e.message
         );
@@ -451,7 +452,8 @@ mod tests {
             e.message,
             "Request entity too large: The allowed maximum operations in a JSON patch is 10000, got 10001"
         );
-        let enough = vec![json!({"op": "test", "path": "/data/a", "value": "x".repeat(100)}); 10_000];
+        let enough =
+            vec![json!({"op": "test", "path": "/data/a", "value": "x".repeat(100)}); 10_000];
         assert!(json_patch(&doc, &Value::Array(enough)).is_ok());
     }
 

@@ -250,3 +250,55 @@ pub fn write_kubeconfig(path: &Path, server: &str, pki: &Pki) -> Result<()> {
     });
     write_secret(path, &serde_json::to_string_pretty(&config)?, 0o600)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use std::sync::Arc;
+
+    fn verifies(ca_pem: &str, cert_pem: &str, name: &str) -> bool {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+        verifier
+            .verify_server_cert(
+                &cert,
+                &[],
+                &ServerName::try_from(name.to_string()).unwrap(),
+                &[],
+                UnixTime::now(),
+            )
+            .is_ok()
+    }
+
+    /// A node's serving certificate names only the node and its addresses,
+    /// and API clients, who trust the server CA, never accept it.
+    #[test]
+    fn node_serving_certificates_come_from_their_own_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = ensure(dir.path(), &[]).unwrap();
+        let node_ca = ensure_node_ca(dir.path()).unwrap();
+        assert_eq!(ensure_node_ca(dir.path()).unwrap(), node_ca);
+        let ip: std::net::IpAddr = "10.0.0.7".parse().unwrap();
+        let (cert, _) = issue_node_serving(dir.path(), "kubernetes.default.svc", &[ip]).unwrap();
+        assert!(verifies(&node_ca, &cert, "kubernetes.default.svc"));
+        assert!(verifies(&node_ca, &cert, "10.0.0.7"));
+        assert!(!verifies(&node_ca, &cert, "localhost"));
+        assert!(!verifies(&pki.ca_pem, &cert, "kubernetes.default.svc"));
+        assert!(verifies(
+            &pki.ca_pem,
+            &pki.serving_cert_pem,
+            "kubernetes.default.svc"
+        ));
+    }
+}

@@ -244,7 +244,14 @@ fn ordered_details(details: &Value) -> Ordered {
     let Some(obj) = details.as_object() else {
         return Ordered::Plain(details.clone());
     };
-    let order = ["name", "group", "kind", "uid", "causes", "retryAfterSeconds"];
+    let order = [
+        "name",
+        "group",
+        "kind",
+        "uid",
+        "causes",
+        "retryAfterSeconds",
+    ];
     let fields = in_order(obj, &order)
         .into_iter()
         .map(|(k, v)| {

@@ -128,4 +128,3 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
-
