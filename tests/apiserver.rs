@@ -606,19 +606,7 @@ fn requests_without_credentials_are_refused() {
 fn the_python_client_works() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/client_crud.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(&server.kubeconfig)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}\nserver log:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        server.log()
-    );
+    server.python("client_crud.py");
 }
 
 /// The same scenario driven by kubectl 1.37 (its own assertions; its

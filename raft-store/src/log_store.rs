@@ -341,6 +341,13 @@ mod tests {
         let log = LogStore::open(&path, true).unwrap();
         assert_eq!(log.identity(), None);
         drop(log);
+        // The disk thread closes the database after the handle is gone;
+        // its last checkpoint writes the file, then removes the -wal.
+        let wal = dir.path().join("raft.db-wal");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while wal.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         assert_eq!(mode_of(&path).unwrap(), 0o600);
 
         // A truncated log would make the member forget its vote.

@@ -110,6 +110,23 @@ impl Server {
         )
     }
 
+    /// Runs `tests/python/SCRIPT` with the admin kubeconfig; it must succeed.
+    pub fn python(&self, script: &str) {
+        let script = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new("python3")
+            .arg(&script)
+            .arg(&self.kubeconfig)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}\n{}\nserver log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+    }
+
     /// kubectl that must succeed; its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let (ok, out, err) = self.kubectl(args);
