@@ -204,47 +204,53 @@ fn authenticated(api: &Api, conn: &ConnAuth, headers: &HeaderMap) -> Option<Arc<
 /// request must never run silently with the caller's own rights.
 fn refuse_impersonation(user: &User, headers: &HeaderMap) -> ApiResult<()> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let (resource, group, name, namespace) = if let Some(target) = header("impersonate-user") {
+    const CORE: &str = "";
+    const AUTHENTICATION: &str = "authentication.k8s.io";
+    const CLUSTER: &str = "at the cluster scope";
+    // What kube's impersonation filter checks first: (resource, its
+    // group, the object's name, the scope as kube words it).
+    let (resource, group, name, scope) = if let Some(target) = header("impersonate-user") {
         match target
             .strip_prefix("system:serviceaccount:")
             .and_then(|r| r.split_once(':'))
         {
-            Some((ns, sa)) => ("serviceaccounts", "", sa.to_string(), Some(ns.to_string())),
-            None => ("users", "", target.to_string(), None),
+            Some((ns, sa)) => (
+                "serviceaccounts".to_string(),
+                CORE,
+                sa,
+                format!("in the namespace \"{ns}\""),
+            ),
+            None => ("users".to_string(), CORE, target, CLUSTER.to_string()),
         }
     } else if let Some(group) = header("impersonate-group") {
-        ("groups", "", group.to_string(), None)
+        ("groups".to_string(), CORE, group, CLUSTER.to_string())
     } else if let Some(uid) = header("impersonate-uid") {
-        ("uids", "authentication.k8s.io", uid.to_string(), None)
+        ("uids".to_string(), AUTHENTICATION, uid, CLUSTER.to_string())
     } else if let Some((key, value)) = headers.iter().find_map(|(k, v)| {
-        let extra = k.as_str().strip_prefix("impersonate-extra-")?;
-        Some((
-            extra.to_string(),
-            v.to_str().unwrap_or_default().to_string(),
-        ))
+        let key = k.as_str().strip_prefix("impersonate-extra-")?;
+        Some((key, v.to_str().unwrap_or_default()))
     }) {
-        ("userextras", "authentication.k8s.io", value, Some(key))
+        (
+            format!("userextras/{key}"),
+            AUTHENTICATION,
+            value,
+            CLUSTER.to_string(),
+        )
     } else {
         return Ok(());
     };
+    // The error names the resource without its subresource.
+    let plural = resource.split('/').next().unwrap_or_default();
     let qualified = if group.is_empty() {
-        resource.to_string()
+        plural.to_string()
     } else {
-        format!("{resource}.{group}")
-    };
-    let scope = match &namespace {
-        Some(ns) if resource == "serviceaccounts" => format!("in the namespace \"{ns}\""),
-        _ => "at the cluster scope".to_string(),
-    };
-    let resource_named = match (resource, &namespace) {
-        ("userextras", Some(key)) => format!("userextras/{key}"),
-        _ => resource.to_string(),
+        format!("{plural}.{group}")
     };
     Err(ApiError::forbidden(
         &qualified,
-        &name,
+        name,
         format!(
-            "User \"{}\" cannot impersonate resource \"{resource_named}\" in API group \"{group}\" {scope}",
+            "User \"{}\" cannot impersonate resource \"{resource}\" in API group \"{group}\" {scope}",
             user.name
         ),
     ))
@@ -1358,6 +1364,30 @@ pub async fn bootstrap(store: &Store, advertise_port: u16) -> ApiResult<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn impersonation_is_refused_in_kubes_words() {
+        let user = super::User::new("system:admin", &["system:masters"]);
+        let refused = |pairs: &[(&str, &str)]| {
+            let mut headers = http::HeaderMap::new();
+            for (k, v) in pairs {
+                headers.insert(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            super::refuse_impersonation(&user, &headers).map_err(|e| (e.code, e.message))
+        };
+        assert_eq!(refused(&[]), Ok(()));
+        assert_eq!(
+            refused(&[("impersonate-extra-scopes", "view")]),
+            Err((403, "userextras.authentication.k8s.io \"view\" is forbidden: User \"system:admin\" cannot impersonate resource \"userextras/scopes\" in API group \"authentication.k8s.io\" at the cluster scope".into()))
+        );
+        assert_eq!(
+            refused(&[("impersonate-user", "system:serviceaccount:ns:sa")]),
+            Err((403, "serviceaccounts \"sa\" is forbidden: User \"system:admin\" cannot impersonate resource \"serviceaccounts\" in API group \"\" in the namespace \"ns\"".into()))
+        );
+    }
+
     #[test]
     fn query_strings_decode_without_splitting_characters() {
         let uri: http::Uri = "/api/v1/pods?labelSelector=app%3Dweb&x=%é&y=a+b&z=%4"

@@ -148,11 +148,6 @@ impl ApiError {
         Self::new(503, "ServiceUnavailable", message)
     }
 
-    /// The `Status` object.
-    pub fn to_status(&self) -> Value {
-        serde_json::from_str(&self.to_status_json()).expect("a Status renders as JSON")
-    }
-
     /// The `Status` object as kube-apiserver writes it: its field order
     /// (`kind`, `apiVersion`, `metadata`, `status`, `message`, `reason`,
     /// `details`, `code`) and a trailing newline; clients compare bodies.
@@ -364,5 +359,23 @@ impl ApiError {
         }
         e.details = Some(details);
         e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_is_written_in_kubes_order() {
+        let e = ApiError::invalid(
+            "Pod",
+            "p",
+            vec![("spec.containers[0].name".into(), "Required value".into())],
+        );
+        assert_eq!(
+            e.to_status_json(),
+            "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\"message\":\"Pod \\\"p\\\" is invalid: spec.containers[0].name: Required value\",\"reason\":\"Invalid\",\"details\":{\"name\":\"p\",\"kind\":\"Pod\",\"causes\":[{\"reason\":\"FieldValueInvalid\",\"message\":\"Required value\",\"field\":\"spec.containers[0].name\"}]},\"code\":422}\n"
+        );
     }
 }

@@ -43,6 +43,15 @@ fn event(shape: Shape, kind: &str, object: &Value) -> Bytes {
     }
 }
 
+/// An ERROR event; its `Status` in kube's field order, as errors are.
+fn error_line(err: &ApiError) -> Bytes {
+    let status = err.to_status_json();
+    Bytes::from(format!(
+        "{{\"type\":\"ERROR\",\"object\":{}}}\n",
+        status.trim_end()
+    ))
+}
+
 fn line(kind: &str, object: &Value) -> Bytes {
     let mut s = json!({"type": kind, "object": object}).to_string();
     s.push('\n');
@@ -208,7 +217,7 @@ pub async fn start(
                 } else {
                     ApiError::internal(format!("the watch ended: {}", resp.cancel_reason))
                 };
-                tx.push(line("ERROR", &err.to_status()));
+                tx.push(error_line(&err));
                 return;
             }
             if resp.events.is_empty() {

@@ -30,49 +30,59 @@ pub struct Server {
     pub kubectl: PathBuf,
 }
 
+/// Starts `k3rs server --data-dir DIR` with `args`, on loopback without a
+/// metrics listener, logging to `DIR/k3rs.log`; waits for its Kubernetes
+/// API. Answers the process and the log's path.
+pub fn spawn_server(dir: &Path, args: &[&str]) -> (Child, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let log = dir.join("k3rs.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_k3rs"))
+        .arg("server")
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--bind-address", "127.0.0.1", "--metrics-bind-address", "0"])
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("starting k3rs server");
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !read_log().contains("serving the Kubernetes API") {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no Kubernetes API: {}", read_log());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, log)
+}
+
 impl Server {
     pub fn start(dir: &Path, extra: &[&str]) -> Server {
-        std::fs::create_dir_all(dir).unwrap();
-        let log = dir.join("k3rs.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_k3rs"))
-            .arg("server")
-            .arg("--data-dir")
-            .arg(dir)
-            .args([
-                "--listen-address",
-                &format!("127.0.0.1:{}", super::free_port()),
-            ])
-            .args(["--https-listen-port", &super::free_port().to_string()])
-            .args(["--bind-address", "127.0.0.1", "--metrics-bind-address", "0"])
+        let listen = format!("127.0.0.1:{}", super::free_port());
+        let https_port = super::free_port().to_string();
+        let mut args = vec![
+            "--listen-address",
+            &listen,
+            "--https-listen-port",
+            &https_port,
             // The API alone: these scenarios compare stored objects, which
             // controllers and an agent would change while they run
             // (tests/workloads.rs runs those).
-            .args(["--disable-agent", "--disable-controllers"])
-            .args(extra)
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let server = Server {
+            "--disable-agent",
+            "--disable-controllers",
+        ];
+        args.extend_from_slice(extra);
+        let (child, log) = spawn_server(dir, &args);
+        Server {
             child,
             kubeconfig: dir.join("server/cred/admin.kubeconfig"),
             log,
             kubectl: PathBuf::from(KUBECTL),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !std::fs::read_to_string(&server.log)
-            .unwrap_or_default()
-            .contains("serving the Kubernetes API")
-        {
-            assert!(
-                Instant::now() < deadline,
-                "no Kubernetes API: {}",
-                server.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
-        server
     }
 
     /// `k3rs server` on a real etcd 3.4.23 of its own, under `dir`

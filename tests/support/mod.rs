@@ -501,37 +501,17 @@ pub struct K3rsServer {
 impl K3rsServer {
     /// Starts it and waits for the Kubernetes API.
     pub fn start(data_dir: &Path, extra: &[&str]) -> K3rsServer {
-        std::fs::create_dir_all(data_dir).unwrap();
         let https_port = free_port();
-        let log = data_dir.join("k3rs.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_k3rs"))
-            .arg("server")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--https-listen-port", &https_port.to_string()])
-            .args(["--bind-address", "127.0.0.1", "--metrics-bind-address", "0"])
-            .args(extra)
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("starting k3rs server");
-        let server = K3rsServer {
+        let port = https_port.to_string();
+        let mut args = vec!["--https-listen-port", &port];
+        args.extend_from_slice(extra);
+        let (child, log) = api_server::spawn_server(data_dir, &args);
+        K3rsServer {
             child: Some(child),
             https_port,
             data_dir: data_dir.to_path_buf(),
             log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !server.log().contains("serving the Kubernetes API") {
-            assert!(
-                Instant::now() < deadline,
-                "no Kubernetes API: {}",
-                server.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
-        server
     }
 
     pub fn pid(&self) -> u32 {
