@@ -124,20 +124,14 @@ impl ApiError {
         Self::new(415, "UnsupportedMediaType", message)
     }
 
-    /// 422 with one cause per invalid field.
+    /// 422 with one `FieldValueInvalid` cause per `(field, message)`;
+    /// `kind` may carry its group (`PatchOptions.meta.k8s.io`).
     pub fn invalid(kind: &str, name: &str, causes: Vec<(String, String)>) -> Self {
-        let summary: Vec<String> = causes.iter().map(|(f, m)| format!("{f}: {m}")).collect();
-        let mut e = Self::new(
-            422,
-            "Invalid",
-            format!("{kind} \"{name}\" is invalid: {}", summary.join(", ")),
-        );
-        e.details = Some(json!({
-            "name": name,
-            "kind": kind,
-            "causes": causes.iter().map(|(f, m)| json!({"reason": "FieldValueInvalid", "message": m, "field": f})).collect::<Vec<_>>(),
-        }));
-        e
+        let causes = causes
+            .into_iter()
+            .map(|(field, message)| ("FieldValueInvalid", field, message))
+            .collect();
+        Self::invalid_fields("", kind, name, causes)
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
