@@ -190,6 +190,24 @@ pub struct NodeArgs {
     /// The agent's port for logs (the kubelet's); 0 picks a free one.
     #[arg(long, env = "K3RS_AGENT_PORT", default_value_t = 10250)]
     pub agent_port: u16,
+
+    /// How containers run: `containerd` (started and kept by the agent),
+    /// or `process` (host processes: no images, no isolation). Default:
+    /// containerd when it is on PATH and the agent runs as root.
+    #[arg(long, value_enum, env = "K3RS_CONTAINER_RUNTIME")]
+    pub container_runtime: Option<ContainerRuntime>,
+
+    /// An existing CRI socket (unix:///run/containerd/containerd.sock) to
+    /// run pods on instead of starting containerd.
+    #[arg(long, env = "K3RS_CONTAINER_RUNTIME_ENDPOINT")]
+    pub container_runtime_endpoint: Option<PathBuf>,
+}
+
+/// The container runtimes an agent can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ContainerRuntime {
+    Containerd,
+    Process,
 }
 
 impl NodeArgs {
@@ -215,6 +233,15 @@ impl NodeArgs {
                 );
             }
         }
+        let runtime = match (self.container_runtime, self.container_runtime_endpoint) {
+            (Some(ContainerRuntime::Process), Some(_)) => {
+                bail!("--container-runtime process runs no CRI: drop --container-runtime-endpoint")
+            }
+            (Some(ContainerRuntime::Process), None) => agent::RuntimeChoice::Process,
+            (_, Some(socket)) => agent::RuntimeChoice::Endpoint(socket),
+            (Some(ContainerRuntime::Containerd), None) => agent::RuntimeChoice::Containerd,
+            (None, None) => agent::RuntimeChoice::Auto,
+        };
         Ok(agent::Config {
             server,
             token,
@@ -224,6 +251,7 @@ impl NodeArgs {
             port: self.agent_port,
             labels,
             taints: self.node_taints,
+            runtime,
         })
     }
 }

@@ -1,26 +1,28 @@
-//! k3rs's node agent (the kubelet's job, for host processes): joins the
-//! cluster, registers its Node, renews its Lease, runs the pods bound to it
-//! and serves their logs.
+//! k3rs's node agent (the kubelet's job): joins the cluster, registers its
+//! Node, renews its Lease, runs the pods bound to it and serves their logs.
 //!
 //! - `join`: the CA check against the token, the node password, the
 //!   agent port's certificate.
 //! - `node`: the Node object, its status and the Lease heartbeat.
 //! - `pods`: this node's pods from the API to the supervisor and back.
 //! - `supervisor`: each pod's containers, restarts, probes and status;
-//!   `runtime`: how a container runs (host processes, behind a trait);
+//!   `runtime`: the seam between it and how pods run; `cri`: pods on
+//!   containerd through CRI; `process`: containers as host processes;
 //!   `probes`: readiness, liveness and startup probes.
 //! - `logs`: the agent's HTTPS port, serving container logs.
 
+pub mod cri;
 pub mod join;
 pub mod logs;
 pub mod node;
 pub mod pods;
 pub mod probes;
+pub mod process;
 pub mod runtime;
 pub mod supervisor;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +45,22 @@ pub struct Config {
     pub port: u16,
     pub labels: Vec<(String, String)>,
     pub taints: Vec<String>,
+    /// How the node's containers run.
+    pub runtime: RuntimeChoice,
+}
+
+/// How the node's containers run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeChoice {
+    /// containerd when it is on PATH and the agent runs as root, else
+    /// host processes (with a warning saying what to install).
+    Auto,
+    /// A containerd the agent starts and keeps running.
+    Containerd,
+    /// An existing CRI socket.
+    Endpoint(PathBuf),
+    /// Host processes: no images, no isolation.
+    Process,
 }
 
 /// Creates `dir` 0700, or tightens it to 0700: the node password, the
@@ -83,6 +101,45 @@ fn default_ip() -> IpAddr {
     }
 }
 
+/// The runtime `config` asks for, ready to run pods.
+async fn start_runtime(config: &Config, pods_dir: &Path) -> Result<Arc<dyn runtime::Runtime>> {
+    let choice = match &config.runtime {
+        RuntimeChoice::Auto => auto_runtime(),
+        other => other.clone(),
+    };
+    let endpoint = match choice {
+        RuntimeChoice::Process => {
+            process::cleanup_orphans(pods_dir);
+            return Ok(Arc::new(process::ProcessRuntime));
+        }
+        RuntimeChoice::Endpoint(socket) => Some(socket),
+        _ => None,
+    };
+    let cri = cri::setup::start(&config.dir, &config.node_name, endpoint.as_deref()).await?;
+    Ok(Arc::new(cri))
+}
+
+/// containerd when it can run here, else host processes.
+fn auto_runtime() -> RuntimeChoice {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root && cri::containerd::on_path("containerd") {
+        return RuntimeChoice::Containerd;
+    }
+    let why = if root {
+        "containerd is not on PATH"
+    } else {
+        "containerd needs root"
+    };
+    tracing::warn!(
+        why,
+        "running containers as host processes, without images or isolation: install containerd, runc and \
+         containernetworking-plugins (apt-get install containerd runc containernetworking-plugins) \
+         and run the agent as root, or pass --container-runtime process to silence this"
+    );
+    RuntimeChoice::Process
+}
+
 /// Joins (retrying while the server is unreachable), registers the node and
 /// runs until the process ends; errors that retrying cannot fix end it.
 pub async fn run(config: Config) -> Result<()> {
@@ -112,10 +169,8 @@ pub async fn run(config: Config) -> Result<()> {
     };
     let pods_dir = config.dir.join("pods");
     private_dir(&pods_dir)?;
-    runtime::cleanup_orphans(&pods_dir);
-    let process_runtime: Arc<dyn runtime::Runtime> = Arc::new(runtime::ProcessRuntime);
-    let (supervisor, updates) =
-        supervisor::Supervisor::new(pods_dir, process_runtime, ip.to_string());
+    let runtime = start_runtime(&config, &pods_dir).await?;
+    let (supervisor, updates) = supervisor::Supervisor::new(pods_dir, runtime, ip.to_string());
     let supervisor = Arc::new(supervisor);
     logs::serve(
         listener,

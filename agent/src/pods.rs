@@ -31,6 +31,13 @@ pub async fn run(client: Client, node: String, supervisor: Arc<Supervisor>) {
     );
     let pods = Informer::start(client.clone(), "/api/v1/pods", &query);
     pods.wait_synced().await;
+    // What a previous run left in the runtime for pods since gone.
+    let bound: HashSet<String> = pods
+        .list()
+        .iter()
+        .map(|p| str_at(p, "/metadata/uid").to_string())
+        .collect();
+    supervisor.forget_others(&bound).await;
     let mut changes = pods.changes();
     // UIDs being terminated, so each deletion runs once.
     let terminating: Arc<Mutex<HashSet<String>>> = Arc::default();
@@ -136,6 +143,14 @@ pub fn events_between(
                 format!("Back-off restarting failed container {name}"),
             ));
         }
+        if let Some(reason) = waiting.filter(|w| Some(*w) != was_waiting) {
+            let image = c["image"].as_str().unwrap_or_default();
+            let message = c
+                .pointer("/state/waiting/message")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            events.extend(waiting_events(reason, image, message));
+        }
         let last = c.pointer("/lastState/terminated");
         if last.is_some()
             && last.and_then(|t| t.get("reason")).and_then(Value::as_str) == Some("StartError")
@@ -152,6 +167,28 @@ pub fn events_between(
     events
 }
 
+/// The kubelet's Events for a container that waits for `reason`.
+fn waiting_events(reason: &str, image: &str, message: &str) -> Vec<(&'static str, &'static str, String)> {
+    match reason {
+        "ErrImagePull" => vec![
+            ("Warning", "Failed", format!("Failed to pull image {image:?}: {message}")),
+            ("Warning", "Failed", "Error: ErrImagePull".to_string()),
+        ],
+        "ImagePullBackOff" => vec![
+            ("Normal", "BackOff", format!("Back-off pulling image {image:?}")),
+            ("Warning", "Failed", "Error: ImagePullBackOff".to_string()),
+        ],
+        "ErrImageNeverPull" => vec![
+            ("Warning", "ErrImageNeverPull", message.to_string()),
+            ("Warning", "Failed", "Error: ErrImageNeverPull".to_string()),
+        ],
+        "CreateContainerConfigError" | "CreateContainerError" | "InvalidImageName" => {
+            vec![("Warning", "Failed", format!("Error: {message}"))]
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// Writes the supervisor's status reports to `pods/NAME/status`; a burst
 /// for one pod is written once, with its latest status; records the Events
 /// its changes mean.
@@ -161,14 +198,12 @@ pub async fn report(client: Client, mut updates: mpsc::Receiver<PodUpdate>) {
     loop {
         if pending.is_empty() {
             match updates.recv().await {
-                Some(u) => {
-                    pending.insert(u.uid.clone(), u);
-                }
+                Some(u) => queue(&mut pending, u),
                 None => return,
             }
         }
         while let Ok(u) = updates.try_recv() {
-            pending.insert(u.uid.clone(), u);
+            queue(&mut pending, u);
         }
         let batch: Vec<PodUpdate> = pending.drain().map(|(_, u)| u).collect();
         if last.len() > 4096 {
@@ -182,9 +217,9 @@ pub async fn report(client: Client, mut updates: mpsc::Receiver<PodUpdate>) {
             let body = json!({"status": update.status});
             match client.patch(&path, PatchType::Merge, &body).await {
                 Ok(pod) => {
-                    for (kind, reason, message) in
-                        events_between(last.get(&update.uid), &update.status)
-                    {
+                    let mut events = update.events.clone();
+                    events.extend(events_between(last.get(&update.uid), &update.status));
+                    for (kind, reason, message) in events {
                         apiserver::controllers::record_event(
                             &client, &pod, kind, reason, &message, "kubelet",
                         )
@@ -195,10 +230,35 @@ pub async fn report(client: Client, mut updates: mpsc::Receiver<PodUpdate>) {
                 Err(e) if e.is_not_found() => {}
                 Err(e) => {
                     tracing::warn!(pod = %path, error = %e, "writing pod status failed; retrying");
-                    pending.entry(update.uid.clone()).or_insert(update);
+                    queue_older(&mut pending, update);
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
+        }
+    }
+}
+
+/// Queues an update; one still pending for the pod is replaced, its
+/// events kept.
+fn queue(pending: &mut HashMap<String, PodUpdate>, mut update: PodUpdate) {
+    if let Some(older) = pending.remove(&update.uid) {
+        let mut events = older.events;
+        events.append(&mut update.events);
+        update.events = events;
+    }
+    pending.insert(update.uid.clone(), update);
+}
+
+/// Puts back an update whose write failed, unless a newer one came.
+fn queue_older(pending: &mut HashMap<String, PodUpdate>, older: PodUpdate) {
+    match pending.get_mut(&older.uid) {
+        Some(newer) => {
+            let mut events = older.events;
+            events.append(&mut newer.events);
+            newer.events = events;
+        }
+        None => {
+            pending.insert(older.uid.clone(), older);
         }
     }
 }

@@ -3,13 +3,12 @@
 //! check, `ProbeState` turns results into a verdict with the success and
 //! failure thresholds, and `Prober` paces the checks.
 //!
-//! Exec probes run on the host, in the container's directory with its
-//! environment (a CRI runtime would route them through ExecSync instead).
-//! HTTP probes speak just enough HTTP/1.1 by hand; HTTPS and gRPC are not
+//! Exec probes run through the runtime's `ExecSync` (inside the container,
+//! or on the host for the process runtime); network probes dial the pod's
+//! IP unless they name a host. HTTP probes speak just enough HTTP/1.1 by hand; HTTPS and gRPC are not
 //! supported.
 
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -17,8 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-/// Where probes without an explicit host connect: host network, so loopback.
-const DEFAULT_HOST: &str = "127.0.0.1";
+use crate::runtime::ExecSync;
+
 /// The most of an HTTP response read while looking for its status line.
 const MAX_STATUS_LINE: usize = 8 * 1024;
 
@@ -29,14 +28,15 @@ pub enum Action {
     Exec { command: Vec<String> },
     /// GET a URL; success is a status in 200..=399.
     HttpGet {
-        host: String,
+        /// None: the pod's IP.
+        host: Option<String>,
         port: u16,
         path: String,
         https: bool,
         headers: Vec<(String, String)>,
     },
     /// Open a TCP connection; success is that it connects.
-    TcpSocket { host: String, port: u16 },
+    TcpSocket { host: Option<String>, port: u16 },
 }
 
 /// A parsed core/v1 Probe.
@@ -50,11 +50,12 @@ pub struct Probe {
     pub failure_threshold: u32,
 }
 
-/// What exec probes run with: the container's environment and directory.
-#[derive(Debug, Clone, Default)]
+/// What probes run against: the container (exec) and the pod's address.
+#[derive(Clone)]
 pub struct ProbeContext {
-    pub env: Vec<(String, String)>,
-    pub dir: PathBuf,
+    pub exec: Arc<dyn ExecSync>,
+    /// Where network probes without a host connect.
+    pub host: String,
 }
 
 impl Probe {
@@ -124,18 +125,18 @@ impl Probe {
     pub async fn run_once(&self, ctx: &ProbeContext) -> Result<(), String> {
         match &self.action {
             Action::Exec { command } => exec(command, ctx, self.timeout).await,
-            action => tokio::time::timeout(self.timeout, network(action))
+            action => tokio::time::timeout(self.timeout, network(action, &ctx.host))
                 .await
                 .unwrap_or_else(|_| Err(format!("timed out after {:?}", self.timeout))),
         }
     }
 }
 
-fn host(action: &Value) -> String {
-    match action["host"].as_str() {
-        Some(h) if !h.is_empty() => h.to_string(),
-        _ => DEFAULT_HOST.to_string(),
-    }
+fn host(action: &Value) -> Option<String> {
+    action["host"]
+        .as_str()
+        .filter(|h| !h.is_empty())
+        .map(String::from)
 }
 
 /// An IntOrString port: a number, or the name of one of the container's ports.
@@ -158,43 +159,24 @@ fn port(port: &Value, container: &Value) -> Result<u16, String> {
 }
 
 async fn exec(command: &[String], ctx: &ProbeContext, timeout: Duration) -> Result<(), String> {
-    let mut child = tokio::process::Command::new(&command[0])
-        .args(&command[1..])
-        .env_clear()
-        .envs(ctx.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&ctx.dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("exec {:?}: {e}", command[0]))?;
-    let status = match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(status) => status.map_err(|e| e.to_string())?,
-        Err(_) => {
-            // Not reaped yet, so the group id is still this command's.
-            if let Some(pid) = child.id() {
-                // SAFETY: kill has no memory effects.
-                unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-            }
-            let _ = child.wait().await;
-            return Err(format!("command {command:?} timed out after {timeout:?}"));
-        }
-    };
-    match status.code() {
-        Some(0) => Ok(()),
-        Some(code) => Err(format!("command {command:?} exited with {code}")),
-        None => Err(format!("command {command:?} was killed ({status})")),
+    let out = ctx.exec.exec_sync(command, timeout).await?;
+    match out.exit_code {
+        0 => Ok(()),
+        code if out.output.is_empty() => Err(format!("command {command:?} exited with {code}")),
+        // The kubelet reports what the command printed.
+        _ => Err(String::from_utf8_lossy(&out.output).trim_end().to_string()),
     }
 }
 
-async fn network(action: &Action) -> Result<(), String> {
+async fn network(action: &Action, pod_ip: &str) -> Result<(), String> {
     match action {
-        Action::TcpSocket { host, port } => TcpStream::connect((host.as_str(), *port))
-            .await
-            .map(drop)
-            .map_err(|e| format!("dial tcp {host}:{port}: {e}")),
+        Action::TcpSocket { host, port } => {
+            let host = host.as_deref().unwrap_or(pod_ip);
+            TcpStream::connect((host, *port))
+                .await
+                .map(drop)
+                .map_err(|e| format!("dial tcp {host}:{port}: {e}"))
+        }
         Action::HttpGet { https: true, .. } => {
             Err("HTTPS probes are not supported by k3rs; use scheme HTTP, tcpSocket or exec".into())
         }
@@ -205,6 +187,7 @@ async fn network(action: &Action) -> Result<(), String> {
             headers,
             ..
         } => {
+            let host = host.as_deref().unwrap_or(pod_ip);
             let code = http_get(host, *port, path, headers).await?;
             if (200..400).contains(&code) {
                 Ok(())
@@ -379,12 +362,16 @@ mod tests {
     }
 
     fn ctx() -> ProbeContext {
-        ProbeContext {
+        let host = crate::process::HostExec {
             env: vec![
                 ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
                 ("X".into(), "7".into()),
             ],
             dir: std::env::temp_dir(),
+        };
+        ProbeContext {
+            exec: Arc::new(host),
+            host: "127.0.0.1".into(),
         }
     }
 
@@ -394,7 +381,7 @@ mod tests {
         assert_eq!(
             p.action,
             Action::HttpGet {
-                host: "127.0.0.1".into(),
+                host: None,
                 port: 8080,
                 path: "/healthz".into(),
                 https: false,

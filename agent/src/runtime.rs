@@ -1,27 +1,22 @@
-//! Running containers. `Runtime` is the seam a CRI runtime can plug into
-//! later; `ProcessRuntime` runs each container's command as a plain host
-//! process (host network, no isolation), because these machines have no
-//! container engine.
+//! How pods run, behind a seam: a `Runtime` makes each pod's `Sandbox`
+//! (its namespaces and network) and starts `Container`s in it. The CRI
+//! runtime (`cri::runtime`) runs them on containerd; the process runtime
+//! (`process`) runs each container's command as a host process, for
+//! machines without a container engine.
 //!
-//! A process container lives in its own process group, so signals reach
-//! everything it started, and when its main process exits the rest of the
-//! group is killed, as happens when a container's PID namespace ends.
-//! Its stdout and stderr go through a pipe to the log file, capped at
-//! `MAX_LOG_BYTES` with one rotated file kept.
+//! `ContainerSpec` is what the supervisor asks a runtime to start: read
+//! once from the core/v1 Container, with the run's attempt, log file,
+//! environment and mounts filled in per start.
 
-use std::fs::File;
+use std::collections::HashSet;
 use std::future::Future;
-use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
-use tokio::sync::watch;
 
 /// A boxed future, so `Runtime` stays usable as `dyn Runtime`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -29,36 +24,84 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// The most a container log file holds (the kubelet's `containerLogMaxSize`).
 pub const MAX_LOG_BYTES: u64 = 10 * 1024 * 1024;
 
-/// Stack of a container's two threads (log copy, exit wait): they hold
-/// almost nothing, and a node runs hundreds of them.
-const THREAD_STACK: usize = 128 * 1024;
-
-/// How long an exit waits for the log to drain: a process that left the
-/// group may hold the pipe open forever.
-const LOG_DRAIN: Duration = Duration::from_secs(1);
-
-/// `PATH` for containers when the agent itself has none (containerd's default).
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// Starts containers.
+/// Runs pods: a sandbox per pod (its namespaces and network), then its
+/// containers inside it.
 pub trait Runtime: Send + Sync {
+    /// Makes the pod's sandbox, or finds the one a previous agent run
+    /// made; resolves once it is ready.
+    fn sandbox<'a>(
+        &'a self,
+        pod: &'a SandboxSpec,
+    ) -> BoxFuture<'a, Result<Arc<dyn Sandbox>, StartError>>;
+    /// Removes what a previous run left for pods not in `keep` (uids).
+    fn forget_others<'a>(&'a self, keep: &'a HashSet<String>) -> BoxFuture<'a, ()>;
+    /// How container logs are written.
+    fn log_format(&self) -> LogFormat;
+}
+
+/// How a runtime writes container logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// The container's bytes as it wrote them.
+    Raw,
+    /// The CRI format: `TIMESTAMP STREAM P|F TEXT` per line.
+    Cri,
+}
+
+/// What a sandbox is made from.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    /// The core/v1 Pod.
+    pub pod: Value,
+    /// The pod's directory on the node (its logs below it).
+    pub dir: PathBuf,
+}
+
+/// A pod's sandbox.
+pub trait Sandbox: Send + Sync {
+    /// The pod's IP; None when it uses the node's network.
+    fn ip(&self) -> Option<String>;
     /// Starts the container `spec` describes; resolves once it runs.
     fn start<'a>(
         &'a self,
         spec: &'a ContainerSpec,
-    ) -> BoxFuture<'a, Result<Box<dyn Container>, StartError>>;
+    ) -> BoxFuture<'a, Result<Arc<dyn Container>, StartError>>;
+    /// The newest container named `name` that a previous agent run
+    /// started here, running or exited, with its restart count.
+    fn adopt<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Option<(Arc<dyn Container>, u32)>>;
+    /// Stops and removes the sandbox once its containers are done.
+    fn remove(&self) -> BoxFuture<'_, ()>;
 }
 
 /// A started container.
-pub trait Container: Send + Sync {
-    /// The status `containerID`, e.g. `process://1234`.
+pub trait Container: ExecSync {
+    /// The status `containerID`, e.g. `containerd://0f3a...`.
     fn id(&self) -> &str;
+    /// The status `imageID`.
+    fn image_id(&self) -> String;
     /// When it started.
     fn started_at(&self) -> SystemTime;
     /// Signals every process of the container; a no-op once it has exited.
     fn signal(&self, signal: Signal);
     /// Resolves when the container has exited; may be called any number of times.
     fn wait(&self) -> BoxFuture<'_, Exit>;
+}
+
+/// Runs a command inside a container and waits for it (exec probes).
+pub trait ExecSync: Send + Sync {
+    fn exec_sync<'a>(
+        &'a self,
+        command: &'a [String],
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<ExecOutput, String>>;
+}
+
+/// What an exec'd command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub exit_code: i32,
+    /// stdout then stderr.
+    pub output: Vec<u8>,
 }
 
 /// The signals the agent sends.
@@ -69,7 +112,7 @@ pub enum Signal {
 }
 
 impl Signal {
-    fn number(self) -> libc::c_int {
+    pub(crate) fn number(self) -> libc::c_int {
         match self {
             Signal::Term => libc::SIGTERM,
             Signal::Kill => libc::SIGKILL,
@@ -85,10 +128,12 @@ pub struct Exit {
     /// The signal that ended it, if one did.
     pub signal: Option<i32>,
     pub finished_at: SystemTime,
+    /// The kernel killed it for exceeding its memory limit.
+    pub oom_killed: bool,
 }
 
 impl Exit {
-    fn from_status(status: std::process::ExitStatus) -> Exit {
+    pub(crate) fn from_status(status: std::process::ExitStatus) -> Exit {
         let (code, signal) = match (status.code(), status.signal()) {
             (Some(code), _) => (code, None),
             (None, Some(sig)) => (128 + sig, Some(sig)),
@@ -99,13 +144,20 @@ impl Exit {
             code,
             signal,
             finished_at: SystemTime::now(),
+            oom_killed: false,
         }
     }
 }
 
-/// Why a container could not start; shown as `reason: StartError`, exit code 128.
+/// Why a container could not start. `reason` is the kubelet's: a
+/// `StartError` (the runtime ran it and it failed) counts as a run that
+/// ended with exit code 128; the others (`ErrImagePull`,
+/// `ErrImageNeverPull`, `CreateContainerConfigError`,
+/// `CreateContainerError`) leave the container waiting, retried with
+/// back-off and no restart counted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartError {
+    pub reason: &'static str,
     pub message: String,
 }
 
@@ -118,33 +170,70 @@ impl std::fmt::Display for StartError {
 impl std::error::Error for StartError {}
 
 impl StartError {
+    /// The runtime tried to start it and failed (exit code 128).
+    pub fn start(message: impl Into<String>) -> StartError {
+        StartError {
+            reason: "StartError",
+            message: message.into(),
+        }
+    }
+
+    /// Waiting with `reason`, to be retried.
+    pub fn waiting(reason: &'static str, message: impl Into<String>) -> StartError {
+        StartError {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// Whether the container counts as having run (and exited 128).
+    pub fn ran(&self) -> bool {
+        self.reason == "StartError"
+    }
+
     /// Shaped like containerd's message for a failed task start, so users
     /// recognise it; the cause at the end is the real one.
-    fn oci(cause: impl std::fmt::Display) -> StartError {
-        StartError {
-            message: format!(
-                "failed to create containerd task: failed to create shim task: OCI runtime create failed: \
-                 runc create failed: unable to start container process: {cause}: unknown"
-            ),
-        }
+    pub(crate) fn oci(cause: impl std::fmt::Display) -> StartError {
+        StartError::start(format!(
+            "failed to create containerd task: failed to create shim task: OCI runtime create failed: \
+             runc create failed: unable to start container process: {cause}: unknown"
+        ))
     }
 }
 
 /// What a container runs, resolved from its core/v1 spec.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ContainerSpec {
     pub name: String,
     pub image: String,
-    /// Replaces the image's entrypoint (there is no image here).
+    /// The core/v1 Container as written (resources, security context,
+    /// ports, image pull policy...).
+    pub container: Value,
+    /// Replaces the image's entrypoint when not empty.
     pub command: Vec<String>,
+    /// Replaces the image's cmd when not empty.
     pub args: Vec<String>,
-    /// The full environment, in order; nothing else is inherited.
+    /// The container's own variables, in order; each runtime adds its
+    /// defaults (`PATH`, `HOSTNAME`...) under them.
     pub env: Vec<(String, String)>,
-    pub working_dir: PathBuf,
-    /// Where stdout and stderr go.
+    /// `workingDir`; empty: the image's (the pod's directory for a host process).
+    pub working_dir: String,
+    /// Which run of the container this is (its restart count).
+    pub attempt: u32,
+    /// Where stdout and stderr go: `POD_DIR/NAME/ATTEMPT.log`.
     pub log_path: PathBuf,
     /// Where the pid is recorded while it runs, for `cleanup_orphans`.
     pub pid_file: PathBuf,
+    /// Volumes bound into the container.
+    pub mounts: Vec<Mount>,
+}
+
+/// A host directory or file bound into a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub host_path: PathBuf,
+    pub container_path: String,
+    pub readonly: bool,
 }
 
 /// A name the agent will not make a path of.
@@ -177,86 +266,68 @@ pub fn path_under(dir: &Path, name: &str) -> Result<PathBuf, UnsafeName> {
 }
 
 impl ContainerSpec {
-    /// Reads a core/v1 Container of pod `pod_name` living in `pod_dir`.
-    /// `$(VAR)` references in env values, command and args are expanded as
-    /// the kubelet does; `valueFrom` entries are not supported and skipped.
-    /// Its files go in `pod_dir/<name>`, so a name that is no DNS-1123
-    /// label is refused.
-    pub fn from_json(
-        container: &Value,
-        pod_name: &str,
-        pod_dir: &Path,
-    ) -> Result<ContainerSpec, UnsafeName> {
+    /// Reads a core/v1 Container of a pod living in `pod_dir`. Its env is
+    /// the literal `value`s (`valueFrom` needs the API: `with_env` sets
+    /// the full one), with `$(VAR)` references in values, command and args
+    /// expanded as the kubelet does. Its files go in `pod_dir/<name>`, so a
+    /// name that is no DNS-1123 label is refused.
+    pub fn from_json(container: &Value, pod_dir: &Path) -> Result<ContainerSpec, UnsafeName> {
         let name = str_field(container, "name").to_string();
         let files = path_under(pod_dir, &name)?;
-        let strings = |key: &str| -> Vec<String> {
-            container[key]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|s| s.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let mut env = vec![
-            (
-                "PATH".to_string(),
-                std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into()),
-            ),
-            ("HOSTNAME".to_string(), pod_name.to_string()),
-        ];
-        if let Ok(home) = std::env::var("HOME") {
-            env.push(("HOME".to_string(), home));
-        }
-        // Expansion sees only the container's own variables, as in the kubelet.
-        let mut vars: Vec<(String, String)> = Vec::new();
+        let mut env: Vec<(String, String)> = Vec::new();
         for var in container["env"].as_array().into_iter().flatten() {
             let key = str_field(var, "name");
-            if key.is_empty() {
+            if key.is_empty() || var.get("valueFrom").is_some() {
                 continue;
             }
-            if var.get("valueFrom").is_some() {
-                tracing::warn!(container = %name, var = key, "env valueFrom is not supported; skipping it");
-                continue;
-            }
-            let value = expand(str_field(var, "value"), &vars);
-            set_env(&mut vars, key, value.clone());
+            let value = expand(str_field(var, "value"), &env);
             set_env(&mut env, key, value);
         }
-        let command = strings("command")
-            .iter()
-            .map(|s| expand(s, &vars))
-            .collect();
-        let args = strings("args").iter().map(|s| expand(s, &vars)).collect();
-        let working_dir = match str_field(container, "workingDir") {
-            "" => pod_dir.to_path_buf(),
-            dir => PathBuf::from(dir),
-        };
-        Ok(ContainerSpec {
+        let spec = ContainerSpec {
             image: str_field(container, "image").to_string(),
-            command,
-            args,
-            env,
-            working_dir,
+            container: container.clone(),
+            command: Vec::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+            working_dir: str_field(container, "workingDir").to_string(),
+            attempt: 0,
             log_path: files.join("0.log"),
             // A label has no dot, so this only appends `.pid`.
             pid_file: files.with_extension("pid"),
+            mounts: Vec::new(),
             name,
-        })
+        };
+        Ok(spec.with_env(env))
     }
 
-    /// The program and its arguments: `command` + `args`, or `args` alone.
-    pub fn argv(&self) -> Result<Vec<String>, StartError> {
-        let argv: Vec<String> = self.command.iter().chain(&self.args).cloned().collect();
-        if argv.is_empty() {
-            return Err(StartError {
-                message: "no command specified: containers run as host processes, so there is no \
-                          image entrypoint; set command or args"
-                    .to_string(),
-            });
-        }
-        Ok(argv)
+    /// This spec with `env` as the container's variables, and command and
+    /// args expanded against them.
+    pub fn with_env(mut self, env: Vec<(String, String)>) -> ContainerSpec {
+        let expanded = |key: &str| -> Vec<String> {
+            self.container[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(|s| expand(s, &env))
+                .collect()
+        };
+        self.command = expanded("command");
+        self.args = expanded("args");
+        self.env = env;
+        self
+    }
+
+    /// This spec for run `attempt`: its log is `NAME/ATTEMPT.log`.
+    pub fn for_attempt(mut self, attempt: u32) -> ContainerSpec {
+        self.log_path = self.log_path.with_file_name(format!("{attempt}.log"));
+        self.attempt = attempt;
+        self
+    }
+
+    /// A string field of the container as written.
+    pub fn field(&self, key: &str) -> &str {
+        str_field(&self.container, key)
     }
 }
 
@@ -300,346 +371,10 @@ pub fn expand(input: &str, env: &[(String, String)]) -> String {
     out
 }
 
-/// Runs containers as host processes.
-#[derive(Debug, Default, Clone)]
-pub struct ProcessRuntime;
-
-impl Runtime for ProcessRuntime {
-    fn start<'a>(
-        &'a self,
-        spec: &'a ContainerSpec,
-    ) -> BoxFuture<'a, Result<Box<dyn Container>, StartError>> {
-        let spec = spec.clone();
-        Box::pin(async move {
-            // fork/exec and the file writes are blocking work.
-            match tokio::task::spawn_blocking(move || spawn(&spec)).await {
-                Ok(started) => started.map(|c| Box::new(c) as Box<dyn Container>),
-                Err(e) => Err(StartError {
-                    message: format!("starting the process failed: {e}"),
-                }),
-            }
-        })
-    }
-}
-
-/// A running host process and its group.
-struct ProcessContainer {
-    id: String,
-    started_at: SystemTime,
-    pid: i32,
-    /// True once the main process has exited; signals are sent only before
-    /// that, while its pid (and group id) cannot have been reused.
-    exited: Arc<Mutex<bool>>,
-    exit: watch::Receiver<Option<Exit>>,
-}
-
-impl Container for ProcessContainer {
-    fn id(&self) -> &str {
-        &self.id
-    }
-
-    fn started_at(&self) -> SystemTime {
-        self.started_at
-    }
-
-    fn signal(&self, signal: Signal) {
-        let exited = self.exited.lock().unwrap_or_else(|e| e.into_inner());
-        if !*exited {
-            // SAFETY: kill has no memory effects; -pid names our process group.
-            unsafe { libc::kill(-self.pid, signal.number()) };
-        }
-    }
-
-    fn wait(&self) -> BoxFuture<'_, Exit> {
-        let mut exit = self.exit.clone();
-        Box::pin(async move {
-            match exit.wait_for(Option::is_some).await {
-                Ok(e) => e.clone().expect("waited for Some"),
-                // The waiter thread is gone without a word: report it as killed.
-                Err(_) => Exit {
-                    code: 128 + libc::SIGKILL,
-                    signal: Some(libc::SIGKILL),
-                    finished_at: SystemTime::now(),
-                },
-            }
-        })
-    }
-}
-
-fn spawn(spec: &ContainerSpec) -> Result<ProcessContainer, StartError> {
-    let argv = spec.argv()?;
-    if !spec.working_dir.is_dir() {
-        return Err(StartError::oci(format!(
-            "chdir to cwd ({:?}) set in config.json failed: no such file or directory",
-            spec.working_dir
-        )));
-    }
-    let log_dir = spec.log_path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(log_dir).map_err(|e| StartError {
-        message: format!("creating {}: {e}", log_dir.display()),
-    })?;
-    // Created up front, so a container's log exists as soon as it runs.
-    let log = File::create(&spec.log_path).map_err(|e| StartError {
-        message: format!("creating {}: {e}", spec.log_path.display()),
-    })?;
-    let (reader, writer) = std::io::pipe().map_err(|e| StartError {
-        message: format!("creating the log pipe: {e}"),
-    })?;
-    // A bigger pipe means fewer wake-ups for chatty containers (best effort).
-    // SAFETY: fcntl on a valid fd we own.
-    unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
-    let stderr = writer.try_clone().map_err(|e| StartError {
-        message: format!("creating the log pipe: {e}"),
-    })?;
-
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&spec.working_dir)
-        .stdin(Stdio::null())
-        .stdout(writer)
-        .stderr(stderr)
-        .process_group(0);
-    let spawned = cmd.spawn();
-    // Drop our copies of the pipe's write end, or the log never sees EOF.
-    drop(cmd);
-    let child = spawned.map_err(|e| exec_error(&argv[0], &e))?;
-    let pid = child.id() as i32;
-    let started_at = SystemTime::now();
-
-    if let Some(start) = start_time(pid) {
-        let record = format!("{pid} {start}\n");
-        if let Err(e) = std::fs::write(&spec.pid_file, record) {
-            tracing::warn!(file = %spec.pid_file.display(), error = %e, "writing the pid file failed");
-        }
-    }
-    let log_path = spec.log_path.clone();
-    let (logged, drained) = std::sync::mpsc::channel::<()>();
-    let logger = std::thread::Builder::new()
-        .name(format!("log-{pid}"))
-        .stack_size(THREAD_STACK)
-        .spawn(move || {
-            copy_log(reader, log, &log_path);
-            drop(logged);
-        });
-    let exited = Arc::new(Mutex::new(false));
-    let (tx, rx) = watch::channel(None);
-    let waiter = {
-        let exited = exited.clone();
-        let pid_file = spec.pid_file.clone();
-        std::thread::Builder::new()
-            .name(format!("wait-{pid}"))
-            .stack_size(THREAD_STACK)
-            .spawn(move || {
-                let exit = reap(child, &exited);
-                let _ = std::fs::remove_file(&pid_file);
-                // So that an exit, once reported, comes with all its output.
-                let _ = drained.recv_timeout(LOG_DRAIN);
-                let _ = tx.send(Some(exit));
-            })
-    };
-    if let Err(e) = logger.and(waiter) {
-        // No thread to wait on it: do not leave it running unsupervised.
-        // SAFETY: kill has no memory effects.
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
-        return Err(StartError {
-            message: format!("starting a supervisor thread: {e}"),
-        });
-    }
-    Ok(ProcessContainer {
-        id: format!("process://{pid}"),
-        started_at,
-        pid,
-        exited,
-        exit: rx,
-    })
-}
-
-/// The exec error as runc words it.
-fn exec_error(program: &str, e: &std::io::Error) -> StartError {
-    let cause = if program.contains('/') {
-        let what = match e.kind() {
-            std::io::ErrorKind::NotFound => "no such file or directory".to_string(),
-            std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
-            _ => e.to_string(),
-        };
-        format!("exec: {program:?}: stat {program}: {what}")
-    } else if e.kind() == std::io::ErrorKind::NotFound {
-        format!("exec: {program:?}: executable file not found in $PATH")
-    } else {
-        format!("exec: {program:?}: {e}")
-    };
-    StartError::oci(cause)
-}
-
-/// Waits for the main process to exit, kills what is left of its group,
-/// then reaps it. Waiting without reaping first keeps the pid (and so the
-/// group id) reserved while the group is killed.
-fn reap(mut child: Child, exited: &Mutex<bool>) -> Exit {
-    let pid = child.id() as libc::id_t;
-    loop {
-        // SAFETY: siginfo is plain data, filled in by waitid.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let rc =
-            unsafe { libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT) };
-        if rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            break;
-        }
-    }
-    {
-        let mut exited = exited.lock().unwrap_or_else(|e| e.into_inner());
-        // SAFETY: kill has no memory effects; the group id is still ours.
-        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-        *exited = true;
-    }
-    match child.wait() {
-        Ok(status) => Exit::from_status(status),
-        Err(e) => {
-            tracing::warn!(pid, error = %e, "reaping a container process failed");
-            Exit::from_status(std::process::ExitStatus::from_raw(libc::SIGKILL))
-        }
-    }
-}
-
-/// Field 22 of /proc/PID/stat: the start time in clock ticks since boot,
-/// which tells a process apart from a later one given the same pid.
-fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces; fields resume after its ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Moves a container's output from the pipe into its log file until every
-/// writer is gone. Past `MAX_LOG_BYTES` the file is rotated to `N.log.1`
-/// (replacing the last one), so a run keeps at most twice that on disk.
-/// splice(2) moves the bytes inside the kernel, keeping the agent's CPU
-/// cost low; read/write is the fallback where splice is refused.
-fn copy_log(mut pipe: std::io::PipeReader, file: File, path: &Path) {
-    let rotated = path.with_extension("log.1");
-    let mut file = Some(file);
-    let mut written = 0u64;
-    let mut use_splice = true;
-    // Only the read/write fallback needs a buffer; splice needs none.
-    let mut buf = Vec::new();
-    loop {
-        if written >= MAX_LOG_BYTES {
-            let _ = std::fs::rename(path, &rotated);
-            file = File::create(path)
-                .inspect_err(|e| tracing::warn!(log = %path.display(), error = %e, "rotating the container log failed"))
-                .ok();
-            written = 0;
-        }
-        let want = (MAX_LOG_BYTES - written).min(1 << 20) as usize;
-        let moved = match &mut file {
-            Some(f) if use_splice => {
-                // SAFETY: both fds are valid for the call; null offsets use the fds' own.
-                let n = unsafe {
-                    libc::splice(
-                        pipe.as_raw_fd(),
-                        std::ptr::null_mut(),
-                        f.as_raw_fd(),
-                        std::ptr::null_mut(),
-                        want,
-                        libc::SPLICE_F_MOVE,
-                    )
-                };
-                if n >= 0 {
-                    Ok(n as usize)
-                } else {
-                    let e = std::io::Error::last_os_error();
-                    if e.raw_os_error() == Some(libc::EINVAL) {
-                        use_splice = false;
-                        continue;
-                    }
-                    Err(e)
-                }
-            }
-            Some(f) => {
-                buf.resize(64 * 1024, 0);
-                let take = want.min(buf.len());
-                pipe.read(&mut buf[..take])
-                    .and_then(|n| f.write_all(&buf[..n]).map(|()| n))
-            }
-            None => {
-                buf.resize(64 * 1024, 0);
-                pipe.read(&mut buf)
-            }
-        };
-        match moved {
-            Ok(0) => return,
-            Ok(n) => written += n as u64,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                // A full disk, say: stop writing but keep draining so the
-                // container does not block on a full pipe.
-                tracing::warn!(log = %path.display(), error = %e, "writing the container log failed");
-                file = None;
-            }
-        }
-    }
-}
-
-/// Kills the process groups a previous agent run left behind. The agent
-/// does not reattach to running processes: after a crash it cleans up and
-/// starts its pods afresh, so this runs once at start, before any pod.
-/// Each `ROOT/<pod>/<container>.pid` holds a pid and its start time; a pid
-/// now used by another process is left alone. Returns how many groups were
-/// signalled.
-pub fn cleanup_orphans(root: &Path) -> usize {
-    let mut killed = 0;
-    let pods = std::fs::read_dir(root).into_iter().flatten().flatten();
-    for pod in pods {
-        let files = std::fs::read_dir(pod.path())
-            .into_iter()
-            .flatten()
-            .flatten();
-        for file in files.map(|f| f.path()) {
-            if file.extension().is_none_or(|e| e != "pid") {
-                continue;
-            }
-            if let Some(pid) = orphan_group(&file) {
-                // SAFETY: kill has no memory effects.
-                if unsafe { libc::kill(-pid, libc::SIGKILL) } == 0 {
-                    tracing::info!(pid, file = %file.display(), "killed a process group left by a previous run");
-                    killed += 1;
-                }
-            }
-            let _ = std::fs::remove_file(&file);
-        }
-    }
-    killed
-}
-
-/// The group id recorded in a pid file, if it is still that group.
-fn orphan_group(file: &Path) -> Option<i32> {
-    let record = std::fs::read_to_string(file).ok()?;
-    let mut parts = record.split_whitespace();
-    let pid: i32 = parts.next()?.parse().ok()?;
-    let recorded: u64 = parts.next()?.parse().ok()?;
-    if pid <= 1 {
-        return None;
-    }
-    match start_time(pid) {
-        Some(now) if now == recorded => Some(pid),
-        // The pid belongs to a different process now.
-        Some(_) => None,
-        // The leader is gone. Linux does not hand out a pid while a group
-        // still uses it as its id, so any group with this id is ours.
-        None => Some(pid),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    fn spec(dir: &Path, command: &[&str]) -> ContainerSpec {
-        let c = json!({"name": "c", "image": "busybox", "command": command});
-        ContainerSpec::from_json(&c, "pod", dir).unwrap()
-    }
 
     #[test]
     fn expansion_follows_kubernetes_rules() {
@@ -648,19 +383,20 @@ mod tests {
     }
 
     #[test]
-    fn spec_reads_env_and_argv() {
+    fn spec_reads_env_and_expands_args() {
         let c = json!({
             "name": "c", "image": "img", "args": ["echo", "$(GREETING)"],
             "env": [{"name": "GREETING", "value": "hi"}, {"name": "S", "valueFrom": {}}],
         });
-        let s = ContainerSpec::from_json(&c, "p", Path::new("/pods/u")).unwrap();
-        assert_eq!(s.argv().unwrap(), ["echo", "hi"]);
-        assert!(s.env.contains(&("HOSTNAME".into(), "p".into())));
-        assert!(!s.env.iter().any(|(k, _)| k == "S"));
+        let s = ContainerSpec::from_json(&c, Path::new("/pods/u")).unwrap();
+        assert_eq!(s.args, ["echo", "hi"]);
+        assert!(s.command.is_empty());
+        assert_eq!(s.env, [("GREETING".to_string(), "hi".to_string())]);
         assert_eq!(s.log_path, Path::new("/pods/u/c/0.log"));
         assert_eq!(s.pid_file, Path::new("/pods/u/c.pid"));
-        let empty = ContainerSpec::from_json(&json!({"name": "c"}), "p", Path::new("/")).unwrap();
-        assert!(empty.argv().is_err());
+        let s = s.with_env(vec![("GREETING".into(), "yo".into())]).for_attempt(3);
+        assert_eq!(s.args, ["echo", "yo"]);
+        assert_eq!((s.attempt, s.log_path.as_path()), (3, Path::new("/pods/u/c/3.log")));
     }
 
     #[test]
@@ -688,80 +424,7 @@ mod tests {
                 "{bad}"
             );
             let c = json!({"name": bad, "image": "busybox", "command": ["true"]});
-            assert!(ContainerSpec::from_json(&c, "p", dir).is_err(), "{bad}");
+            assert!(ContainerSpec::from_json(&c, dir).is_err(), "{bad}");
         }
-    }
-
-    #[tokio::test]
-    async fn runs_and_logs_and_reports_exit() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = spec(dir.path(), &["sh", "-c", "echo out; echo err >&2; exit 3"]);
-        let c = ProcessRuntime.start(&s).await.unwrap();
-        let exit = c.wait().await;
-        assert_eq!((exit.code, exit.signal), (3, None));
-        assert_eq!(std::fs::read_to_string(&s.log_path).unwrap(), "out\nerr\n");
-        assert!(!s.pid_file.exists());
-    }
-
-    #[tokio::test]
-    async fn missing_command_is_a_start_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let err = ProcessRuntime
-            .start(&spec(dir.path(), &["nosuchcmd"]))
-            .await
-            .err()
-            .unwrap();
-        assert!(
-            err.message
-                .contains(r#"exec: "nosuchcmd": executable file not found in $PATH"#),
-            "{err}"
-        );
-    }
-
-    #[tokio::test]
-    async fn term_signal_reaches_the_group() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = ProcessRuntime
-            .start(&spec(dir.path(), &["sleep", "1000"]))
-            .await
-            .unwrap();
-        c.signal(Signal::Term);
-        let exit = tokio::time::timeout(Duration::from_secs(5), c.wait())
-            .await
-            .unwrap();
-        assert_eq!((exit.code, exit.signal), (143, Some(libc::SIGTERM)));
-        c.signal(Signal::Kill); // after exit: a harmless no-op
-    }
-
-    #[tokio::test]
-    async fn log_is_capped_and_rotated() {
-        let dir = tempfile::tempdir().unwrap();
-        // 25 MiB of output.
-        let s = spec(dir.path(), &["sh", "-c", "head -c 26214400 /dev/zero"]);
-        let c = ProcessRuntime.start(&s).await.unwrap();
-        assert_eq!(c.wait().await.code, 0);
-        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        assert_eq!(size(&s.log_path), 5 * 1024 * 1024);
-        assert_eq!(size(&s.log_path.with_extension("log.1")), MAX_LOG_BYTES);
-    }
-
-    #[test]
-    fn cleanup_orphans_kills_a_leftover_group() {
-        let dir = tempfile::tempdir().unwrap();
-        let pod = dir.path().join("uid");
-        std::fs::create_dir(&pod).unwrap();
-        let mut child = Command::new("sh")
-            .args(["-c", "sleep 1000 & wait"])
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let pid = child.id() as i32;
-        let start = start_time(pid).unwrap();
-        std::fs::write(pod.join("c.pid"), format!("{pid} {start}\n")).unwrap();
-        // A stale record whose pid now belongs to someone else is left alone.
-        std::fs::write(pod.join("old.pid"), format!("{} 1\n", std::process::id())).unwrap();
-        assert_eq!(cleanup_orphans(dir.path()), 1);
-        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
-        assert!(!pod.join("c.pid").exists());
     }
 }

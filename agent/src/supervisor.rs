@@ -5,8 +5,11 @@
 //! sent as a `PodUpdate` for the agent to write to the API.
 //!
 //! Each pod runs in its own task (and each of its containers in one more);
-//! the `Supervisor` only keeps a handle per pod, keyed by uid. Each pod has
-//! a directory `ROOT/<uid>` holding the container logs
+//! the `Supervisor` only keeps a handle per pod, keyed by uid. A pod's
+//! task first gets its sandbox from the runtime (a new one, or the one a
+//! previous agent run left, whose containers are then adopted with their
+//! restart counts), and removes it when the pod is done. Each pod has a
+//! directory `ROOT/<uid>` holding the container logs
 //! (`<container>/<restartCount>.log`) and pid files. Those paths are made
 //! only through `runtime::path_under`: a pod whose uid or container names
 //! are no DNS-1123 labels (stored past the API server's checks) is refused.
@@ -22,7 +25,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::probes::{Probe, ProbeContext, Prober};
-use crate::runtime::{Container, ContainerSpec, Exit, Runtime, Signal, path_under};
+use crate::runtime::{
+    Container, ContainerSpec, Exit, Runtime, Sandbox, SandboxSpec, Signal, StartError, path_under,
+};
 
 /// Status updates queued for the agent; a full queue holds pod tasks back
 /// rather than dropping a status.
@@ -42,7 +47,12 @@ pub struct PodUpdate {
     pub uid: String,
     /// The full pod `.status`.
     pub status: Value,
+    /// Events that no status change shows (type, reason, message).
+    pub events: Vec<Event>,
 }
+
+/// An Event's type, reason and message.
+pub type Event = (&'static str, &'static str, String);
 
 /// Runs the pods bound to this node.
 pub struct Supervisor {
@@ -134,11 +144,13 @@ impl Supervisor {
             uid: uid.to_string(),
             state: Mutex::new(PodState::new(pod, &spec, &self.node_ip)),
             last_sent: tokio::sync::Mutex::new(None),
+            events: Mutex::default(),
             updates: self.updates.clone(),
         });
         let (stop, stop_rx) = watch::channel(None);
         let (done_tx, done) = watch::channel(false);
         let run = PodRun {
+            pod: Arc::new(pod.clone()),
             shared: shared.clone(),
             runtime: self.runtime.clone(),
             spec,
@@ -180,6 +192,7 @@ impl Supervisor {
             name: name.to_string(),
             uid: uid.to_string(),
             status: json!({"phase": "Failed", "reason": "InvalidName", "message": format!("Pod was rejected: {why}")}),
+            events: Vec::new(),
         };
         // A full queue: the next sync tries again.
         if self.updates.try_send(update).is_err() {
@@ -236,6 +249,12 @@ impl Supervisor {
     /// UIDs currently supervised.
     pub fn uids(&self) -> Vec<String> {
         lock(&self.pods).keys().cloned().collect()
+    }
+
+    /// Removes what a previous agent run left in the runtime for pods not
+    /// in `keep` (uids), once the node's pods are known.
+    pub async fn forget_others(&self, keep: &HashSet<String>) {
+        self.runtime.forget_others(keep).await;
     }
 
     /// Log file of a container: the current run, or with previous=true the
@@ -297,12 +316,6 @@ fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
         .unwrap_or_default()
 }
 
-/// The log of run `run`, beside the first run's (whose path was made
-/// from the container's checked name).
-fn run_log(first: &Path, run: u32) -> PathBuf {
-    first.with_file_name(format!("{run}.log"))
-}
-
 /// A time for the status; None for one a runtime does not know (the
 /// epoch or before), which kube leaves out rather than show 1970.
 fn timestamp(t: SystemTime) -> Option<String> {
@@ -356,7 +369,7 @@ impl PodSpec {
             list.into_iter()
                 .flatten()
                 .map(|c| {
-                    let spec = ContainerSpec::from_json(c, name, dir)
+                    let spec = ContainerSpec::from_json(c, dir)
                         .map_err(|e| format!("container name {e}"))?;
                     if !names.insert(spec.name.clone()) {
                         return Err(format!("container name {:?} is used twice", spec.name));
@@ -433,6 +446,8 @@ struct PodShared {
     /// The last status sent. An async mutex held across the send, so
     /// updates leave in the order the status changed.
     last_sent: tokio::sync::Mutex<Option<Value>>,
+    /// Events waiting to go with the next update.
+    events: Mutex<Vec<Event>>,
     updates: mpsc::Sender<PodUpdate>,
 }
 
@@ -441,11 +456,13 @@ impl PodShared {
         f(&mut lock(&self.state))
     }
 
-    /// Sends the status if it changed since the last one sent.
+    /// Sends the status if it changed since the last one sent, or events
+    /// wait to be sent.
     async fn report(&self) {
         let mut last = self.last_sent.lock().await;
         let status = lock(&self.state).status();
-        if last.as_ref() == Some(&status) {
+        let events = std::mem::take(&mut *lock(&self.events));
+        if last.as_ref() == Some(&status) && events.is_empty() {
             return;
         }
         *last = Some(status.clone());
@@ -454,9 +471,16 @@ impl PodShared {
             name: self.name.clone(),
             uid: self.uid.clone(),
             status,
+            events,
         };
         // Closed only when the agent is shutting down.
         let _ = self.updates.send(update).await;
+    }
+
+    /// Records an Event for the pod, sent with the next update.
+    async fn event(&self, kind: &'static str, reason: &'static str, message: String) {
+        lock(&self.events).push((kind, reason, message));
+        self.report().await;
     }
 
     async fn update<R>(&self, f: impl FnOnce(&mut PodState) -> R) -> R {
@@ -481,6 +505,8 @@ struct ContainerStatus {
     image: String,
     /// Of the latest run; None until one started.
     id: Option<String>,
+    /// The image the latest run started from.
+    image_id: String,
     state: State,
     last: Option<Terminated>,
     restarts: u32,
@@ -517,7 +543,13 @@ impl Terminated {
         Terminated {
             exit_code: exit.code,
             signal: exit.signal,
-            reason: if exit.code == 0 { "Completed" } else { "Error" },
+            reason: if exit.oom_killed {
+                "OOMKilled"
+            } else if exit.code == 0 {
+                "Completed"
+            } else {
+                "Error"
+            },
             message: None,
             started_at: timestamp(started_at),
             finished_at: timestamp(exit.finished_at),
@@ -555,6 +587,7 @@ impl ContainerStatus {
             name: spec.name.clone(),
             image: spec.image.clone(),
             id: None,
+            image_id: String::new(),
             state: State::Waiting {
                 reason,
                 message: None,
@@ -588,7 +621,7 @@ impl ContainerStatus {
         let mut c = json!({
             "name": self.name,
             "image": self.image,
-            "imageID": if self.id.is_some() { format!("process://{}", self.image) } else { String::new() },
+            "imageID": self.image_id,
             "ready": self.ready,
             "started": self.started,
             "restartCount": self.restarts,
@@ -623,6 +656,9 @@ struct PodState {
     finished: bool,
     start_time: String,
     node_ip: String,
+    /// The sandbox's IP (the node's for host network); None until the
+    /// sandbox is ready, when kube shows none.
+    pod_ip: Option<String>,
     /// Condition type → (status, lastTransitionTime).
     transitions: HashMap<&'static str, (bool, String)>,
     scheduled: Value,
@@ -662,6 +698,7 @@ impl PodState {
             finished: false,
             start_time,
             node_ip: node_ip.to_string(),
+            pod_ip: None,
             transitions: HashMap::new(),
             scheduled,
             qos_class: pod.pointer("/status/qosClass").cloned(),
@@ -775,11 +812,13 @@ impl PodState {
             "conditions": conditions,
             "hostIP": self.node_ip,
             "hostIPs": [{"ip": self.node_ip}],
-            "podIP": self.node_ip,
-            "podIPs": [{"ip": self.node_ip}],
             "startTime": self.start_time,
             "containerStatuses": self.containers.iter().map(ContainerStatus::json).collect::<Vec<_>>(),
         });
+        if let Some(ip) = &self.pod_ip {
+            status["podIP"] = json!(ip);
+            status["podIPs"] = json!([{"ip": ip}]);
+        }
         if !self.init.is_empty() {
             status["initContainerStatuses"] = self.init.iter().map(ContainerStatus::json).collect();
         }
@@ -818,6 +857,8 @@ impl PodState {
 /// What one pod's tasks share.
 #[derive(Clone)]
 struct PodRun {
+    /// The core/v1 Pod as first seen.
+    pod: Arc<Value>,
     shared: Arc<PodShared>,
     runtime: Arc<dyn Runtime>,
     spec: Arc<PodSpec>,
@@ -835,16 +876,63 @@ struct RunEnd {
 }
 
 impl PodRun {
-    /// The pod's task: init containers in order, then all containers.
+    /// The pod's task: its sandbox, init containers in order, then all
+    /// containers; the sandbox is removed once they are done for good.
     async fn run_pod(self) {
         if let Err(e) = tokio::fs::create_dir_all(&self.dir).await {
             // Its containers will fail to start, which shows in the status.
             tracing::error!(dir = %self.dir.display(), error = %e, "creating the pod directory failed");
         }
         self.shared.report().await;
+        if let Some(sandbox) = self.sandbox().await {
+            self.run_containers(&sandbox).await;
+            self.shared.update(|s| s.finished = true).await;
+            sandbox.remove().await;
+        } else {
+            self.shared.update(|s| s.finished = true).await;
+        }
+        tracing::info!(pod = %self.shared.name, namespace = %self.shared.namespace, "pod finished");
+    }
+
+    /// The pod's sandbox, retried with back-off until it is made; None if
+    /// the pod is stopped first.
+    async fn sandbox(&self) -> Option<Arc<dyn Sandbox>> {
+        let spec = SandboxSpec {
+            pod: (*self.pod).clone(),
+            dir: self.dir.clone(),
+        };
+        let mut delay = self.backoff.base;
+        let mut stop = self.stop.clone();
+        loop {
+            if stop.borrow().is_some() {
+                return None;
+            }
+            match self.runtime.sandbox(&spec).await {
+                Ok(sandbox) => {
+                    let ip = sandbox.ip().unwrap_or_else(|| lock(&self.shared.state).node_ip.clone());
+                    self.shared.update(|s| s.pod_ip = Some(ip)).await;
+                    return Some(sandbox);
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %self.shared.name, namespace = %self.shared.namespace, error = %e, "creating the pod sandbox failed");
+                    let message = format!("Failed to create pod sandbox: {}", e.message);
+                    self.shared.event("Warning", "FailedCreatePodSandBox", message).await;
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = stopped(&mut stop) => return None,
+            }
+            delay = (delay * 2).min(self.backoff.cap);
+        }
+    }
+
+    /// Init containers in order, then all containers side by side.
+    async fn run_containers(&self, sandbox: &Arc<dyn Sandbox>) {
         let mut initialized = true;
         for index in 0..self.spec.init.len() {
-            if self.clone().run_container(Slot { init: true, index }).await != Some(0) {
+            let slot = Slot { init: true, index };
+            if self.clone().run_container(slot, sandbox.clone()).await != Some(0) {
                 initialized = false;
                 break;
             }
@@ -863,37 +951,49 @@ impl PodRun {
                 .await;
             let mut tasks = tokio::task::JoinSet::new();
             for index in 0..self.spec.containers.len() {
-                tasks.spawn(self.clone().run_container(Slot { init: false, index }));
+                let slot = Slot { init: false, index };
+                tasks.spawn(self.clone().run_container(slot, sandbox.clone()));
             }
             while tasks.join_next().await.is_some() {}
         }
-        self.shared.update(|s| s.finished = true).await;
-        tracing::info!(pod = %self.shared.name, namespace = %self.shared.namespace, "pod finished");
     }
 
     /// Runs a container, restarting it per the policy, until it is done
     /// for good. Returns its last exit code; None if it never ran.
-    async fn run_container(mut self, slot: Slot) -> Option<i32> {
+    async fn run_container(mut self, slot: Slot, sandbox: Arc<dyn Sandbox>) -> Option<i32> {
         // An owned handle, so `def` does not borrow `self`.
         let pod_spec = self.spec.clone();
         let def = pod_spec.def(slot);
         let mut backoff: Option<(Duration, Instant)> = None;
+        let mut waiting_delay = self.backoff.base;
         let mut exit_code = None;
+        let mut adopted = self.adopt(slot, &*sandbox).await;
         loop {
             if self.stop.borrow().is_some() {
                 return exit_code;
             }
             let run = self.shared.edit(|s| s.container(slot).restarts);
-            let mut spec = def.spec.clone();
-            spec.log_path = run_log(&def.spec.log_path, run);
+            let spec = def.spec.clone().for_attempt(run);
             if let Some(old) = run.checked_sub(2) {
                 // Only the current and the previous run's logs are kept.
-                let old = run_log(&def.spec.log_path, old);
+                let old = def.spec.clone().for_attempt(old).log_path;
                 let _ = tokio::fs::remove_file(old.with_extension("log.1")).await;
                 let _ = tokio::fs::remove_file(old).await;
             }
-            let end = match self.runtime.start(&spec).await {
+            let started = match adopted.take() {
+                Some(container) => Ok(container),
+                None => sandbox.start(&spec).await,
+            };
+            let end = match started {
                 Ok(container) => self.run_started(slot, container).await,
+                Err(e) if !e.ran() => {
+                    tracing::warn!(pod = %self.shared.name, container = %spec.name, reason = e.reason, error = %e, "container cannot be created yet");
+                    if !self.wait_to_retry(slot, &spec, e, waiting_delay).await {
+                        return exit_code;
+                    }
+                    waiting_delay = (waiting_delay * 2).min(self.backoff.cap);
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(pod = %self.shared.name, container = %spec.name, error = %e, "container failed to start");
                     RunEnd {
@@ -971,19 +1071,74 @@ impl PodRun {
         }
     }
 
+    /// The container a previous agent run started in this sandbox, taken
+    /// over with its restart count.
+    async fn adopt(&self, slot: Slot, sandbox: &dyn Sandbox) -> Option<Arc<dyn Container>> {
+        let name = &self.spec.def(slot).spec.name;
+        let (container, restarts) = sandbox.adopt(name).await?;
+        tracing::info!(pod = %self.shared.name, namespace = %self.shared.namespace, container = %name, id = container.id(), restarts, "adopted a running container");
+        self.shared.edit(|s| s.container(slot).restarts = restarts);
+        Some(container)
+    }
+
+    /// Shows why a container cannot be created (a pull that failed, a
+    /// missing configMap...) and waits `delay` before the next try. False
+    /// if the pod was stopped meanwhile.
+    async fn wait_to_retry(
+        &mut self,
+        slot: Slot,
+        spec: &ContainerSpec,
+        error: StartError,
+        delay: Duration,
+    ) -> bool {
+        self.shared
+            .update_container(slot, |c| {
+                c.state = State::Waiting {
+                    reason: error.reason,
+                    message: Some(error.message.clone()),
+                }
+            })
+            .await;
+        let mut delay = delay;
+        if error.reason == "ErrImagePull" {
+            // The kubelet shows the failure, then its back-off.
+            let shown = Duration::from_secs(1).min(delay);
+            tokio::select! {
+                () = tokio::time::sleep(shown) => {}
+                _ = stopped(&mut self.stop) => return false,
+            }
+            delay -= shown;
+            let message = format!("Back-off pulling image {:?}", spec.image);
+            self.shared
+                .update_container(slot, |c| {
+                    c.state = State::Waiting {
+                        reason: "ImagePullBackOff",
+                        message: Some(message),
+                    }
+                })
+                .await;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => true,
+            _ = stopped(&mut self.stop) => false,
+        }
+    }
+
     /// Watches a started container until it exits, a probe kills it, or
     /// the pod stops.
-    async fn run_started(&mut self, slot: Slot, container: Box<dyn Container>) -> RunEnd {
+    async fn run_started(&mut self, slot: Slot, container: Arc<dyn Container>) -> RunEnd {
         // An owned handle, so `def` does not borrow `self`.
         let pod_spec = self.spec.clone();
         let def = pod_spec.def(slot);
         let started = Instant::now();
         let id = container.id().to_string();
+        let image_id = container.image_id();
         let started_at = container.started_at();
         let no_startup = slot.init || def.startup.is_none();
         self.shared
             .update_container(slot, |c| {
                 c.id = Some(id.clone());
+                c.image_id = image_id;
                 c.state = State::Running {
                     started_at: timestamp(started_at),
                 };
@@ -994,7 +1149,7 @@ impl PodRun {
         let stop = &mut self.stop;
         let (exit, stopped) = tokio::select! {
             exit = container.wait() => (exit, false),
-            why = watch_probes(&self.shared, slot, def, started), if !slot.init => {
+            why = watch_probes(&self.shared, slot, def, started, probe_context(&container, &self.shared)), if !slot.init => {
                 tracing::info!(pod = %self.shared.name, container = %def.spec.name, why, "killing container");
                 (kill(&*container, self.spec.grace, stop).await, false)
             }
@@ -1014,11 +1169,8 @@ async fn watch_probes(
     slot: Slot,
     def: &ContainerDef,
     started: Instant,
+    ctx: ProbeContext,
 ) -> String {
-    let ctx = ProbeContext {
-        env: def.spec.env.clone(),
-        dir: def.spec.working_dir.clone(),
-    };
     if let Some(probe) = &def.startup {
         let mut prober = Prober::new(probe.clone(), started, None);
         loop {
@@ -1061,6 +1213,21 @@ async fn watch_probes(
     tokio::select! {
         why = liveness => why,
         why = readiness => why,
+    }
+}
+
+/// Probes exec in the container and dial the pod's IP (loopback for host
+/// processes, which share the node's network).
+fn probe_context(container: &Arc<dyn Container>, shared: &PodShared) -> ProbeContext {
+    let state = lock(&shared.state);
+    let host = match &state.pod_ip {
+        Some(ip) if *ip != state.node_ip => ip.clone(),
+        _ => "127.0.0.1".to_string(),
+    };
+    drop(state);
+    ProbeContext {
+        exec: container.clone(),
+        host,
     }
 }
 
@@ -1138,7 +1305,7 @@ fn go_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::ProcessRuntime;
+    use crate::process::ProcessRuntime;
 
     const WAIT: Duration = Duration::from_secs(10);
 
