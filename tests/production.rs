@@ -23,6 +23,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 fn generate_certs(dir: &Path) {
     let status = Command::new(env!("CARGO_BIN_EXE_k3rs"))
+            .env("K3RS_CONTAINER_RUNTIME", "process")
         .args(["certs", "generate", "--dir"])
         .arg(dir)
         .status()
@@ -245,6 +246,7 @@ async fn snapshot_save_restore_compare() {
     assert!(ok, "etcdctl snapshot save: {out}");
     let saved_by_k3rs = dir.path().join("k3rs.snap");
     let status = Command::new(env!("CARGO_BIN_EXE_k3rs"))
+            .env("K3RS_CONTAINER_RUNTIME", "process")
         .args(["kine", "snapshot", "save", "--endpoints"])
         .arg(format!("127.0.0.1:{}", source.port))
         .arg(&saved_by_k3rs)
@@ -256,6 +258,7 @@ async fn snapshot_save_restore_compare() {
     for (name, snapshot) in [("a", &saved_by_etcdctl), ("b", &saved_by_k3rs)] {
         let data_dir = dir.path().join(format!("restored-{name}"));
         let out = Command::new(env!("CARGO_BIN_EXE_k3rs"))
+            .env("K3RS_CONTAINER_RUNTIME", "process")
             .args(["kine", "snapshot", "restore"])
             .arg(snapshot)
             .arg("--data-dir")
@@ -293,6 +296,7 @@ async fn snapshot_save_restore_compare() {
     std::fs::write(&damaged, &bytes).unwrap();
     let target = dir.path().join("restored-damaged");
     let out = Command::new(env!("CARGO_BIN_EXE_k3rs"))
+            .env("K3RS_CONTAINER_RUNTIME", "process")
         .args(["kine", "snapshot", "restore"])
         .arg(&damaged)
         .arg("--data-dir")

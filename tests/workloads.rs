@@ -19,6 +19,7 @@ struct Process {
 impl Process {
     fn spawn(args: &[String], log: PathBuf) -> Process {
         let child = Command::new(env!("CARGO_BIN_EXE_k3rs"))
+            .env("K3RS_CONTAINER_RUNTIME", "process")
             .args(args)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
@@ -421,6 +422,7 @@ fn a_failing_container_shows_why_and_nothing_else_suffers() {
     let token = c.token();
     let wrong = format!("{}::server:wrong", token.split("::").next().unwrap());
     let out = Command::new(env!("CARGO_BIN_EXE_k3rs"))
+            .env("K3RS_CONTAINER_RUNTIME", "process")
         .args([
             "agent",
             "--server",
@@ -486,6 +488,7 @@ fn agents_recover_from_restarts_and_names_are_not_stolen() {
     // Another machine cannot take the name n1 while that node exists.
     let dir = tmp.path().join("impostor");
     let out = Command::new(env!("CARGO_BIN_EXE_k3rs"))
+            .env("K3RS_CONTAINER_RUNTIME", "process")
         .args([
             "agent",
             "--server",

@@ -8,18 +8,25 @@
 //! - `supervisor`: each pod's containers, restarts, probes and status;
 //!   `runtime`: the seam between it and how pods run; `cri`: pods on
 //!   containerd through CRI; `process`: containers as host processes;
-//!   `probes`: readiness, liveness and startup probes.
-//! - `logs`: the agent's HTTPS port, serving container logs.
+//!   `probes`: readiness, liveness and startup probes; `volumes` and
+//!   `env`: a pod's volumes and a container's variables, from the API
+//!   objects `objects` reads.
+//! - `logs`: the agent's HTTPS port, serving container logs (`cri_log`
+//!   reads the CRI log format).
 
 pub mod cri;
+pub mod cri_log;
+pub mod env;
 pub mod join;
 pub mod logs;
 pub mod node;
+pub mod objects;
 pub mod pods;
 pub mod probes;
 pub mod process;
 pub mod runtime;
 pub mod supervisor;
+pub mod volumes;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -171,7 +178,10 @@ pub async fn run(config: Config) -> Result<()> {
     private_dir(&pods_dir)?;
     let runtime = start_runtime(&config, &pods_dir).await?;
     let (supervisor, updates) = supervisor::Supervisor::new(pods_dir, runtime, ip.to_string());
-    let supervisor = Arc::new(supervisor);
+    let sources = objects::ApiSources {
+        client: joined.client.clone(),
+    };
+    let supervisor = Arc::new(supervisor.with_sources(Arc::new(sources)));
     logs::serve(
         listener,
         &joined.serving_cert_pem,

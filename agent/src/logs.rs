@@ -1,7 +1,8 @@
 //! The agent's port (the kubelet's 10250): `/containerLogs/NS/POD/CONTAINER`
 //! for `kubectl logs`, which the API server proxies here. TLS with the
 //! certificate the server issued at join; every request carries the
-//! cluster token.
+//! cluster token. Logs of the CRI runtime are decoded from the CRI
+//! format (`cri_log`); those of host processes are their bytes as written.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,6 +17,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use crate::cri_log::{Decoder, LogLine};
+use crate::runtime::LogFormat;
 use crate::supervisor::Supervisor;
 
 type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
@@ -27,9 +30,29 @@ pub struct LogQuery {
     pub previous: bool,
     pub tail_lines: Option<usize>,
     pub limit_bytes: Option<u64>,
+    pub timestamps: bool,
+    pub since_seconds: Option<u64>,
+    /// `sinceTime` as seconds since the epoch.
+    pub since_time: Option<i64>,
 }
 
 impl LogQuery {
+    /// The earliest time asked for, as seconds since the epoch.
+    fn since(&self) -> Option<i64> {
+        let seconds = self.since_seconds.map(|s| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            now - s as i64
+        });
+        seconds.max(self.since_time)
+    }
+
+    /// Whether the options need the runtime's per-line timestamps.
+    fn needs_timestamps(&self) -> bool {
+        self.timestamps || self.since_seconds.is_some() || self.since_time.is_some()
+    }
+
     pub fn parse(query: &str) -> LogQuery {
         let mut q = LogQuery::default();
         for pair in query.split('&') {
@@ -39,6 +62,12 @@ impl LogQuery {
                 "previous" => q.previous = v == "true" || v == "1",
                 "tailLines" => q.tail_lines = v.parse().ok(),
                 "limitBytes" => q.limit_bytes = v.parse().ok(),
+                "timestamps" => q.timestamps = v == "true" || v == "1",
+                "sinceSeconds" => q.since_seconds = v.parse().ok(),
+                "sinceTime" => {
+                    let v = v.replace("%3A", ":").replace("%3a", ":").replace("%2B", "+");
+                    q.since_time = crate::cri_log::parse_rfc3339(&v).map(|(s, _)| s);
+                }
                 _ => {}
             }
         }
@@ -124,7 +153,15 @@ async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Respo
         };
         return text(StatusCode::BAD_REQUEST, message);
     };
-    match logs(&state, namespace, pod, container, file, &query).await {
+    let format = state.supervisor.log_format();
+    if format == LogFormat::Raw && query.needs_timestamps() {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "timestamps, sinceSeconds and sinceTime need the containerd runtime: host-process \
+             logs carry no timestamps",
+        );
+    }
+    match logs(&state, namespace, pod, container, file, &query, format).await {
         Ok(r) => r,
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
     }
@@ -139,11 +176,24 @@ async fn logs(
     container: &str,
     file: PathBuf,
     query: &LogQuery,
+    format: LogFormat,
 ) -> Result<Response<Body>> {
     let data = tokio::fs::read(&file).await.unwrap_or_default();
-    let mut head = match query.tail_lines {
-        Some(n) => tail(&data, n).to_vec(),
-        None => data.clone(),
+    let mut decoder = Decoder::default();
+    let mut head = match format {
+        LogFormat::Raw => match query.tail_lines {
+            Some(n) => tail(&data, n).to_vec(),
+            None => data.clone(),
+        },
+        LogFormat::Cri => {
+            let mut lines = decoder.push(&data);
+            if !query.follow {
+                lines.extend(decoder.finish());
+            }
+            let lines = since(lines, query.since());
+            let skip = query.tail_lines.map_or(0, |n| lines.len().saturating_sub(n));
+            render(&lines[skip..], query.timestamps)
+        }
     };
     if let Some(limit) = query.limit_bytes {
         head.truncate(limit as usize);
@@ -166,6 +216,7 @@ async fn logs(
         container.to_string(),
     );
     let mut offset = data.len() as u64;
+    let (since_time, timestamps) = (query.since(), query.timestamps);
     tokio::spawn(async move {
         let mut quiet_since_stop = 0u32;
         loop {
@@ -178,12 +229,16 @@ async fn logs(
                 // Rotated under us: the new file starts from its beginning.
                 if len < offset {
                     offset = 0;
+                    decoder = Decoder::default();
                 }
                 if f.seek(std::io::SeekFrom::Start(offset)).await.is_ok() {
                     let _ = f.read_to_end(&mut chunk).await;
                 }
             }
             offset += chunk.len() as u64;
+            if format == LogFormat::Cri {
+                chunk = render(&since(decoder.push(&chunk), since_time), timestamps);
+            }
             let current = supervisor.log_path(&namespace, &pod, &container, false);
             if !chunk.is_empty() {
                 quiet_since_stop = 0;
@@ -205,6 +260,28 @@ async fn logs(
     Ok(Response::builder()
         .header(http::header::CONTENT_TYPE, "text/plain")
         .body(BodyExt::boxed(StreamBody::new(stream)))?)
+}
+
+/// The lines written at or after `since` (seconds since the epoch).
+fn since(lines: Vec<LogLine>, since: Option<i64>) -> Vec<LogLine> {
+    match since {
+        Some(t) => lines.into_iter().filter(|l| l.time.0 >= t).collect(),
+        None => lines,
+    }
+}
+
+/// The lines as `kubectl logs` prints them, each after its timestamp
+/// when asked.
+fn render(lines: &[LogLine], timestamps: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in lines {
+        if timestamps {
+            out.extend_from_slice(line.timestamp.as_bytes());
+            out.push(b' ');
+        }
+        out.extend_from_slice(&line.text);
+    }
+    out
 }
 
 /// Binds the agent's port (`0`: any free port); answers the bound address.
@@ -271,12 +348,24 @@ mod tests {
                 follow: true,
                 previous: false,
                 tail_lines: Some(2),
-                limit_bytes: None
+                ..LogQuery::default()
             }
         );
         assert_eq!(tail(b"a\nb\nc\n", 2), b"b\nc\n");
         assert_eq!(tail(b"a\nb\nc", 2), b"b\nc");
         assert_eq!(tail(b"a\n", 5), b"a\n");
         assert_eq!(tail(b"a\nb\n", 0), b"");
+        let q = LogQuery::parse("timestamps=true&sinceTime=1970-01-01T00%3A01%3A00Z");
+        assert!(q.timestamps && q.needs_timestamps());
+        assert_eq!(q.since_time, Some(60));
+    }
+
+    #[test]
+    fn cri_lines_render_with_timestamps_and_since() {
+        let mut d = Decoder::default();
+        let lines = d.push(b"1970-01-01T00:00:59Z stdout F a\n1970-01-01T00:01:00.5Z stderr F b\n");
+        assert_eq!(render(&lines, false), b"a\nb\n");
+        let late = since(lines, Some(60));
+        assert_eq!(render(&late, true), b"1970-01-01T00:01:00.5Z b\n");
     }
 }

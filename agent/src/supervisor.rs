@@ -24,7 +24,9 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::objects::Sources;
 use crate::probes::{Probe, ProbeContext, Prober};
+use crate::volumes::PodVolumes;
 use crate::runtime::{
     Container, ContainerSpec, Exit, Runtime, Sandbox, SandboxSpec, Signal, StartError, path_under,
 };
@@ -38,6 +40,9 @@ const BACKOFF_BASE: Duration = Duration::from_secs(10);
 const BACKOFF_CAP: Duration = Duration::from_secs(300);
 /// `terminationGracePeriodSeconds` when the pod does not say.
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// How often configMap, secret and downwardAPI volumes are rewritten
+/// from the API (the kubelet's sync period is about a minute).
+const VOLUME_REFRESH: Duration = Duration::from_secs(10);
 
 /// A pod's new status, for `pods/NAME/status`.
 #[derive(Debug, Clone)]
@@ -58,6 +63,9 @@ pub type Event = (&'static str, &'static str, String);
 pub struct Supervisor {
     root: PathBuf,
     runtime: Arc<dyn Runtime>,
+    /// Where volumes and env read API objects; None: literal env only
+    /// and no volumes (tests of the supervisor alone).
+    sources: Option<Arc<dyn Sources>>,
     node_ip: String,
     backoff: Backoff,
     updates: mpsc::Sender<PodUpdate>,
@@ -90,6 +98,7 @@ impl Supervisor {
         let supervisor = Supervisor {
             root,
             runtime,
+            sources: None,
             node_ip,
             backoff: Backoff {
                 base: BACKOFF_BASE,
@@ -100,6 +109,12 @@ impl Supervisor {
             refused: Mutex::default(),
         };
         (supervisor, rx)
+    }
+
+    /// Reads volumes' and env's objects from `sources`.
+    pub fn with_sources(mut self, sources: Arc<dyn Sources>) -> Self {
+        self.sources = Some(sources);
+        self
     }
 
     /// Replaces the crash-loop back-off (10 s doubling to 300 s), for tests.
@@ -153,6 +168,8 @@ impl Supervisor {
             pod: Arc::new(pod.clone()),
             shared: shared.clone(),
             runtime: self.runtime.clone(),
+            sources: self.sources.clone(),
+            volumes: None,
             spec,
             dir,
             backoff: self.backoff,
@@ -221,13 +238,8 @@ impl Supervisor {
         };
         let _ = done.wait_for(|d| *d).await;
         lock(&self.pods).remove(uid);
-        let Ok(dir) = path_under(&self.root, uid) else {
-            return;
-        };
-        if let Err(e) = tokio::fs::remove_dir_all(&dir).await
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(dir = %dir.display(), error = %e, "removing a pod directory failed");
+        if let Ok(dir) = path_under(&self.root, uid) {
+            remove_pod_dir(dir).await;
         }
     }
 
@@ -246,6 +258,11 @@ impl Supervisor {
         Some((entry.shared.clone(), entry.done.clone()))
     }
 
+    /// How the runtime writes container logs.
+    pub fn log_format(&self) -> crate::runtime::LogFormat {
+        self.runtime.log_format()
+    }
+
     /// UIDs currently supervised.
     pub fn uids(&self) -> Vec<String> {
         lock(&self.pods).keys().cloned().collect()
@@ -255,6 +272,13 @@ impl Supervisor {
     /// in `keep` (uids), once the node's pods are known.
     pub async fn forget_others(&self, keep: &HashSet<String>) {
         self.runtime.forget_others(keep).await;
+        let dirs = std::fs::read_dir(&self.root).into_iter().flatten().flatten();
+        for dir in dirs {
+            let uid = dir.file_name().to_string_lossy().into_owned();
+            if !keep.contains(&uid) && !lock(&self.pods).contains_key(&uid) {
+                remove_pod_dir(dir.path()).await;
+            }
+        }
     }
 
     /// Log file of a container: the current run, or with previous=true the
@@ -301,6 +325,22 @@ impl Supervisor {
             .max_by_key(|e| e.seq)?;
         let state = lock(&entry.shared.state);
         Some(state.containers.iter().map(|c| c.name.clone()).collect())
+    }
+}
+
+/// Removes a pod's directory, its volumes unmounted first so nothing
+/// mounted below it is emptied.
+async fn remove_pod_dir(dir: PathBuf) {
+    let teardown = dir.clone();
+    let _ = tokio::task::spawn_blocking(move || PodVolumes::teardown(&teardown)).await;
+    if dir.join("volumes").exists() {
+        tracing::warn!(dir = %dir.display(), "a pod's volumes are still mounted; keeping its directory");
+        return;
+    }
+    if let Err(e) = tokio::fs::remove_dir_all(&dir).await
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "removing a pod directory failed");
     }
 }
 
@@ -861,6 +901,9 @@ struct PodRun {
     pod: Arc<Value>,
     shared: Arc<PodShared>,
     runtime: Arc<dyn Runtime>,
+    sources: Option<Arc<dyn Sources>>,
+    /// Set up once the sandbox is.
+    volumes: Option<Arc<PodVolumes>>,
     spec: Arc<PodSpec>,
     dir: PathBuf,
     backoff: Backoff,
@@ -878,14 +921,20 @@ struct RunEnd {
 impl PodRun {
     /// The pod's task: its sandbox, init containers in order, then all
     /// containers; the sandbox is removed once they are done for good.
-    async fn run_pod(self) {
+    async fn run_pod(mut self) {
         if let Err(e) = tokio::fs::create_dir_all(&self.dir).await {
             // Its containers will fail to start, which shows in the status.
             tracing::error!(dir = %self.dir.display(), error = %e, "creating the pod directory failed");
         }
         self.shared.report().await;
         if let Some(sandbox) = self.sandbox().await {
-            self.run_containers(&sandbox).await;
+            if self.sources.is_none() || self.set_up_volumes().await {
+                let refresh = self.volumes.clone().map(|v| tokio::spawn(self.clone().refresh(v)));
+                self.run_containers(&sandbox).await;
+                if let Some(task) = refresh {
+                    task.abort();
+                }
+            }
             self.shared.update(|s| s.finished = true).await;
             sandbox.remove().await;
         } else {
@@ -925,6 +974,76 @@ impl PodRun {
             }
             delay = (delay * 2).min(self.backoff.cap);
         }
+    }
+
+    /// The pod as its containers see it: with its IPs in the status.
+    fn pod_view(&self) -> Value {
+        let mut pod = (*self.pod).clone();
+        let state = lock(&self.shared.state);
+        if let Some(ip) = &state.pod_ip {
+            pod["status"]["podIP"] = json!(ip);
+            pod["status"]["podIPs"] = json!([{"ip": ip}]);
+        }
+        pod["status"]["hostIP"] = json!(state.node_ip);
+        pod["status"]["hostIPs"] = json!([{"ip": state.node_ip}]);
+        pod
+    }
+
+    /// Sets up the pod's volumes, retried with back-off (each failure an
+    /// event, as the kubelet's FailedMount); false if the pod is stopped
+    /// first.
+    async fn set_up_volumes(&mut self) -> bool {
+        let Some(sources) = self.sources.clone() else {
+            return true;
+        };
+        let mut delay = self.backoff.base;
+        let mut stop = self.stop.clone();
+        loop {
+            match PodVolumes::setup(&self.pod_view(), &self.dir, sources.as_ref()).await {
+                Ok(volumes) => {
+                    self.volumes = Some(Arc::new(volumes));
+                    return true;
+                }
+                Err(message) => {
+                    tracing::warn!(pod = %self.shared.name, namespace = %self.shared.namespace, error = %message, "setting up the pod's volumes failed");
+                    self.shared.event("Warning", "FailedMount", message).await;
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = stopped(&mut stop) => return false,
+            }
+            delay = (delay * 2).min(self.backoff.cap);
+        }
+    }
+
+    /// Keeps configMap, secret and downwardAPI volumes in step with the API.
+    async fn refresh(self, volumes: Arc<PodVolumes>) {
+        let Some(sources) = self.sources.clone() else { return };
+        loop {
+            tokio::time::sleep(VOLUME_REFRESH).await;
+            volumes.refresh(&self.pod_view(), sources.as_ref()).await;
+        }
+    }
+
+    /// The spec of run `attempt` of a container: its env from the API
+    /// objects it names, its volume mounts.
+    async fn prepare(&self, def: &ContainerDef, attempt: u32) -> Result<ContainerSpec, StartError> {
+        let spec = def.spec.clone().for_attempt(attempt);
+        let Some(sources) = &self.sources else {
+            return Ok(spec);
+        };
+        let config_error = |m: String| StartError::waiting("CreateContainerConfigError", m);
+        let pod = self.pod_view();
+        let services = sources.services(&self.shared.namespace).await.map_err(config_error)?;
+        let env = crate::env::container_env(&pod, &spec.container, sources.as_ref(), &services)
+            .await
+            .map_err(config_error)?;
+        let mut spec = spec.with_env(env);
+        if let Some(volumes) = &self.volumes {
+            spec.mounts = volumes.mounts(&spec.container).map_err(config_error)?;
+        }
+        Ok(spec)
     }
 
     /// Init containers in order, then all containers side by side.
@@ -973,17 +1092,23 @@ impl PodRun {
                 return exit_code;
             }
             let run = self.shared.edit(|s| s.container(slot).restarts);
-            let spec = def.spec.clone().for_attempt(run);
+            let spec = if adopted.is_some() {
+                Ok(def.spec.clone().for_attempt(run))
+            } else {
+                self.prepare(def, run).await
+            };
             if let Some(old) = run.checked_sub(2) {
                 // Only the current and the previous run's logs are kept.
                 let old = def.spec.clone().for_attempt(old).log_path;
                 let _ = tokio::fs::remove_file(old.with_extension("log.1")).await;
                 let _ = tokio::fs::remove_file(old).await;
             }
-            let started = match adopted.take() {
-                Some(container) => Ok(container),
-                None => sandbox.start(&spec).await,
+            let started = match (adopted.take(), &spec) {
+                (Some(container), _) => Ok(container),
+                (None, Ok(spec)) => sandbox.start(spec).await,
+                (None, Err(e)) => Err(e.clone()),
             };
+            let spec = spec.unwrap_or_else(|_| def.spec.clone().for_attempt(run));
             let end = match started {
                 Ok(container) => self.run_started(slot, container).await,
                 Err(e) if !e.ran() => {

@@ -41,6 +41,7 @@ impl K3rs {
         let (port, metrics_port) = (free_port(), free_port());
         let log = data_dir.join("k3rs.log");
         let child = Command::new(env!("CARGO_BIN_EXE_k3rs"))
+            .env("K3RS_CONTAINER_RUNTIME", "process")
             .arg("kine")
             .arg("--listen-address")
             .arg(format!("127.0.0.1:{port}"))
@@ -571,6 +572,7 @@ impl Drop for K3rsServer {
 pub fn k3rs_to_exit(args: &[&str]) -> (bool, String) {
     let stderr = tempfile::NamedTempFile::new().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_k3rs"))
+            .env("K3RS_CONTAINER_RUNTIME", "process")
         .args(args)
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())

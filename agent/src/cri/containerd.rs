@@ -99,6 +99,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   sandbox_image = {sandbox}
   enable_selinux = false
   netns_mounts_under_state_dir = true
+  restrict_oom_score_adj = {restrict_oom}
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -120,8 +121,23 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             cni_bin = q(self.cni_bin_dir.clone()),
             cni_conf = q(self.cni_conf_dir()),
             certs = q(self.dir.join("certs.d")),
+            restrict_oom = !may_lower_oom_score(),
         )
     }
+}
+
+/// Whether this process may lower OOM scores (CAP_SYS_RESOURCE). Without
+/// it (a container without that capability, say) runc fails to start
+/// any sandbox at the kubelet's -998, so containerd is told to clamp
+/// scores to its own, as K3s does when rootless.
+fn may_lower_oom_score() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
 }
 
 /// A TOML basic string.
