@@ -28,6 +28,9 @@ pub struct Server {
     pub kubeconfig: PathBuf,
     pub log: PathBuf,
     pub kubectl: PathBuf,
+    dir: PathBuf,
+    /// The flags it was started with, for a restart.
+    args: Vec<String>,
 }
 
 /// Starts `k3rs server --data-dir DIR` with `args`, on loopback without a
@@ -63,27 +66,50 @@ pub fn spawn_server(dir: &Path, args: &[&str]) -> (Child, PathBuf) {
 
 impl Server {
     pub fn start(dir: &Path, extra: &[&str]) -> Server {
+        // The API alone: these scenarios compare stored objects, which
+        // controllers and an agent would change while they run
+        // (tests/workloads.rs runs those).
+        let mut args = vec!["--disable-agent", "--disable-controllers"];
+        args.extend_from_slice(extra);
+        Server::launch(dir, &args)
+    }
+
+    /// The whole server, controllers and its own agent included.
+    pub fn with_agent(dir: &Path, extra: &[&str]) -> Server {
+        Server::launch(dir, extra)
+    }
+
+    fn launch(dir: &Path, extra: &[&str]) -> Server {
         let listen = format!("127.0.0.1:{}", super::free_port());
         let https_port = super::free_port().to_string();
-        let mut args = vec![
-            "--listen-address",
-            &listen,
-            "--https-listen-port",
-            &https_port,
-            // The API alone: these scenarios compare stored objects, which
-            // controllers and an agent would change while they run
-            // (tests/workloads.rs runs those).
-            "--disable-agent",
-            "--disable-controllers",
+        let mut args: Vec<String> = vec![
+            "--listen-address".into(),
+            listen,
+            "--https-listen-port".into(),
+            https_port,
         ];
-        args.extend_from_slice(extra);
-        let (child, log) = spawn_server(dir, &args);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let borrowed: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (child, log) = spawn_server(dir, &borrowed);
         Server {
             child,
             kubeconfig: dir.join("server/cred/admin.kubeconfig"),
             log,
             kubectl: PathBuf::from(KUBECTL),
+            dir: dir.to_path_buf(),
+            args,
         }
+    }
+
+    /// Kills the server with -9 and starts it again with the same flags
+    /// and ports.
+    pub fn restart_killed(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let borrowed: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let (child, log) = spawn_server(&self.dir, &borrowed);
+        self.child = child;
+        self.log = log;
     }
 
     /// `k3rs server` on a real etcd 3.4.23 of its own, under `dir`

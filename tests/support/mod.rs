@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod api_server;
+pub mod containers;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -107,6 +107,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        Root = {runc_root}
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = {cni_bin}
     conf_dir = {cni_conf}
@@ -122,6 +123,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             cni_conf = q(self.cni_conf_dir()),
             certs = q(self.dir.join("certs.d")),
             restrict_oom = !may_lower_oom_score(),
+            runc_root = q(self.state().join("runc")),
         )
     }
 }

@@ -1,0 +1,189 @@
+//! Pods in real containers: `k3rs server` with its agent on containerd and
+//! runc (started by the agent), CNI's bridge plugin, and images imported
+//! from the airgap directory, driven by kubectl. Skipped, saying why, on
+//! a machine without root or without containerd, runc, the CNI plugins
+//! and busybox-static (scripts/test installs them).
+//!
+//! One test walks through the scenarios in turn: they share one
+//! containerd (starting one is the slow part), and the node's bridge and
+//! pod subnet are the host's, so no two such servers may run at once.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::api_server::Server;
+use support::containers::{Cleanup, busybox_image, missing};
+
+const IMAGE: &str = "k3rs.local/busybox:1";
+const WAIT: Duration = Duration::from_secs(90);
+
+/// Waits until `check` holds for the JSON kubectl prints for `args`.
+fn until(server: &Server, what: &str, args: &[&str], check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let (ok, out, err) = server.kubectl(args);
+        if ok && let Ok(v) = serde_json::from_str::<Value>(&out) {
+            if check(&v) {
+                return v;
+            }
+            last = out;
+        } else {
+            last = err;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    panic!("{what}: not within {WAIT:?}; last: {last}\nserver log:\n{}", server.log());
+}
+
+/// Waits until `check` holds for the output of kubectl `args`.
+fn until_text(server: &Server, what: &str, args: &[&str], check: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + WAIT;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let (_, out, err) = server.kubectl(args);
+        if check(&out) {
+            return out;
+        }
+        last = format!("{out}{err}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    panic!("{what}: not within {WAIT:?}; last: {last}\nserver log:\n{}", server.log());
+}
+
+fn container_state<'a>(pod: &'a Value, key: &str) -> &'a Value {
+    &pod["status"]["containerStatuses"][0]["state"][key]
+}
+
+/// The airgap directory: the busybox image (whose command says hello),
+/// and a corrupt tarball the agent must log and skip.
+fn airgap(data_dir: &Path) {
+    let images = data_dir.join("agent/images");
+    std::fs::create_dir_all(&images).unwrap();
+    busybox_image(&["sh", "-c", "echo hello from $(hostname); exec sleep 3600"])
+        .write_docker_archive(IMAGE, &images.join("busybox.tar"))
+        .unwrap();
+    std::fs::write(images.join("corrupt.tar"), b"this is no tarball").unwrap();
+}
+
+#[test]
+fn pods_run_in_containers() {
+    if let Some(why) = missing() {
+        eprintln!("skipping the container tests: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    // Dropped last: it removes what containerd leaves, even on a failure.
+    let _cleanup = Cleanup {
+        data_dir: data_dir.clone(),
+    };
+    airgap(&data_dir);
+    let mut server = Server::with_agent(&data_dir, &["--container-runtime", "containerd"]);
+    until_text(&server, "the node", &["get", "nodes"], |o| o.contains(" Ready "));
+    assert!(
+        server.log().contains("importing images failed; skipping the file"),
+        "the corrupt tarball is logged:\n{}",
+        server.log()
+    );
+
+    // A Deployment of an image with no command runs the image's own.
+    server.ok(&["create", "deployment", "web", &format!("--image={IMAGE}")]);
+    let web = until(
+        &server,
+        "the web pod running",
+        &["get", "pods", "-l", "app=web", "-o", "json"],
+        |v| v["items"][0]["status"]["containerStatuses"][0]["ready"] == true,
+    );
+    let web = &web["items"][0];
+    let web_name = web["metadata"]["name"].as_str().unwrap().to_string();
+    let container_id = web["status"]["containerStatuses"][0]["containerID"].as_str().unwrap().to_string();
+    assert!(container_id.starts_with("containerd://"), "{container_id}");
+    let pod_ip = web["status"]["podIP"].as_str().unwrap();
+    assert!(pod_ip.starts_with("10.42.0."), "the pod has its own address: {pod_ip}");
+    let logs = until_text(&server, "the web pod's log", &["logs", &web_name], |o| !o.is_empty());
+    assert_eq!(logs, format!("hello from {web_name}\n"), "the hostname is the pod's");
+    let stamped = server.ok(&["logs", &web_name, "--timestamps"]);
+    let (stamp, rest) = stamped.split_once(' ').unwrap();
+    assert!(stamp.ends_with('Z') && stamp.contains('T'), "{stamped}");
+    assert_eq!(rest, logs);
+
+    // A configMap seen as a volume and as env, and its update.
+    server.ok(&["create", "configmap", "cfg", "--from-literal=greeting=hello"]);
+    let pod = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "vol"},
+      "spec": {"containers": [{"name": "c", "image": "k3rs.local/busybox:1",
+        "command": ["sh", "-c", "echo env=$GREETING ip=$MY_IP; while true; do echo file=$(cat /cfg/greeting); sleep 1; done"],
+        "env": [{"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "greeting"}}},
+                {"name": "MY_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+        "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}]}],
+        "volumes": [{"name": "cfg", "configMap": {"name": "cfg"}}]}}"#;
+    let file = dir.path().join("vol.json");
+    std::fs::write(&file, pod).unwrap();
+    server.ok(&["apply", "-f", file.to_str().unwrap()]);
+    let logs = until_text(&server, "the configMap in the container", &["logs", "vol"], |o| {
+        o.contains("file=hello")
+    });
+    assert!(logs.starts_with("env=hello ip=10.42.0."), "{logs}");
+    server.ok(&["patch", "configmap", "cfg", "-p", r#"{"data": {"greeting": "updated"}}"#]);
+    until_text(&server, "the configMap update in the container", &["logs", "vol"], |o| {
+        o.contains("file=updated")
+    });
+
+    // A container over its memory limit is OOMKilled, as the kubelet says.
+    let oom = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "oom"},
+      "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "k3rs.local/busybox:1",
+        "command": ["sh", "-c", "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo survived"],
+        "resources": {"limits": {"memory": "16Mi"}}}]}}"#;
+    std::fs::write(&file, oom).unwrap();
+    server.ok(&["apply", "-f", file.to_str().unwrap()]);
+    let oom = until(&server, "the OOM kill", &["get", "pod", "oom", "-o", "json"], |v| {
+        container_state(v, "terminated").is_object()
+    });
+    let terminated = container_state(&oom, "terminated");
+    assert_eq!(terminated["reason"], "OOMKilled", "{oom}");
+    assert_eq!(terminated["exitCode"], 137);
+    assert_eq!(oom["status"]["phase"], "Failed");
+
+    // An image no registry has: ErrImagePull, then ImagePullBackOff, with
+    // the registry's error in the event; the agent goes on.
+    server.ok(&["run", "nope", "--image=127.0.0.1:1/nope:1", "--restart=Never"]);
+    let nope = until(&server, "the pull failure", &["get", "pod", "nope", "-o", "json"], |v| {
+        matches!(
+            container_state(v, "waiting")["reason"].as_str(),
+            Some("ErrImagePull" | "ImagePullBackOff")
+        )
+    });
+    assert_eq!(nope["status"]["phase"], "Pending");
+    let events = until_text(
+        &server,
+        "the pull failure's events",
+        &["get", "events", "--field-selector", "involvedObject.name=nope"],
+        |o| o.contains("Failed to pull image \"127.0.0.1:1/nope:1\""),
+    );
+    assert!(events.contains("connection refused"), "{events}");
+
+    // The agent killed with -9: its containers keep running and are
+    // adopted, not started again.
+    server.restart_killed();
+    until_text(&server, "the agent back", &["get", "nodes"], |o| o.contains(" Ready "));
+    std::thread::sleep(Duration::from_secs(3));
+    let web = until(&server, "the web pod after the restart", &["get", "pod", &web_name, "-o", "json"], |v| {
+        v["status"]["containerStatuses"][0]["ready"] == true
+    });
+    let status = &web["status"]["containerStatuses"][0];
+    assert_eq!(status["containerID"], container_id.as_str(), "the same container");
+    assert_eq!(status["restartCount"], 0);
+    assert!(server.log().contains("adopted a running container"), "{}", server.log());
+    let logs = server.ok(&["logs", &web_name]);
+    assert_eq!(logs.matches("hello from").count(), 1, "started once: {logs}");
+
+    // Deleting a pod removes its sandbox and its cgroup.
+    server.ok(&["delete", "pod", "vol", "--wait=true", "--timeout=60s"]);
+    server.ok(&["delete", "deployment", "web"]);
+    until_text(&server, "the pods gone", &["get", "pods", "-l", "app=web", "-o", "name"], |o| {
+        o.trim().is_empty()
+    });
+}
