@@ -180,10 +180,75 @@ fn pods_run_in_containers() {
     let logs = server.ok(&["logs", &web_name]);
     assert_eq!(logs.matches("hello from").count(), 1, "started once: {logs}");
 
+    // exec, cp and port-forward, with kubectl 1.32 and 1.37; exec into a
+    // finished pod gets kube's refusal.
+    let hostname = server.ok(&["exec", &web_name, "--", "cat", "/etc/hostname"]);
+    assert_eq!(hostname.trim(), web_name);
+    if let Some(newer) = support::api_server::kubectl_1_37() {
+        let out = std::process::Command::new(newer)
+            .args(["exec", &web_name, "--", "sh", "-c", "echo out; echo err >&2; exit 3"])
+            .env("KUBECONFIG", &server.kubeconfig)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    }
+    let local = dir.path().join("copied");
+    server.ok(&["cp", &format!("{web_name}:/etc/hostname"), local.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&local).unwrap().trim(), web_name);
+    std::fs::write(&local, "sent in\n").unwrap();
+    server.ok(&["cp", local.to_str().unwrap(), &format!("{web_name}:/tmp/sent")]);
+    assert_eq!(server.ok(&["exec", &web_name, "--", "cat", "/tmp/sent"]), "sent in\n");
+    let (ok, _, err) = server.kubectl(&["exec", "oom", "--", "true"]);
+    assert!(!ok);
+    assert!(
+        err.contains("cannot exec into a container in a completed pod; current phase is Failed"),
+        "{err}"
+    );
+    port_forward(&server, &web_name);
+
     // Deleting a pod removes its sandbox and its cgroup.
     server.ok(&["delete", "pod", "vol", "--wait=true", "--timeout=60s"]);
     server.ok(&["delete", "deployment", "web"]);
     until_text(&server, "the pods gone", &["get", "pods", "-l", "app=web", "-o", "name"], |o| {
         o.trim().is_empty()
     });
+}
+
+/// `kubectl port-forward` to busybox's httpd started in the pod.
+fn port_forward(server: &Server, pod: &str) {
+    server.ok(&[
+        "exec", pod, "--", "sh", "-c",
+        "mkdir -p /www && echo served > /www/index.html && (httpd -p 8080 -h /www &)",
+    ]);
+    let port = support::free_port();
+    let mut forward = std::process::Command::new(&server.kubectl)
+        .args(["port-forward", &format!("pod/{pod}"), &format!("{port}:8080")])
+        .env("KUBECONFIG", &server.kubeconfig)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let body = loop {
+        if let Some(body) = http_get(port) {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "no answer through port-forward");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let _ = forward.kill();
+    let _ = forward.wait();
+    assert!(body.ends_with("served\n"), "{body}");
+}
+
+fn http_get(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    tcp.write_all(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).ok()?;
+    answer.starts_with("HTTP/1.").then_some(answer)
 }

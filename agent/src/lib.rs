@@ -12,7 +12,8 @@
 //!   `env`: a pod's volumes and a container's variables, from the API
 //!   objects `objects` reads.
 //! - `logs`: the agent's HTTPS port, serving container logs (`cri_log`
-//!   reads the CRI log format).
+//!   reads the CRI log format) and exec, attach and port-forward
+//!   (`streams`).
 
 pub mod cri;
 pub mod cri_log;
@@ -25,6 +26,7 @@ pub mod pods;
 pub mod probes;
 pub mod process;
 pub mod runtime;
+pub mod streams;
 pub mod supervisor;
 pub mod volumes;
 

@@ -1,5 +1,6 @@
 //! The agent's port (the kubelet's 10250): `/containerLogs/NS/POD/CONTAINER`
-//! for `kubectl logs`, which the API server proxies here. TLS with the
+//! for `kubectl logs`, which the API server proxies here, and the
+//! streams of `kubectl exec`, `attach` and `port-forward` (`streams`). TLS with the
 //! certificate the server issued at join; every request carries the
 //! cluster token. Logs of the CRI runtime are decoded from the CRI
 //! format (`cri_log`); those of host processes are their bytes as written.
@@ -127,12 +128,25 @@ fn authorized(state: &State, req: &Request<hyper::body::Incoming>) -> bool {
             == 0
 }
 
-async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Response<Body> {
+async fn handle(state: Arc<State>, mut req: Request<hyper::body::Incoming>) -> Response<Body> {
     if !authorized(&state, &req) {
         return text(StatusCode::UNAUTHORIZED, "Unauthorized");
     }
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if let Some(target) = crate::streams::Target::parse(&segments) {
+        let upgrade = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
+        let answer = crate::streams::serve(
+            &state.supervisor,
+            target,
+            req.method(),
+            req.uri(),
+            req.headers(),
+            upgrade,
+        )
+        .await;
+        return answer.map(|b| Full::new(b).map_err(|never| match never {}).boxed());
+    }
     let ["containerLogs", namespace, pod, container] = segments.as_slice() else {
         return text(
             StatusCode::NOT_FOUND,
@@ -329,6 +343,7 @@ pub fn serve(
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .with_upgrades()
                     .await;
             });
         }

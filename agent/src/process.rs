@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use crate::runtime::{
     BoxFuture, Container, ContainerSpec, ExecOutput, ExecSync, Exit, LogFormat, MAX_LOG_BYTES,
-    Runtime, Sandbox, SandboxSpec, Signal, StartError,
+    Runtime, Sandbox, SandboxSpec, Signal, StartError, StreamRequest,
 };
 
 /// Stack of a container's two threads (log copy, exit wait): they hold
@@ -63,6 +63,14 @@ impl Runtime for ProcessRuntime {
 
     fn log_format(&self) -> LogFormat {
         LogFormat::Raw
+    }
+
+    fn stream_url<'a>(&'a self, _request: &'a StreamRequest) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(async {
+            Err("exec, attach and port-forward need the containerd runtime: this agent runs \
+                 containers as host processes (--container-runtime process)"
+                .to_string())
+        })
     }
 }
 

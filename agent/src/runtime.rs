@@ -37,6 +37,37 @@ pub trait Runtime: Send + Sync {
     fn forget_others<'a>(&'a self, keep: &'a HashSet<String>) -> BoxFuture<'a, ()>;
     /// How container logs are written.
     fn log_format(&self) -> LogFormat;
+    /// Where the runtime serves an exec, attach or port-forward stream:
+    /// a URL of its streaming server, or why it cannot.
+    fn stream_url<'a>(&'a self, request: &'a StreamRequest) -> BoxFuture<'a, Result<String, String>>;
+}
+
+/// A stream `kubectl exec`, `attach` or `port-forward` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamRequest {
+    Exec {
+        /// The runtime's ID (no `containerd://`).
+        container_id: String,
+        command: Vec<String>,
+        stdio: Stdio,
+    },
+    Attach {
+        container_id: String,
+        stdio: Stdio,
+    },
+    PortForward {
+        pod_uid: String,
+        ports: Vec<i32>,
+    },
+}
+
+/// Which standard streams a stream carries, and whether it is a terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stdio {
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
 }
 
 /// How a runtime writes container logs.

@@ -315,6 +315,38 @@ impl Supervisor {
         path.exists().then_some(path)
     }
 
+    /// The newest supervised pod named `namespace/pod`.
+    fn find(&self, namespace: &str, pod: &str) -> Option<(String, Arc<PodShared>)> {
+        let pods = lock(&self.pods);
+        pods.iter()
+            .filter(|(_, e)| e.shared.namespace == namespace && e.shared.name == pod)
+            .max_by_key(|(_, e)| e.seq)
+            .map(|(uid, e)| (uid.clone(), e.shared.clone()))
+    }
+
+    /// The uid of pod `namespace/pod`, if this node runs it.
+    pub fn pod_uid(&self, namespace: &str, pod: &str) -> Option<String> {
+        self.find(namespace, pod).map(|(uid, _)| uid)
+    }
+
+    /// The runtime's ID (without its `containerd://`) of container
+    /// `container` of pod `namespace/pod`, while it runs.
+    pub fn running_container(&self, namespace: &str, pod: &str, container: &str) -> Option<String> {
+        let (_, shared) = self.find(namespace, pod)?;
+        let state = lock(&shared.state);
+        let status = state.init.iter().chain(&state.containers).find(|c| c.name == container)?;
+        if !matches!(status.state, State::Running { .. }) {
+            return None;
+        }
+        let id = status.id.as_deref()?;
+        Some(id.split_once("://").map_or(id, |(_, raw)| raw).to_string())
+    }
+
+    /// Where the runtime serves the stream `request` asks for.
+    pub async fn stream_url(&self, request: &crate::runtime::StreamRequest) -> Result<String, String> {
+        self.runtime.stream_url(request).await
+    }
+
     /// Containers of a pod by name (not its init containers), for
     /// `kubectl logs` without -c.
     pub fn containers(&self, namespace: &str, pod: &str) -> Option<Vec<String>> {

@@ -170,6 +170,31 @@ pub struct Client {
 }
 
 impl Client {
+    /// Sends a request that switches protocols (exec, attach,
+    /// port-forward) and, once the server agrees, joins `client`'s
+    /// connection to it (`upgrade::forward`). HTTPS clients only.
+    pub async fn upgrade(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &http::HeaderMap,
+        client: hyper::upgrade::OnUpgrade,
+    ) -> ClientResult<http::Response<Bytes>> {
+        let Transport::Https(https) = &self.transport else {
+            return Err(ClientError::unreachable(
+                "an in-process client cannot switch protocols",
+            ));
+        };
+        let tls = https.tls().await?;
+        let host = format!("{}:{}", https.host, https.port);
+        let request =
+            crate::upgrade::next_hop_request(method, path, &host, headers, Some(&https.token))
+                .map_err(ClientError::unreachable)?;
+        crate::upgrade::forward(tls, request, client)
+            .await
+            .map_err(ClientError::unreachable)
+    }
+
     /// Requests go straight to the handlers, authenticated as the admin.
     pub fn in_process(api: Arc<Api>) -> Client {
         Client {
@@ -388,6 +413,7 @@ impl Client {
                     uri,
                     headers,
                     body.unwrap_or_default(),
+                    None,
                 ))
                 .await;
                 let status = response.status();
@@ -420,6 +446,21 @@ impl Client {
 
 impl Https {
     async fn connect(&self) -> ClientResult<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+        let tls = self.tls().await?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(ClientError::unreachable)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    /// A fresh TLS connection to the server.
+    async fn tls(
+        &self,
+    ) -> ClientResult<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
         let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| {
@@ -434,14 +475,7 @@ impl Https {
             .connect(self.server_name.clone(), tcp)
             .await
             .map_err(|e| ClientError::unreachable(format!("TLS with the API server: {e}")))?;
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .map_err(ClientError::unreachable)?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(sender)
+        Ok(tls)
     }
 
     async fn send_fresh(

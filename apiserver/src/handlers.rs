@@ -56,7 +56,7 @@ fn ok(value: &Value) -> Response {
 }
 
 /// Query string into pairs (percent-decoded).
-fn query(uri: &http::Uri) -> Vec<(String, String)> {
+pub fn query(uri: &http::Uri) -> Vec<(String, String)> {
     let decode = |s: &str| {
         let s = s.replace('+', " ");
         let bytes = s.as_bytes();
@@ -264,6 +264,7 @@ pub async fn handle(
     uri: http::Uri,
     headers: HeaderMap,
     body: Bytes,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response {
     let path = uri.path().trim_end_matches('/').to_string();
     match path.as_str() {
@@ -284,6 +285,11 @@ pub async fn handle(
             Ok(pem) => (StatusCode::OK, pem).into_response(),
             Err(e) => e.into_response(),
         };
+    }
+    if let Some(target) = crate::node_proxy::stream_target(&path) {
+        let streamed =
+            crate::node_proxy::stream(&api, &target, &method, &uri, &headers, upgrade).await;
+        return streamed.unwrap_or_else(|e| e.into_response());
     }
     match route(&api, &method, &uri, &path, &headers, body).await {
         Ok(r) => r,
@@ -487,12 +493,6 @@ async fn route(
         (Method::GET, Some(name), Some("log")) if res.kind == "Pod" => {
             let pod = get(api, res, ns, name).await?;
             crate::node_proxy::pod_log(api, &pod, &q).await
-        }
-        (_, Some(_), Some("exec" | "attach" | "portforward")) if res.kind == "Pod" => {
-            Err(ApiError::bad_request(format!(
-                "pods/{} is not built yet in k3rs: its agent runs containers as host processes; use kubectl logs, or run the command on the node",
-                sub.unwrap_or_default()
-            )))
         }
         (Method::POST, Some(name), Some("binding")) if res.kind == "Pod" => {
             let binding = parse_body(&body, &content_type)?;

@@ -33,6 +33,7 @@ pub mod scheduler;
 pub mod selectors;
 pub mod status;
 pub mod store;
+pub mod upgrade;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -213,7 +214,8 @@ async fn serve(
                 hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let (api, conn) = (api.clone(), conn.clone());
                     async move {
-                        let (parts, body) = req.into_parts();
+                        let (mut parts, body) = req.into_parts();
+                        let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
                         let body = http_body_util::Limited::new(body, MAX_BODY).collect();
                         let Ok(body) = tokio::time::timeout(BODY_READ_TIMEOUT, body).await else {
                             return Ok(axum::response::IntoResponse::into_response(
@@ -229,6 +231,7 @@ async fn serve(
                                     parts.uri,
                                     parts.headers,
                                     b.to_bytes(),
+                                    upgrade,
                                 )
                                 .await
                             }
@@ -245,6 +248,7 @@ async fn serve(
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .with_upgrades()
                 .await;
         });
     }

@@ -1,6 +1,8 @@
 //! Requests the API server passes to a node's agent (the kubelet's port):
-//! `pods/NAME/log` goes to the agent running the pod, over TLS checked
-//! against the node-serving CA, authenticated with the cluster token.
+//! `pods/NAME/log`, and `pods/NAME/exec|attach|portforward` (which switch
+//! protocols: `upgrade`), go to the agent running the pod, over TLS
+//! checked against the node-serving CA, authenticated with the cluster
+//! token.
 
 use axum::body::Body;
 use axum::response::Response;
@@ -21,6 +23,7 @@ const LOG_PARAMS: &[&str] = &[
     "timestamps",
     "limitBytes",
     "sinceSeconds",
+    "sinceTime",
 ];
 
 fn container_of(pod: &Value, asked: Option<&str>) -> ApiResult<String> {
@@ -87,20 +90,14 @@ fn agent_address(node: &Value) -> Option<String> {
     Some(format!("https://{host}:{port}"))
 }
 
-/// `GET pods/NAME/log`: the agent's answer, streamed.
-pub async fn pod_log(api: &Api, pod: &Value, query: &[(String, String)]) -> ApiResult<Response> {
-    let param = |n: &str| query.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
-    let container = container_of(pod, param("container"))?;
-    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
-    let namespace = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+/// A client for the agent running `pod`, and its address.
+async fn agent_of(api: &Api, pod: &Value, waiting: impl FnOnce() -> String) -> ApiResult<(Client, String)> {
     let Some(node_name) = pod
         .pointer("/spec/nodeName")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
     else {
-        return Err(ApiError::bad_request(format!(
-            "container \"{container}\" in pod \"{name}\" is waiting to start: ContainerCreating"
-        )));
+        return Err(ApiError::bad_request(waiting()));
     };
     let nodes = crate::resources::find("", "v1", "nodes").expect("served");
     let node = api
@@ -114,6 +111,100 @@ pub async fn pod_log(api: &Api, pod: &Value, query: &[(String, String)]) -> ApiR
     let token = api.tokens.first().cloned().unwrap_or_default();
     let client = Client::https(&address, &api.node_ca_pem, &token)
         .map_err(|e| ApiError::internal(format!("cannot reach node {node_name:?}: {e}")))?;
+    Ok((client, address))
+}
+
+/// A pod's streaming subresource: `(namespace, pod, exec|attach|portforward)`.
+pub struct StreamTarget {
+    pub namespace: String,
+    pub name: String,
+    pub subresource: String,
+}
+
+/// The target of `/api/v1/namespaces/NS/pods/NAME/exec|attach|portforward`.
+pub fn stream_target(path: &str) -> Option<StreamTarget> {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    match segments.as_slice() {
+        ["api", "v1", "namespaces", ns, "pods", name, sub @ ("exec" | "attach" | "portforward")] => {
+            Some(StreamTarget {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                subresource: sub.to_string(),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// `pods/NAME/exec|attach|portforward`: checked as kube-apiserver checks
+/// them, then passed to the agent's `/exec|attach|portForward` with the
+/// client's stream headers; once the agent switches protocols the two
+/// connections are joined.
+pub async fn stream(
+    api: &Api,
+    target: &StreamTarget,
+    method: &http::Method,
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> ApiResult<Response> {
+    if !matches!(*method, http::Method::GET | http::Method::POST) {
+        return Err(ApiError::method_not_allowed(format!(
+            "{} is not allowed on pods/{}",
+            method, target.subresource
+        )));
+    }
+    let pods = crate::resources::find("", "v1", "pods").expect("served");
+    let (namespace, name) = (target.namespace.as_str(), target.name.as_str());
+    let pod = api
+        .store
+        .get(&pods.key(Some(namespace), name))
+        .await?
+        .ok_or_else(|| ApiError::not_found("pods", name))?;
+    let query = uri.query().unwrap_or("");
+    let pairs = crate::handlers::query(uri);
+    let param = |n: &str| pairs.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+    let verb = target.subresource.as_str();
+    let path = if verb == "portforward" {
+        format!("/portForward/{namespace}/{name}")
+    } else {
+        let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or("");
+        if matches!(phase, "Succeeded" | "Failed") {
+            return Err(ApiError::bad_request(format!(
+                "cannot {verb} into a container in a completed pod; current phase is {phase}"
+            )));
+        }
+        let container = container_of(&pod, param("container"))?;
+        format!("/{verb}/{namespace}/{name}/{container}")
+    };
+    let path = if query.is_empty() { path } else { format!("{path}?{query}") };
+    let Some(upgrade) = upgrade.filter(|_| crate::upgrade::is_upgrade(headers)) else {
+        return Err(ApiError::bad_request("Upgrade request required"));
+    };
+    let (client, address) = agent_of(api, &pod, || {
+        format!("pod {name} does not have a host assigned")
+    })
+    .await?;
+    let answer = client
+        .upgrade(method, &path, headers, upgrade)
+        .await
+        .map_err(|e| ApiError::internal(format!("error dialing backend: {address}: {}", e.message)))?;
+    // The agent's refusal goes back as it is, as kube-apiserver passes the
+    // kubelet's.
+    let (parts, body) = answer.into_parts();
+    Ok(Response::from_parts(parts, Body::from(body)))
+}
+
+/// `GET pods/NAME/log`: the agent's answer, streamed.
+pub async fn pod_log(api: &Api, pod: &Value, query: &[(String, String)]) -> ApiResult<Response> {
+    let param = |n: &str| query.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+    let container = container_of(pod, param("container"))?;
+    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+    let namespace = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+    let (client, address) = agent_of(api, pod, || {
+        format!("container \"{container}\" in pod \"{name}\" is waiting to start: ContainerCreating")
+    })
+    .await?;
     let mut path = format!("/containerLogs/{namespace}/{name}/{container}");
     let forwarded: Vec<String> = LOG_PARAMS
         .iter()

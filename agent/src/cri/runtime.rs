@@ -21,6 +21,7 @@ use super::container::{self, CriContainer, ExitWatcher};
 use super::v1;
 use crate::runtime::{
     BoxFuture, Container, ContainerSpec, LogFormat, Runtime, Sandbox, SandboxSpec, StartError,
+    StreamRequest,
 };
 
 /// Labels the kubelet puts on what it creates; the runtime's own tools
@@ -185,6 +186,47 @@ impl Runtime for CriRuntime {
 
     fn log_format(&self) -> LogFormat {
         LogFormat::Cri
+    }
+
+    fn stream_url<'a>(&'a self, request: &'a StreamRequest) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(async move {
+            let mut runtime = self.cri.runtime.clone();
+            let answer = match request.clone() {
+                StreamRequest::Exec { container_id, command, stdio } => runtime
+                    .exec(v1::ExecRequest {
+                        container_id,
+                        cmd: command,
+                        tty: stdio.tty,
+                        stdin: stdio.stdin,
+                        stdout: stdio.stdout,
+                        stderr: stdio.stderr,
+                    })
+                    .await
+                    .map(|r| r.into_inner().url),
+                StreamRequest::Attach { container_id, stdio } => runtime
+                    .attach(v1::AttachRequest {
+                        container_id,
+                        stdin: stdio.stdin,
+                        tty: stdio.tty,
+                        stdout: stdio.stdout,
+                        stderr: stdio.stderr,
+                    })
+                    .await
+                    .map(|r| r.into_inner().url),
+                StreamRequest::PortForward { pod_uid, ports } => {
+                    let (id, _) = self.existing(&pod_uid).await.map_err(|e| e.message)?;
+                    let id = id.ok_or_else(|| format!("pod {pod_uid} has no running sandbox"))?;
+                    runtime
+                        .port_forward(v1::PortForwardRequest {
+                            pod_sandbox_id: id,
+                            port: ports,
+                        })
+                        .await
+                        .map(|r| r.into_inner().url)
+                }
+            };
+            answer.map_err(|s| go_error(&s))
+        })
     }
 }
 
