@@ -201,6 +201,11 @@ pub struct NodeArgs {
     /// run pods on instead of starting containerd.
     #[arg(long, env = "K3RS_CONTAINER_RUNTIME_ENDPOINT")]
     pub container_runtime_endpoint: Option<PathBuf>,
+
+    /// K3s's registries.yaml: registry mirrors, TLS and credentials for
+    /// the agent's containerd.
+    #[arg(long, default_value = "/etc/k3rs/registries.yaml")]
+    pub private_registry: PathBuf,
 }
 
 /// The container runtimes an agent can use.
@@ -252,6 +257,7 @@ impl NodeArgs {
             labels,
             taints: self.node_taints,
             runtime,
+            private_registry: self.private_registry,
         })
     }
 }

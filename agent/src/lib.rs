@@ -56,6 +56,8 @@ pub struct Config {
     pub taints: Vec<String>,
     /// How the node's containers run.
     pub runtime: RuntimeChoice,
+    /// K3s's registries.yaml (mirrors, TLS, credentials) for containerd.
+    pub private_registry: PathBuf,
 }
 
 /// How the node's containers run.
@@ -124,7 +126,13 @@ async fn start_runtime(config: &Config, pods_dir: &Path) -> Result<Arc<dyn runti
         RuntimeChoice::Endpoint(socket) => Some(socket),
         _ => None,
     };
-    let cri = cri::setup::start(&config.dir, &config.node_name, endpoint.as_deref()).await?;
+    let cri = cri::setup::start(
+        &config.dir,
+        &config.node_name,
+        endpoint.as_deref(),
+        &config.private_registry,
+    )
+    .await?;
     Ok(Arc::new(cri))
 }
 

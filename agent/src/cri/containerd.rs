@@ -19,6 +19,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use super::Cri;
+use super::registries::Registries;
 
 /// How long a starting containerd may take to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -35,6 +36,8 @@ pub struct Layout {
     pub sandbox_image: String,
     /// Where the CNI plugins are.
     pub cni_bin_dir: PathBuf,
+    /// Mirrors, TLS and credentials from registries.yaml.
+    pub registries: Registries,
 }
 
 impl Layout {
@@ -43,7 +46,19 @@ impl Layout {
             dir: agent_dir.join("containerd"),
             sandbox_image: sandbox_image.to_string(),
             cni_bin_dir: cni_bin_dir.to_path_buf(),
+            registries: Registries::default(),
         }
+    }
+
+    /// This layout with the registries of a registries.yaml.
+    pub fn with_registries(mut self, registries: Registries) -> Layout {
+        self.registries = registries;
+        self
+    }
+
+    /// containerd's per-registry hosts files.
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir.join("certs.d")
     }
 
     pub fn root(&self) -> PathBuf {
@@ -113,7 +128,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     conf_dir = {cni_conf}
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = {certs}
-"#,
+{auth}"#,
             root = q(self.root()),
             state = q(self.state()),
             socket = q(self.socket()),
@@ -121,7 +136,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             sandbox = toml_string(&self.sandbox_image),
             cni_bin = q(self.cni_bin_dir.clone()),
             cni_conf = q(self.cni_conf_dir()),
-            certs = q(self.dir.join("certs.d")),
+            certs = q(self.certs_dir()),
+            auth = self.registries.auth_toml(),
             restrict_oom = !may_lower_oom_score(),
             runc_root = q(self.state().join("runc")),
         )
@@ -143,7 +159,7 @@ fn may_lower_oom_score() -> bool {
 }
 
 /// A TOML basic string.
-fn toml_string(s: &str) -> String {
+pub(crate) fn toml_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
@@ -217,6 +233,7 @@ async fn wait_until_up(cri: &Cri, layout: &Layout) -> Result<()> {
 /// outlives the agent and no signal meant for the agent reaches it.
 fn spawn(layout: &Layout) -> Result<()> {
     let port = free_loopback_port()?;
+    layout.registries.write_hosts(&layout.certs_dir())?;
     std::fs::write(layout.config_file(), layout.config(port))
         .with_context(|| format!("cannot write {}", layout.config_file().display()))?;
     let log = std::fs::OpenOptions::new()

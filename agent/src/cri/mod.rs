@@ -1,7 +1,8 @@
 //! The agent's side of the Container Runtime Interface: a client of
 //! containerd's `RuntimeService` and `ImageService` on its unix socket
 //! (`client`), containerd itself started and kept running (`containerd`),
-//! images made and imported locally (`images`), the node's setup before
+//! images made and imported locally (`images`), registries.yaml
+//! (`registries`), the node's setup before
 //! its first pod (`setup`), and the `Runtime` that runs pods through them
 //! (`runtime` for sandboxes, `container` for their containers).
 
@@ -9,6 +10,7 @@ pub mod client;
 pub mod container;
 pub mod containerd;
 pub mod images;
+pub mod registries;
 pub mod runtime;
 pub mod setup;
 

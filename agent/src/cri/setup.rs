@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::containerd::{self, Layout};
 use super::images;
+use super::registries::Registries;
 use super::runtime::CriRuntime;
 use super::Cri;
 
@@ -23,14 +24,21 @@ const ENDPOINT_WAIT: Duration = Duration::from_secs(60);
 
 /// The CRI runtime of the agent living in `agent_dir`: `endpoint` if
 /// given, else a containerd of its own.
-pub async fn start(agent_dir: &Path, node: &str, endpoint: Option<&Path>) -> Result<CriRuntime> {
+pub async fn start(
+    agent_dir: &Path,
+    node: &str,
+    endpoint: Option<&Path>,
+    private_registry: &Path,
+) -> Result<CriRuntime> {
     let cri = match endpoint {
         Some(socket) => connect(socket).await?,
         None => {
             let cni_bin_dir = cni_bin_dir().context(
                 "no CNI plugins found (looked in /usr/lib/cni, /opt/cni/bin): install containernetworking-plugins",
             )?;
-            let layout = Layout::new(agent_dir, images::PAUSE_IMAGE, &cni_bin_dir);
+            let registries = Registries::load(private_registry)?;
+            let layout = Layout::new(agent_dir, images::PAUSE_IMAGE, &cni_bin_dir)
+                .with_registries(registries);
             write_cni_config(&layout.cni_conf_dir(), &agent_dir.join("cni"), DEFAULT_POD_SUBNET)?;
             containerd::start(layout).await?
         }
