@@ -82,7 +82,10 @@ fn pods_run_in_containers() {
         data_dir: data_dir.clone(),
     };
     airgap(&data_dir);
-    let mut server = Server::with_agent(&data_dir, &["--container-runtime", "containerd"]);
+    let mut server = Server::with_agent(
+        &data_dir,
+        &["--container-runtime", "containerd", "--agent-port", "0"],
+    );
     until_text(&server, "the node", &["get", "nodes"], |o| o.contains(" Ready "));
     assert!(
         server.log().contains("importing images failed; skipping the file"),
@@ -179,6 +182,23 @@ fn pods_run_in_containers() {
     assert!(server.log().contains("adopted a running container"), "{}", server.log());
     let logs = server.ok(&["logs", &web_name]);
     assert_eq!(logs.matches("hello from").count(), 1, "started once: {logs}");
+
+    // containerd killed with -9: the agent starts it again, and the
+    // running containers (their shims outlive it) are still the pod's.
+    let pid_file = data_dir.join("agent/containerd/containerd.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    // SAFETY: kill has no memory effects.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + WAIT;
+    while !server.log().contains("containerd is back") {
+        assert!(Instant::now() < deadline, "containerd not restarted:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let web = server.ok(&["get", "pod", &web_name, "-o", "json"]);
+    let web: Value = serde_json::from_str(&web).unwrap();
+    let status = &web["status"]["containerStatuses"][0];
+    assert_eq!(status["containerID"], container_id.as_str(), "{web}");
+    assert_eq!((status["ready"].as_bool(), status["restartCount"].as_u64()), (Some(true), Some(0)));
 
     // exec, cp and port-forward, with kubectl 1.32 and 1.37; exec into a
     // finished pod gets kube's refusal.

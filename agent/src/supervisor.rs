@@ -1135,6 +1135,7 @@ impl PodRun {
                 let _ = tokio::fs::remove_file(old.with_extension("log.1")).await;
                 let _ = tokio::fs::remove_file(old).await;
             }
+            let was_adopted = adopted.is_some();
             let started = match (adopted.take(), &spec) {
                 (Some(container), _) => Ok(container),
                 (None, Ok(spec)) => sandbox.start(spec).await,
@@ -1142,7 +1143,13 @@ impl PodRun {
             };
             let spec = spec.unwrap_or_else(|_| def.spec.clone().for_attempt(run));
             let end = match started {
-                Ok(container) => self.run_started(slot, container).await,
+                Ok(container) => {
+                    if !was_adopted {
+                        let message = format!("Created container {}", spec.name);
+                        self.shared.event("Normal", "Created", message).await;
+                    }
+                    self.run_started(slot, container).await
+                }
                 Err(e) if !e.ran() => {
                     tracing::warn!(pod = %self.shared.name, container = %spec.name, reason = e.reason, error = %e, "container cannot be created yet");
                     if !self.wait_to_retry(slot, &spec, e, waiting_delay).await {
