@@ -10,7 +10,7 @@
 //!   containerd through CRI; `process`: containers as host processes;
 //!   `probes`: readiness, liveness and startup probes; `volumes` and
 //!   `env`: a pod's volumes and a container's variables, from the API
-//!   objects `objects` reads.
+//!   objects `objects` reads; `pull_secrets`: a pod's imagePullSecrets.
 //! - `logs`: the agent's HTTPS port, serving container logs (`cri_log`
 //!   reads the CRI log format) and exec, attach and port-forward
 //!   (`streams`).
@@ -25,6 +25,7 @@ pub mod objects;
 pub mod pods;
 pub mod probes;
 pub mod process;
+pub mod pull_secrets;
 pub mod runtime;
 pub mod streams;
 pub mod supervisor;

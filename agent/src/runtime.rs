@@ -257,6 +257,8 @@ pub struct ContainerSpec {
     pub pid_file: PathBuf,
     /// Volumes bound into the container.
     pub mounts: Vec<Mount>,
+    /// Credentials for pulling its image, from the pod's imagePullSecrets.
+    pub pull_auth: Option<crate::pull_secrets::PullAuth>,
 }
 
 /// A host directory or file bound into a container.
@@ -326,6 +328,7 @@ impl ContainerSpec {
             // A label has no dot, so this only appends `.pid`.
             pid_file: files.with_extension("pid"),
             mounts: Vec::new(),
+            pull_auth: None,
             name,
         };
         Ok(spec.with_env(env))

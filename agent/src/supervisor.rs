@@ -1075,6 +1075,7 @@ impl PodRun {
         if let Some(volumes) = &self.volumes {
             spec.mounts = volumes.mounts(&spec.container).map_err(config_error)?;
         }
+        spec.pull_auth = crate::pull_secrets::for_image(&pod, &spec.image, sources.as_ref()).await;
         Ok(spec)
     }
 

@@ -148,7 +148,13 @@ async fn ensure_image(
                     image: image.to_string(),
                     annotations: HashMap::new(),
                 }),
-                auth: None,
+                auth: spec.pull_auth.as_ref().map(|a| v1::AuthConfig {
+                    username: a.username.clone(),
+                    password: a.password.clone(),
+                    auth: a.auth.clone(),
+                    server_address: a.server.clone(),
+                    ..Default::default()
+                }),
                 sandbox_config: Some(sandbox.clone()),
             });
             pull.set_timeout(PULL_CALL);
