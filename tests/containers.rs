@@ -150,6 +150,14 @@ fn pods_run_in_containers() {
     assert_eq!(terminated["exitCode"], 137);
     assert_eq!(oom["status"]["phase"], "Failed");
 
+    // A hostNetwork pod has the node's address.
+    server.ok(&["run", "host", &format!("--image={IMAGE}"), "--overrides",
+        r#"{"spec": {"hostNetwork": true}}"#]);
+    let host = until(&server, "the hostNetwork pod", &["get", "pod", "host", "-o", "json"], |v| {
+        v["status"]["containerStatuses"][0]["ready"] == true
+    });
+    assert_eq!(host["status"]["podIP"], host["status"]["hostIP"], "{host}");
+
     // An image no registry has: ErrImagePull, then ImagePullBackOff, with
     // the registry's error in the event; the agent goes on.
     server.ok(&["run", "nope", "--image=127.0.0.1:1/nope:1", "--restart=Never"]);
@@ -215,6 +223,12 @@ fn pods_run_in_containers() {
         // kubectl adds its own line about the exit code.
         assert!(String::from_utf8_lossy(&out.stderr).starts_with("err\n"), "{out:?}");
     }
+    // The node's files are not the container's: the cluster CA's key is
+    // out of its reach.
+    let ca_key = data_dir.join("server/tls/server-ca.key");
+    assert!(ca_key.exists(), "{}", ca_key.display());
+    let (ok, _, err) = server.kubectl(&["exec", &web_name, "--", "cat", ca_key.to_str().unwrap()]);
+    assert!(!ok && err.contains("No such file or directory"), "{err}");
     let local = dir.path().join("copied");
     server.ok(&["cp", &format!("{web_name}:/etc/hostname"), local.to_str().unwrap()]);
     assert_eq!(std::fs::read_to_string(&local).unwrap().trim(), web_name);

@@ -133,6 +133,39 @@ mod tests {
         assert_eq!(d.push(b"2026-12-03T06:02:58Z stdout F\n")[0].text, b"\n");
     }
 
+    /// Whatever bytes a log file holds, in whatever pieces they are read,
+    /// decoding neither panics nor loses a complete line's content.
+    #[test]
+    fn any_bytes_decode() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..2000 {
+            let len = (next() % 200) as usize;
+            let alphabet = b"0123456789TZ:.- PF\nstdouterr";
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    let r = next();
+                    if r % 5 == 0 { (r >> 8) as u8 } else { alphabet[(r >> 8) as usize % alphabet.len()] }
+                })
+                .collect();
+            let cut = if bytes.is_empty() { 0 } else { (next() as usize) % bytes.len() };
+            let mut whole = Decoder::default();
+            let mut pieces = Decoder::default();
+            let mut a = whole.push(&bytes);
+            a.extend(whole.finish());
+            let mut b = pieces.push(&bytes[..cut]);
+            b.extend(pieces.push(&bytes[cut..]));
+            b.extend(pieces.finish());
+            assert_eq!(a, b, "{bytes:?} cut at {cut}");
+            let _ = parse_rfc3339(&String::from_utf8_lossy(&bytes));
+        }
+    }
+
     #[test]
     fn timestamps_parse() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some((0, 0)));

@@ -446,22 +446,17 @@ pub(crate) fn int64(v: &Value, pointer: &str) -> Option<v1::Int64Value> {
 }
 
 /// The pod's hostname: `spec.hostname`, else its name, cut to 63
-/// characters as the kubelet cuts it; the node's for host network.
+/// characters as the kubelet cuts it; empty for host network: the pod
+/// shares the node's UTS namespace, whose name runc cannot set.
 fn hostname(pod: &Value) -> String {
     if host_network(pod) {
-        return node_hostname();
+        return String::new();
     }
     let name = match text(pod, "/spec/hostname") {
         "" => text(pod, "/metadata/name"),
         h => h,
     };
     name.chars().take(63).collect::<String>().trim_end_matches(['-', '.']).to_string()
-}
-
-fn node_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default()
 }
 
 /// `hostPort`s of the pod's containers.
