@@ -36,7 +36,10 @@ fn until(server: &Server, what: &str, args: &[&str], check: impl Fn(&Value) -> b
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-    panic!("{what}: not within {WAIT:?}; last: {last}\nserver log:\n{}", server.log());
+    panic!(
+        "{what}: not within {WAIT:?}; last: {last}\nserver log:\n{}",
+        server.log()
+    );
 }
 
 /// Waits until `check` holds for the output of kubectl `args`.
@@ -51,7 +54,10 @@ fn until_text(server: &Server, what: &str, args: &[&str], check: impl Fn(&str) -
         last = format!("{out}{err}");
         std::thread::sleep(Duration::from_millis(300));
     }
-    panic!("{what}: not within {WAIT:?}; last: {last}\nserver log:\n{}", server.log());
+    panic!(
+        "{what}: not within {WAIT:?}; last: {last}\nserver log:\n{}",
+        server.log()
+    );
 }
 
 fn container_state<'a>(pod: &'a Value, key: &str) -> &'a Value {
@@ -86,9 +92,13 @@ fn pods_run_in_containers() {
         &data_dir,
         &["--container-runtime", "containerd", "--agent-port", "0"],
     );
-    until_text(&server, "the node", &["get", "nodes"], |o| o.contains(" Ready "));
+    until_text(&server, "the node", &["get", "nodes"], |o| {
+        o.contains(" Ready ")
+    });
     assert!(
-        server.log().contains("importing images failed; skipping the file"),
+        server
+            .log()
+            .contains("importing images failed; skipping the file"),
         "the corrupt tarball is logged:\n{}",
         server.log()
     );
@@ -103,19 +113,36 @@ fn pods_run_in_containers() {
     );
     let web = &web["items"][0];
     let web_name = web["metadata"]["name"].as_str().unwrap().to_string();
-    let container_id = web["status"]["containerStatuses"][0]["containerID"].as_str().unwrap().to_string();
+    let container_id = web["status"]["containerStatuses"][0]["containerID"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(container_id.starts_with("containerd://"), "{container_id}");
     let pod_ip = web["status"]["podIP"].as_str().unwrap();
-    assert!(pod_ip.starts_with("10.42.0."), "the pod has its own address: {pod_ip}");
-    let logs = until_text(&server, "the web pod's log", &["logs", &web_name], |o| !o.is_empty());
-    assert_eq!(logs, format!("hello from {web_name}\n"), "the hostname is the pod's");
+    assert!(
+        pod_ip.starts_with("10.42.0."),
+        "the pod has its own address: {pod_ip}"
+    );
+    let logs = until_text(&server, "the web pod's log", &["logs", &web_name], |o| {
+        !o.is_empty()
+    });
+    assert_eq!(
+        logs,
+        format!("hello from {web_name}\n"),
+        "the hostname is the pod's"
+    );
     let stamped = server.ok(&["logs", &web_name, "--timestamps"]);
     let (stamp, rest) = stamped.split_once(' ').unwrap();
     assert!(stamp.ends_with('Z') && stamp.contains('T'), "{stamped}");
     assert_eq!(rest, logs);
 
     // A configMap seen as a volume and as env, and its update.
-    server.ok(&["create", "configmap", "cfg", "--from-literal=greeting=hello"]);
+    server.ok(&[
+        "create",
+        "configmap",
+        "cfg",
+        "--from-literal=greeting=hello",
+    ]);
     let pod = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "vol"},
       "spec": {"containers": [{"name": "c", "image": "k3rs.local/busybox:1",
         "command": ["sh", "-c", "echo env=$GREETING ip=$MY_IP; while true; do echo file=$(cat /cfg/greeting); sleep 1; done"],
@@ -126,14 +153,26 @@ fn pods_run_in_containers() {
     let file = dir.path().join("vol.json");
     std::fs::write(&file, pod).unwrap();
     server.ok(&["apply", "-f", file.to_str().unwrap()]);
-    let logs = until_text(&server, "the configMap in the container", &["logs", "vol"], |o| {
-        o.contains("file=hello")
-    });
+    let logs = until_text(
+        &server,
+        "the configMap in the container",
+        &["logs", "vol"],
+        |o| o.contains("file=hello"),
+    );
     assert!(logs.starts_with("env=hello ip=10.42.0."), "{logs}");
-    server.ok(&["patch", "configmap", "cfg", "-p", r#"{"data": {"greeting": "updated"}}"#]);
-    until_text(&server, "the configMap update in the container", &["logs", "vol"], |o| {
-        o.contains("file=updated")
-    });
+    server.ok(&[
+        "patch",
+        "configmap",
+        "cfg",
+        "-p",
+        r#"{"data": {"greeting": "updated"}}"#,
+    ]);
+    until_text(
+        &server,
+        "the configMap update in the container",
+        &["logs", "vol"],
+        |o| o.contains("file=updated"),
+    );
 
     // A container over its memory limit is OOMKilled, as the kubelet says.
     let oom = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "oom"},
@@ -142,36 +181,62 @@ fn pods_run_in_containers() {
         "resources": {"limits": {"memory": "16Mi"}}}]}}"#;
     std::fs::write(&file, oom).unwrap();
     server.ok(&["apply", "-f", file.to_str().unwrap()]);
-    let oom = until(&server, "the OOM kill", &["get", "pod", "oom", "-o", "json"], |v| {
-        container_state(v, "terminated").is_object()
-    });
+    let oom = until(
+        &server,
+        "the OOM kill",
+        &["get", "pod", "oom", "-o", "json"],
+        |v| container_state(v, "terminated").is_object(),
+    );
     let terminated = container_state(&oom, "terminated");
     assert_eq!(terminated["reason"], "OOMKilled", "{oom}");
     assert_eq!(terminated["exitCode"], 137);
     assert_eq!(oom["status"]["phase"], "Failed");
 
     // A hostNetwork pod has the node's address.
-    server.ok(&["run", "host", &format!("--image={IMAGE}"), "--overrides",
-        r#"{"spec": {"hostNetwork": true}}"#]);
-    let host = until(&server, "the hostNetwork pod", &["get", "pod", "host", "-o", "json"], |v| {
-        v["status"]["containerStatuses"][0]["ready"] == true
-    });
+    server.ok(&[
+        "run",
+        "host",
+        &format!("--image={IMAGE}"),
+        "--overrides",
+        r#"{"spec": {"hostNetwork": true}}"#,
+    ]);
+    let host = until(
+        &server,
+        "the hostNetwork pod",
+        &["get", "pod", "host", "-o", "json"],
+        |v| v["status"]["containerStatuses"][0]["ready"] == true,
+    );
     assert_eq!(host["status"]["podIP"], host["status"]["hostIP"], "{host}");
 
     // An image no registry has: ErrImagePull, then ImagePullBackOff, with
     // the registry's error in the event; the agent goes on.
-    server.ok(&["run", "nope", "--image=127.0.0.1:1/nope:1", "--restart=Never"]);
-    let nope = until(&server, "the pull failure", &["get", "pod", "nope", "-o", "json"], |v| {
-        matches!(
-            container_state(v, "waiting")["reason"].as_str(),
-            Some("ErrImagePull" | "ImagePullBackOff")
-        )
-    });
+    server.ok(&[
+        "run",
+        "nope",
+        "--image=127.0.0.1:1/nope:1",
+        "--restart=Never",
+    ]);
+    let nope = until(
+        &server,
+        "the pull failure",
+        &["get", "pod", "nope", "-o", "json"],
+        |v| {
+            matches!(
+                container_state(v, "waiting")["reason"].as_str(),
+                Some("ErrImagePull" | "ImagePullBackOff")
+            )
+        },
+    );
     assert_eq!(nope["status"]["phase"], "Pending");
     let events = until_text(
         &server,
         "the pull failure's events",
-        &["get", "events", "--field-selector", "involvedObject.name=nope"],
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=nope",
+        ],
         |o| o.contains("Failed to pull image \"127.0.0.1:1/nope:1\""),
     );
     assert!(events.contains("connection refused"), "{events}");
@@ -179,34 +244,62 @@ fn pods_run_in_containers() {
     // The agent killed with -9: its containers keep running and are
     // adopted, not started again.
     server.restart_killed();
-    until_text(&server, "the agent back", &["get", "nodes"], |o| o.contains(" Ready "));
-    std::thread::sleep(Duration::from_secs(3));
-    let web = until(&server, "the web pod after the restart", &["get", "pod", &web_name, "-o", "json"], |v| {
-        v["status"]["containerStatuses"][0]["ready"] == true
+    until_text(&server, "the agent back", &["get", "nodes"], |o| {
+        o.contains(" Ready ")
     });
+    std::thread::sleep(Duration::from_secs(3));
+    let web = until(
+        &server,
+        "the web pod after the restart",
+        &["get", "pod", &web_name, "-o", "json"],
+        |v| v["status"]["containerStatuses"][0]["ready"] == true,
+    );
     let status = &web["status"]["containerStatuses"][0];
-    assert_eq!(status["containerID"], container_id.as_str(), "the same container");
+    assert_eq!(
+        status["containerID"],
+        container_id.as_str(),
+        "the same container"
+    );
     assert_eq!(status["restartCount"], 0);
-    assert!(server.log().contains("adopted a running container"), "{}", server.log());
+    assert!(
+        server.log().contains("adopted a running container"),
+        "{}",
+        server.log()
+    );
     let logs = server.ok(&["logs", &web_name]);
-    assert_eq!(logs.matches("hello from").count(), 1, "started once: {logs}");
+    assert_eq!(
+        logs.matches("hello from").count(),
+        1,
+        "started once: {logs}"
+    );
 
     // containerd killed with -9: the agent starts it again, and the
     // running containers (their shims outlive it) are still the pod's.
     let pid_file = data_dir.join("agent/containerd/containerd.pid");
-    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     // SAFETY: kill has no memory effects.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     let deadline = Instant::now() + WAIT;
     while !server.log().contains("containerd is back") {
-        assert!(Instant::now() < deadline, "containerd not restarted:\n{}", server.log());
+        assert!(
+            Instant::now() < deadline,
+            "containerd not restarted:\n{}",
+            server.log()
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
     let web = server.ok(&["get", "pod", &web_name, "-o", "json"]);
     let web: Value = serde_json::from_str(&web).unwrap();
     let status = &web["status"]["containerStatuses"][0];
     assert_eq!(status["containerID"], container_id.as_str(), "{web}");
-    assert_eq!((status["ready"].as_bool(), status["restartCount"].as_u64()), (Some(true), Some(0)));
+    assert_eq!(
+        (status["ready"].as_bool(), status["restartCount"].as_u64()),
+        (Some(true), Some(0))
+    );
 
     // exec, cp and port-forward, with kubectl 1.32 and 1.37; exec into a
     // finished pod gets kube's refusal.
@@ -214,14 +307,24 @@ fn pods_run_in_containers() {
     assert_eq!(hostname.trim(), web_name);
     if let Some(newer) = support::api_server::kubectl_1_37() {
         let out = std::process::Command::new(newer)
-            .args(["exec", &web_name, "--", "sh", "-c", "echo out; echo err >&2; exit 3"])
+            .args([
+                "exec",
+                &web_name,
+                "--",
+                "sh",
+                "-c",
+                "echo out; echo err >&2; exit 3",
+            ])
             .env("KUBECONFIG", &server.kubeconfig)
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(3), "{out:?}");
         assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
         // kubectl adds its own line about the exit code.
-        assert!(String::from_utf8_lossy(&out.stderr).starts_with("err\n"), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).starts_with("err\n"),
+            "{out:?}"
+        );
     }
     // The node's files are not the container's: the cluster CA's key is
     // out of its reach.
@@ -230,11 +333,22 @@ fn pods_run_in_containers() {
     let (ok, _, err) = server.kubectl(&["exec", &web_name, "--", "cat", ca_key.to_str().unwrap()]);
     assert!(!ok && err.contains("No such file or directory"), "{err}");
     let local = dir.path().join("copied");
-    server.ok(&["cp", &format!("{web_name}:/etc/hostname"), local.to_str().unwrap()]);
+    server.ok(&[
+        "cp",
+        &format!("{web_name}:/etc/hostname"),
+        local.to_str().unwrap(),
+    ]);
     assert_eq!(std::fs::read_to_string(&local).unwrap().trim(), web_name);
     std::fs::write(&local, "sent in\n").unwrap();
-    server.ok(&["cp", local.to_str().unwrap(), &format!("{web_name}:/tmp/sent")]);
-    assert_eq!(server.ok(&["exec", &web_name, "--", "cat", "/tmp/sent"]), "sent in\n");
+    server.ok(&[
+        "cp",
+        local.to_str().unwrap(),
+        &format!("{web_name}:/tmp/sent"),
+    ]);
+    assert_eq!(
+        server.ok(&["exec", &web_name, "--", "cat", "/tmp/sent"]),
+        "sent in\n"
+    );
     let (ok, _, err) = server.kubectl(&["exec", "oom", "--", "true"]);
     assert!(!ok);
     assert!(
@@ -246,20 +360,31 @@ fn pods_run_in_containers() {
     // Deleting a pod removes its sandbox and its cgroup.
     server.ok(&["delete", "pod", "vol", "--wait=true", "--timeout=60s"]);
     server.ok(&["delete", "deployment", "web"]);
-    until_text(&server, "the pods gone", &["get", "pods", "-l", "app=web", "-o", "name"], |o| {
-        o.trim().is_empty()
-    });
+    until_text(
+        &server,
+        "the pods gone",
+        &["get", "pods", "-l", "app=web", "-o", "name"],
+        |o| o.trim().is_empty(),
+    );
 }
 
 /// `kubectl port-forward` to busybox's httpd started in the pod.
 fn port_forward(server: &Server, pod: &str) {
     server.ok(&[
-        "exec", pod, "--", "sh", "-c",
+        "exec",
+        pod,
+        "--",
+        "sh",
+        "-c",
         "mkdir -p /www && echo served > /www/index.html && (httpd -p 8080 -h /www &)",
     ]);
     let port = support::free_port();
     let mut forward = std::process::Command::new(&server.kubectl)
-        .args(["port-forward", &format!("pod/{pod}"), &format!("{port}:8080")])
+        .args([
+            "port-forward",
+            &format!("pod/{pod}"),
+            &format!("{port}:8080"),
+        ])
         .env("KUBECONFIG", &server.kubeconfig)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -282,7 +407,8 @@ fn http_get(port: u16) -> Option<String> {
     use std::io::{Read, Write};
     let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    tcp.write_all(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    tcp.write_all(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n")
+        .ok()?;
     let mut answer = String::new();
     tcp.read_to_string(&mut answer).ok()?;
     answer.starts_with("HTTP/1.").then_some(answer)

@@ -182,7 +182,7 @@ async fn acknowledged_writes_survive_kill_9(db: TestDatabase) {
 
 fn run_to_exit(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_k3rs"))
-            .env("K3RS_CONTAINER_RUNTIME", "process")
+        .env("K3RS_CONTAINER_RUNTIME", "process")
         .args(args)
         .output()
         .unwrap();

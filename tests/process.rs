@@ -25,7 +25,7 @@ fn free_port() -> u16 {
 
 fn start(dir: &Path, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_k3rs"))
-            .env("K3RS_CONTAINER_RUNTIME", "process")
+        .env("K3RS_CONTAINER_RUNTIME", "process")
         .args(["kine", "--listen-address", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(dir)
@@ -122,7 +122,7 @@ async fn acknowledged_writes_survive_kill_9() {
 
 fn run_to_exit(args: &[&str], dir: &Path) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_k3rs"))
-            .env("K3RS_CONTAINER_RUNTIME", "process")
+        .env("K3RS_CONTAINER_RUNTIME", "process")
         .args(args)
         .arg("--data-dir")
         .arg(dir)

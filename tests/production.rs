@@ -23,7 +23,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 fn generate_certs(dir: &Path) {
     let status = Command::new(env!("CARGO_BIN_EXE_k3rs"))
-            .env("K3RS_CONTAINER_RUNTIME", "process")
+        .env("K3RS_CONTAINER_RUNTIME", "process")
         .args(["certs", "generate", "--dir"])
         .arg(dir)
         .status()
@@ -246,7 +246,7 @@ async fn snapshot_save_restore_compare() {
     assert!(ok, "etcdctl snapshot save: {out}");
     let saved_by_k3rs = dir.path().join("k3rs.snap");
     let status = Command::new(env!("CARGO_BIN_EXE_k3rs"))
-            .env("K3RS_CONTAINER_RUNTIME", "process")
+        .env("K3RS_CONTAINER_RUNTIME", "process")
         .args(["kine", "snapshot", "save", "--endpoints"])
         .arg(format!("127.0.0.1:{}", source.port))
         .arg(&saved_by_k3rs)
@@ -296,7 +296,7 @@ async fn snapshot_save_restore_compare() {
     std::fs::write(&damaged, &bytes).unwrap();
     let target = dir.path().join("restored-damaged");
     let out = Command::new(env!("CARGO_BIN_EXE_k3rs"))
-            .env("K3RS_CONTAINER_RUNTIME", "process")
+        .env("K3RS_CONTAINER_RUNTIME", "process")
         .args(["kine", "snapshot", "restore"])
         .arg(&damaged)
         .arg("--data-dir")

@@ -422,7 +422,7 @@ fn a_failing_container_shows_why_and_nothing_else_suffers() {
     let token = c.token();
     let wrong = format!("{}::server:wrong", token.split("::").next().unwrap());
     let out = Command::new(env!("CARGO_BIN_EXE_k3rs"))
-            .env("K3RS_CONTAINER_RUNTIME", "process")
+        .env("K3RS_CONTAINER_RUNTIME", "process")
         .args([
             "agent",
             "--server",
@@ -488,7 +488,7 @@ fn agents_recover_from_restarts_and_names_are_not_stolen() {
     // Another machine cannot take the name n1 while that node exists.
     let dir = tmp.path().join("impostor");
     let out = Command::new(env!("CARGO_BIN_EXE_k3rs"))
-            .env("K3RS_CONTAINER_RUNTIME", "process")
+        .env("K3RS_CONTAINER_RUNTIME", "process")
         .args([
             "agent",
             "--server",

@@ -50,7 +50,8 @@ impl Decoder {
 
     fn piece(&mut self, file_line: &[u8]) -> Option<LogLine> {
         let mut fields = file_line.splitn(4, |&b| b == b' ');
-        let (Some(timestamp), Some(_stream), Some(tag)) = (fields.next(), fields.next(), fields.next())
+        let (Some(timestamp), Some(_stream), Some(tag)) =
+            (fields.next(), fields.next(), fields.next())
         else {
             return None;
         };
@@ -92,12 +93,16 @@ pub fn parse_rfc3339(s: &str) -> Option<(i64, u32)> {
         "Z" | "z" => 0,
         zone if zone.len() == 6 => {
             let sign = if zone.starts_with('-') { -1 } else { 1 };
-            sign * (zone.get(1..3)?.parse::<i64>().ok()? * 3600 + zone.get(4..6)?.parse::<i64>().ok()? * 60)
+            sign * (zone.get(1..3)?.parse::<i64>().ok()? * 3600
+                + zone.get(4..6)?.parse::<i64>().ok()? * 60)
         }
         _ => return None,
     };
     let days = days_from_civil(year, month, day);
-    Some((days * 86_400 + hour * 3600 + minute * 60 + second - offset, nanos))
+    Some((
+        days * 86_400 + hour * 3600 + minute * 60 + second - offset,
+        nanos,
+    ))
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date.
@@ -118,7 +123,9 @@ mod tests {
     #[test]
     fn pieces_join_into_lines_across_reads() {
         let mut d = Decoder::default();
-        let lines = d.push(b"2026-12-03T06:02:54.39908972Z stdout F hello\n2026-12-03T06:02:55Z stderr P ab");
+        let lines = d.push(
+            b"2026-12-03T06:02:54.39908972Z stdout F hello\n2026-12-03T06:02:55Z stderr P ab",
+        );
         assert_eq!(lines.len(), 1);
         assert_eq!(lines[0].text, b"hello\n");
         assert_eq!(lines[0].timestamp, "2026-12-03T06:02:54.39908972Z");
@@ -150,10 +157,18 @@ mod tests {
             let bytes: Vec<u8> = (0..len)
                 .map(|_| {
                     let r = next();
-                    if r % 5 == 0 { (r >> 8) as u8 } else { alphabet[(r >> 8) as usize % alphabet.len()] }
+                    if r % 5 == 0 {
+                        (r >> 8) as u8
+                    } else {
+                        alphabet[(r >> 8) as usize % alphabet.len()]
+                    }
                 })
                 .collect();
-            let cut = if bytes.is_empty() { 0 } else { (next() as usize) % bytes.len() };
+            let cut = if bytes.is_empty() {
+                0
+            } else {
+                (next() as usize) % bytes.len()
+            };
             let mut whole = Decoder::default();
             let mut pieces = Decoder::default();
             let mut a = whole.push(&bytes);

@@ -72,7 +72,9 @@ fn set(env: &mut Vec<(String, String)>, key: String, value: String) {
 }
 
 fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
 /// A C identifier-ish name, as kube's IsEnvVarName allows: letters,
@@ -106,7 +108,11 @@ async fn env_from(
 }
 
 fn not_found(kind: &str, name: &str) -> String {
-    let singular = if kind == "secrets" { "secret" } else { "configmap" };
+    let singular = if kind == "secrets" {
+        "secret"
+    } else {
+        "configmap"
+    };
     format!("{singular} {name:?} not found")
 }
 
@@ -158,12 +164,18 @@ async fn value_from(
     let (name, key) = (text(reference, "/name"), text(reference, "/key"));
     let optional = reference["optional"].as_bool().unwrap_or(false);
     let Some(object) = objects.get(kind, namespace, name).await? else {
-        return if optional { Ok(None) } else { Err(not_found(kind, name)) };
+        return if optional {
+            Ok(None)
+        } else {
+            Err(not_found(kind, name))
+        };
     };
     match entries(kind, &object).into_iter().find(|(k, _)| k == key) {
         Some((_, value)) => Ok(Some(value)),
         None if optional => Ok(None),
-        None => Err(format!("couldn't find key {key} in {label} {namespace}/{name}")),
+        None => Err(format!(
+            "couldn't find key {key} in {label} {namespace}/{name}"
+        )),
     }
 }
 
@@ -177,7 +189,10 @@ fn service_env(pod: &Value, services: &[Value]) -> Vec<(String, String)> {
     let mut env = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for service in services {
-        let (ns, name) = (text(service, "/metadata/namespace"), text(service, "/metadata/name"));
+        let (ns, name) = (
+            text(service, "/metadata/namespace"),
+            text(service, "/metadata/name"),
+        );
         let master = ns == "default" && name == "kubernetes";
         if !(master || (links && ns == namespace)) || !seen.insert((ns, name)) {
             continue;
@@ -201,7 +216,10 @@ fn service_env(pod: &Value, services: &[Value]) -> Vec<(String, String)> {
         for p in &ports {
             if let Some(port_name) = p["name"].as_str().filter(|n| !n.is_empty()) {
                 let port_name = port_name.to_ascii_uppercase().replace('-', "_");
-                env.push((format!("{prefix}_SERVICE_PORT_{port_name}"), port_of(p).to_string()));
+                env.push((
+                    format!("{prefix}_SERVICE_PORT_{port_name}"),
+                    port_of(p).to_string(),
+                ));
             }
         }
         let url = |p: &Value| format!("{}://{ip}:{}", proto_of(p).to_ascii_lowercase(), port_of(p));
@@ -221,42 +239,18 @@ fn service_env(pod: &Value, services: &[Value]) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::BoxFuture;
+    use crate::volumes::tests::Fake;
     use serde_json::json;
 
-    struct Fake(Vec<(String, String, Value)>);
-
-    impl Objects for Fake {
-        fn get<'a>(
-            &'a self,
-            kind: &'a str,
-            namespace: &'a str,
-            name: &'a str,
-        ) -> BoxFuture<'a, Result<Option<Value>, String>> {
-            let found = self
-                .0
-                .iter()
-                .find(|(k, _, o)| {
-                    k == kind && o["metadata"]["namespace"] == namespace && o["metadata"]["name"] == name
-                })
-                .map(|(_, _, o)| o.clone());
-            Box::pin(async move { Ok(found) })
-        }
-    }
-
     fn objects() -> Fake {
-        Fake(vec![
-            (
-                "configmaps".into(),
-                String::new(),
-                json!({"metadata": {"namespace": "ns", "name": "cfg"}, "data": {"mode": "fast", "bad key": "x"}}),
-            ),
-            (
-                "secrets".into(),
-                String::new(),
-                json!({"metadata": {"namespace": "ns", "name": "s"}, "data": {"pw": "aHVudGVyMg=="}}),
-            ),
-        ])
+        let fake = Fake::default();
+        fake.put(
+            "configmaps",
+            "cfg",
+            json!({"data": {"mode": "fast", "bad key": "x"}}),
+        );
+        fake.put("secrets", "s", json!({"data": {"pw": "aHVudGVyMg=="}}));
+        fake
     }
 
     fn pod() -> Value {
@@ -267,21 +261,23 @@ mod tests {
     #[tokio::test]
     async fn sources_combine_in_the_kubelets_way() {
         let container = json!({"name": "c",
-            "envFrom": [{"configMapRef": {"name": "cfg"}, "prefix": "CFG_"}],
-            "env": [
-                {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "s", "key": "pw"}}},
-                {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
-                {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-                {"name": "URL", "value": "http://$(WEB_SERVICE_HOST):$(CFG_mode)"},
-                {"name": "GONE", "valueFrom": {"configMapKeyRef": {"name": "nope", "key": "k", "optional": true}}},
-            ]});
+        "envFrom": [{"configMapRef": {"name": "cfg"}, "prefix": "CFG_"}],
+        "env": [
+            {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "s", "key": "pw"}}},
+            {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "URL", "value": "http://$(WEB_SERVICE_HOST):$(CFG_mode)"},
+            {"name": "GONE", "valueFrom": {"configMapKeyRef": {"name": "nope", "key": "k", "optional": true}}},
+        ]});
         let services = vec![
             json!({"metadata": {"namespace": "default", "name": "kubernetes"},
                    "spec": {"clusterIP": "10.43.0.1", "ports": [{"name": "https", "port": 443, "protocol": "TCP"}]}}),
             json!({"metadata": {"namespace": "ns", "name": "web"},
                    "spec": {"clusterIP": "10.43.0.9", "ports": [{"port": 80}]}}),
         ];
-        let env = container_env(&pod(), &container, &objects(), &services).await.unwrap();
+        let env = container_env(&pod(), &container, &objects(), &services)
+            .await
+            .unwrap();
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("CFG_mode"), Some("fast"));
         assert_eq!(get("CFG_bad key"), None);
@@ -300,13 +296,24 @@ mod tests {
     #[tokio::test]
     async fn missing_sources_are_config_errors() {
         let cases = [
-            (json!({"configMapKeyRef": {"name": "nope", "key": "k"}}), "configmap \"nope\" not found"),
-            (json!({"configMapKeyRef": {"name": "cfg", "key": "k"}}), "couldn't find key k in ConfigMap ns/cfg"),
-            (json!({"secretKeyRef": {"name": "s", "key": "k"}}), "couldn't find key k in Secret ns/s"),
+            (
+                json!({"configMapKeyRef": {"name": "nope", "key": "k"}}),
+                "configmap \"nope\" not found",
+            ),
+            (
+                json!({"configMapKeyRef": {"name": "cfg", "key": "k"}}),
+                "couldn't find key k in ConfigMap ns/cfg",
+            ),
+            (
+                json!({"secretKeyRef": {"name": "s", "key": "k"}}),
+                "couldn't find key k in Secret ns/s",
+            ),
         ];
         for (from, message) in cases {
             let container = json!({"name": "c", "env": [{"name": "X", "valueFrom": from}]});
-            let err = container_env(&pod(), &container, &objects(), &[]).await.unwrap_err();
+            let err = container_env(&pod(), &container, &objects(), &[])
+                .await
+                .unwrap_err();
             assert_eq!(err, message);
         }
     }

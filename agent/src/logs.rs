@@ -66,7 +66,10 @@ impl LogQuery {
                 "timestamps" => q.timestamps = v == "true" || v == "1",
                 "sinceSeconds" => q.since_seconds = v.parse().ok(),
                 "sinceTime" => {
-                    let v = v.replace("%3A", ":").replace("%3a", ":").replace("%2B", "+");
+                    let v = v
+                        .replace("%3A", ":")
+                        .replace("%3a", ":")
+                        .replace("%2B", "+");
                     q.since_time = crate::cri_log::parse_rfc3339(&v).map(|(s, _)| s);
                 }
                 _ => {}
@@ -205,7 +208,9 @@ async fn logs(
                 lines.extend(decoder.finish());
             }
             let lines = since(lines, query.since());
-            let skip = query.tail_lines.map_or(0, |n| lines.len().saturating_sub(n));
+            let skip = query
+                .tail_lines
+                .map_or(0, |n| lines.len().saturating_sub(n));
             render(&lines[skip..], query.timestamps)
         }
     };

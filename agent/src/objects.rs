@@ -51,7 +51,8 @@ impl Sources for ApiSources {
                     .map_err(|e| format!("listing the services of {ns}: {e}"))?;
                 let items = list["items"].as_array().cloned().unwrap_or_default();
                 services.extend(items.into_iter().filter(|s| {
-                    ns == namespace || s.pointer("/metadata/name").and_then(Value::as_str) == Some("kubernetes")
+                    ns == namespace
+                        || s.pointer("/metadata/name").and_then(Value::as_str) == Some("kubernetes")
                 }));
                 if namespace == "default" {
                     break;

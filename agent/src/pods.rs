@@ -168,14 +168,26 @@ pub fn events_between(
 }
 
 /// The kubelet's Events for a container that waits for `reason`.
-fn waiting_events(reason: &str, image: &str, message: &str) -> Vec<(&'static str, &'static str, String)> {
+fn waiting_events(
+    reason: &str,
+    image: &str,
+    message: &str,
+) -> Vec<(&'static str, &'static str, String)> {
     match reason {
         "ErrImagePull" => vec![
-            ("Warning", "Failed", format!("Failed to pull image {image:?}: {message}")),
+            (
+                "Warning",
+                "Failed",
+                format!("Failed to pull image {image:?}: {message}"),
+            ),
             ("Warning", "Failed", "Error: ErrImagePull".to_string()),
         ],
         "ImagePullBackOff" => vec![
-            ("Normal", "BackOff", format!("Back-off pulling image {image:?}")),
+            (
+                "Normal",
+                "BackOff",
+                format!("Back-off pulling image {image:?}"),
+            ),
             ("Warning", "Failed", "Error: ImagePullBackOff".to_string()),
         ],
         "ErrImageNeverPull" => vec![

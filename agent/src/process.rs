@@ -65,11 +65,16 @@ impl Runtime for ProcessRuntime {
         LogFormat::Raw
     }
 
-    fn stream_url<'a>(&'a self, _request: &'a StreamRequest) -> BoxFuture<'a, Result<String, String>> {
+    fn stream_url<'a>(
+        &'a self,
+        _request: &'a StreamRequest,
+    ) -> BoxFuture<'a, Result<String, String>> {
         Box::pin(async {
-            Err("exec, attach and port-forward need the containerd runtime: this agent runs \
+            Err(
+                "exec, attach and port-forward need the containerd runtime: this agent runs \
                  containers as host processes (--container-runtime process)"
-                .to_string())
+                    .to_string(),
+            )
         })
     }
 }
@@ -279,14 +284,19 @@ fn spawn(spec: &ContainerSpec, host: HostExec) -> Result<ProcessContainer, Start
         )));
     }
     let log_dir = spec.log_path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(log_dir).map_err(|e| StartError::start(format!("creating {}: {e}", log_dir.display())))?;
+    std::fs::create_dir_all(log_dir)
+        .map_err(|e| StartError::start(format!("creating {}: {e}", log_dir.display())))?;
     // Created up front, so a container's log exists as soon as it runs.
-    let log = File::create(&spec.log_path).map_err(|e| StartError::start(format!("creating {}: {e}", spec.log_path.display())))?;
-    let (reader, writer) = std::io::pipe().map_err(|e| StartError::start(format!("creating the log pipe: {e}")))?;
+    let log = File::create(&spec.log_path)
+        .map_err(|e| StartError::start(format!("creating {}: {e}", spec.log_path.display())))?;
+    let (reader, writer) =
+        std::io::pipe().map_err(|e| StartError::start(format!("creating the log pipe: {e}")))?;
     // A bigger pipe means fewer wake-ups for chatty containers (best effort).
     // SAFETY: fcntl on a valid fd we own.
     unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
-    let stderr = writer.try_clone().map_err(|e| StartError::start(format!("creating the log pipe: {e}")))?;
+    let stderr = writer
+        .try_clone()
+        .map_err(|e| StartError::start(format!("creating the log pipe: {e}")))?;
 
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
@@ -339,7 +349,9 @@ fn spawn(spec: &ContainerSpec, host: HostExec) -> Result<ProcessContainer, Start
         // No thread to wait on it: do not leave it running unsupervised.
         // SAFETY: kill has no memory effects.
         unsafe { libc::kill(-pid, libc::SIGKILL) };
-        return Err(StartError::start(format!("starting a supervisor thread: {e}")));
+        return Err(StartError::start(format!(
+            "starting a supervisor thread: {e}"
+        )));
     }
     Ok(ProcessContainer {
         id: format!("process://{pid}"),
@@ -555,7 +567,10 @@ mod tests {
         let host = HostExec::new(&s, dir.path(), "pod");
         let sh = |cmd: &str| vec!["sh".to_string(), "-c".into(), cmd.into()];
         let out = host
-            .exec_sync(&sh("echo $X $HOSTNAME; pwd; exit 4"), Duration::from_secs(5))
+            .exec_sync(
+                &sh("echo $X $HOSTNAME; pwd; exit 4"),
+                Duration::from_secs(5),
+            )
             .await
             .unwrap();
         assert_eq!(out.exit_code, 4);
@@ -566,7 +581,10 @@ mod tests {
             .exec_sync(&sh("sleep 30"), Duration::from_millis(300))
             .await
             .unwrap_err();
-        assert!(err.contains("timed out") && began.elapsed() < Duration::from_secs(3), "{err}");
+        assert!(
+            err.contains("timed out") && began.elapsed() < Duration::from_secs(3),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -46,7 +46,11 @@ pub async fn for_image(pod: &Value, image: &str, objects: &dyn Objects) -> Optio
         .filter_map(|s| s["name"].as_str());
     for name in names {
         let Ok(Some(secret)) = objects.get("secrets", namespace, name).await else {
-            tracing::warn!(secret = name, namespace, "an imagePullSecret cannot be read; pulling without it");
+            tracing::warn!(
+                secret = name,
+                namespace,
+                "an imagePullSecret cannot be read; pulling without it"
+            );
             continue;
         };
         if let Some(auth) = find(&secret, &registry) {
@@ -60,7 +64,9 @@ pub async fn for_image(pod: &Value, image: &str, objects: &dyn Objects) -> Optio
 fn find(secret: &Value, registry: &str) -> Option<PullAuth> {
     let decode = |key: &str| -> Option<Value> {
         let encoded = secret["data"][key].as_str()?;
-        let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).ok()?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()?;
         serde_json::from_slice(&bytes).ok()
     };
     let auths = match decode(".dockerconfigjson") {
@@ -100,7 +106,10 @@ mod tests {
     fn registries_and_entries_match_as_the_kubelet_matches_them() {
         assert_eq!(registry_of("nginx:alpine"), "docker.io");
         assert_eq!(registry_of("library/nginx"), "docker.io");
-        assert_eq!(registry_of("registry.local:5000/web:1"), "registry.local:5000");
+        assert_eq!(
+            registry_of("registry.local:5000/web:1"),
+            "registry.local:5000"
+        );
         assert_eq!(registry_of("localhost/web"), "localhost");
         let config = json!({"auths": {
             "https://index.docker.io/v1/": {"auth": "dTpw"},
@@ -110,7 +119,10 @@ mod tests {
         let secret = json!({"data": {".dockerconfigjson": data}});
         assert_eq!(find(&secret, "docker.io").unwrap().auth, "dTpw");
         let local = find(&secret, "registry.local:5000").unwrap();
-        assert_eq!((local.username.as_str(), local.password.as_str()), ("u", "p"));
+        assert_eq!(
+            (local.username.as_str(), local.password.as_str()),
+            ("u", "p")
+        );
         assert!(find(&secret, "other.local").is_none());
         assert!(find(&json!({"data": {".dockerconfigjson": "!!"}}), "docker.io").is_none());
     }

@@ -10,10 +10,10 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
@@ -39,7 +39,10 @@ pub trait Runtime: Send + Sync {
     fn log_format(&self) -> LogFormat;
     /// Where the runtime serves an exec, attach or port-forward stream:
     /// a URL of its streaming server, or why it cannot.
-    fn stream_url<'a>(&'a self, request: &'a StreamRequest) -> BoxFuture<'a, Result<String, String>>;
+    fn stream_url<'a>(
+        &'a self,
+        request: &'a StreamRequest,
+    ) -> BoxFuture<'a, Result<String, String>>;
 }
 
 /// A stream `kubectl exec`, `attach` or `port-forward` asks for.
@@ -428,9 +431,14 @@ mod tests {
         assert_eq!(s.env, [("GREETING".to_string(), "hi".to_string())]);
         assert_eq!(s.log_path, Path::new("/pods/u/c/0.log"));
         assert_eq!(s.pid_file, Path::new("/pods/u/c.pid"));
-        let s = s.with_env(vec![("GREETING".into(), "yo".into())]).for_attempt(3);
+        let s = s
+            .with_env(vec![("GREETING".into(), "yo".into())])
+            .for_attempt(3);
         assert_eq!(s.args, ["echo", "yo"]);
-        assert_eq!((s.attempt, s.log_path.as_path()), (3, Path::new("/pods/u/c/3.log")));
+        assert_eq!(
+            (s.attempt, s.log_path.as_path()),
+            (3, Path::new("/pods/u/c/3.log"))
+        );
     }
 
     #[test]

@@ -15,17 +15,36 @@ use crate::supervisor::Supervisor;
 
 /// Which stream a path asks for.
 pub enum Target<'a> {
-    Exec { namespace: &'a str, pod: &'a str, container: &'a str },
-    Attach { namespace: &'a str, pod: &'a str, container: &'a str },
-    PortForward { namespace: &'a str, pod: &'a str },
+    Exec {
+        namespace: &'a str,
+        pod: &'a str,
+        container: &'a str,
+    },
+    Attach {
+        namespace: &'a str,
+        pod: &'a str,
+        container: &'a str,
+    },
+    PortForward {
+        namespace: &'a str,
+        pod: &'a str,
+    },
 }
 
 impl<'a> Target<'a> {
     /// The stream a path's segments name, if they name one.
     pub fn parse(segments: &[&'a str]) -> Option<Target<'a>> {
         match *segments {
-            ["exec", namespace, pod, container] => Some(Target::Exec { namespace, pod, container }),
-            ["attach", namespace, pod, container] => Some(Target::Attach { namespace, pod, container }),
+            ["exec", namespace, pod, container] => Some(Target::Exec {
+                namespace,
+                pod,
+                container,
+            }),
+            ["attach", namespace, pod, container] => Some(Target::Attach {
+                namespace,
+                pod,
+                container,
+            }),
             ["portForward", namespace, pod] => Some(Target::PortForward { namespace, pod }),
             _ => None,
         }
@@ -78,10 +97,16 @@ async fn open(
     let path = url.path_and_query().map_or("/", |p| p.as_str());
     let server = tokio::net::TcpStream::connect(&authority)
         .await
-        .map_err(|e| internal(format!("dialing the runtime's streaming server {authority}: {e}")))?;
+        .map_err(|e| {
+            internal(format!(
+                "dialing the runtime's streaming server {authority}: {e}"
+            ))
+        })?;
     let next = apiserver::upgrade::next_hop_request(method, path, &authority, headers, None)
         .map_err(internal)?;
-    apiserver::upgrade::forward(server, next, upgrade).await.map_err(internal)
+    apiserver::upgrade::forward(server, next, upgrade)
+        .await
+        .map_err(internal)
 }
 
 /// What the runtime is asked for, once the container is known to run.
@@ -100,9 +125,16 @@ fn stream_request(
             .ok_or_else(|| not_found(format!("container not found ({container:?})")))
     };
     Ok(match target {
-        Target::Exec { namespace, pod, container } => {
+        Target::Exec {
+            namespace,
+            pod,
+            container,
+        } => {
             if query.command.is_empty() {
-                return Err((StatusCode::BAD_REQUEST, "you must specify at least 1 command".into()));
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    "you must specify at least 1 command".into(),
+                ));
             }
             StreamRequest::Exec {
                 container_id: container_id(namespace, pod, container)?,
@@ -110,7 +142,11 @@ fn stream_request(
                 stdio: query.stdio,
             }
         }
-        Target::Attach { namespace, pod, container } => StreamRequest::Attach {
+        Target::Attach {
+            namespace,
+            pod,
+            container,
+        } => StreamRequest::Attach {
             container_id: container_id(namespace, pod, container)?,
             stdio: query.stdio,
         },
@@ -142,7 +178,9 @@ impl Query {
                 "stdout" | "output" => q.stdio.stdout = on,
                 "stderr" => q.stdio.stderr = on,
                 "tty" => q.stdio.tty = on,
-                "ports" | "port" => q.ports.extend(v.split(',').filter_map(|p| p.trim().parse::<i32>().ok())),
+                "ports" | "port" => q
+                    .ports
+                    .extend(v.split(',').filter_map(|p| p.trim().parse::<i32>().ok())),
                 _ => {}
             }
         }
@@ -161,7 +199,9 @@ mod tests {
 
     #[test]
     fn kubectl_queries_parse() {
-        let q = parse("command=sh&command=-c&command=echo+hi%3B%20ls&container=c&stdin=true&stdout=true&tty=1");
+        let q = parse(
+            "command=sh&command=-c&command=echo+hi%3B%20ls&container=c&stdin=true&stdout=true&tty=1",
+        );
         assert_eq!(q.command, ["sh", "-c", "echo hi; ls"]);
         assert!(q.stdio.stdin && q.stdio.stdout && q.stdio.tty && !q.stdio.stderr);
         assert_eq!(parse("ports=8080,9090").ports, [8080, 9090]);

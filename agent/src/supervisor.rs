@@ -26,10 +26,10 @@ use tokio::time::Instant;
 
 use crate::objects::Sources;
 use crate::probes::{Probe, ProbeContext, Prober};
-use crate::volumes::PodVolumes;
 use crate::runtime::{
     Container, ContainerSpec, Exit, Runtime, Sandbox, SandboxSpec, Signal, StartError, path_under,
 };
+use crate::volumes::PodVolumes;
 
 /// Status updates queued for the agent; a full queue holds pod tasks back
 /// rather than dropping a status.
@@ -272,7 +272,10 @@ impl Supervisor {
     /// in `keep` (uids), once the node's pods are known.
     pub async fn forget_others(&self, keep: &HashSet<String>) {
         self.runtime.forget_others(keep).await;
-        let dirs = std::fs::read_dir(&self.root).into_iter().flatten().flatten();
+        let dirs = std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten();
         for dir in dirs {
             let uid = dir.file_name().to_string_lossy().into_owned();
             if !keep.contains(&uid) && !lock(&self.pods).contains_key(&uid) {
@@ -334,7 +337,11 @@ impl Supervisor {
     pub fn running_container(&self, namespace: &str, pod: &str, container: &str) -> Option<String> {
         let (_, shared) = self.find(namespace, pod)?;
         let state = lock(&shared.state);
-        let status = state.init.iter().chain(&state.containers).find(|c| c.name == container)?;
+        let status = state
+            .init
+            .iter()
+            .chain(&state.containers)
+            .find(|c| c.name == container)?;
         if !matches!(status.state, State::Running { .. }) {
             return None;
         }
@@ -343,7 +350,10 @@ impl Supervisor {
     }
 
     /// Where the runtime serves the stream `request` asks for.
-    pub async fn stream_url(&self, request: &crate::runtime::StreamRequest) -> Result<String, String> {
+    pub async fn stream_url(
+        &self,
+        request: &crate::runtime::StreamRequest,
+    ) -> Result<String, String> {
         self.runtime.stream_url(request).await
     }
 
@@ -961,7 +971,10 @@ impl PodRun {
         self.shared.report().await;
         if let Some(sandbox) = self.sandbox().await {
             if self.sources.is_none() || self.set_up_volumes().await {
-                let refresh = self.volumes.clone().map(|v| tokio::spawn(self.clone().refresh(v)));
+                let refresh = self
+                    .volumes
+                    .clone()
+                    .map(|v| tokio::spawn(self.clone().refresh(v)));
                 self.run_containers(&sandbox).await;
                 if let Some(task) = refresh {
                     task.abort();
@@ -990,14 +1003,18 @@ impl PodRun {
             }
             match self.runtime.sandbox(&spec).await {
                 Ok(sandbox) => {
-                    let ip = sandbox.ip().unwrap_or_else(|| lock(&self.shared.state).node_ip.clone());
+                    let ip = sandbox
+                        .ip()
+                        .unwrap_or_else(|| lock(&self.shared.state).node_ip.clone());
                     self.shared.update(|s| s.pod_ip = Some(ip)).await;
                     return Some(sandbox);
                 }
                 Err(e) => {
                     tracing::warn!(pod = %self.shared.name, namespace = %self.shared.namespace, error = %e, "creating the pod sandbox failed");
                     let message = format!("Failed to create pod sandbox: {}", e.message);
-                    self.shared.event("Warning", "FailedCreatePodSandBox", message).await;
+                    self.shared
+                        .event("Warning", "FailedCreatePodSandBox", message)
+                        .await;
                 }
             }
             tokio::select! {
@@ -1051,7 +1068,9 @@ impl PodRun {
 
     /// Keeps configMap, secret and downwardAPI volumes in step with the API.
     async fn refresh(self, volumes: Arc<PodVolumes>) {
-        let Some(sources) = self.sources.clone() else { return };
+        let Some(sources) = self.sources.clone() else {
+            return;
+        };
         loop {
             tokio::time::sleep(VOLUME_REFRESH).await;
             volumes.refresh(&self.pod_view(), sources.as_ref()).await;
@@ -1067,7 +1086,10 @@ impl PodRun {
         };
         let config_error = |m: String| StartError::waiting("CreateContainerConfigError", m);
         let pod = self.pod_view();
-        let services = sources.services(&self.shared.namespace).await.map_err(config_error)?;
+        let services = sources
+            .services(&self.shared.namespace)
+            .await
+            .map_err(config_error)?;
         let env = crate::env::container_env(&pod, &spec.container, sources.as_ref(), &services)
             .await
             .map_err(config_error)?;

@@ -458,9 +458,7 @@ impl Https {
     }
 
     /// A fresh TLS connection to the server.
-    async fn tls(
-        &self,
-    ) -> ClientResult<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    async fn tls(&self) -> ClientResult<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
         let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| {

@@ -91,7 +91,11 @@ fn agent_address(node: &Value) -> Option<String> {
 }
 
 /// A client for the agent running `pod`, and its address.
-async fn agent_of(api: &Api, pod: &Value, waiting: impl FnOnce() -> String) -> ApiResult<(Client, String)> {
+async fn agent_of(
+    api: &Api,
+    pod: &Value,
+    waiting: impl FnOnce() -> String,
+) -> ApiResult<(Client, String)> {
     let Some(node_name) = pod
         .pointer("/spec/nodeName")
         .and_then(Value::as_str)
@@ -125,13 +129,19 @@ pub struct StreamTarget {
 pub fn stream_target(path: &str) -> Option<StreamTarget> {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match segments.as_slice() {
-        ["api", "v1", "namespaces", ns, "pods", name, sub @ ("exec" | "attach" | "portforward")] => {
-            Some(StreamTarget {
-                namespace: ns.to_string(),
-                name: name.to_string(),
-                subresource: sub.to_string(),
-            })
-        }
+        [
+            "api",
+            "v1",
+            "namespaces",
+            ns,
+            "pods",
+            name,
+            sub @ ("exec" | "attach" | "portforward"),
+        ] => Some(StreamTarget {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+            subresource: sub.to_string(),
+        }),
         _ => None,
     }
 }
@@ -168,7 +178,10 @@ pub async fn stream(
     let path = if verb == "portforward" {
         format!("/portForward/{namespace}/{name}")
     } else {
-        let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or("");
+        let phase = pod
+            .pointer("/status/phase")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         if matches!(phase, "Succeeded" | "Failed") {
             return Err(ApiError::bad_request(format!(
                 "cannot {verb} into a container in a completed pod; current phase is {phase}"
@@ -177,7 +190,11 @@ pub async fn stream(
         let container = container_of(&pod, param("container"))?;
         format!("/{verb}/{namespace}/{name}/{container}")
     };
-    let path = if query.is_empty() { path } else { format!("{path}?{query}") };
+    let path = if query.is_empty() {
+        path
+    } else {
+        format!("{path}?{query}")
+    };
     let Some(upgrade) = upgrade.filter(|_| crate::upgrade::is_upgrade(headers)) else {
         return Err(ApiError::bad_request("Upgrade request required"));
     };
@@ -188,7 +205,9 @@ pub async fn stream(
     let answer = client
         .upgrade(method, &path, headers, upgrade)
         .await
-        .map_err(|e| ApiError::internal(format!("error dialing backend: {address}: {}", e.message)))?;
+        .map_err(|e| {
+            ApiError::internal(format!("error dialing backend: {address}: {}", e.message))
+        })?;
     // The agent's refusal goes back as it is, as kube-apiserver passes the
     // kubelet's.
     let (parts, body) = answer.into_parts();
@@ -202,7 +221,9 @@ pub async fn pod_log(api: &Api, pod: &Value, query: &[(String, String)]) -> ApiR
     let name = pod["metadata"]["name"].as_str().unwrap_or_default();
     let namespace = pod["metadata"]["namespace"].as_str().unwrap_or("default");
     let (client, address) = agent_of(api, pod, || {
-        format!("container \"{container}\" in pod \"{name}\" is waiting to start: ContainerCreating")
+        format!(
+            "container \"{container}\" in pod \"{name}\" is waiting to start: ContainerCreating"
+        )
     })
     .await?;
     let mut path = format!("/containerLogs/{namespace}/{name}/{container}");

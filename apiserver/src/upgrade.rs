@@ -12,14 +12,22 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Request headers that name the hop, not the stream: replaced or dropped.
-const HOP_HEADERS: &[&str] = &["host", "authorization", "content-length", "transfer-encoding"];
+const HOP_HEADERS: &[&str] = &[
+    "host",
+    "authorization",
+    "content-length",
+    "transfer-encoding",
+];
 
 /// Whether the request asks to switch protocols.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers
         .get(http::header::CONNECTION)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        })
 }
 
 /// The request for the next hop: the client's method and stream headers
@@ -64,7 +72,10 @@ where
     tokio::spawn(async move {
         let _ = connection.with_upgrades().await;
     });
-    let mut response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+    let mut response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
     let status = response.status();
     let headers = response.headers().clone();
     if status != StatusCode::SWITCHING_PROTOCOLS {
@@ -106,17 +117,29 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("connection", "Upgrade".parse().unwrap());
         headers.insert("upgrade", "SPDY/3.1".parse().unwrap());
-        headers.insert("x-stream-protocol-version", "v4.channel.k8s.io".parse().unwrap());
+        headers.insert(
+            "x-stream-protocol-version",
+            "v4.channel.k8s.io".parse().unwrap(),
+        );
         headers.insert("authorization", "Bearer user-token".parse().unwrap());
         headers.insert("host", "api:6443".parse().unwrap());
         assert!(is_upgrade(&headers));
-        let r = next_hop_request(&Method::POST, "/exec/ns/p/c?command=ls", "10.0.0.5:10250", &headers, Some("node"))
-            .unwrap();
+        let r = next_hop_request(
+            &Method::POST,
+            "/exec/ns/p/c?command=ls",
+            "10.0.0.5:10250",
+            &headers,
+            Some("node"),
+        )
+        .unwrap();
         assert_eq!(r.uri(), "/exec/ns/p/c?command=ls");
         assert_eq!(r.headers()["host"], "10.0.0.5:10250");
         assert_eq!(r.headers()["authorization"], "Bearer node");
         assert_eq!(r.headers()["upgrade"], "SPDY/3.1");
-        assert_eq!(r.headers()["x-stream-protocol-version"], "v4.channel.k8s.io");
+        assert_eq!(
+            r.headers()["x-stream-protocol-version"],
+            "v4.channel.k8s.io"
+        );
         assert!(!is_upgrade(&HeaderMap::new()));
     }
 }

@@ -40,7 +40,7 @@ pub fn spawn_server(dir: &Path, args: &[&str]) -> (Child, PathBuf) {
     std::fs::create_dir_all(dir).unwrap();
     let log = dir.join("k3rs.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_k3rs"))
-            .env("K3RS_CONTAINER_RUNTIME", "process")
+        .env("K3RS_CONTAINER_RUNTIME", "process")
         .arg("server")
         .arg("--data-dir")
         .arg(dir)

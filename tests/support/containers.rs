@@ -41,10 +41,22 @@ pub fn busybox_image(cmd: &[&str]) -> Image {
         .output()
         .expect("busybox --list");
     let mut entries = vec![
-        Entry::Dir { path: "bin".into(), mode: 0o755 },
-        Entry::Dir { path: "etc".into(), mode: 0o755 },
-        Entry::Dir { path: "tmp".into(), mode: 0o1777 },
-        Entry::Dir { path: "root".into(), mode: 0o700 },
+        Entry::Dir {
+            path: "bin".into(),
+            mode: 0o755,
+        },
+        Entry::Dir {
+            path: "etc".into(),
+            mode: 0o755,
+        },
+        Entry::Dir {
+            path: "tmp".into(),
+            mode: 0o1777,
+        },
+        Entry::Dir {
+            path: "root".into(),
+            mode: 0o700,
+        },
         Entry::File {
             path: "bin/busybox".into(),
             mode: 0o755,
@@ -53,7 +65,8 @@ pub fn busybox_image(cmd: &[&str]) -> Image {
         Entry::File {
             path: "etc/passwd".into(),
             mode: 0o644,
-            data: b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n".to_vec(),
+            data: b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
+                .to_vec(),
         },
         Entry::File {
             path: "etc/group".into(),
@@ -100,7 +113,10 @@ impl Drop for Cleanup {
 /// The k3rs pod cgroups of every hierarchy, deepest first.
 fn pod_cgroups() -> Vec<PathBuf> {
     let mut found = Vec::new();
-    let hierarchies = std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten();
+    let hierarchies = std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten();
     for h in hierarchies {
         let root = h.path().join("k3rs");
         if !root.is_dir() {
@@ -108,7 +124,10 @@ fn pod_cgroups() -> Vec<PathBuf> {
         }
         let pods = std::fs::read_dir(&root).into_iter().flatten().flatten();
         for pod in pods.filter(|p| p.path().is_dir()) {
-            let containers = std::fs::read_dir(pod.path()).into_iter().flatten().flatten();
+            let containers = std::fs::read_dir(pod.path())
+                .into_iter()
+                .flatten()
+                .flatten();
             found.extend(containers.filter(|c| c.path().is_dir()).map(|c| c.path()));
             found.push(pod.path());
         }
@@ -147,7 +166,9 @@ fn kill_processes_naming(dir: &Path) {
     let me = std::process::id();
     let procs = std::fs::read_dir("/proc").into_iter().flatten().flatten();
     for p in procs {
-        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         if pid == me {
             continue;
         }
@@ -169,7 +190,9 @@ fn unmount_below(dir: &Path) {
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for point in points {
-        let Ok(c) = std::ffi::CString::new(point) else { continue };
+        let Ok(c) = std::ffi::CString::new(point) else {
+            continue;
+        };
         // SAFETY: a valid C string; MNT_DETACH never blocks.
         unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
     }

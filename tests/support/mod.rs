@@ -573,7 +573,7 @@ impl Drop for K3rsServer {
 pub fn k3rs_to_exit(args: &[&str]) -> (bool, String) {
     let stderr = tempfile::NamedTempFile::new().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_k3rs"))
-            .env("K3RS_CONTAINER_RUNTIME", "process")
+        .env("K3RS_CONTAINER_RUNTIME", "process")
         .args(args)
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())

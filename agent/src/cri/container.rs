@@ -72,9 +72,12 @@ pub async fn start(
     let image = ensure_image(cri, spec, sandbox).await?;
     // The runtime opens the log file but makes no directory for it.
     let log_dir = pod_dir.join(&spec.name);
-    tokio::fs::create_dir_all(&log_dir)
-        .await
-        .map_err(|e| StartError::waiting("CreateContainerError", format!("creating {}: {e}", log_dir.display())))?;
+    tokio::fs::create_dir_all(&log_dir).await.map_err(|e| {
+        StartError::waiting(
+            "CreateContainerError",
+            format!("creating {}: {e}", log_dir.display()),
+        )
+    })?;
     let config = container_config(spec, sandbox, &image, pod_dir);
     let mut runtime = cri.runtime.clone();
     let mut create = tonic::Request::new(v1::CreateContainerRequest {
@@ -164,7 +167,10 @@ async fn ensure_image(
                 .await
                 .map_err(|s| StartError::waiting("ErrImagePull", go_error(&s)))?;
             image_status(cri, image).await?.ok_or_else(|| {
-                StartError::waiting("ErrImagePull", format!("image {image:?} is not present after its pull"))
+                StartError::waiting(
+                    "ErrImagePull",
+                    format!("image {image:?} is not present after its pull"),
+                )
             })
         }
         (_, Some(found)) => Ok(found),
@@ -218,7 +224,10 @@ fn container_config(
         (POD_NAME.to_string(), meta.name.clone()),
         (POD_NAMESPACE.to_string(), meta.namespace.clone()),
         (POD_UID.to_string(), meta.uid.clone()),
-        (NODE.to_string(), sandbox.labels.get(NODE).cloned().unwrap_or_default()),
+        (
+            NODE.to_string(),
+            sandbox.labels.get(NODE).cloned().unwrap_or_default(),
+        ),
     ]);
     let annotations = HashMap::from([(RESTART_COUNT.to_string(), spec.attempt.to_string())]);
     let mut mounts: Vec<v1::Mount> = spec
@@ -317,15 +326,19 @@ fn oom_score_adj(c: &Value) -> i64 {
     let guaranteed = limits.and_then(|l| l.get("cpu")).is_some()
         && limits.and_then(|l| l.get("memory")).is_some()
         && requests.is_none_or(|r| {
-            ["cpu", "memory"]
-                .iter()
-                .all(|k| r.get(*k).is_none_or(|v| Some(v) == limits.and_then(|l| l.get(*k))))
+            ["cpu", "memory"].iter().all(|k| {
+                r.get(*k)
+                    .is_none_or(|v| Some(v) == limits.and_then(|l| l.get(*k)))
+            })
         });
     if guaranteed { -997 } else { 999 }
 }
 
 /// The container's security context, the pod's as its default.
-fn security_context(c: &Value, sandbox: &v1::PodSandboxConfig) -> v1::LinuxContainerSecurityContext {
+fn security_context(
+    c: &Value,
+    sandbox: &v1::PodSandboxConfig,
+) -> v1::LinuxContainerSecurityContext {
     let pod_security = sandbox
         .linux
         .as_ref()
@@ -377,7 +390,9 @@ fn security_context(c: &Value, sandbox: &v1::PodSandboxConfig) -> v1::LinuxConta
             drop_capabilities: names("/securityContext/capabilities/drop"),
         }),
         privileged,
-        namespace_options: pod_security.namespace_options.or_else(|| Some(namespace_options(&Value::Null))),
+        namespace_options: pod_security
+            .namespace_options
+            .or_else(|| Some(namespace_options(&Value::Null))),
         run_as_user: int64(c, "/securityContext/runAsUser").or(pod_security.run_as_user),
         run_as_username: String::new(),
         readonly_rootfs: c
@@ -442,11 +457,15 @@ impl CriContainer {
                 filter: Some(filter),
             })
             .await
-            .inspect_err(|e| tracing::warn!(error = %go_error(e), "listing containers to adopt failed"))
+            .inspect_err(
+                |e| tracing::warn!(error = %go_error(e), "listing containers to adopt failed"),
+            )
             .ok()?
             .into_inner()
             .containers;
-        let newest = listed.into_iter().max_by_key(|c| (attempt(c), c.created_at))?;
+        let newest = listed
+            .into_iter()
+            .max_by_key(|c| (attempt(c), c.created_at))?;
         if newest.state == v1::ContainerState::ContainerCreated as i32 {
             let _ = runtime
                 .remove_container(v1::RemoveContainerRequest {
@@ -549,7 +568,11 @@ impl Container for CriContainer {
             Signal::Term => TERM_GRACE,
             Signal::Kill => 0,
         };
-        tokio::spawn(CriContainer::stop(self.cri.clone(), self.raw_id.clone(), timeout));
+        tokio::spawn(CriContainer::stop(
+            self.cri.clone(),
+            self.raw_id.clone(),
+            timeout,
+        ));
     }
 
     fn wait(&self) -> BoxFuture<'_, Exit> {
@@ -614,7 +637,9 @@ impl ExitWatcher {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let Some(this) = watcher.upgrade() else { return };
+            let Some(this) = watcher.upgrade() else {
+                return;
+            };
             this.poll().await;
         }
     }
@@ -640,7 +665,11 @@ impl ExitWatcher {
         for id in ids.iter().filter(|id| !running.contains_key(*id)) {
             let exit = self.exit_of(id).await;
             let Some(exit) = exit else { continue };
-            let tx = self.watched.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+            let tx = self
+                .watched
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(id);
             if let Some(tx) = tx {
                 let _ = tx.send(Some(exit));
             }
@@ -716,11 +745,17 @@ mod tests {
     fn resources_become_cgroup_settings() {
         let c = json!({"resources": {"requests": {"cpu": "250m"}, "limits": {"cpu": "500m", "memory": "64Mi"}}});
         let r = resources(&c);
-        assert_eq!((r.cpu_shares, r.cpu_quota, r.cpu_period), (256, 50_000, 100_000));
+        assert_eq!(
+            (r.cpu_shares, r.cpu_quota, r.cpu_period),
+            (256, 50_000, 100_000)
+        );
         assert_eq!(r.memory_limit_in_bytes, 64 << 20);
         assert_eq!(r.oom_score_adj, 999);
         let none = resources(&json!({}));
-        assert_eq!((none.cpu_shares, none.cpu_quota, none.oom_score_adj), (2, 0, 1000));
+        assert_eq!(
+            (none.cpu_shares, none.cpu_quota, none.oom_score_adj),
+            (2, 0, 1000)
+        );
         let guaranteed = json!({"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}});
         assert_eq!(resources(&guaranteed).oom_score_adj, -997);
     }
@@ -745,7 +780,8 @@ mod tests {
         assert!(s.readonly_rootfs && s.no_new_privs && !s.privileged);
         assert_eq!(s.capabilities.unwrap().drop_capabilities, ["ALL"]);
         assert!(s.masked_paths.contains(&"/proc/kcore".to_string()));
-        let privileged = security_context(&json!({"securityContext": {"privileged": true}}), &sandbox);
+        let privileged =
+            security_context(&json!({"securityContext": {"privileged": true}}), &sandbox);
         assert!(privileged.privileged && privileged.masked_paths.is_empty());
     }
 }

@@ -191,7 +191,8 @@ fn is_executable(path: &Path) -> bool {
 /// and keeps it running from a background task.
 pub async fn start(layout: Layout) -> Result<Cri> {
     for dir in [layout.root(), layout.state(), layout.cni_conf_dir()] {
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let cri = Cri::new(&layout.socket());
     if answers(&cri).await {
@@ -200,7 +201,10 @@ pub async fn start(layout: Layout) -> Result<Cri> {
         spawn(&layout)?;
         wait_until_up(&cri, &layout).await?;
     }
-    let (name, version) = cri.version().await.map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+    let (name, version) = cri
+        .version()
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
     tracing::info!(runtime = %name, version = %version, socket = %layout.socket().display(), "container runtime ready");
     tokio::spawn(keep_running(layout, cri.clone()));
     Ok(cri)
@@ -313,9 +317,15 @@ mod tests {
 
     #[test]
     fn config_names_the_agents_paths() {
-        let layout = Layout::new(Path::new("/var/lib/k3rs/agent"), "k3rs.local/pause:1", Path::new("/usr/lib/cni"));
+        let layout = Layout::new(
+            Path::new("/var/lib/k3rs/agent"),
+            "k3rs.local/pause:1",
+            Path::new("/usr/lib/cni"),
+        );
         let config = layout.config(10010);
-        assert!(config.contains(r#"address = "/var/lib/k3rs/agent/containerd/state/containerd.sock""#));
+        assert!(
+            config.contains(r#"address = "/var/lib/k3rs/agent/containerd/state/containerd.sock""#)
+        );
         assert!(config.contains(r#"conf_dir = "/var/lib/k3rs/agent/cni/net.d""#));
         assert!(config.contains(r#"stream_server_port = "10010""#));
         assert!(config.contains(r#"sandbox_image = "k3rs.local/pause:1""#));

@@ -24,9 +24,19 @@ const IMPORT_TIMEOUT: Duration = Duration::from_secs(600);
 /// One file of an image layer.
 #[derive(Debug, Clone)]
 pub enum Entry {
-    Dir { path: String, mode: u32 },
-    File { path: String, mode: u32, data: Vec<u8> },
-    Symlink { path: String, target: String },
+    Dir {
+        path: String,
+        mode: u32,
+    },
+    File {
+        path: String,
+        mode: u32,
+        data: Vec<u8>,
+    },
+    Symlink {
+        path: String,
+        target: String,
+    },
 }
 
 /// A single-layer image: its files and its config.
@@ -113,7 +123,8 @@ impl Image {
             "RepoTags": [tag],
             "Layers": [layer_name],
         }]))?;
-        let file = std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
+        let file = std::fs::File::create(out)
+            .with_context(|| format!("cannot create {}", out.display()))?;
         let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
         for (name, data) in [
             (layer_name.as_str(), layer.as_slice()),
@@ -156,10 +167,18 @@ fn pause_program() -> Result<Vec<u8>> {
         // loop: mov x0..x3, #0; mov x8, #73 (ppoll); svc #0; b loop
         "aarch64" => (
             183,
-            [0xd280_0000u32, 0xd280_0001, 0xd280_0002, 0xd280_0003, 0xd280_0928, 0xd400_0001, 0x17ff_fffa]
-                .iter()
-                .flat_map(|w| w.to_le_bytes())
-                .collect(),
+            [
+                0xd280_0000u32,
+                0xd280_0001,
+                0xd280_0002,
+                0xd280_0003,
+                0xd280_0928,
+                0xd400_0001,
+                0x17ff_fffa,
+            ]
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect(),
         ),
         other => bail!("no sandbox program for the {other} architecture yet"),
     };
@@ -211,7 +230,10 @@ pub fn airgap_tarballs(dir: &Path) -> Vec<PathBuf> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             p.is_file()
                 && [".tar", ".tar.gz", ".tgz", ".tar.zst", ".tar.zstd"]
                     .iter()
@@ -234,7 +256,9 @@ pub async fn import_airgap_images(socket: &Path, dir: &Path) -> usize {
                 imported += 1;
                 tracing::info!(file = %tarball.display(), seconds = started.elapsed().as_secs_f32(), "imported images");
             }
-            Err(e) => tracing::error!(file = %tarball.display(), error = %format!("{e:#}"), "importing images failed; skipping the file"),
+            Err(e) => {
+                tracing::error!(file = %tarball.display(), error = %format!("{e:#}"), "importing images failed; skipping the file")
+            }
         }
     }
     imported
@@ -246,13 +270,26 @@ pub async fn import(socket: &Path, tarball: &Path) -> Result<()> {
     let mut cmd = tokio::process::Command::new("ctr");
     cmd.arg("--address")
         .arg(socket)
-        .args(["--namespace", CRI_NAMESPACE, "images", "import", "--snapshotter", "overlayfs"])
+        .args([
+            "--namespace",
+            CRI_NAMESPACE,
+            "images",
+            "import",
+            "--snapshotter",
+            "overlayfs",
+        ])
         .arg(tarball)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     let output = tokio::time::timeout(IMPORT_TIMEOUT, cmd.output())
         .await
-        .with_context(|| format!("importing {} took over {}s", tarball.display(), IMPORT_TIMEOUT.as_secs()))?
+        .with_context(|| {
+            format!(
+                "importing {} took over {}s",
+                tarball.display(),
+                IMPORT_TIMEOUT.as_secs()
+            )
+        })?
         .context("cannot run ctr (it ships with containerd)")?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -293,9 +330,19 @@ mod tests {
         let out = dir.path().join("img.tar");
         let image = Image {
             entries: vec![
-                Entry::Dir { path: "bin".into(), mode: 0o755 },
-                Entry::File { path: "bin/x".into(), mode: 0o755, data: b"x".to_vec() },
-                Entry::Symlink { path: "bin/y".into(), target: "x".into() },
+                Entry::Dir {
+                    path: "bin".into(),
+                    mode: 0o755,
+                },
+                Entry::File {
+                    path: "bin/x".into(),
+                    mode: 0o755,
+                    data: b"x".to_vec(),
+                },
+                Entry::Symlink {
+                    path: "bin/y".into(),
+                    target: "x".into(),
+                },
             ],
             cmd: vec!["/bin/x".into()],
             ..Image::default()

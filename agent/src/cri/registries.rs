@@ -41,7 +41,8 @@ impl Registries {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Registries::default()),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        Registries::parse(&text).with_context(|| format!("{} is not a valid registries.yaml", path.display()))
+        Registries::parse(&text)
+            .with_context(|| format!("{} is not a valid registries.yaml", path.display()))
     }
 
     pub fn parse(text: &str) -> Result<Registries> {
@@ -57,7 +58,7 @@ impl Registries {
                 .into_iter()
                 .flatten()
                 .filter_map(Value::as_str)
-                .map(|e| with_scheme(e))
+                .map(with_scheme)
                 .collect();
             if mirror.get("rewrite").is_some() {
                 tracing::warn!(registry = %name, "registries.yaml: rewrite is not supported by containerd 1.6's hosts files; ignoring it");
@@ -74,18 +75,28 @@ impl Registries {
     /// replacing what an earlier start wrote.
     pub fn write_hosts(&self, dir: &Path) -> Result<()> {
         if dir.exists() {
-            std::fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+            std::fs::remove_dir_all(dir)
+                .with_context(|| format!("cannot clear {}", dir.display()))?;
         }
         let mut registries: Vec<&String> = self.mirrors.keys().collect();
-        registries.extend(self.configs.keys().filter(|h| !self.mirrors.contains_key(*h)));
+        registries.extend(
+            self.configs
+                .keys()
+                .filter(|h| !self.mirrors.contains_key(*h)),
+        );
         for registry in registries {
-            let folder = if registry == "*" { "_default" } else { registry.as_str() };
+            let folder = if registry == "*" {
+                "_default"
+            } else {
+                registry.as_str()
+            };
             if folder.contains('/') || folder.starts_with('.') {
                 tracing::warn!(registry = %registry, "registries.yaml: not a registry host; ignoring it");
                 continue;
             }
             let path = dir.join(folder);
-            std::fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
+            std::fs::create_dir_all(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
             std::fs::write(path.join("hosts.toml"), self.hosts_toml(registry))
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
@@ -94,7 +105,8 @@ impl Registries {
 
     /// The hosts file of `registry`: its mirrors, then itself.
     fn hosts_toml(&self, registry: &str) -> String {
-        let mut out = String::from("# Written by the k3rs agent from registries.yaml; edits are lost.\n");
+        let mut out =
+            String::from("# Written by the k3rs agent from registries.yaml; edits are lost.\n");
         if registry != "*" {
             out.push_str(&format!("server = {}\n", toml_string(&upstream(registry))));
         }
@@ -122,7 +134,11 @@ impl Registries {
             out.push_str(&format!("  ca = {}\n", toml_string(ca)));
         }
         if let (Some(cert), Some(key)) = (file("cert_file"), file("key_file")) {
-            out.push_str(&format!("  client = [[{}, {}]]\n", toml_string(cert), toml_string(key)));
+            out.push_str(&format!(
+                "  client = [[{}, {}]]\n",
+                toml_string(cert),
+                toml_string(key)
+            ));
         }
         if tls["insecure_skip_verify"].as_bool() == Some(true) {
             out.push_str("  skip_verify = true\n");
@@ -206,11 +222,17 @@ configs:
     fn mirrors_become_hosts_files_and_auth_the_config() {
         let r = Registries::parse(YAML).unwrap();
         let hub = r.hosts_toml("docker.io");
-        assert!(hub.contains("server = \"https://registry-1.docker.io\"\n"), "{hub}");
+        assert!(
+            hub.contains("server = \"https://registry-1.docker.io\"\n"),
+            "{hub}"
+        );
         let mirror = hub.find("[host.\"https://mirror.local:5000\"]").unwrap();
         let plain = hub.find("[host.\"http://plain.local\"]").unwrap();
         assert!(mirror < plain, "endpoints keep their order: {hub}");
-        assert!(hub.contains("  ca = \"/etc/ca.pem\"\n  client = [[\"/etc/c.pem\", \"/etc/k.pem\"]]\n"), "{hub}");
+        assert!(
+            hub.contains("  ca = \"/etc/ca.pem\"\n  client = [[\"/etc/c.pem\", \"/etc/k.pem\"]]\n"),
+            "{hub}"
+        );
         let private = r.hosts_toml("private.local");
         assert!(private.contains("[host.\"https://private.local\"]\n  capabilities = [\"pull\", \"resolve\"]\n  skip_verify = true\n"), "{private}");
         let auth = r.auth_toml();

@@ -149,7 +149,9 @@ impl Runtime for CriRuntime {
             if !host_network(pod) {
                 let hosts = etc_hosts(pod, ip.as_deref());
                 if let Err(e) = tokio::fs::write(spec.dir.join("etc-hosts"), hosts).await {
-                    return Err(StartError::start(format!("writing the pod's hosts file: {e}")));
+                    return Err(StartError::start(format!(
+                        "writing the pod's hosts file: {e}"
+                    )));
                 }
             }
             Ok(Arc::new(CriSandbox {
@@ -188,11 +190,18 @@ impl Runtime for CriRuntime {
         LogFormat::Cri
     }
 
-    fn stream_url<'a>(&'a self, request: &'a StreamRequest) -> BoxFuture<'a, Result<String, String>> {
+    fn stream_url<'a>(
+        &'a self,
+        request: &'a StreamRequest,
+    ) -> BoxFuture<'a, Result<String, String>> {
         Box::pin(async move {
             let mut runtime = self.cri.runtime.clone();
             let answer = match request.clone() {
-                StreamRequest::Exec { container_id, command, stdio } => runtime
+                StreamRequest::Exec {
+                    container_id,
+                    command,
+                    stdio,
+                } => runtime
                     .exec(v1::ExecRequest {
                         container_id,
                         cmd: command,
@@ -203,7 +212,10 @@ impl Runtime for CriRuntime {
                     })
                     .await
                     .map(|r| r.into_inner().url),
-                StreamRequest::Attach { container_id, stdio } => runtime
+                StreamRequest::Attach {
+                    container_id,
+                    stdio,
+                } => runtime
                     .attach(v1::AttachRequest {
                         container_id,
                         stdin: stdio.stdin,
@@ -320,7 +332,10 @@ fn remove_pod_cgroups(uid: &str) {
         return;
     }
     let relative = pod_cgroup(uid);
-    let hierarchies = std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten();
+    let hierarchies = std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten();
     let mut dirs: Vec<PathBuf> = hierarchies
         .map(|h| h.path().join(relative.trim_start_matches('/')))
         .collect();
@@ -339,7 +354,9 @@ fn remove_pod_cgroups(uid: &str) {
 }
 
 fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
 fn flag(v: &Value, pointer: &str) -> bool {
@@ -354,7 +371,11 @@ pub(crate) fn host_network(pod: &Value) -> bool {
 /// as the kubelet asks for them.
 pub(crate) fn namespace_options(pod: &Value) -> v1::NamespaceOption {
     let node_or = |on: bool, otherwise: v1::NamespaceMode| {
-        if on { v1::NamespaceMode::Node } else { otherwise }
+        if on {
+            v1::NamespaceMode::Node
+        } else {
+            otherwise
+        }
     };
     let pid_shared = if flag(pod, "/spec/shareProcessNamespace") {
         v1::NamespaceMode::Pod
@@ -409,7 +430,12 @@ fn sandbox_config(pod: &Value, dir: PathBuf, node: &str, attempt: u32) -> v1::Po
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter_map(|s| Some((s["name"].as_str()?.to_string(), s["value"].as_str()?.to_string())))
+        .filter_map(|s| {
+            Some((
+                s["name"].as_str()?.to_string(),
+                s["value"].as_str()?.to_string(),
+            ))
+        })
         .collect();
     v1::PodSandboxConfig {
         metadata: Some(v1::PodSandboxMetadata {
@@ -456,7 +482,11 @@ fn hostname(pod: &Value) -> String {
         "" => text(pod, "/metadata/name"),
         h => h,
     };
-    name.chars().take(63).collect::<String>().trim_end_matches(['-', '.']).to_string()
+    name.chars()
+        .take(63)
+        .collect::<String>()
+        .trim_end_matches(['-', '.'])
+        .to_string()
 }
 
 /// `hostPort`s of the pod's containers.
@@ -553,6 +583,9 @@ mod tests {
         let hosts = etc_hosts(&pod, Some("10.42.0.9"));
         assert!(hosts.starts_with("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n"));
         assert!(hosts.contains("\n10.42.0.9\tweb-1\n"), "{hosts}");
-        assert!(hosts.ends_with("# Entries added by HostAliases.\n10.1.2.3\ta\tb\n"), "{hosts}");
+        assert!(
+            hosts.ends_with("# Entries added by HostAliases.\n10.1.2.3\ta\tb\n"),
+            "{hosts}"
+        );
     }
 }

@@ -9,11 +9,11 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
+use super::Cri;
 use super::containerd::{self, Layout};
 use super::images;
 use super::registries::Registries;
 use super::runtime::CriRuntime;
-use super::Cri;
 
 /// Where Debian and most distributions install the CNI plugins.
 const CNI_BIN_DIRS: &[&str] = &["/usr/lib/cni", "/opt/cni/bin", "/usr/libexec/cni"];
@@ -39,15 +39,21 @@ pub async fn start(
             let registries = Registries::load(private_registry)?;
             let layout = Layout::new(agent_dir, images::PAUSE_IMAGE, &cni_bin_dir)
                 .with_registries(registries);
-            write_cni_config(&layout.cni_conf_dir(), &agent_dir.join("cni"), DEFAULT_POD_SUBNET)?;
+            write_cni_config(
+                &layout.cni_conf_dir(),
+                &agent_dir.join("cni"),
+                DEFAULT_POD_SUBNET,
+            )?;
             containerd::start(layout).await?
         }
     };
     import_images(&cri.socket, agent_dir).await;
-    let (name, _) = cri
-        .version()
-        .await
-        .map_err(|e| anyhow::anyhow!("the CRI runtime does not answer: {}", super::client::go_error(&e)))?;
+    let (name, _) = cri.version().await.map_err(|e| {
+        anyhow::anyhow!(
+            "the CRI runtime does not answer: {}",
+            super::client::go_error(&e)
+        )
+    })?;
     Ok(CriRuntime::new(cri, node, &name))
 }
 
@@ -99,7 +105,8 @@ fn cni_bin_dir() -> Option<PathBuf> {
 /// A bridge network for the node's pods: `cni0`, addresses from
 /// `subnet` kept in `state_dir`, host ports when iptables is there.
 pub fn write_cni_config(conf_dir: &Path, state_dir: &Path, subnet: &str) -> Result<()> {
-    std::fs::create_dir_all(conf_dir).with_context(|| format!("cannot create {}", conf_dir.display()))?;
+    std::fs::create_dir_all(conf_dir)
+        .with_context(|| format!("cannot create {}", conf_dir.display()))?;
     let mut plugins = vec![json!({
         "type": "bridge",
         "bridge": "cni0",
@@ -129,10 +136,18 @@ mod tests {
     #[test]
     fn cni_config_is_a_bridge_with_host_local_addresses() {
         let dir = tempfile::tempdir().unwrap();
-        write_cni_config(&dir.path().join("net.d"), &dir.path().join("cni"), "10.42.0.0/24").unwrap();
+        write_cni_config(
+            &dir.path().join("net.d"),
+            &dir.path().join("cni"),
+            "10.42.0.0/24",
+        )
+        .unwrap();
         let text = std::fs::read_to_string(dir.path().join("net.d/10-k3rs.conflist")).unwrap();
         let conf: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(conf["plugins"][0]["type"], "bridge");
-        assert_eq!(conf["plugins"][0]["ipam"]["ranges"][0][0]["subnet"], "10.42.0.0/24");
+        assert_eq!(
+            conf["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+            "10.42.0.0/24"
+        );
     }
 }
