@@ -95,6 +95,13 @@ fn pods_run_in_containers() {
     until_text(&server, "the node", &["get", "nodes"], |o| {
         o.contains(" Ready ")
     });
+    let runtime = server.ok(&[
+        "get",
+        "nodes",
+        "-o",
+        "jsonpath={.items[0].status.nodeInfo.containerRuntimeVersion}",
+    ]);
+    assert!(runtime.starts_with("containerd://1."), "{runtime}");
     assert!(
         server
             .log()
@@ -131,6 +138,19 @@ fn pods_run_in_containers() {
         format!("hello from {web_name}\n"),
         "the hostname is the pod's"
     );
+    let events = server.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={web_name}"),
+    ]);
+    for said in [
+        "Container image \"k3rs.local/busybox:1\" already present on machine",
+        "Created container busybox",
+        "Started container busybox",
+    ] {
+        assert!(events.contains(said), "{said}: {events}");
+    }
     let stamped = server.ok(&["logs", &web_name, "--timestamps"]);
     let (stamp, rest) = stamped.split_once(' ').unwrap();
     assert!(stamp.ends_with('Z') && stamp.contains('T'), "{stamped}");

@@ -206,6 +206,7 @@ pub async fn run(config: Config) -> Result<()> {
         agent_port: port,
         labels: config.labels.clone(),
         taints: config.taints.clone(),
+        runtime_version: supervisor.runtime_version(),
     };
     let client = joined.client.clone();
     let registered = loop {

@@ -26,6 +26,8 @@ pub struct NodeInfo {
     pub labels: Vec<(String, String)>,
     /// `key=value:Effect` or `key:Effect`.
     pub taints: Vec<String>,
+    /// `containerd://1.6.20`, as `kubectl get nodes -o wide` shows it.
+    pub runtime_version: String,
 }
 
 fn read_trimmed(path: &str) -> String {
@@ -125,7 +127,7 @@ pub fn status(info: &NodeInfo, now: &str, since: &str) -> Value {
             "systemUUID": read_trimmed("/etc/machine-id"),
             "kernelVersion": read_trimmed("/proc/sys/kernel/osrelease"),
             "osImage": os_image(),
-            "containerRuntimeVersion": format!("process://{}", env!("CARGO_PKG_VERSION")),
+            "containerRuntimeVersion": info.runtime_version,
             "kubeletVersion": format!("v1.32.0-k3rs{}", env!("CARGO_PKG_VERSION")),
             "kubeProxyVersion": "",
             "operatingSystem": "linux",
@@ -299,6 +301,7 @@ mod tests {
             agent_port: 10250,
             labels: vec![("role".into(), "edge".into())],
             taints: vec!["dedicated=db:NoSchedule".into(), "gpu:NoExecute".into()],
+            runtime_version: "process://0.1.0".into(),
         };
         let node = node_object(&info, "2026-11-28T00:00:00Z");
         assert_eq!(node["metadata"]["labels"]["kubernetes.io/hostname"], "n1");

@@ -65,6 +65,10 @@ impl Runtime for ProcessRuntime {
         LogFormat::Raw
     }
 
+    fn version(&self) -> String {
+        format!("process://{}", env!("CARGO_PKG_VERSION"))
+    }
+
     fn stream_url<'a>(
         &'a self,
         _request: &'a StreamRequest,

@@ -37,6 +37,9 @@ pub trait Runtime: Send + Sync {
     fn forget_others<'a>(&'a self, keep: &'a HashSet<String>) -> BoxFuture<'a, ()>;
     /// How container logs are written.
     fn log_format(&self) -> LogFormat;
+    /// The runtime and its version, as the Node shows them
+    /// (`containerd://1.6.20`).
+    fn version(&self) -> String;
     /// Where the runtime serves an exec, attach or port-forward stream:
     /// a URL of its streaming server, or why it cannot.
     fn stream_url<'a>(
@@ -119,6 +122,11 @@ pub trait Container: ExecSync {
     fn signal(&self, signal: Signal);
     /// Resolves when the container has exited; may be called any number of times.
     fn wait(&self) -> BoxFuture<'_, Exit>;
+    /// What starting it took that the pod's events should say, before
+    /// `Created` (the kubelet's `Pulled`): (reason, message).
+    fn start_events(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
 }
 
 /// Runs a command inside a container and waits for it (exec probes).

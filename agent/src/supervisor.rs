@@ -258,6 +258,11 @@ impl Supervisor {
         Some((entry.shared.clone(), entry.done.clone()))
     }
 
+    /// The runtime and its version, for the Node's status.
+    pub fn runtime_version(&self) -> String {
+        self.runtime.version()
+    }
+
     /// How the runtime writes container logs.
     pub fn log_format(&self) -> crate::runtime::LogFormat {
         self.runtime.log_format()
@@ -1168,6 +1173,9 @@ impl PodRun {
             let end = match started {
                 Ok(container) => {
                     if !was_adopted {
+                        for (reason, message) in container.start_events() {
+                            lock(&self.shared.events).push(("Normal", reason, message));
+                        }
                         let message = format!("Created container {}", spec.name);
                         self.shared.event("Normal", "Created", message).await;
                     }

@@ -112,6 +112,7 @@ pub async fn start(
         image_id: image.shown,
         started_at,
         exit,
+        pulled: Some(image.how),
     })
 }
 
@@ -120,6 +121,8 @@ pub async fn start(
 struct ImageRef {
     id: String,
     shown: String,
+    /// How it came to be present, as the kubelet's `Pulled` event says.
+    how: String,
 }
 
 /// Makes the image present as `imagePullPolicy` says (default: `Always`
@@ -162,11 +165,17 @@ async fn ensure_image(
             });
             pull.set_timeout(PULL_CALL);
             tracing::info!(image, "pulling image");
+            let began = std::time::Instant::now();
             images
                 .pull_image(pull)
                 .await
                 .map_err(|s| StartError::waiting("ErrImagePull", go_error(&s)))?;
-            image_status(cri, image).await?.ok_or_else(|| {
+            let took = began.elapsed().as_secs_f64();
+            let pulled = image_status(cri, image).await?.map(|found| ImageRef {
+                how: format!("Successfully pulled image {image:?} in {took:.3}s"),
+                ..found
+            });
+            pulled.ok_or_else(|| {
                 StartError::waiting(
                     "ErrImagePull",
                     format!("image {image:?} is not present after its pull"),
@@ -202,6 +211,7 @@ async fn image_status(cri: &Cri, image: &str) -> Result<Option<ImageRef>, StartE
         .await
         .map_err(|s| StartError::waiting("ErrImagePull", go_error(&s)))?;
     Ok(reply.into_inner().image.map(|found| ImageRef {
+        how: format!("Container image {image:?} already present on machine"),
         shown: found
             .repo_digests
             .first()
@@ -434,6 +444,8 @@ pub struct CriContainer {
     image_id: String,
     started_at: SystemTime,
     exit: watch::Receiver<Option<Exit>>,
+    /// The `Pulled` event's message; None for an adopted container.
+    pulled: Option<String>,
 }
 
 impl CriContainer {
@@ -487,6 +499,7 @@ impl CriContainer {
             },
             started_at: nanos_to_time(status.started_at),
             exit,
+            pulled: None,
         };
         Some((container, attempt(&newest)))
     }
@@ -583,6 +596,10 @@ impl Container for CriContainer {
                 Err(_) => lost(),
             }
         })
+    }
+
+    fn start_events(&self) -> Vec<(&'static str, String)> {
+        self.pulled.iter().map(|m| ("Pulled", m.clone())).collect()
     }
 }
 

@@ -41,18 +41,20 @@ pub struct CriRuntime {
     node: String,
     /// `containerd`, as container IDs are prefixed (`containerd://…`).
     runtime_name: String,
+    runtime_version: String,
     exits: Arc<ExitWatcher>,
 }
 
 impl CriRuntime {
     /// A runtime for node `node` on `cri`, whose name (from `Version`)
     /// prefixes container IDs.
-    pub fn new(cri: Cri, node: &str, runtime_name: &str) -> CriRuntime {
+    pub fn new(cri: Cri, node: &str, runtime_name: &str, runtime_version: &str) -> CriRuntime {
         let exits = ExitWatcher::start(cri.clone(), node);
         CriRuntime {
             cri,
             node: node.to_string(),
             runtime_name: runtime_name.to_string(),
+            runtime_version: runtime_version.to_string(),
             exits,
         }
     }
@@ -188,6 +190,10 @@ impl Runtime for CriRuntime {
 
     fn log_format(&self) -> LogFormat {
         LogFormat::Cri
+    }
+
+    fn version(&self) -> String {
+        format!("{}://{}", self.runtime_name, self.runtime_version)
     }
 
     fn stream_url<'a>(

@@ -48,13 +48,13 @@ pub async fn start(
         }
     };
     import_images(&cri.socket, agent_dir).await;
-    let (name, _) = cri.version().await.map_err(|e| {
+    let (name, version) = cri.version().await.map_err(|e| {
         anyhow::anyhow!(
             "the CRI runtime does not answer: {}",
             super::client::go_error(&e)
         )
     })?;
-    Ok(CriRuntime::new(cri, node, &name))
+    Ok(CriRuntime::new(cri, node, &name, &version))
 }
 
 /// A client of an existing CRI socket, once it answers.

@@ -321,8 +321,8 @@ fn bool_field(value: &Value, key: &str) -> bool {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
     use serde_json::json;
+    use std::os::unix::fs::PermissionsExt;
     use std::sync::Mutex;
 
     /// configMaps and secrets of namespace `ns`, in memory.
