@@ -433,3 +433,187 @@ fn http_get(port: u16) -> Option<String> {
     tcp.read_to_string(&mut answer).ok()?;
     answer.starts_with("HTTP/1.").then_some(answer)
 }
+
+/// Network namespaces for agents, joined to the host by a bridge of the
+/// test's own; removed when dropped, with what lives in them.
+struct Netns {
+    names: Vec<String>,
+    bridge: String,
+}
+
+impl Netns {
+    /// `count` namespaces `k3rsPID-N` at 10.251.0.(N+1)/24 on a host
+    /// bridge at 10.251.0.1.
+    fn create(count: usize) -> Netns {
+        let tag = std::process::id() % 100_000;
+        let bridge = format!("k3rsbr{tag}");
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let mut netns = Netns {
+            names: Vec::new(),
+            bridge: bridge.clone(),
+        };
+        run(&["link", "add", &bridge, "type", "bridge"]);
+        run(&["addr", "add", "10.251.0.1/24", "dev", &bridge]);
+        run(&["link", "set", &bridge, "up"]);
+        for n in 1..=count {
+            let name = format!("k3rs{tag}-{n}");
+            let (host, inner) = (format!("k3rsh{tag}{n}"), format!("k3rsi{tag}{n}"));
+            run(&["netns", "add", &name]);
+            netns.names.push(name.clone());
+            run(&["link", "add", &host, "type", "veth", "peer", "name", &inner]);
+            run(&["link", "set", &host, "master", &bridge, "up"]);
+            run(&["link", "set", &inner, "netns", &name]);
+            let ip = format!("10.251.0.{}/24", n + 1);
+            run(&["-n", &name, "addr", "add", &ip, "dev", &inner]);
+            run(&["-n", &name, "link", "set", &inner, "up"]);
+            run(&["-n", &name, "link", "set", "lo", "up"]);
+            run(&["-n", &name, "route", "add", "default", "via", "10.251.0.1"]);
+        }
+        netns
+    }
+
+    /// `k3rs agent ARGS` inside namespace `n` (its network only: the
+    /// mounts and cgroups are the host's), logging to `log`.
+    fn agent(&self, n: usize, args: &[&str], log: &Path) -> std::process::Child {
+        std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.names[n - 1]))
+            .arg(env!("CARGO_BIN_EXE_k3rs"))
+            .arg("agent")
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "delete", name])
+                .status();
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["link", "delete", &self.bridge])
+            .status();
+    }
+}
+
+/// Kills a child when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn two_agents_in_their_own_network_namespaces() {
+    if let Some(why) = missing() {
+        eprintln!("skipping the container tests: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let _cleanup = Cleanup {
+        data_dir: dir.path().to_path_buf(),
+    };
+    let netns = Netns::create(2);
+    let server = Server::with_agent(
+        &data_dir,
+        &["--disable-agent", "--bind-address", "10.251.0.1"],
+    );
+    let token = std::fs::read_to_string(data_dir.join("server/tls/token")).unwrap();
+    let url = server.ok(&[
+        "config",
+        "view",
+        "-o",
+        "jsonpath={.clusters[0].cluster.server}",
+    ]);
+    let mut agents = Vec::new();
+    for n in 1..=2 {
+        let agent_dir = dir.path().join(format!("n{n}"));
+        airgap(&agent_dir);
+        let ip = format!("10.251.0.{}", n + 1);
+        let name = format!("n{n}");
+        let args = [
+            "--server",
+            url.as_str(),
+            "--token",
+            token.trim(),
+            "--data-dir",
+            agent_dir.to_str().unwrap(),
+            "--node-name",
+            &name,
+            "--node-ip",
+            &ip,
+            "--container-runtime",
+            "containerd",
+        ];
+        agents.push(Killed(netns.agent(n, &args, &agent_dir.join("agent.log"))));
+    }
+    until_text(
+        &server,
+        "both nodes",
+        &["get", "nodes", "--no-headers"],
+        |o| o.matches(" Ready ").count() == 2,
+    );
+    server.ok(&[
+        "create",
+        "deployment",
+        "spread",
+        &format!("--image={IMAGE}"),
+        "--replicas=4",
+    ]);
+    let pods = until(
+        &server,
+        "the pods on both nodes",
+        &["get", "pods", "-l", "app=spread", "-o", "json"],
+        |v| {
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            let ready = items
+                .iter()
+                .filter(|p| p["status"]["containerStatuses"][0]["ready"] == true);
+            let nodes: std::collections::HashSet<&str> = ready
+                .filter_map(|p| p["spec"]["nodeName"].as_str())
+                .collect();
+            nodes.len() == 2 && items.len() == 4
+        },
+    );
+    // exec and logs reach each node's agent across its namespace.
+    let mut seen = std::collections::HashSet::new();
+    for pod in pods["items"].as_array().unwrap() {
+        let (name, node) = (
+            pod["metadata"]["name"].as_str().unwrap(),
+            pod["spec"]["nodeName"].as_str().unwrap(),
+        );
+        if !seen.insert(node.to_string()) {
+            continue;
+        }
+        assert_eq!(server.ok(&["exec", name, "--", "hostname"]).trim(), name);
+        let logs = until_text(&server, "a pod's log", &["logs", name], |o| !o.is_empty());
+        assert_eq!(logs, format!("hello from {name}\n"));
+    }
+    server.ok(&["delete", "deployment", "spread"]);
+    until_text(
+        &server,
+        "the pods gone",
+        &["get", "pods", "-l", "app=spread", "-o", "name"],
+        |o| o.trim().is_empty(),
+    );
+    drop(agents);
+}

@@ -39,12 +39,19 @@ pub struct Server {
 pub fn spawn_server(dir: &Path, args: &[&str]) -> (Child, PathBuf) {
     std::fs::create_dir_all(dir).unwrap();
     let log = dir.join("k3rs.log");
+    // Loopback unless the test names an address.
+    let bind: &[&str] = if args.contains(&"--bind-address") {
+        &[]
+    } else {
+        &["--bind-address", "127.0.0.1"]
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_k3rs"))
         .env("K3RS_CONTAINER_RUNTIME", "process")
         .arg("server")
         .arg("--data-dir")
         .arg(dir)
-        .args(["--bind-address", "127.0.0.1", "--metrics-bind-address", "0"])
+        .args(["--metrics-bind-address", "0"])
+        .args(bind)
         .args(args)
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
