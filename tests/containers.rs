@@ -102,6 +102,8 @@ fn pods_run_in_containers() {
         "jsonpath={.items[0].status.nodeInfo.containerRuntimeVersion}",
     ]);
     assert!(runtime.starts_with("containerd://1."), "{runtime}");
+    let wide = server.ok(&["get", "nodes", "-o", "wide"]);
+    assert!(wide.contains("CONTAINER-RUNTIME") && wide.contains(&runtime), "{wide}");
     assert!(
         server
             .log()

@@ -151,6 +151,10 @@ pub async fn list(
 /// A Table column: name, type, and whether it shows only with `-o wide`.
 type Column = (&'static str, &'static str, bool);
 
+/// Where a kind shows AGE when not after its last narrow column (as
+/// kube's node printer does); its cell is the table's to fill.
+const AGE: Column = ("Age", "string", false);
+
 fn str_at<'a>(obj: &'a Value, pointer: &str) -> &'a str {
     obj.pointer(pointer).and_then(Value::as_str).unwrap_or("")
 }
@@ -198,8 +202,13 @@ fn columns(kind: &str) -> &'static [Column] {
         "Node" => &[
             ("Status", "string", false),
             ("Roles", "string", false),
+            AGE,
             ("Version", "string", false),
             ("Internal-IP", "string", true),
+            ("External-IP", "string", true),
+            ("OS-Image", "string", true),
+            ("Kernel-Version", "string", true),
+            ("Container-Runtime", "string", true),
         ],
         "Namespace" => &[("Status", "string", false)],
         "ConfigMap" => &[("Data", "integer", false)],
@@ -348,20 +357,24 @@ fn cells(kind: &str, obj: &Value) -> Vec<Value> {
                         .collect()
                 })
                 .unwrap_or_default();
-            let ip = obj
-                .pointer("/status/addresses")
-                .and_then(Value::as_array)
-                .and_then(|a| {
-                    a.iter()
-                        .find(|x| x.get("type") == Some(&json!("InternalIP")))
-                })
-                .and_then(|x| x.get("address").and_then(Value::as_str))
-                .unwrap_or("");
+            let address = |kind: &str| {
+                obj.pointer("/status/addresses")
+                    .and_then(Value::as_array)
+                    .and_then(|a| a.iter().find(|x| x.get("type") == Some(&json!(kind))))
+                    .and_then(|x| x.get("address").and_then(Value::as_str))
+                    .unwrap_or("")
+            };
+            let info = |key: &str| or_none(str_at(obj, &format!("/status/nodeInfo/{key}")));
             vec![
                 json!(status),
                 or_none(&roles.join(",")),
+                Value::Null,
                 json!(str_at(obj, "/status/nodeInfo/kubeletVersion")),
-                or_none(ip),
+                or_none(address("InternalIP")),
+                or_none(address("ExternalIP")),
+                info("osImage"),
+                info("kernelVersion"),
+                info("containerRuntimeVersion"),
             ]
         }
         "Namespace" => vec![json!(
@@ -435,16 +448,26 @@ pub fn table(res: &Resource, list: &Value) -> Value {
     let mut definitions = vec![column("Name", "string", false)];
     let (narrow, wide): (Vec<_>, Vec<_>) = kind_columns.iter().enumerate().partition(|(_, c)| !c.2);
     definitions.extend(narrow.iter().map(|(_, c)| column(c.0, c.1, false)));
-    definitions.push(column("Age", "string", false));
+    let age_placed = kind_columns.contains(&AGE);
+    if !age_placed {
+        definitions.push(column("Age", "string", false));
+    }
     definitions.extend(wide.iter().map(|(_, c)| column(c.0, c.1, true)));
     let rows: Vec<Value> = items
         .iter()
         .map(|obj| {
             let values = cells(res.kind, obj);
-            let pick = |idx: &[(usize, &Column)]| idx.iter().map(|(i, _)| values.get(*i).cloned().unwrap_or(json!(""))).collect::<Vec<_>>();
+            let age = json!(crate::objects::age(str_at(obj, "/metadata/creationTimestamp")));
+            let pick = |idx: &[(usize, &Column)]| {
+                idx.iter()
+                    .map(|(i, c)| if **c == AGE { age.clone() } else { values.get(*i).cloned().unwrap_or(json!("")) })
+                    .collect::<Vec<_>>()
+            };
             let mut row = vec![obj.pointer("/metadata/name").cloned().unwrap_or(json!(""))];
             row.extend(pick(&narrow));
-            row.push(json!(crate::objects::age(str_at(obj, "/metadata/creationTimestamp"))));
+            if !age_placed {
+                row.push(age.clone());
+            }
             row.extend(pick(&wide));
             json!({
                 "cells": row,
@@ -564,6 +587,43 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn node_tables_have_kubes_columns_in_kubes_order() {
+        let nodes = crate::resources::find("", "v1", "nodes").unwrap();
+        let node = json!({"metadata": {"name": "n1", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.5"}],
+                       "conditions": [{"type": "Ready", "status": "True"}],
+                       "nodeInfo": {"kubeletVersion": "v1.32.0", "osImage": "Debian", "kernelVersion": "6.1",
+                                    "containerRuntimeVersion": "containerd://1.6.20"}}});
+        let t = table(nodes, &node);
+        let names: Vec<&str> = t["columnDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "Name",
+                "Status",
+                "Roles",
+                "Age",
+                "Version",
+                "Internal-IP",
+                "External-IP",
+                "OS-Image",
+                "Kernel-Version",
+                "Container-Runtime"
+            ]
+        );
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[1], "Ready");
+        assert_eq!(cells[4], "v1.32.0");
+        assert_eq!(cells[6], "<none>");
+        assert_eq!(cells[9], "containerd://1.6.20");
+    }
 
     #[test]
     fn continue_tokens_round_trip() {
