@@ -103,7 +103,10 @@ fn pods_run_in_containers() {
     ]);
     assert!(runtime.starts_with("containerd://1."), "{runtime}");
     let wide = server.ok(&["get", "nodes", "-o", "wide"]);
-    assert!(wide.contains("CONTAINER-RUNTIME") && wide.contains(&runtime), "{wide}");
+    assert!(
+        wide.contains("CONTAINER-RUNTIME") && wide.contains(&runtime),
+        "{wide}"
+    );
     assert!(
         server
             .log()
@@ -229,6 +232,32 @@ fn pods_run_in_containers() {
         |v| v["status"]["containerStatuses"][0]["ready"] == true,
     );
     assert_eq!(host["status"]["podIP"], host["status"]["hostIP"], "{host}");
+
+    // Termination messages: the file the container wrote, or its log's
+    // end with FallbackToLogsOnError.
+    let messages = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bye"},
+      "spec": {"restartPolicy": "Never", "containers": [
+        {"name": "file", "image": "k3rs.local/busybox:1", "command": ["sh", "-c", "echo bye > /dev/termination-log; exit 2"]},
+        {"name": "logs", "image": "k3rs.local/busybox:1", "command": ["sh", "-c", "echo oops; exit 1"],
+         "terminationMessagePolicy": "FallbackToLogsOnError"}]}}"#;
+    std::fs::write(&file, messages).unwrap();
+    server.ok(&["apply", "-f", file.to_str().unwrap()]);
+    let bye = until(
+        &server,
+        "the termination messages",
+        &["get", "pod", "bye", "-o", "json"],
+        |v| v["status"]["phase"] == "Failed",
+    );
+    let message = |name: &str| {
+        let statuses = bye["status"]["containerStatuses"].as_array().unwrap();
+        let status = statuses.iter().find(|s| s["name"] == name).unwrap();
+        status["state"]["terminated"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(message("file"), "bye\n", "{bye}");
+    assert_eq!(message("logs"), "oops\n", "{bye}");
 
     // An image no registry has: ErrImagePull, then ImagePullBackOff, with
     // the registry's error in the event; the agent goes on.

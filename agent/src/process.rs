@@ -267,6 +267,7 @@ impl Container for ProcessContainer {
                     signal: Some(libc::SIGKILL),
                     finished_at: SystemTime::now(),
                     oom_killed: false,
+                    message: None,
                 },
             }
         })

@@ -172,6 +172,9 @@ pub struct Exit {
     pub finished_at: SystemTime,
     /// The kernel killed it for exceeding its memory limit.
     pub oom_killed: bool,
+    /// What it left in its termination message file (or, with
+    /// `FallbackToLogsOnError`, the end of its log after a failure).
+    pub message: Option<String>,
 }
 
 impl Exit {
@@ -187,6 +190,7 @@ impl Exit {
             signal,
             finished_at: SystemTime::now(),
             oom_killed: false,
+            message: None,
         }
     }
 }

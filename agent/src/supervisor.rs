@@ -637,7 +637,7 @@ impl Terminated {
             } else {
                 "Error"
             },
-            message: None,
+            message: exit.message.clone(),
             started_at: timestamp(started_at),
             finished_at: timestamp(exit.finished_at),
             id: Some(id.to_string()),

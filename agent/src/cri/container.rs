@@ -32,6 +32,13 @@ const EXIT_POLL: Duration = Duration::from_millis(500);
 const PULL_CALL: Duration = Duration::from_secs(600);
 /// Create and start calls.
 const CONTAINER_CALL: Duration = Duration::from_secs(240);
+/// The most of a termination message kept (the kubelet's 4096 bytes).
+const MAX_MESSAGE: usize = 4096;
+/// A failed container's log end used as its message under
+/// `FallbackToLogsOnError` (the kubelet's 80 lines, 2048 bytes).
+const FALLBACK_LINES: usize = 80;
+const FALLBACK_BYTES: usize = 2048;
+
 /// StopContainer's grace for SIGTERM when the agent sends it: the agent
 /// sends the SIGKILL itself when the pod's grace ends.
 const TERM_GRACE: i64 = 24 * 3600;
@@ -78,6 +85,16 @@ pub async fn start(
             format!("creating {}: {e}", log_dir.display()),
         )
     })?;
+    let termination = termination_path(spec);
+    if termination.is_some() {
+        let file = spec.log_path.with_extension("termination-log");
+        create_world_writable(&file).map_err(|e| {
+            StartError::waiting(
+                "CreateContainerError",
+                format!("creating {}: {e}", file.display()),
+            )
+        })?;
+    }
     let config = container_config(spec, sandbox, &image, pod_dir);
     let mut runtime = cri.runtime.clone();
     let mut create = tonic::Request::new(v1::CreateContainerRequest {
@@ -113,7 +130,61 @@ pub async fn start(
         started_at,
         exit,
         pulled: Some(image.how),
+        message: termination.map(|_| Message {
+            file: spec.log_path.with_extension("termination-log"),
+            fallback_log: (spec.field("terminationMessagePolicy") == "FallbackToLogsOnError")
+                .then(|| spec.log_path.clone()),
+        }),
     })
+}
+
+/// Where the container's termination message goes; None when its spec
+/// asks for none.
+fn termination_path(spec: &ContainerSpec) -> Option<String> {
+    match spec
+        .container
+        .get("terminationMessagePath")
+        .and_then(Value::as_str)
+    {
+        Some("") => None,
+        Some(path) => Some(path.to_string()),
+        None => Some("/dev/termination-log".to_string()),
+    }
+}
+
+/// An empty file any user of the container may write (its user need
+/// not be root), as the kubelet makes it.
+fn create_world_writable(file: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(file, b"")?;
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o666))
+}
+
+/// Where an exited container's message is read from.
+struct Message {
+    file: std::path::PathBuf,
+    /// The log to fall back to after a failure, if the spec says so.
+    fallback_log: Option<std::path::PathBuf>,
+}
+
+impl Message {
+    /// What the container left, read once it has exited.
+    fn read(&self, exit_code: i32) -> Option<String> {
+        let written = std::fs::read(&self.file).unwrap_or_default();
+        let written = &written[..written.len().min(MAX_MESSAGE)];
+        if !written.is_empty() {
+            return Some(String::from_utf8_lossy(written).into_owned());
+        }
+        let log = self.fallback_log.as_ref().filter(|_| exit_code != 0)?;
+        let data = std::fs::read(log).ok()?;
+        let mut decoder = crate::cri_log::Decoder::default();
+        let mut lines = decoder.push(&data);
+        lines.extend(decoder.finish());
+        let tail = &lines[lines.len().saturating_sub(FALLBACK_LINES)..];
+        let text: Vec<u8> = tail.iter().flat_map(|l| l.text.iter().copied()).collect();
+        let text = &text[text.len().saturating_sub(FALLBACK_BYTES)..];
+        (!text.is_empty()).then(|| String::from_utf8_lossy(text).into_owned())
+    }
 }
 
 /// The image a container runs: its ID for the runtime and what the status
@@ -256,6 +327,19 @@ fn container_config(
         mounts.push(v1::Mount {
             container_path: "/etc/hosts".into(),
             host_path: hosts.to_string_lossy().into_owned(),
+            readonly: false,
+            selinux_relabel: false,
+            propagation: v1::MountPropagation::PropagationPrivate as i32,
+        });
+    }
+    if let Some(path) = termination_path(spec) {
+        mounts.push(v1::Mount {
+            container_path: path,
+            host_path: spec
+                .log_path
+                .with_extension("termination-log")
+                .to_string_lossy()
+                .into_owned(),
             readonly: false,
             selinux_relabel: false,
             propagation: v1::MountPropagation::PropagationPrivate as i32,
@@ -446,6 +530,8 @@ pub struct CriContainer {
     exit: watch::Receiver<Option<Exit>>,
     /// The `Pulled` event's message; None for an adopted container.
     pulled: Option<String>,
+    /// Its termination message file.
+    message: Option<Message>,
 }
 
 impl CriContainer {
@@ -500,6 +586,10 @@ impl CriContainer {
             started_at: nanos_to_time(status.started_at),
             exit,
             pulled: None,
+            message: (!status.log_path.is_empty()).then(|| Message {
+                file: std::path::Path::new(&status.log_path).with_extension("termination-log"),
+                fallback_log: None,
+            }),
         };
         Some((container, attempt(&newest)))
     }
@@ -591,10 +681,12 @@ impl Container for CriContainer {
     fn wait(&self) -> BoxFuture<'_, Exit> {
         let mut exit = self.exit.clone();
         Box::pin(async move {
-            match exit.wait_for(Option::is_some).await {
+            let mut exit = match exit.wait_for(Option::is_some).await {
                 Ok(e) => e.clone().expect("waited for Some"),
                 Err(_) => lost(),
-            }
+            };
+            exit.message = self.message.as_ref().and_then(|m| m.read(exit.code));
+            exit
         })
     }
 
@@ -610,6 +702,7 @@ fn lost() -> Exit {
         signal: None,
         finished_at: SystemTime::now(),
         oom_killed: false,
+        message: None,
     }
 }
 
@@ -741,6 +834,7 @@ fn exit_from(s: &v1::ContainerStatus) -> Exit {
             SystemTime::now()
         },
         oom_killed: s.reason == "OOMKilled",
+        message: None,
     }
 }
 
