@@ -408,6 +408,37 @@ fn pods_run_in_containers() {
     );
     port_forward(&server, &web_name);
 
+    // `kubectl run -i --rm` attaches to the new container's stdin.
+    let mut run = std::process::Command::new(&server.kubectl)
+        .args([
+            "run",
+            "t",
+            &format!("--image={IMAGE}"),
+            "--rm",
+            "-i",
+            "--restart=Never",
+            "--",
+            "sh",
+        ])
+        .env("KUBECONFIG", &server.kubeconfig)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = run.stdin.take().unwrap();
+        stdin.write_all(b"echo from-stdin; exit 0\n").unwrap();
+    }
+    let out = run.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("from-stdin"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Deleting a pod removes its sandbox and its cgroup.
     server.ok(&["delete", "pod", "vol", "--wait=true", "--timeout=60s"]);
     server.ok(&["delete", "deployment", "web"]);
