@@ -185,6 +185,18 @@ fn pods_run_in_containers() {
         |o| o.contains("file=hello"),
     );
     assert!(logs.starts_with("env=hello ip=10.42.0."), "{logs}");
+    // `logs -f` follows the CRI log as the container writes it.
+    let mut follow = std::process::Command::new(&server.kubectl)
+        .args(["logs", "-f", "--tail=1", "vol"])
+        .env("KUBECONFIG", &server.kubeconfig)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let _ = follow.kill();
+    let followed = follow.wait_with_output().unwrap();
+    let followed = String::from_utf8_lossy(&followed.stdout);
+    assert!(followed.matches("file=hello\n").count() >= 3, "{followed}");
     server.ok(&[
         "patch",
         "configmap",
