@@ -368,6 +368,16 @@ fn pods_run_in_containers() {
     // finished pod gets kube's refusal.
     let hostname = server.ok(&["exec", &web_name, "--", "cat", "/etc/hostname"]);
     assert_eq!(hostname.trim(), web_name);
+    // kubectl's default, WebSocket v5, is answered: no fallback to SPDY.
+    let (ok, out, err) = server.kubectl(&["exec", "-v=7", &web_name, "--", "hostname"]);
+    assert!(ok && out.trim() == web_name, "{err}");
+    assert!(
+        // kubectl 1.32 and 1.37 word it differently.
+        (err.contains("The subprotocol is v5.channel.k8s.io")
+            || err.contains(r#"protocol="v5.channel.k8s.io""#))
+            && !err.contains("RemoteCommand fallback"),
+        "{err}"
+    );
     if let Some(newer) = support::api_server::kubectl_1_37() {
         let out = std::process::Command::new(newer)
             .args([

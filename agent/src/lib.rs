@@ -30,6 +30,7 @@ pub mod runtime;
 pub mod streams;
 pub mod supervisor;
 pub mod volumes;
+pub mod websocket;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

@@ -102,11 +102,105 @@ async fn open(
                 "dialing the runtime's streaming server {authority}: {e}"
             ))
         })?;
+    if let Some(stdio) = websocket_stdio(&request, headers) {
+        return translate(headers, server, path, &authority, upgrade, stdio).await;
+    }
     let next = apiserver::upgrade::next_hop_request(method, path, &authority, headers, None)
         .map_err(internal)?;
     apiserver::upgrade::forward(server, next, upgrade)
         .await
         .map_err(internal)
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> &'h str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// The streams of a WebSocket exec or attach the agent translates (the
+/// runtime's streaming server speaks only SPDY); None for anything else,
+/// which goes on as it came.
+fn websocket_stdio(request: &StreamRequest, headers: &HeaderMap) -> Option<Stdio> {
+    let stdio = match request {
+        StreamRequest::Exec { stdio, .. } | StreamRequest::Attach { stdio, .. } => *stdio,
+        StreamRequest::PortForward { .. } => return None,
+    };
+    let websocket = header(headers, "upgrade").eq_ignore_ascii_case("websocket");
+    let protocol = crate::websocket::choose_protocol(header(headers, "sec-websocket-protocol"));
+    (websocket && protocol.is_some()).then_some(stdio)
+}
+
+/// Answers the client's WebSocket and opens SPDY to the runtime's
+/// streaming server, joined by `websocket::bridge`.
+async fn translate(
+    headers: &HeaderMap,
+    server: tokio::net::TcpStream,
+    path: &str,
+    authority: &str,
+    client: OnUpgrade,
+    stdio: Stdio,
+) -> Result<Response<Bytes>, (StatusCode, String)> {
+    let internal = |e: String| (StatusCode::INTERNAL_SERVER_ERROR, e);
+    let mut spdy = HeaderMap::new();
+    spdy.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("Upgrade"),
+    );
+    spdy.insert(
+        http::header::UPGRADE,
+        http::HeaderValue::from_static("SPDY/3.1"),
+    );
+    spdy.insert(
+        "x-stream-protocol-version",
+        http::HeaderValue::from_static(crate::websocket::SPDY_PROTOCOL),
+    );
+    let next = apiserver::upgrade::next_hop_request(&Method::POST, path, authority, &spdy, None)
+        .map_err(internal)?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(server))
+            .await
+            .map_err(|e| internal(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = connection.with_upgrades().await;
+    });
+    let mut answer = sender
+        .send_request(next)
+        .await
+        .map_err(|e| internal(e.to_string()))?;
+    if answer.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Err(internal(format!(
+            "the runtime's streaming server answered {} to SPDY",
+            answer.status()
+        )));
+    }
+    let spdy_side = hyper::upgrade::on(&mut answer)
+        .await
+        .map_err(|e| internal(e.to_string()))?;
+    tokio::spawn(async move {
+        let Ok(client) = client.await else { return };
+        let (ws, spdy) = (
+            hyper_util::rt::TokioIo::new(client),
+            hyper_util::rt::TokioIo::new(spdy_side),
+        );
+        if let Err(e) = crate::websocket::bridge(ws, spdy, stdio).await {
+            tracing::debug!(error = %e, "a WebSocket stream ended with an error");
+        }
+    });
+    let protocol = crate::websocket::choose_protocol(header(headers, "sec-websocket-protocol"))
+        .unwrap_or(crate::websocket::PROTOCOLS[0]);
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(http::header::CONNECTION, "Upgrade")
+        .header(http::header::UPGRADE, "websocket")
+        .header(
+            "sec-websocket-accept",
+            crate::websocket::accept_key(header(headers, "sec-websocket-key")),
+        )
+        .header("sec-websocket-protocol", protocol)
+        .body(Bytes::new())
+        .map_err(|e| internal(e.to_string()))
 }
 
 /// What the runtime is asked for, once the container is known to run.
