@@ -75,18 +75,27 @@ fn airgap(data_dir: &Path) {
     std::fs::write(images.join("corrupt.tar"), b"this is no tarball").unwrap();
 }
 
-#[test]
-fn pods_run_in_containers() {
+/// A directory for a container test, with the clean-up of what
+/// containerd leaves below it; None (saying why) on a machine that cannot
+/// run them. Bind it first, so it is dropped last, even on a failure.
+fn prepare() -> Option<(Cleanup, tempfile::TempDir)> {
     if let Some(why) = missing() {
         eprintln!("skipping the container tests: {why}");
-        return;
+        return None;
     }
     let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("data");
-    // Dropped last: it removes what containerd leaves, even on a failure.
-    let _cleanup = Cleanup {
-        data_dir: data_dir.clone(),
+    let cleanup = Cleanup {
+        data_dir: dir.path().to_path_buf(),
     };
+    Some((cleanup, dir))
+}
+
+#[test]
+fn pods_run_in_containers() {
+    let Some((_cleanup, dir)) = prepare() else {
+        return;
+    };
+    let data_dir = dir.path().join("data");
     airgap(&data_dir);
     let mut server = Server::with_agent(
         &data_dir,
@@ -607,15 +616,10 @@ impl Drop for Killed {
 
 #[test]
 fn two_agents_in_their_own_network_namespaces() {
-    if let Some(why) = missing() {
-        eprintln!("skipping the container tests: {why}");
+    let Some((_cleanup, dir)) = prepare() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("data");
-    let _cleanup = Cleanup {
-        data_dir: dir.path().to_path_buf(),
     };
+    let data_dir = dir.path().join("data");
     let netns = Netns::create(2);
     let server = Server::with_agent(
         &data_dir,

@@ -56,9 +56,11 @@ impl LogQuery {
 
     pub fn parse(query: &str) -> LogQuery {
         let mut q = LogQuery::default();
-        for pair in query.split('&') {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            match k {
+        // Decoded as the API server decodes queries (`%3A`, `+`).
+        let uri: http::Uri = format!("/?{query}").parse().unwrap_or_default();
+        for (k, v) in apiserver::handlers::query(&uri) {
+            let v = v.as_str();
+            match k.as_str() {
                 "follow" => q.follow = v == "true" || v == "1",
                 "previous" => q.previous = v == "true" || v == "1",
                 "tailLines" => q.tail_lines = v.parse().ok(),
@@ -66,11 +68,7 @@ impl LogQuery {
                 "timestamps" => q.timestamps = v == "true" || v == "1",
                 "sinceSeconds" => q.since_seconds = v.parse().ok(),
                 "sinceTime" => {
-                    let v = v
-                        .replace("%3A", ":")
-                        .replace("%3a", ":")
-                        .replace("%2B", "+");
-                    q.since_time = crate::cri_log::parse_rfc3339(&v).map(|(s, _)| s);
+                    q.since_time = crate::cri_log::parse_rfc3339(v).map(|(s, _)| s);
                 }
                 _ => {}
             }

@@ -201,12 +201,25 @@ pub fn go_quote(s: &str) -> String {
             '\t' => out.push_str("\\t"),
             '\x0b' => out.push_str("\\v"),
             c if (c as u32) < 0x20 || c == '\x7f' => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c if !go_printable(c) && (c as u32) < 0x10000 => {
+                out.push_str(&format!("\\u{:04x}", c as u32))
+            }
+            c if !go_printable(c) => out.push_str(&format!("\\U{:08x}", c as u32)),
             c => out.push(c),
         }
     }
     out.push('"');
     out
+}
+
+/// Close to Go's `unicode.IsPrint`: controls, non-ASCII spaces, format
+/// and private-use characters are not.
+fn go_printable(c: char) -> bool {
+    let n = c as u32;
+    !(c.is_control()
+        || matches!(n, 0xa0 | 0xad | 0x1680 | 0x2000..=0x200f | 0x2028..=0x202f)
+        || matches!(n, 0x205f..=0x206f | 0x3000 | 0xfeff | 0xfff9..=0xfffb)
+        || matches!(n, 0xe000..=0xf8ff | 0xf0000..=0x10ffff))
 }
 
 /// Field errors as kube's validation collects them: the cause type, the

@@ -68,50 +68,9 @@ pub(super) fn format_map(map: Option<&Value>) -> Result<String, String> {
         let value = value
             .as_str()
             .ok_or_else(|| format!("value of {key} is not a string"))?;
-        lines.push(format!("{key}={}", go_quote(value)));
+        lines.push(format!("{key}={}", apiserver::objects::go_quote(value)));
     }
     Ok(lines.join("\n"))
-}
-
-/// Go's `%q` for a string: double-quoted, with Go escapes for what is not printable.
-pub(super) fn go_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{7}' => out.push_str("\\a"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{b}' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32));
-            }
-            c if !go_printable(c) => {
-                if (c as u32) < 0x10000 {
-                    out.push_str(&format!("\\u{:04x}", c as u32));
-                } else {
-                    out.push_str(&format!("\\U{:08x}", c as u32));
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// Close to Go's unicode.IsPrint: controls, non-ASCII spaces and format characters are not.
-pub(super) fn go_printable(c: char) -> bool {
-    let n = c as u32;
-    !(c.is_control()
-        || matches!(n, 0xa0 | 0xad | 0x1680 | 0x2000..=0x200f | 0x2028..=0x202f)
-        || matches!(n, 0x205f..=0x206f | 0x3000 | 0xfeff | 0xfff9..=0xfffb)
-        || matches!(n, 0xe000..=0xf8ff | 0xf0000..=0x10ffff))
 }
 
 /// The value of a container resource for the downward API (files and env vars), in units of `divisor`.

@@ -736,7 +736,7 @@ pub(crate) mod tests {
         assert!(resource_value(&p, "nope", "limits.cpu", None).is_err());
         assert!(resource_value(&p, "c", "limits.gpu", None).is_err());
         assert!(resource_value(&p, "c", "limits.cpu", Some(&json!("0"))).is_err());
-        assert!(go_quote("\u{1}é\u{a0}").contains("\\x01é\\u00a0"));
+        assert!(apiserver::objects::go_quote("\u{1}é\u{a0}").contains("\\x01é\\u00a0"));
     }
 
     #[test]
