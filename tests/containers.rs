@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::api_server::Server;
 use support::containers::{Cleanup, busybox_image, missing};
+use support::netns::{Killed, Netns};
 
 const IMAGE: &str = "k3rs.local/busybox:1";
 const WAIT: Duration = Duration::from_secs(90);
@@ -525,93 +526,6 @@ fn http_get(port: u16) -> Option<String> {
     let mut answer = String::new();
     tcp.read_to_string(&mut answer).ok()?;
     answer.starts_with("HTTP/1.").then_some(answer)
-}
-
-/// Network namespaces for agents, joined to the host by a bridge of the
-/// test's own; removed when dropped, with what lives in them.
-struct Netns {
-    names: Vec<String>,
-    bridge: String,
-}
-
-impl Netns {
-    /// `count` namespaces `k3rsPID-N` at 10.251.0.(N+1)/24 on a host
-    /// bridge at 10.251.0.1.
-    fn create(count: usize) -> Netns {
-        let tag = std::process::id() % 100_000;
-        let bridge = format!("k3rsbr{tag}");
-        let run = |args: &[&str]| {
-            let out = std::process::Command::new("ip")
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let mut netns = Netns {
-            names: Vec::new(),
-            bridge: bridge.clone(),
-        };
-        run(&["link", "add", &bridge, "type", "bridge"]);
-        run(&["addr", "add", "10.251.0.1/24", "dev", &bridge]);
-        run(&["link", "set", &bridge, "up"]);
-        for n in 1..=count {
-            let name = format!("k3rs{tag}-{n}");
-            let (host, inner) = (format!("k3rsh{tag}{n}"), format!("k3rsi{tag}{n}"));
-            run(&["netns", "add", &name]);
-            netns.names.push(name.clone());
-            run(&["link", "add", &host, "type", "veth", "peer", "name", &inner]);
-            run(&["link", "set", &host, "master", &bridge, "up"]);
-            run(&["link", "set", &inner, "netns", &name]);
-            let ip = format!("10.251.0.{}/24", n + 1);
-            run(&["-n", &name, "addr", "add", &ip, "dev", &inner]);
-            run(&["-n", &name, "link", "set", &inner, "up"]);
-            run(&["-n", &name, "link", "set", "lo", "up"]);
-            run(&["-n", &name, "route", "add", "default", "via", "10.251.0.1"]);
-        }
-        netns
-    }
-
-    /// `k3rs agent ARGS` inside namespace `n` (its network only: the
-    /// mounts and cgroups are the host's), logging to `log`.
-    fn agent(&self, n: usize, args: &[&str], log: &Path) -> std::process::Child {
-        std::process::Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.names[n - 1]))
-            .arg(env!("CARGO_BIN_EXE_k3rs"))
-            .arg("agent")
-            .args(args)
-            .env("NO_COLOR", "1")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for name in &self.names {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "delete", name])
-                .status();
-        }
-        let _ = std::process::Command::new("ip")
-            .args(["link", "delete", &self.bridge])
-            .status();
-    }
-}
-
-/// Kills a child when dropped.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

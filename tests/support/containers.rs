@@ -103,10 +103,17 @@ impl Drop for Cleanup {
         kill_processes_naming(&self.data_dir);
         unmount_below(&self.data_dir);
         remove_pod_cgroups();
-        let _ = std::process::Command::new("ip")
-            .args(["link", "delete", "cni0"])
-            .stderr(std::process::Stdio::null())
-            .status();
+        let quiet = |program: &str, args: &[&str]| {
+            let _ = std::process::Command::new(program)
+                .args(args)
+                .stderr(std::process::Stdio::null())
+                .status();
+        };
+        quiet("ip", &["link", "delete", "cni0"]);
+        // The node's network pieces the agent makes in the host's namespace.
+        quiet("ip", &["link", "delete", "k3rs-dns"]);
+        quiet("nft", &["delete", "table", "ip", "k3rs-proxy"]);
+        quiet("nft", &["delete", "table", "ip", "k3rs-nat"]);
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod api_server;
 pub mod containers;
+pub mod netns;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
