@@ -14,52 +14,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::api_server::Server;
+use support::api_server::{Server, WAIT, until, until_text};
 use support::containers::{Cleanup, busybox_image, missing};
 use support::netns::{Killed, Netns};
 
 const IMAGE: &str = "k3rs.local/busybox:1";
-const WAIT: Duration = Duration::from_secs(90);
-
-/// Waits until `check` holds for the JSON kubectl prints for `args`.
-fn until(server: &Server, what: &str, args: &[&str], check: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + WAIT;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        let (ok, out, err) = server.kubectl(args);
-        if ok && let Ok(v) = serde_json::from_str::<Value>(&out) {
-            if check(&v) {
-                return v;
-            }
-            last = out;
-        } else {
-            last = err;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    panic!(
-        "{what}: not within {WAIT:?}; last: {last}\nserver log:\n{}",
-        server.log()
-    );
-}
-
-/// Waits until `check` holds for the output of kubectl `args`.
-fn until_text(server: &Server, what: &str, args: &[&str], check: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + WAIT;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        let (_, out, err) = server.kubectl(args);
-        if check(&out) {
-            return out;
-        }
-        last = format!("{out}{err}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    panic!(
-        "{what}: not within {WAIT:?}; last: {last}\nserver log:\n{}",
-        server.log()
-    );
-}
 
 fn container_state<'a>(pod: &'a Value, key: &str) -> &'a Value {
     &pod["status"]["containerStatuses"][0]["state"][key]

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 /// kubectl 1.32, on every machine of this kind.
 pub const KUBECTL: &str = "/usr/bin/kubectl";
 
@@ -188,4 +190,52 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// How long the `until` helpers wait.
+pub const WAIT: Duration = Duration::from_secs(90);
+
+/// Waits until `check` holds for the JSON kubectl prints for `args`.
+pub fn until(server: &Server, what: &str, args: &[&str], check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let (ok, out, err) = server.kubectl(args);
+        if ok && let Ok(v) = serde_json::from_str::<Value>(&out) {
+            if check(&v) {
+                return v;
+            }
+            last = out;
+        } else {
+            last = err;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    panic!(
+        "{what}: not within {WAIT:?}; last: {last}\nserver log:\n{}",
+        server.log()
+    );
+}
+
+/// Waits until `check` holds for the output of kubectl `args`.
+pub fn until_text(
+    server: &Server,
+    what: &str,
+    args: &[&str],
+    check: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + WAIT;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let (_, out, err) = server.kubectl(args);
+        if check(&out) {
+            return out;
+        }
+        last = format!("{out}{err}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    panic!(
+        "{what}: not within {WAIT:?}; last: {last}\nserver log:\n{}",
+        server.log()
+    );
 }

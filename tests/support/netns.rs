@@ -90,4 +90,3 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
-

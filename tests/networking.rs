@@ -1,0 +1,312 @@
+//! Cluster networking end to end, as a newcomer's first app uses it: a
+//! server and two agents, each agent in a network namespace of its own
+//! on containerd. A client pod on node 1 reaches a web pod on node 2
+//! through its Service by name, by ClusterIP and by NodePort on either
+//! node; EndpointSlices follow readiness; a Service with no ready
+//! endpoint rejects; a headless Service resolves to its pods. Skipped,
+//! saying why, on a machine that cannot run containers.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::api_server::{Server, until, until_text};
+use support::containers::{Cleanup, busybox_image, missing};
+use support::netns::{Killed, Netns};
+
+const IMAGE: &str = "k3rs.local/busybox:1";
+
+const MANIFESTS: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      nodeSelector: {kubernetes.io/hostname: n2}
+      containers:
+      - name: web
+        image: k3rs.local/busybox:1
+        command: [sh, -c, "mkdir -p /www && echo hello from $(hostname) > /www/index.html && touch /tmp/ready && exec httpd -f -p 8080 -h /www"]
+        ports: [{name: http, containerPort: 8080}]
+        readinessProbe: {exec: {command: [cat, /tmp/ready]}, periodSeconds: 1, failureThreshold: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-headless}
+spec:
+  clusterIP: None
+  selector: {app: web}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  nodeSelector: {kubernetes.io/hostname: n1}
+  containers:
+  - name: client
+    image: k3rs.local/busybox:1
+    command: [sleep, "3600"]
+"#;
+
+/// `sh -c SCRIPT` in the client pod: (success, stdout + stderr).
+fn in_client(server: &Server, script: &str) -> (bool, String) {
+    let (ok, out, err) = server.kubectl(&["exec", "client", "--", "sh", "-c", script]);
+    (ok, format!("{out}{err}"))
+}
+
+/// Fetches `url` from the client pod, retrying while the network settles.
+fn fetch(server: &Server, url: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ok, out) = in_client(server, &format!("wget -q -O- -T 3 {url}"));
+        if ok && out.starts_with("hello from web-") {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} from the client pod: {out}\nserver log:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The web Service's EndpointSlice endpoints.
+fn endpoints(slices: &Value) -> Vec<Value> {
+    slices["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+/// Each agent's airgap image: busybox, whose command the pods set.
+fn airgap(agent_dir: &Path) {
+    let images = agent_dir.join("agent/images");
+    std::fs::create_dir_all(&images).unwrap();
+    busybox_image(&["sleep", "3600"])
+        .write_docker_archive(IMAGE, &images.join("busybox.tar"))
+        .unwrap();
+}
+
+#[test]
+fn services_route_across_nodes() {
+    if let Some(why) = missing() {
+        eprintln!("skipping the networking test: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup {
+        data_dir: dir.path().to_path_buf(),
+    };
+    let data_dir = dir.path().join("data");
+    let netns = Netns::create(2);
+    let server = Server::with_agent(
+        &data_dir,
+        &["--disable-agent", "--bind-address", "10.251.0.1"],
+    );
+    let token = std::fs::read_to_string(data_dir.join("server/tls/token")).unwrap();
+    let url = server.ok(&[
+        "config",
+        "view",
+        "-o",
+        "jsonpath={.clusters[0].cluster.server}",
+    ]);
+    let mut agents = Vec::new();
+    for n in 1..=2 {
+        let agent_dir = dir.path().join(format!("n{n}"));
+        airgap(&agent_dir);
+        let (ip, name) = (format!("10.251.0.{}", n + 1), format!("n{n}"));
+        let args = [
+            "--server",
+            url.as_str(),
+            "--token",
+            token.trim(),
+            "--data-dir",
+            agent_dir.to_str().unwrap(),
+            "--node-name",
+            &name,
+            "--node-ip",
+            &ip,
+            "--container-runtime",
+            "containerd",
+        ];
+        agents.push(Killed(netns.agent(n, &args, &agent_dir.join("agent.log"))));
+    }
+    until_text(
+        &server,
+        "both nodes",
+        &["get", "nodes", "--no-headers"],
+        |o| o.matches(" Ready ").count() == 2,
+    );
+    let manifests = dir.path().join("web.yaml");
+    std::fs::write(&manifests, MANIFESTS).unwrap();
+    server.ok(&["apply", "-f", manifests.to_str().unwrap()]);
+    let web = until(
+        &server,
+        "the web pod ready on n2",
+        &["get", "pods", "-l", "app=web", "-o", "json"],
+        |v| v["items"][0]["status"]["containerStatuses"][0]["ready"] == true,
+    );
+    let web_pod = web["items"][0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let web_ip = web["items"][0]["status"]["podIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    until_text(
+        &server,
+        "the client pod running",
+        &["get", "pod", "client", "-o", "jsonpath={.status.phase}"],
+        |o| o == "Running",
+    );
+
+    // The EndpointSlice lists the ready pod with its named port.
+    let slice_args = [
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=web",
+        "-o",
+        "json",
+    ];
+    let slices = until(&server, "the web EndpointSlice", &slice_args, |v| {
+        endpoints(v)
+            .iter()
+            .any(|e| e["conditions"]["ready"] == true)
+    });
+    let endpoint = &endpoints(&slices)[0];
+    assert_eq!(endpoint["addresses"][0], web_ip.as_str());
+    assert_eq!(endpoint["nodeName"], "n2");
+    assert_eq!(slices["items"][0]["ports"][0]["name"], "http");
+    assert_eq!(slices["items"][0]["ports"][0]["port"], 8080);
+
+    // By name (the search path and the cluster DNS), by ClusterIP, by
+    // NodePort on either node's address.
+    let hello = format!("hello from {web_pod}\n");
+    assert_eq!(
+        fetch(&server, "http://web.default.svc.cluster.local/"),
+        hello
+    );
+    assert_eq!(fetch(&server, "http://web/"), hello);
+    let cluster_ip = server.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    assert_eq!(fetch(&server, &format!("http://{cluster_ip}/")), hello);
+    let node_port = server.ok(&[
+        "get",
+        "svc",
+        "web",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ]);
+    for node_ip in ["10.251.0.2", "10.251.0.3"] {
+        assert_eq!(
+            fetch(&server, &format!("http://{node_ip}:{node_port}/")),
+            hello
+        );
+    }
+    // Pod to pod across nodes, straight.
+    assert_eq!(fetch(&server, &format!("http://{web_ip}:8080/")), hello);
+
+    // The headless Service resolves to its pod; an unknown name does not.
+    let (ok, out) = in_client(&server, "nslookup web-headless.default.svc.cluster.local");
+    assert!(ok && out.contains(&web_ip), "{out}");
+    let (ok, out) = in_client(&server, "nslookup nosuch.default.svc.cluster.local");
+    assert!(!ok, "{out}");
+    let resolv = in_client(&server, "cat /etc/resolv.conf").1;
+    assert!(
+        resolv.contains("nameserver 10.43.0.10")
+            && resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local")
+            && resolv.contains("ndots:5"),
+        "{resolv}"
+    );
+    let dns = server.ok(&[
+        "get",
+        "svc",
+        "-n",
+        "kube-system",
+        "kube-dns",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    assert_eq!(dns, "10.43.0.10");
+
+    // Connection latency through the Service against pod to pod, with
+    // the same loop (printed for the closing note, not asserted).
+    for (what, target) in [
+        ("pod to pod", format!("{web_ip}:8080")),
+        ("pod to Service", format!("{cluster_ip}:80")),
+    ] {
+        let started = Instant::now();
+        let (ok, out) = in_client(
+            &server,
+            &format!(
+                "for i in $(seq 200); do wget -q -O /dev/null http://{target}/ || exit 1; done"
+            ),
+        );
+        assert!(ok, "{what}: {out}");
+        println!("{what}: 200 connections in {:?}", started.elapsed());
+    }
+
+    // Readiness: a pod that stops being ready leaves the Service.
+    server.ok(&["exec", &web_pod, "--", "rm", "/tmp/ready"]);
+    until(&server, "the endpoint not ready", &slice_args, |v| {
+        endpoints(v)
+            .iter()
+            .any(|e| e["conditions"]["ready"] == false)
+    });
+    let refused = |server: &Server| {
+        let started = Instant::now();
+        let (ok, out) = in_client(server, &format!("wget -q -O- -T 5 http://{cluster_ip}/"));
+        (!ok && started.elapsed() < Duration::from_secs(4), out)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !refused(&server).0 {
+        assert!(
+            Instant::now() < deadline,
+            "no reject: {}",
+            refused(&server).1
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    server.ok(&["exec", &web_pod, "--", "touch", "/tmp/ready"]);
+    assert_eq!(fetch(&server, "http://web/"), hello);
+
+    // Scaled to zero, the Service rejects at once instead of timing out.
+    server.ok(&["scale", "deployment", "web", "--replicas=0"]);
+    until(&server, "the slice empty", &slice_args, |v| {
+        endpoints(v).is_empty()
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (rejected, out) = refused(&server);
+        if rejected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no reject after scaling to 0: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    server.ok(&["delete", "pod", "client", "--grace-period=1"]);
+    server.ok(&["delete", "deployment", "web"]);
+    drop(agents);
+}
