@@ -16,7 +16,9 @@
 //! writes (etcd robustness's "patch history"): put values are unique, so an
 //! unknown put or CAS whose value a watch saw did happen, at that revision
 //! and before the watch got it; one no watch saw (when the watches covered
-//! the whole run) did not.
+//! the whole run) did not. Deletes and lease revokes carry no value: each
+//! revision that only deleted keys goes to the one op that can have caused
+//! it, if only one can ([`patch_deletes`]).
 
 use std::collections::{BTreeMap, HashMap};
 
