@@ -49,13 +49,17 @@ fn objects(services: usize, per: usize) -> (Vec<Value>, Vec<Value>) {
         svcs.push(json!({"metadata": {"name": name, "namespace": "bench"},
             "spec": {"clusterIP": service_ip(i), "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}));
         let eps: Vec<Value> = (0..per)
-            .map(|j| json!({"addresses": [endpoint_ip(i, j, per)], "nodeName": format!("n{}", j % 3),
-                            "conditions": {"ready": true}}))
+            .map(|j| {
+                json!({"addresses": [endpoint_ip(i, j, per)], "nodeName": format!("n{}", j % 3),
+                            "conditions": {"ready": true}})
+            })
             .collect();
-        slices.push(json!({"metadata": {"name": format!("{name}-1"), "namespace": "bench",
+        slices.push(
+            json!({"metadata": {"name": format!("{name}-1"), "namespace": "bench",
                 "labels": {"kubernetes.io/service-name": name}},
             "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-            "endpoints": eps}));
+            "endpoints": eps}),
+        );
     }
     (svcs, slices)
 }
@@ -128,7 +132,11 @@ fn restore(bin: &str, script: &str) -> Result<(), String> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(String::from_utf8_lossy(&out.stderr).lines().take(3).collect::<Vec<_>>().join(" "))
+        Err(String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "))
     }
 }
 
@@ -143,7 +151,11 @@ fn flush_iptables(bin_prefix: &str) {
 }
 
 /// Median of `runs` timings of `f`, which runs `setup` first (untimed).
-fn time(runs: usize, mut setup: impl FnMut(), mut f: impl FnMut() -> Result<(), String>) -> Result<Duration, String> {
+fn time(
+    runs: usize,
+    mut setup: impl FnMut(),
+    mut f: impl FnMut() -> Result<(), String>,
+) -> Result<Duration, String> {
     let mut t = Vec::new();
     for _ in 0..runs {
         setup();
@@ -168,7 +180,10 @@ fn main() {
     // SAFETY: single-threaded so far; unshare moves this thread (and the
     // tools it starts) into a new network namespace.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        eprintln!("proxy_sync: skipped: unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+        eprintln!(
+            "proxy_sync: skipped: unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        );
         return;
     }
     let services = env("K3RS_BENCH_SERVICES", 1000);
@@ -180,14 +195,22 @@ fn main() {
     println!(
         "proxy rule sync: {services} Services x {per} endpoints ({} endpoints), median of {runs} runs, {} build",
         services * per,
-        if cfg!(debug_assertions) { "debug" } else { "release" }
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
     );
 
     let mut rs = ruleset(&svcs, &slices, &cfg);
-    let gen_time = time(runs, || {}, || {
-        rs = ruleset(&svcs, &slices, &cfg);
-        Ok(())
-    })
+    let gen_time = time(
+        runs,
+        || {},
+        || {
+            rs = ruleset(&svcs, &slices, &cfg);
+            Ok(())
+        },
+    )
     .unwrap();
     let script = agent::proxy::rules::render(&rs, None, &Default::default());
     println!(
@@ -199,24 +222,59 @@ fn main() {
     );
 
     let nft = PathBuf::from(NFT);
-    let first = time(runs, || { let _ = delete_table(&nft); }, || run_script(&nft, &script).map_err(|e| e.0)).unwrap();
-    println!("  nft -f, first sync (empty table):              {}", ms(first));
+    let first = time(
+        runs,
+        || {
+            let _ = delete_table(&nft);
+        },
+        || run_script(&nft, &script).map_err(|e| e.0),
+    )
+    .unwrap();
+    println!(
+        "  nft -f, first sync (empty table):              {}",
+        ms(first)
+    );
     let mut syncer = Syncer::new(nft.clone());
     syncer.sync(&rs).unwrap();
     let resync = time(runs, || {}, || syncer.sync(&rs).map_err(|e| e.0)).unwrap();
-    println!("  nft -f, full resync (table in place):          {}", ms(resync));
+    println!(
+        "  nft -f, full resync (table in place):          {}",
+        ms(resync)
+    );
     // One endpoint of one Service changes: kube-proxy's nftables mode
     // (and k3rs) still rewrite every chain and map in one transaction.
     let mut changed = slices.clone();
     changed[0]["endpoints"][0]["addresses"][0] = json!("10.42.200.2");
     let rs2 = ruleset(&svcs, &changed, &cfg);
     let mut flip = false;
-    let one = time(runs, || {}, || {
-        flip = !flip;
-        syncer.sync(if flip { &rs2 } else { &rs }).map_err(|e| e.0)
-    })
+    let one = time(
+        runs,
+        || {},
+        || {
+            flip = !flip;
+            syncer.sync(if flip { &rs2 } else { &rs }).map_err(|e| e.0)
+        },
+    )
     .unwrap();
-    println!("  nft -f, resync after one endpoint changed:     {}", ms(one));
+    println!(
+        "  nft -f, full resync after one endpoint changed: {}",
+        ms(one)
+    );
+    let partial = time(
+        runs,
+        || {},
+        || {
+            flip = !flip;
+            syncer
+                .sync_with(if flip { &rs2 } else { &rs }, false)
+                .map_err(|e| e.0)
+        },
+    )
+    .unwrap();
+    println!(
+        "  nft -f, partial sync after one endpoint changed: {}",
+        ms(partial)
+    );
     let _ = delete_table(&nft);
 
     let ipt = iptables_script(services, per);

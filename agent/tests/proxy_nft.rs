@@ -64,7 +64,9 @@ fn list_table() -> String {
 /// range routed onto it (as a node's default route would carry it).
 fn links() {
     sh(&["ip", "link", "set", "lo", "up"]);
-    sh(&["ip", "link", "add", "k3rs-a", "type", "veth", "peer", "name", "k3rs-b"]);
+    sh(&[
+        "ip", "link", "add", "k3rs-a", "type", "veth", "peer", "name", "k3rs-b",
+    ]);
     sh(&["ip", "addr", "add", "10.42.0.5/24", "dev", "k3rs-a"]);
     sh(&["ip", "link", "set", "k3rs-a", "up"]);
     sh(&["ip", "link", "set", "k3rs-b", "up"]);
@@ -128,9 +130,13 @@ fn cluster_ip_dnat_reject_and_affinity_in_a_netns() {
         assert!(dry_run(&format!("flush ruleset\n{listed}")), "{listed}");
 
         // Through the ClusterIP to the endpoint.
-        assert_eq!(round_trip(&listener, "10.43.0.1:80").unwrap(), "hello from the endpoint");
+        assert_eq!(
+            round_trip(&listener, "10.43.0.1:80").unwrap(),
+            "hello from the endpoint"
+        );
         // No endpoints: refused at once, not a timeout.
-        let refused = TcpStream::connect_timeout(&"10.43.0.2:80".parse().unwrap(), Duration::from_secs(3));
+        let refused =
+            TcpStream::connect_timeout(&"10.43.0.2:80".parse().unwrap(), Duration::from_secs(3));
         assert_eq!(
             refused.as_ref().map_err(std::io::Error::kind).unwrap_err(),
             std::io::ErrorKind::ConnectionRefused,
@@ -138,7 +144,12 @@ fn cluster_ip_dnat_reject_and_affinity_in_a_netns() {
         );
 
         // The client was remembered, and a later sync keeps it.
-        let set = rs.affinity_sets.keys().next().expect("an affinity set").clone();
+        let set = rs
+            .affinity_sets
+            .keys()
+            .next()
+            .expect("an affinity set")
+            .clone();
         let members = sh(&[NFT, "list", "set", "ip", "k3rs-proxy", &set]);
         assert!(members.contains("elements = { 10.42.0.5"), "{members}");
         syncer.sync(&rs).unwrap();
@@ -155,7 +166,11 @@ fn dry_run(script: &str) -> bool {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    c.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
     c.wait().unwrap().success()
 }
 
@@ -164,7 +179,10 @@ fn replacing_is_atomic_and_stale_chains_go() {
     in_netns(|| {
         let cfg = config();
         let mut syncer = Syncer::new(PathBuf::from(NFT));
-        let services = [service("a", "10.43.0.1", json!({})), service("b", "10.43.0.2", json!({}))];
+        let services = [
+            service("a", "10.43.0.1", json!({})),
+            service("b", "10.43.0.2", json!({})),
+        ];
         let slices = [slice("a", "10.42.0.5"), slice("b", "10.42.0.6")];
         let rs = ruleset(&services, &slices, &cfg);
         syncer.sync(&rs).unwrap();
@@ -183,7 +201,11 @@ fn replacing_is_atomic_and_stale_chains_go() {
             format!("{good}add rule ip k3rs-proxy no-such-chain accept\n"),
         ] {
             assert!(run_script(Path::new(NFT), &bad).is_err());
-            assert_eq!(list_table(), first, "a failed transaction changed the table");
+            assert_eq!(
+                list_table(),
+                first,
+                "a failed transaction changed the table"
+            );
         }
         // Another table (the host's firewall, say) is never touched.
         sh(&[NFT, "add", "table", "ip", "host-fw"]);
@@ -191,7 +213,12 @@ fn replacing_is_atomic_and_stale_chains_go() {
 
         // Service b goes: its chains are flushed now, deleted a sync later.
         syncer.sync(&other).unwrap();
-        let chain_b = rs.chains.keys().find(|c| !other.chains.contains_key(*c)).unwrap().clone();
+        let chain_b = rs
+            .chains
+            .keys()
+            .find(|c| !other.chains.contains_key(*c))
+            .unwrap()
+            .clone();
         let listed = list_table();
         assert!(listed.contains(&chain_b), "{listed}");
         assert!(!listed.contains("dnat to 10.42.0.6"), "{listed}");
@@ -214,5 +241,32 @@ fn replacing_is_atomic_and_stale_chains_go() {
             l
         };
         assert_eq!(lines(&list_table()), lines(&first));
+
+        // A partial sync rewrites the changed Service's chains only, and
+        // the result is what a full one gives.
+        let mut moved = slices.to_vec();
+        moved[0] = slice("a", "10.42.0.7");
+        let rs3 = ruleset(&services, &moved, &cfg);
+        syncer.sync_with(&rs3, false).unwrap();
+        let partial = list_table();
+        assert!(partial.contains("dnat to 10.42.0.7:8080"), "{partial}");
+        assert!(partial.contains("dnat to 10.42.0.6:8080"), "{partial}");
+        assert!(!partial.contains("dnat to 10.42.0.5:8080"), "{partial}");
+        let mut full = Syncer::new(PathBuf::from(NFT));
+        full.sync(&rs3).unwrap();
+        let stale: Vec<&String> = rs
+            .chains
+            .keys()
+            .filter(|c| !rs3.chains.contains_key(*c))
+            .collect();
+        let keep = |t: &str| {
+            let mut l: Vec<String> = lines(t)
+                .into_iter()
+                .filter(|l| !stale.iter().any(|c| l.contains(c.as_str())))
+                .collect();
+            l.retain(|l| !matches!(l.trim(), "}" | ""));
+            l
+        };
+        assert_eq!(keep(&partial), keep(&list_table()));
     });
 }

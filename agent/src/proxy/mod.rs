@@ -115,7 +115,9 @@ pub async fn run(client: Client, config: ProxyConfig) {
         slice_changes.borrow_and_update();
         let (svcs, sls) = (services.list(), slices.list());
         let cfg = config.clone();
-        let mut s = syncer.take().expect("the syncer is put back after every sync");
+        let mut s = syncer
+            .take()
+            .expect("the syncer is put back after every sync");
         let previous = last.take();
         let joined = tokio::task::spawn_blocking(move || {
             let start = Instant::now();
@@ -125,7 +127,8 @@ pub async fn run(client: Client, config: ProxyConfig) {
             let result = if !forced && previous.as_ref() == Some(&rs) && s.pending_deletes() == 0 {
                 None
             } else {
-                Some(s.sync(&rs))
+                // Only the timer's syncs rewrite every chain.
+                Some(s.sync_with(&rs, forced))
             };
             (s, rs, result, start.elapsed())
         })

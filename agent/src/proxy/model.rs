@@ -180,8 +180,8 @@ pub fn service_ports(services: &[Value], skip_ip: Option<Ipv4Addr>) -> Vec<Servi
                 external_policy_local: false,
                 internal_policy_local: spec["internalTrafficPolicy"].as_str() == Some("Local"),
             };
-            sp.external_policy_local =
-                sp.externally_accessible() && spec["externalTrafficPolicy"].as_str() == Some("Local");
+            sp.external_policy_local = sp.externally_accessible()
+                && spec["externalTrafficPolicy"].as_str() == Some("Local");
             out.push(sp);
         }
     }
@@ -375,7 +375,9 @@ mod tests {
     #[test]
     fn falls_back_to_serving_terminating() {
         let svc = &service_ports(
-            &[json!({"metadata": {"name": "w", "namespace": "d"}, "spec": {"clusterIP": "10.43.0.5", "ports": [{"port": 80}]}})],
+            &[
+                json!({"metadata": {"name": "w", "namespace": "d"}, "spec": {"clusterIP": "10.43.0.5", "ports": [{"port": 80}]}}),
+            ],
             None,
         )[0];
         let eps = vec![

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::rules::{Installed, Ruleset, TABLE, installed_after, render};
+use super::rules::{Installed, Ruleset, TABLE, installed_after, render_partial};
 
 /// How long a flushed chain waits before it is deleted: kernels before 6.2
 /// notice only a moment later that no map element names it any more.
@@ -71,6 +71,8 @@ pub struct Syncer {
     installed: Option<Installed>,
     /// Stale chains, flushed, by when they were first found stale.
     stale_since: BTreeMap<String, Instant>,
+    /// The ruleset last applied, while `installed` is known.
+    last: Option<Ruleset>,
 }
 
 impl Syncer {
@@ -79,16 +81,27 @@ impl Syncer {
             nft,
             installed: None,
             stale_since: BTreeMap::new(),
+            last: None,
         }
     }
 
-    /// Applies `rs` in one transaction.
+    /// Applies `rs` in one transaction, rewriting every chain.
     pub fn sync(&mut self, rs: &Ruleset) -> Result<(), NftError> {
+        self.sync_with(rs, true)
+    }
+
+    /// Applies `rs` in one transaction; unless `full`, chains whose rules
+    /// are the same as last time are not rewritten (kube-proxy's partial
+    /// sync). A full sync repairs chains someone else changed.
+    pub fn sync_with(&mut self, rs: &Ruleset, full: bool) -> Result<(), NftError> {
         let now = Instant::now();
         let mut delete = BTreeSet::new();
         if let Some(inst) = &self.installed {
-            let stale: BTreeSet<&String> =
-                inst.chains.iter().filter(|c| !rs.chains.contains_key(*c)).collect();
+            let stale: BTreeSet<&String> = inst
+                .chains
+                .iter()
+                .filter(|c| !rs.chains.contains_key(*c))
+                .collect();
             self.stale_since.retain(|c, _| stale.contains(c));
             for c in stale {
                 let since = *self.stale_since.entry(c.clone()).or_insert(now);
@@ -97,16 +110,27 @@ impl Syncer {
                 }
             }
         }
-        let script = render(rs, self.installed.as_ref(), &delete);
+        let unchanged: BTreeSet<&str> = match (&self.last, full) {
+            (Some(last), false) => rs
+                .chains
+                .iter()
+                .filter(|(name, rules)| last.chains.get(*name) == Some(rules))
+                .map(|(name, _)| name.as_str())
+                .collect(),
+            _ => BTreeSet::new(),
+        };
+        let script = render_partial(rs, self.installed.as_ref(), &delete, &unchanged);
         match run_script(&self.nft, &script) {
             Ok(()) => {
                 self.installed = Some(installed_after(rs, self.installed.as_ref(), &delete));
                 self.stale_since.retain(|c, _| !delete.contains(c));
+                self.last = Some(rs.clone());
                 Ok(())
             }
             Err(e) => {
                 self.installed = None;
                 self.stale_since.clear();
+                self.last = None;
                 Err(e)
             }
         }

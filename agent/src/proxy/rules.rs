@@ -153,8 +153,10 @@ fn service_port(rs: &mut Ruleset, sp: &ServicePort, c: &Categorized, params: &Pa
 
     let key = |ip: Ipv4Addr, port: u16| format!("{ip} . {proto} . {port}");
     if has_internal {
-        rs.service_ips
-            .push((key(sp.cluster_ip, sp.port), format!("goto {internal_chain}")));
+        rs.service_ips.push((
+            key(sp.cluster_ip, sp.port),
+            format!("goto {internal_chain}"),
+        ));
     } else {
         rs.no_endpoint_services
             .push((key(sp.cluster_ip, sp.port), internal_filter.into()));
@@ -213,7 +215,8 @@ fn service_port(rs: &mut Ruleset, sp: &ServicePort, c: &Categorized, params: &Pa
     }
     if let Some(timeout) = sp.affinity {
         for ep in &c.reachable {
-            rs.affinity_sets.insert(affinity_set(&id, ep, timeout), timeout);
+            rs.affinity_sets
+                .insert(affinity_set(&id, ep, timeout), timeout);
         }
     }
     if uses_cluster_chain {
@@ -273,7 +276,10 @@ fn dispatch(sp: &ServicePort, id: &str, eps: &[Endpoint]) -> Vec<String> {
 }
 
 fn endpoint_chain(id: &str, ep: &Endpoint) -> String {
-    format!("endpoint-{}", hashed(&format!("{id}__{}/{}", ep.ip, ep.port)))
+    format!(
+        "endpoint-{}",
+        hashed(&format!("{id}__{}/{}", ep.ip, ep.port))
+    )
 }
 
 /// The timeout is part of the hashed name: nft cannot change a set's
@@ -344,11 +350,30 @@ const FIXED_CHAINS: &[&str] = &[
 /// deleted: older kernels refuse to delete a chain in the transaction that
 /// removes the last map element naming it. Stale affinity sets are deleted
 /// at once (only rules, flushed first, refer to them).
+///
+/// Chains in `unchanged` (the caller knows they hold exactly these rules
+/// already) are left alone: a sync after one endpoint changed rewrites
+/// only its Service's chains and the maps.
 pub fn render(
     rs: &Ruleset,
     installed: Option<&Installed>,
     delete_chains: &BTreeSet<String>,
 ) -> String {
+    render_partial(rs, installed, delete_chains, &BTreeSet::new())
+}
+
+/// [`render`], leaving the chains in `unchanged` as they are.
+pub fn render_partial(
+    rs: &Ruleset,
+    installed: Option<&Installed>,
+    delete_chains: &BTreeSet<String>,
+    unchanged: &BTreeSet<&str>,
+) -> String {
+    let unchanged = if installed.is_some() {
+        unchanged
+    } else {
+        &BTreeSet::new()
+    };
     let t = format!("ip {TABLE}");
     let mut out = String::with_capacity(256 + rs.chains.len() * 200);
     let mut line = |s: std::fmt::Arguments| {
@@ -366,19 +391,41 @@ pub fn render(
         ));
         line(format_args!("flush chain {t} {name}"));
     }
-    for name in FIXED_CHAINS.iter().copied().chain(rs.chains.keys().map(String::as_str)) {
+    let written = || {
+        rs.chains
+            .iter()
+            .filter(|(name, _)| !unchanged.contains(name.as_str()))
+    };
+    for name in FIXED_CHAINS
+        .iter()
+        .copied()
+        .chain(written().map(|(n, _)| n.as_str()))
+    {
         line(format_args!("add chain {t} {name}"));
         line(format_args!("flush chain {t} {name}"));
     }
     let stale: Vec<&String> = installed
-        .map(|i| i.chains.iter().filter(|c| !rs.chains.contains_key(*c)).collect())
+        .map(|i| {
+            i.chains
+                .iter()
+                .filter(|c| !rs.chains.contains_key(*c))
+                .collect()
+        })
         .unwrap_or_default();
     for name in &stale {
         line(format_args!("flush chain {t} {name}"));
     }
     let maps = [
-        ("service-ips", "ipv4_addr . inet_proto . inet_service", &rs.service_ips),
-        ("service-nodeports", "inet_proto . inet_service", &rs.service_nodeports),
+        (
+            "service-ips",
+            "ipv4_addr . inet_proto . inet_service",
+            &rs.service_ips,
+        ),
+        (
+            "service-nodeports",
+            "inet_proto . inet_service",
+            &rs.service_nodeports,
+        ),
         (
             "no-endpoint-services",
             "ipv4_addr . inet_proto . inet_service",
@@ -391,10 +438,14 @@ pub fn render(
         ),
     ];
     for (name, key, _) in &maps {
-        line(format_args!("add map {t} {name} {{ type {key} : verdict; }}"));
+        line(format_args!(
+            "add map {t} {name} {{ type {key} : verdict; }}"
+        ));
         line(format_args!("flush map {t} {name}"));
     }
-    line(format_args!("add set {t} nodeport-ips {{ type ipv4_addr; }}"));
+    line(format_args!(
+        "add set {t} nodeport-ips {{ type ipv4_addr; }}"
+    ));
     line(format_args!("flush set {t} nodeport-ips"));
     for name in installed
         .into_iter()
@@ -420,7 +471,9 @@ pub fn render(
     }
     line(format_args!("add rule {t} nat-prerouting jump services"));
     line(format_args!("add rule {t} nat-output jump services"));
-    line(format_args!("add rule {t} nat-postrouting jump masquerading"));
+    line(format_args!(
+        "add rule {t} nat-postrouting jump masquerading"
+    ));
     line(format_args!(
         "add rule {t} mark-for-masquerade mark set mark or {MASQ_MARK}"
     ));
@@ -430,7 +483,9 @@ pub fn render(
     line(format_args!(
         "add rule {t} masquerading mark set mark xor {MASQ_MARK}"
     ));
-    line(format_args!("add rule {t} masquerading masquerade fully-random"));
+    line(format_args!(
+        "add rule {t} masquerading masquerade fully-random"
+    ));
     line(format_args!("add rule {t} reject-chain reject"));
     let node_addr = if rs.node_ips.is_empty() {
         "fib daddr type local ip daddr != 127.0.0.0/8".to_string()
@@ -451,7 +506,7 @@ pub fn render(
     ));
 
     // The Services.
-    for (name, rules) in &rs.chains {
+    for (name, rules) in written() {
         for rule in rules {
             line(format_args!("add rule {t} {name} {rule}"));
         }
@@ -541,47 +596,104 @@ mod tests {
     }
 
     fn web() -> Value {
-        svc("web", json!({"clusterIP": "10.43.0.5", "ports": [{"port": 80, "targetPort": 8080}]}))
+        svc(
+            "web",
+            json!({"clusterIP": "10.43.0.5", "ports": [{"port": 80, "targetPort": 8080}]}),
+        )
     }
 
     #[test]
     fn plain_service() {
         let t = text(
             &[web()],
-            &[slice("web", json!([{"port": 8080}]), &[("10.42.0.2", "n1", true), ("10.42.1.2", "n2", true)])],
+            &[slice(
+                "web",
+                json!([{"port": 8080}]),
+                &[("10.42.0.2", "n1", true), ("10.42.1.2", "n2", true)],
+            )],
         );
         let chain = format!("service-{}", hashed("d/web/tcp/"));
-        has(&t, &format!("add element ip k3rs-proxy service-ips {{ 10.43.0.5 . tcp . 80 : goto {chain} }}"));
-        has(&t, &format!(
-            "add rule ip k3rs-proxy {chain} ip daddr 10.43.0.5 tcp dport 80 ip saddr != 10.42.0.0/16 jump mark-for-masquerade"
-        ));
-        let ep1 = endpoint_chain("d/web/tcp/", &Endpoint { ip: "10.42.0.2".parse().unwrap(), port: 8080, ready: true, serving: true, terminating: false, local: true });
+        has(
+            &t,
+            &format!(
+                "add element ip k3rs-proxy service-ips {{ 10.43.0.5 . tcp . 80 : goto {chain} }}"
+            ),
+        );
+        has(
+            &t,
+            &format!(
+                "add rule ip k3rs-proxy {chain} ip daddr 10.43.0.5 tcp dport 80 ip saddr != 10.42.0.0/16 jump mark-for-masquerade"
+            ),
+        );
+        let ep1 = endpoint_chain(
+            "d/web/tcp/",
+            &Endpoint {
+                ip: "10.42.0.2".parse().unwrap(),
+                port: 8080,
+                ready: true,
+                serving: true,
+                terminating: false,
+                local: true,
+            },
+        );
         assert!(ep1.ends_with("-d/web/tcp/__10.42.0.2/8080"), "{ep1}");
-        has(&t, &format!("add rule ip k3rs-proxy {chain} numgen random mod 2 vmap {{ 0 : goto {ep1}, 1 : goto endpoint-"));
-        has(&t, &format!("add rule ip k3rs-proxy {ep1} ip saddr 10.42.0.2 jump mark-for-masquerade"));
-        has(&t, &format!("add rule ip k3rs-proxy {ep1} meta l4proto tcp dnat to 10.42.0.2:8080"));
+        has(
+            &t,
+            &format!(
+                "add rule ip k3rs-proxy {chain} numgen random mod 2 vmap {{ 0 : goto {ep1}, 1 : goto endpoint-"
+            ),
+        );
+        has(
+            &t,
+            &format!("add rule ip k3rs-proxy {ep1} ip saddr 10.42.0.2 jump mark-for-masquerade"),
+        );
+        has(
+            &t,
+            &format!("add rule ip k3rs-proxy {ep1} meta l4proto tcp dnat to 10.42.0.2:8080"),
+        );
         // A ClusterIP-only Service has no NodePort or external chain.
         hasnt(&t, "external-");
         hasnt(&t, "add element ip k3rs-proxy service-nodeports");
         // The fixed layout.
-        has(&t, "add chain ip k3rs-proxy nat-prerouting { type nat hook prerouting priority -100; policy accept; }");
-        has(&t, "add rule ip k3rs-proxy filter-forward ct state new jump endpoints-check");
-        has(&t, "add rule ip k3rs-proxy masquerading masquerade fully-random");
-        has(&t, "add element ip k3rs-proxy nodeport-ips { 192.168.5.10 }");
+        has(
+            &t,
+            "add chain ip k3rs-proxy nat-prerouting { type nat hook prerouting priority -100; policy accept; }",
+        );
+        has(
+            &t,
+            "add rule ip k3rs-proxy filter-forward ct state new jump endpoints-check",
+        );
+        has(
+            &t,
+            "add rule ip k3rs-proxy masquerading masquerade fully-random",
+        );
+        has(
+            &t,
+            "add element ip k3rs-proxy nodeport-ips { 192.168.5.10 }",
+        );
         // A first sync starts from an empty table.
-        assert!(t.starts_with("add table ip k3rs-proxy\ndelete table ip k3rs-proxy\nadd table ip k3rs-proxy\n"));
+        assert!(t.starts_with(
+            "add table ip k3rs-proxy\ndelete table ip k3rs-proxy\nadd table ip k3rs-proxy\n"
+        ));
     }
 
     #[test]
     fn two_ports_and_a_named_udp_port() {
-        let s = svc("dns", json!({"clusterIP": "10.43.0.6", "ports": [
+        let s = svc(
+            "dns",
+            json!({"clusterIP": "10.43.0.6", "ports": [
             {"name": "dns", "port": 53, "protocol": "UDP"},
             {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
-            {"name": "metrics", "port": 9153}]}));
-        let sl = slice("dns", json!([
+            {"name": "metrics", "port": 9153}]}),
+        );
+        let sl = slice(
+            "dns",
+            json!([
             {"name": "dns", "port": 5353, "protocol": "UDP"},
             {"name": "dns-tcp", "port": 5353, "protocol": "TCP"},
-            {"name": "metrics", "port": 9153, "protocol": "TCP"}]), &[("10.42.0.7", "n2", true)]);
+            {"name": "metrics", "port": 9153, "protocol": "TCP"}]),
+            &[("10.42.0.7", "n2", true)],
+        );
         let t = text(&[s], &[sl]);
         has(&t, "10.43.0.6 . udp . 53 : goto service-");
         has(&t, "10.43.0.6 . tcp . 53 : goto service-");
@@ -589,37 +701,98 @@ mod tests {
         has(&t, "meta l4proto udp dnat to 10.42.0.7:5353");
         has(&t, "meta l4proto tcp dnat to 10.42.0.7:5353");
         has(&t, "meta l4proto tcp dnat to 10.42.0.7:9153");
-        has(&t, "ip daddr 10.43.0.6 udp dport 53 ip saddr != 10.42.0.0/16");
-        let rs = ruleset(&[svc("dns", json!({"clusterIP": "10.43.0.6", "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}))], &[]);
+        has(
+            &t,
+            "ip daddr 10.43.0.6 udp dport 53 ip saddr != 10.42.0.0/16",
+        );
+        let rs = ruleset(
+            &[svc(
+                "dns",
+                json!({"clusterIP": "10.43.0.6", "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}),
+            )],
+            &[],
+        );
         assert!(rs.chains.is_empty());
     }
 
     #[test]
     fn no_ready_endpoints_reject() {
-        let s = svc("web", json!({"type": "NodePort", "clusterIP": "10.43.0.5", "externalIPs": ["192.0.2.9"],
-            "ports": [{"port": 80, "nodePort": 30080}]}));
-        let t = text(&[s], &[slice("web", json!([{"port": 8080}]), &[("10.42.0.2", "n1", false)])]);
-        has(&t, "add element ip k3rs-proxy no-endpoint-services { 10.43.0.5 . tcp . 80 : goto reject-chain, 192.0.2.9 . tcp . 80 : goto reject-chain }");
-        has(&t, "add element ip k3rs-proxy no-endpoint-nodeports { tcp . 30080 : goto reject-chain }");
+        let s = svc(
+            "web",
+            json!({"type": "NodePort", "clusterIP": "10.43.0.5", "externalIPs": ["192.0.2.9"],
+            "ports": [{"port": 80, "nodePort": 30080}]}),
+        );
+        let t = text(
+            &[s],
+            &[slice(
+                "web",
+                json!([{"port": 8080}]),
+                &[("10.42.0.2", "n1", false)],
+            )],
+        );
+        has(
+            &t,
+            "add element ip k3rs-proxy no-endpoint-services { 10.43.0.5 . tcp . 80 : goto reject-chain, 192.0.2.9 . tcp . 80 : goto reject-chain }",
+        );
+        has(
+            &t,
+            "add element ip k3rs-proxy no-endpoint-nodeports { tcp . 30080 : goto reject-chain }",
+        );
         has(&t, "add rule ip k3rs-proxy reject-chain reject");
-        has(&t, "add rule ip k3rs-proxy endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services");
-        has(&t, "add rule ip k3rs-proxy endpoints-check ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports");
+        has(
+            &t,
+            "add rule ip k3rs-proxy endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services",
+        );
+        has(
+            &t,
+            "add rule ip k3rs-proxy endpoints-check ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports",
+        );
         hasnt(&t, "add element ip k3rs-proxy service-ips");
         hasnt(&t, "dnat to");
     }
 
     #[test]
     fn node_port_cluster_policy_masquerades() {
-        let s = svc("web", json!({"type": "NodePort", "clusterIP": "10.43.0.5", "ports": [{"port": 80, "nodePort": 30080}]}));
-        let t = text(&[s], &[slice("web", json!([{"port": 8080}]), &[("10.42.1.2", "n2", true)])]);
+        let s = svc(
+            "web",
+            json!({"type": "NodePort", "clusterIP": "10.43.0.5", "ports": [{"port": 80, "nodePort": 30080}]}),
+        );
+        let t = text(
+            &[s],
+            &[slice(
+                "web",
+                json!([{"port": 8080}]),
+                &[("10.42.1.2", "n2", true)],
+            )],
+        );
         let ext = format!("external-{}", hashed("d/web/tcp/"));
-        has(&t, &format!("add element ip k3rs-proxy service-nodeports {{ tcp . 30080 : goto {ext} }}"));
-        has(&t, &format!("add rule ip k3rs-proxy {ext} jump mark-for-masquerade\nadd rule ip k3rs-proxy {ext} goto service-"));
+        has(
+            &t,
+            &format!("add element ip k3rs-proxy service-nodeports {{ tcp . 30080 : goto {ext} }}"),
+        );
+        has(
+            &t,
+            &format!(
+                "add rule ip k3rs-proxy {ext} jump mark-for-masquerade\nadd rule ip k3rs-proxy {ext} goto service-"
+            ),
+        );
         // No node addresses given: NodePorts answer on every local one.
-        let rs = ruleset(&[svc("web", json!({"type": "NodePort", "clusterIP": "10.43.0.5", "ports": [{"port": 80, "nodePort": 30080}]}))], &[]);
-        let rs = Ruleset { node_ips: vec![], ..rs };
+        let rs = ruleset(
+            &[svc(
+                "web",
+                json!({"type": "NodePort", "clusterIP": "10.43.0.5", "ports": [{"port": 80, "nodePort": 30080}]}),
+            )],
+            &[],
+        );
+        let rs = Ruleset {
+            node_ips: vec![],
+            ..rs
+        };
         let t = render(&rs, None, &BTreeSet::new());
-        has(&t, "add rule ip k3rs-proxy services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports");
+        has(
+            &t,
+            "add rule ip k3rs-proxy services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports",
+        );
         hasnt(&t, "add element ip k3rs-proxy nodeport-ips");
     }
 
@@ -629,30 +802,61 @@ mod tests {
             "ports": [{"port": 80, "nodePort": 30080}]});
         let mut s = svc("web", spec);
         s["status"] = json!({"loadBalancer": {"ingress": [{"ip": "192.168.5.10"}]}});
-        let both = slice("web", json!([{"port": 8080}]), &[("10.42.0.2", "n1", true), ("10.42.1.2", "n2", true)]);
+        let both = slice(
+            "web",
+            json!([{"port": 8080}]),
+            &[("10.42.0.2", "n1", true), ("10.42.1.2", "n2", true)],
+        );
         let t = text(std::slice::from_ref(&s), &[both]);
         let id = "d/web/tcp/";
-        let (cluster, local, ext) = (format!("service-{}", hashed(id)), format!("local-{}", hashed(id)), format!("external-{}", hashed(id)));
+        let (cluster, local, ext) = (
+            format!("service-{}", hashed(id)),
+            format!("local-{}", hashed(id)),
+            format!("external-{}", hashed(id)),
+        );
         has(&t, &format!("192.168.5.10 . tcp . 80 : goto {ext}"));
         has(&t, &format!("10.43.0.5 . tcp . 80 : goto {cluster}"));
-        has(&t, &format!(
-            "add rule ip k3rs-proxy {ext} ip saddr 10.42.0.0/16 goto {cluster}\n\
+        has(
+            &t,
+            &format!(
+                "add rule ip k3rs-proxy {ext} ip saddr 10.42.0.0/16 goto {cluster}\n\
              add rule ip k3rs-proxy {ext} fib saddr type local jump mark-for-masquerade\n\
              add rule ip k3rs-proxy {ext} fib saddr type local goto {cluster}\n\
              add rule ip k3rs-proxy {ext} goto {local}\n"
-        ));
+            ),
+        );
         // Outside clients keep their address: the local chain has no
         // masquerade, and only this node's endpoint.
-        has(&t, &format!("add rule ip k3rs-proxy {local} numgen random mod 1 vmap {{ 0 : goto endpoint-"));
-        assert!(t.lines().filter(|l| l.starts_with(&format!("add rule ip k3rs-proxy {local} "))).count() == 1, "{t}");
-        has(&t, &format!("add rule ip k3rs-proxy {cluster} numgen random mod 2 vmap"));
+        has(
+            &t,
+            &format!(
+                "add rule ip k3rs-proxy {local} numgen random mod 1 vmap {{ 0 : goto endpoint-"
+            ),
+        );
+        assert!(
+            t.lines()
+                .filter(|l| l.starts_with(&format!("add rule ip k3rs-proxy {local} ")))
+                .count()
+                == 1,
+            "{t}"
+        );
+        has(
+            &t,
+            &format!("add rule ip k3rs-proxy {cluster} numgen random mod 2 vmap"),
+        );
 
         // No endpoint here: outside traffic is dropped, pods still reach
         // the remote one through the short-circuit.
         let remote = slice("web", json!([{"port": 8080}]), &[("10.42.1.2", "n2", true)]);
         let t = text(&[s], &[remote]);
-        has(&t, "add element ip k3rs-proxy no-endpoint-nodeports { tcp . 30080 : drop }");
-        has(&t, "add element ip k3rs-proxy no-endpoint-services { 192.168.5.10 . tcp . 80 : drop }");
+        has(
+            &t,
+            "add element ip k3rs-proxy no-endpoint-nodeports { tcp . 30080 : drop }",
+        );
+        has(
+            &t,
+            "add element ip k3rs-proxy no-endpoint-services { 192.168.5.10 . tcp . 80 : drop }",
+        );
         has(&t, &format!("tcp . 30080 : goto {ext}"));
         hasnt(&t, &format!("add rule ip k3rs-proxy {ext} goto {local}"));
         hasnt(&t, &format!("add chain ip k3rs-proxy {local}"));
@@ -660,41 +864,102 @@ mod tests {
 
     #[test]
     fn session_affinity() {
-        let s = svc("web", json!({"clusterIP": "10.43.0.5", "sessionAffinity": "ClientIP",
-            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}, "ports": [{"port": 80}]}));
-        let rs = ruleset(&[s], &[slice("web", json!([{"port": 8080}]), &[("10.42.0.2", "n1", true), ("10.42.1.2", "n2", true)])]);
+        let s = svc(
+            "web",
+            json!({"clusterIP": "10.43.0.5", "sessionAffinity": "ClientIP",
+            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}, "ports": [{"port": 80}]}),
+        );
+        let rs = ruleset(
+            &[s],
+            &[slice(
+                "web",
+                json!([{"port": 8080}]),
+                &[("10.42.0.2", "n1", true), ("10.42.1.2", "n2", true)],
+            )],
+        );
         assert_eq!(rs.affinity_sets.len(), 2);
         assert!(rs.affinity_sets.values().all(|t| *t == 600));
         let t = render(&rs, None, &BTreeSet::new());
         let set = rs.affinity_sets.keys().next().unwrap();
-        has(&t, &format!("add set ip k3rs-proxy {set} {{ type ipv4_addr; flags dynamic,timeout; timeout 600s; }}"));
+        has(
+            &t,
+            &format!(
+                "add set ip k3rs-proxy {set} {{ type ipv4_addr; flags dynamic,timeout; timeout 600s; }}"
+            ),
+        );
         has(&t, &format!("update @{set} {{ ip saddr }}"));
         let cluster = format!("service-{}", hashed("d/web/tcp/"));
         // The remembered endpoint is checked before the random choice.
-        let rules: Vec<&str> = t.lines().filter(|l| l.starts_with(&format!("add rule ip k3rs-proxy {cluster} "))).collect();
+        let rules: Vec<&str> = t
+            .lines()
+            .filter(|l| l.starts_with(&format!("add rule ip k3rs-proxy {cluster} ")))
+            .collect();
         assert_eq!(rules.len(), 4, "{rules:?}");
-        assert!(rules[1..3].iter().all(|r| r.contains("ip saddr @affinity-")), "{rules:?}");
-        assert!(rules[1..3].iter().any(|r| r.contains(&format!("ip saddr @{set} goto endpoint-"))), "{rules:?}");
+        assert!(
+            rules[1..3]
+                .iter()
+                .all(|r| r.contains("ip saddr @affinity-")),
+            "{rules:?}"
+        );
+        assert!(
+            rules[1..3]
+                .iter()
+                .any(|r| r.contains(&format!("ip saddr @{set} goto endpoint-"))),
+            "{rules:?}"
+        );
         assert!(rules[3].contains("numgen random mod 2"), "{rules:?}");
         // The default timeout.
-        let s = svc("web", json!({"clusterIP": "10.43.0.5", "sessionAffinity": "ClientIP", "ports": [{"port": 80}]}));
-        let rs = ruleset(&[s], &[slice("web", json!([{"port": 8080}]), &[("10.42.0.2", "n1", true)])]);
-        assert_eq!(rs.affinity_sets.values().copied().collect::<Vec<_>>(), vec![10800]);
+        let s = svc(
+            "web",
+            json!({"clusterIP": "10.43.0.5", "sessionAffinity": "ClientIP", "ports": [{"port": 80}]}),
+        );
+        let rs = ruleset(
+            &[s],
+            &[slice(
+                "web",
+                json!([{"port": 8080}]),
+                &[("10.42.0.2", "n1", true)],
+            )],
+        );
+        assert_eq!(
+            rs.affinity_sets.values().copied().collect::<Vec<_>>(),
+            vec![10800]
+        );
     }
 
     #[test]
     fn skipped_services() {
         let services = [
-            svc("kube-dns", json!({"clusterIP": "10.43.0.10", "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]})),
-            svc("headless", json!({"clusterIP": "None", "ports": [{"port": 80}]})),
-            svc("ext", json!({"type": "ExternalName", "externalName": "example.org", "ports": [{"port": 80}]})),
+            svc(
+                "kube-dns",
+                json!({"clusterIP": "10.43.0.10", "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}),
+            ),
+            svc(
+                "headless",
+                json!({"clusterIP": "None", "ports": [{"port": 80}]}),
+            ),
+            svc(
+                "ext",
+                json!({"type": "ExternalName", "externalName": "example.org", "ports": [{"port": 80}]}),
+            ),
         ];
         let slices = [
-            slice("kube-dns", json!([{"name": "dns", "port": 53, "protocol": "UDP"}]), &[("10.42.0.3", "n1", true)]),
-            slice("headless", json!([{"port": 80}]), &[("10.42.0.4", "n1", true)]),
+            slice(
+                "kube-dns",
+                json!([{"name": "dns", "port": 53, "protocol": "UDP"}]),
+                &[("10.42.0.3", "n1", true)],
+            ),
+            slice(
+                "headless",
+                json!([{"port": 80}]),
+                &[("10.42.0.4", "n1", true)],
+            ),
         ];
         let rs = ruleset(&services, &slices);
-        assert!(rs.chains.is_empty() && rs.service_ips.is_empty() && rs.no_endpoint_services.is_empty(), "{rs:?}");
+        assert!(
+            rs.chains.is_empty() && rs.service_ips.is_empty() && rs.no_endpoint_services.is_empty(),
+            "{rs:?}"
+        );
         let t = render(&rs, None, &BTreeSet::new());
         hasnt(&t, "10.43.0.10");
         hasnt(&t, "10.42.0.4");
@@ -702,8 +967,15 @@ mod tests {
 
     #[test]
     fn later_syncs_keep_affinity_and_retire_stale_chains() {
-        let slices = [slice("web", json!([{"port": 8080}]), &[("10.42.0.2", "n1", true)])];
-        let aff = svc("web", json!({"clusterIP": "10.43.0.5", "sessionAffinity": "ClientIP", "ports": [{"port": 80}]}));
+        let slices = [slice(
+            "web",
+            json!([{"port": 8080}]),
+            &[("10.42.0.2", "n1", true)],
+        )];
+        let aff = svc(
+            "web",
+            json!({"clusterIP": "10.43.0.5", "sessionAffinity": "ClientIP", "ports": [{"port": 80}]}),
+        );
         let before = ruleset(std::slice::from_ref(&aff), &slices);
         let installed = installed_after(&before, None, &BTreeSet::new());
         // The same rules again: no table delete, the affinity set is added
@@ -729,7 +1001,10 @@ mod tests {
         for c in &installed.chains {
             has(&t, &format!("delete chain ip k3rs-proxy {c}\n"));
         }
-        assert_eq!(installed_after(&after, Some(&next), &next.chains), Installed::default());
+        assert_eq!(
+            installed_after(&after, Some(&next), &next.chains),
+            Installed::default()
+        );
     }
 
     #[test]
@@ -739,7 +1014,10 @@ mod tests {
         let long = "n".repeat(300);
         assert!(hashed(&long).len() <= 255);
         assert!(hashed(&long).ends_with("..."));
-        assert_eq!("10.42.0.0/16".parse::<Ipv4Cidr>().unwrap().to_string(), "10.42.0.0/16");
+        assert_eq!(
+            "10.42.0.0/16".parse::<Ipv4Cidr>().unwrap().to_string(),
+            "10.42.0.0/16"
+        );
         assert!("10.42.0.0/33".parse::<Ipv4Cidr>().is_err());
         assert!("10.42.0.0".parse::<Ipv4Cidr>().is_err());
     }
