@@ -14,6 +14,7 @@
 //! - `logs`: the agent's HTTPS port, serving container logs (`cri_log`
 //!   reads the CRI log format) and exec, attach and port-forward
 //!   (`streams`).
+//! - `proxy`: the service proxy (kube-proxy's job) on nftables.
 
 pub mod cri;
 pub mod cri_log;
@@ -25,6 +26,7 @@ pub mod objects;
 pub mod pods;
 pub mod probes;
 pub mod process;
+pub mod proxy;
 pub mod pull_secrets;
 pub mod runtime;
 pub mod streams;
