@@ -924,7 +924,8 @@ fn keep_server_fields(
             .unwrap_or(1);
         new["metadata"]["generation"] = json!(generation + 1);
     }
-    objects::prepare_update(res, new)
+    objects::prepare_update(res, new)?;
+    objects::validate_update(res, current, new)
 }
 
 /// Delete with preconditions and finalizers; answers the last state.
