@@ -312,6 +312,12 @@ fn text<'a>(v: &'a Value, key: &str) -> &'a str {
 
 /// Checks the name and the fields every object of `res` needs.
 pub fn validate(res: &Resource, obj: &Value) -> ApiResult<()> {
+    check(res, obj, None)
+}
+
+/// `validate`, and on an update (`current` given) kube's `ValidateUpdate`
+/// for the fields that may not change, all reported together.
+fn check(res: &Resource, obj: &Value, current: Option<&Value>) -> ApiResult<()> {
     let name = obj
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -342,6 +348,9 @@ pub fn validate(res: &Resource, obj: &Value) -> ApiResult<()> {
         "NetworkPolicy" => network_policy(obj.get("spec"), &mut causes),
         _ => {}
     }
+    if let Some(current) = current {
+        immutable(res, current, obj, &mut causes);
+    }
     if causes.0.is_empty() {
         Ok(())
     } else {
@@ -351,26 +360,14 @@ pub fn validate(res: &Resource, obj: &Value) -> ApiResult<()> {
     }
 }
 
-/// Checks an update against what was stored: kube's `ValidateUpdate` for
-/// the fields that may not change.
-pub fn validate_update(res: &Resource, current: &Value, new: &Value) -> ApiResult<()> {
-    let mut causes = Causes::default();
+/// The fields an update may not change.
+fn immutable(res: &Resource, current: &Value, new: &Value, causes: &mut Causes) {
     if res.kind == "EndpointSlice" {
         let (was, is) = (text(current, "addressType"), text(new, "addressType"));
         if was != is {
             causes.invalid("addressType", is, "field is immutable");
         }
     }
-    if causes.0.is_empty() {
-        return Ok(());
-    }
-    let name = current.pointer("/metadata/name").and_then(Value::as_str);
-    Err(ApiError::invalid_fields(
-        res.group,
-        res.kind,
-        name.unwrap_or_default(),
-        causes.0,
-    ))
 }
 
 const PORT_RANGE: &str = "must be between 1 and 65535, inclusive";
@@ -713,10 +710,11 @@ pub fn prepare_create(res: &Resource, obj: &mut Value, namespace: Option<&str>) 
 }
 
 /// Fills in, on an update, the defaults kube-apiserver's decoder sets on
-/// every write (not the ones only a create gets), then checks the object.
-pub fn prepare_update(res: &Resource, obj: &mut Value) -> ApiResult<()> {
+/// every write (not the ones only a create gets), then checks the object
+/// and what it may not change from `current`.
+pub fn prepare_update(res: &Resource, current: &Value, obj: &mut Value) -> ApiResult<()> {
     defaults(res, obj);
-    validate(res, obj)
+    check(res, obj, Some(current))
 }
 
 /// `v[key]`, made an empty object when missing or null; None when `v` is
@@ -1278,14 +1276,14 @@ mod tests {
         );
         let res = resource("endpointslices");
         let old = slice(json!({"addressType": "IPv4"}));
-        assert!(validate_update(res, &old, &old).is_ok());
-        let e = validate_update(res, &old, &slice(json!({"addressType": "IPv6"}))).unwrap_err();
+        assert!(prepare_update(res, &old, &mut old.clone()).is_ok());
+        let mut changed =
+            slice(json!({"addressType": "IPv6", "endpoints": [{"addresses": ["10.0.0.1"]}]}));
+        let e = prepare_update(res, &old, &mut changed).unwrap_err();
         assert_eq!(e.code, 422);
-        assert!(
-            e.message
-                .contains("addressType: Invalid value: \"IPv6\": field is immutable"),
-            "{}",
-            e.message
+        assert_eq!(
+            e.message,
+            "EndpointSlice.discovery.k8s.io \"web-x\" is invalid: [endpoints[0].addresses[0]: Invalid value: \"10.0.0.1\": must be a valid IPv6 address, addressType: Invalid value: \"IPv6\": field is immutable]"
         );
         check_created(
             "endpointslices",
@@ -1551,7 +1549,7 @@ mod tests {
     fn updates_get_the_decoders_defaults_but_not_the_creates() {
         let ns = resource("namespaces");
         let mut obj = json!({"metadata": {"name": "team", "labels": {"kubernetes.io/metadata.name": "other"}}});
-        prepare_update(ns, &mut obj).unwrap();
+        prepare_update(ns, &obj.clone(), &mut obj).unwrap();
         assert_eq!(
             obj["metadata"]["labels"]["kubernetes.io/metadata.name"],
             "team"
@@ -1559,7 +1557,7 @@ mod tests {
         assert_eq!(obj.get("status"), None);
         let pods = resource("pods");
         let mut pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x:1"}]}});
-        prepare_update(pods, &mut pod).unwrap();
+        prepare_update(pods, &pod.clone(), &mut pod).unwrap();
         assert_eq!(
             pod["spec"]["containers"][0]["imagePullPolicy"],
             "IfNotPresent"

@@ -54,7 +54,8 @@ pub fn subsets(svc: &Value, pods: &[Value]) -> Vec<Value> {
         .and_then(Value::as_array)
         .map_or(&[], Vec::as_slice);
     let headless = str_at(svc, "/spec/clusterIP") == "None";
-    // Port (as JSON) → its addresses, by IP: (address, ready).
+    // Port (as JSON) → its addresses by IP and pod uid (host-network pods
+    // share an IP): (address, ready).
     let mut by_port: BTreeMap<String, BTreeMap<String, (Value, bool)>> = BTreeMap::new();
     for pod in pods.iter().filter(|p| selects(svc, p)) {
         if !pod_in_endpoints(pod, publish) {
@@ -70,13 +71,14 @@ pub fn subsets(svc: &Value, pods: &[Value]) -> Vec<Value> {
             address["hostname"] = json!(h);
         }
         let ready = publish || pod_ready(pod);
+        let id = format!("{ip}/{}", str_at(pod, "/metadata/uid"));
         if ports.is_empty() {
             // Only a headless Service may go without ports.
             if headless {
                 by_port
                     .entry(String::new())
                     .or_default()
-                    .insert(ip.to_string(), (address.clone(), ready));
+                    .insert(id.clone(), (address.clone(), ready));
             }
             continue;
         }
@@ -95,7 +97,7 @@ pub fn subsets(svc: &Value, pods: &[Value]) -> Vec<Value> {
             by_port
                 .entry(port.to_string())
                 .or_default()
-                .insert(ip.to_string(), (address.clone(), ready));
+                .insert(id.clone(), (address.clone(), ready));
         }
     }
     // Ports reaching the same addresses (and readiness) share a subset.
