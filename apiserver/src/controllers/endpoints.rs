@@ -43,6 +43,9 @@ pub async fn run(client: Client, caches: Caches) {
     }
 }
 
+/// A subset's addresses by IP and pod uid: (address, ready).
+type Addresses = BTreeMap<String, (Value, bool)>;
+
 /// kube's subsets for `svc` (its `syncService` and `RepackSubsets`): each
 /// pod's address under every Service port it resolves, ready or not
 /// (publishNotReadyAddresses: all ready, terminating ones included), then
@@ -56,7 +59,7 @@ pub fn subsets(svc: &Value, pods: &[Value]) -> Vec<Value> {
     let headless = str_at(svc, "/spec/clusterIP") == "None";
     // Port (as JSON) → its addresses by IP and pod uid (host-network pods
     // share an IP): (address, ready).
-    let mut by_port: BTreeMap<String, BTreeMap<String, (Value, bool)>> = BTreeMap::new();
+    let mut by_port: BTreeMap<String, Addresses> = BTreeMap::new();
     for pod in pods.iter().filter(|p| selects(svc, p)) {
         if !pod_in_endpoints(pod, publish) {
             continue;
@@ -101,8 +104,7 @@ pub fn subsets(svc: &Value, pods: &[Value]) -> Vec<Value> {
         }
     }
     // Ports reaching the same addresses (and readiness) share a subset.
-    let mut grouped: BTreeMap<String, (Vec<Value>, BTreeMap<String, (Value, bool)>)> =
-        BTreeMap::new();
+    let mut grouped: BTreeMap<String, (Vec<Value>, Addresses)> = BTreeMap::new();
     for (port, addresses) in by_port {
         let signature: Vec<(&String, bool)> =
             addresses.iter().map(|(ip, (_, r))| (ip, *r)).collect();

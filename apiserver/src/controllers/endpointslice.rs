@@ -188,7 +188,7 @@ pub fn endpoint_of(svc: &Value, pod: &Value) -> Option<(Vec<Value>, Value)> {
         }
         ports.push(port);
     }
-    ports.sort_by(|a, b| ports_key_of(a).cmp(&ports_key_of(b)));
+    ports.sort_by_key(ports_key_of);
     Some((ports, endpoint))
 }
 
@@ -350,7 +350,8 @@ pub fn reconcile(svc: &Value, pods: &[Value], existing: &[Value]) -> Changes {
         for (slice, mut eps) in slices {
             eps.sort_by_key(|e| str_at(e, "/targetRef/name").to_string());
             match slice {
-                Some(s) if eps.is_empty() && !(placeholder && !kept_placeholder) => {
+                // The first empty slice of a placeholder round stays.
+                Some(s) if eps.is_empty() && (kept_placeholder || !placeholder) => {
                     changes.delete.push(s.clone())
                 }
                 Some(s) => {
