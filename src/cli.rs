@@ -136,6 +136,11 @@ pub struct ServerArgs {
     #[arg(long, env = "K3RS_BIND_ADDRESS", default_value = "0.0.0.0")]
     pub bind_address: std::net::IpAddr,
 
+    /// The cluster DNS Service's IP (Service kube-system/kube-dns), inside
+    /// the service CIDR (K3s's --cluster-dns).
+    #[arg(long, env = "K3RS_CLUSTER_DNS", default_value = "10.43.0.10")]
+    pub cluster_dns: std::net::Ipv4Addr,
+
     /// An etcd v3 endpoint (http://HOST:PORT, real etcd included) for the
     /// Kubernetes API instead of the embedded datastore, which then does not run.
     #[arg(long, env = "K3RS_DATASTORE_ENDPOINT")]
@@ -387,6 +392,7 @@ impl ServerArgs {
             server_dir,
             etcd_endpoint,
             controllers,
+            cluster_dns: self.cluster_dns,
         });
         Ok(ServerConfig {
             datastore,

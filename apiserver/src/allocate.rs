@@ -12,6 +12,9 @@ use crate::store::{Store, Swap};
 const CIDR_BASE: u32 = u32::from_be_bytes([10, 43, 0, 0]);
 const CIDR_SIZE: u32 = 1 << 16;
 pub const KUBERNETES_SERVICE_IP: &str = "10.43.0.1";
+/// The low addresses random allocation avoids while others are free
+/// (kube's `min(max(16, size/16), 256)`), so fixed ones stay available.
+const STATIC_BAND: u32 = 256;
 const NODE_PORTS: std::ops::RangeInclusive<u32> = 30000..=32767;
 /// Random tries before answering that the range is full.
 const TRIES: usize = 64;
@@ -119,9 +122,16 @@ async fn assign_taking(
         Some(asked)
     } else {
         let mut found = None;
-        for _ in 0..TRIES {
-            // Skip the network address and .1 (the kubernetes Service).
-            let n = CIDR_BASE + 2 + random_u32() % (CIDR_SIZE - 3);
+        for attempt in 0..2 * TRIES {
+            // kube's static subrange: random picks come from above the
+            // first STATIC_BAND addresses (left to Services that ask for
+            // an address, like kube-dns's .10) until that part is full;
+            // never the network, .1 (the kubernetes Service) or broadcast.
+            let n = if attempt < TRIES {
+                CIDR_BASE + STATIC_BAND + random_u32() % (CIDR_SIZE - STATIC_BAND - 1)
+            } else {
+                CIDR_BASE + 2 + random_u32() % (STATIC_BAND - 2)
+            };
             let ip = std::net::Ipv4Addr::from(n).to_string();
             if take(store, &ip_key(&ip), svc).await? {
                 taken.push(ip_key(&ip));
@@ -160,7 +170,9 @@ async fn assign_taking(
         let asked = port
             .get("nodePort")
             .and_then(Value::as_u64)
-            .map(|p| p as u32);
+            .map(|p| p as u32)
+            // 0 is unset (kubectl create service sends it): allocate one.
+            .filter(|p| *p != 0);
         let chosen = match asked {
             Some(p) if NODE_PORTS.contains(&p) => {
                 if !take(store, &port_key(p), svc).await? {
@@ -202,6 +214,12 @@ async fn assign_taking(
     }
     svc["spec"]["ports"] = json!(filled);
     Ok(())
+}
+
+/// Whether `ip` is reserved for the Service `namespace/name` (a
+/// reservation an earlier, interrupted start left).
+pub async fn reserved_for(store: &Store, ip: &str, namespace: &str, name: &str) -> bool {
+    matches!(store.get(&ip_key(ip)).await, Ok(Some(v)) if v["service"] == format!("{namespace}/{name}"))
 }
 
 /// Releases what a deleted Service held.

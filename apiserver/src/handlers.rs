@@ -924,7 +924,7 @@ fn keep_server_fields(
             .unwrap_or(1);
         new["metadata"]["generation"] = json!(generation + 1);
     }
-    objects::prepare_update(res, new)
+    objects::prepare_update(res, current, new)
 }
 
 /// Delete with preconditions and finalizers; answers the last state.
@@ -1323,43 +1323,143 @@ async fn default_service_account(store: &Store, namespace: &str) -> ApiResult<()
 }
 
 /// Creates what every cluster starts with, if missing: the four
-/// namespaces, a `default` ServiceAccount in each, Service default/kubernetes.
-pub async fn bootstrap(store: &Store, advertise_port: u16) -> ApiResult<()> {
-    let put = |res: &'static Resource, ns: Option<&'static str>, obj: Value| {
-        let store = store.clone();
-        async move {
-            let mut obj = obj;
-            objects::prepare_create(res, &mut obj, ns)?;
-            let name = obj["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            store.swap(&res.key(ns, &name), &obj, 0).await.map(drop)
-        }
-    };
+/// namespaces, a `default` ServiceAccount in each, Service default/kubernetes
+/// with its Endpoints and EndpointSlice (pointing at `advertise`, rewritten
+/// at every start as kube-apiserver does), and Service kube-system/kube-dns
+/// at `cluster_dns`.
+pub async fn bootstrap(
+    store: &Store,
+    advertise: std::net::SocketAddr,
+    cluster_dns: std::net::Ipv4Addr,
+) -> ApiResult<()> {
     let namespaces = resources::find("", "v1", "namespaces").expect("served");
-    let services = resources::find("", "v1", "services").expect("served");
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        put(namespaces, None, json!({"metadata": {"name": ns}})).await?;
+        put_new(store, namespaces, None, json!({"metadata": {"name": ns}})).await?;
         default_service_account(store, ns).await?;
     }
-    let mut kubernetes = json!({"metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+    let kubernetes = json!({"metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
            "spec": {"clusterIP": crate::allocate::KUBERNETES_SERVICE_IP,
-                    "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": advertise_port}]}});
-    if store
-        .get(&services.key(Some("default"), "kubernetes"))
-        .await?
-        .is_some()
-    {
+                    "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": advertise.port()}]}});
+    ensure_service(store, kubernetes).await?;
+    // K3s's CoreDNS Service, without a selector: every node's agent
+    // answers at this address, not a pod.
+    let dns = json!({"metadata": {"name": "kube-dns", "namespace": "kube-system",
+                                  "labels": {"k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true", "kubernetes.io/name": "CoreDNS"},
+                                  "annotations": {"prometheus.io/port": "9153", "prometheus.io/scrape": "true"}},
+           "spec": {"clusterIP": cluster_dns.to_string(),
+                    "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                              {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+                              {"name": "metrics", "port": 9153, "protocol": "TCP", "targetPort": 9153}]}});
+    if let Err(e) = ensure_service(store, dns).await {
+        if e.code != 422 {
+            return Err(e);
+        }
+        tracing::warn!(error = %e.message, "cannot create Service kube-system/kube-dns at the cluster DNS address");
+    }
+    kubernetes_endpoints(store, advertise).await
+}
+
+/// Creates `obj` if no object has its name.
+async fn put_new(
+    store: &Store,
+    res: &'static Resource,
+    ns: Option<&str>,
+    obj: Value,
+) -> ApiResult<()> {
+    let mut obj = obj;
+    objects::prepare_create(res, &mut obj, ns)?;
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    store.swap(&res.key(ns, &name), &obj, 0).await.map(drop)
+}
+
+/// Creates a bootstrap Service at its fixed cluster IP unless it exists.
+async fn ensure_service(store: &Store, svc: Value) -> ApiResult<()> {
+    let services = resources::find("", "v1", "services").expect("served");
+    let ns = svc["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("default")
+        .to_string();
+    let name = svc["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if store.get(&services.key(Some(&ns), &name)).await?.is_some() {
         return Ok(());
     }
-    // A reservation left by an earlier start that stopped half-way is ours.
-    if let Err(e) = crate::allocate::assign(store, &mut kubernetes).await
-        && e.code != 422
-    {
-        return Err(e);
+    let mut svc = svc;
+    let ip = svc["spec"]["clusterIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if let Err(e) = crate::allocate::assign(store, &mut svc).await {
+        // A reservation left by an earlier start that stopped half-way is ours.
+        if e.code != 422 || !crate::allocate::reserved_for(store, &ip, &ns, &name).await {
+            return Err(e);
+        }
     }
-    put(services, Some("default"), kubernetes).await
+    put_new(store, services, Some(&ns), svc).await
+}
+
+/// kube-apiserver's own Endpoints and EndpointSlice of Service
+/// default/kubernetes: this server's address and port, written at every
+/// start (only when they changed).
+async fn kubernetes_endpoints(store: &Store, advertise: std::net::SocketAddr) -> ApiResult<()> {
+    let ip = advertise.ip().to_string();
+    let port = advertise.port();
+    let endpoints = resources::find("", "v1", "endpoints").expect("served");
+    let ep = json!({"metadata": {"name": "kubernetes", "namespace": "default",
+                                 "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+                    "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]});
+    write_fixed(store, endpoints, ep, &["subsets"]).await?;
+    let slices = resources::find("discovery.k8s.io", "v1", "endpointslices").expect("served");
+    let slice = json!({"metadata": {"name": "kubernetes", "namespace": "default",
+                                    "labels": {"kubernetes.io/service-name": "kubernetes"}},
+                       "addressType": if advertise.is_ipv4() { "IPv4" } else { "IPv6" },
+                       "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
+                       "ports": [{"name": "https", "port": port, "protocol": "TCP"}]});
+    write_fixed(store, slices, slice, &["addressType", "endpoints", "ports"]).await
+}
+
+/// Creates `obj` (in default), or replaces `fields` of the stored one when
+/// they differ; an address type that changed means a new object.
+async fn write_fixed(
+    store: &Store,
+    res: &'static Resource,
+    obj: Value,
+    fields: &[&str],
+) -> ApiResult<()> {
+    let key = res.key(Some("default"), "kubernetes");
+    for _ in 0..8 {
+        let Some(current) = store.get(&key).await? else {
+            match put_new(store, res, Some("default"), obj.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.code == 409 => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        let mut next = current.clone();
+        for f in fields {
+            next[*f] = obj[*f].clone();
+        }
+        objects::prepare_update(res, &current, &mut next)?;
+        if next == current {
+            return Ok(());
+        }
+        if current["addressType"] != next["addressType"] {
+            store.delete(&key, store::revision_of(&current)).await?;
+            continue;
+        }
+        if let Swap::Done(_) = store
+            .swap(&key, &next, store::revision_of(&current))
+            .await?
+        {
+            return Ok(());
+        }
+    }
+    Err(ApiError::conflict(&res.qualified(), "kubernetes"))
 }
 
 #[cfg(test)]

@@ -71,6 +71,8 @@ pub struct Config {
     pub etcd_endpoint: String,
     /// The scheduler's and controllers' settings; `None`: they do not run.
     pub controllers: Option<controllers::Config>,
+    /// The ClusterIP of Service kube-system/kube-dns (K3s: 10.43.0.10).
+    pub cluster_dns: std::net::Ipv4Addr,
 }
 
 /// What `start` made: where the kubeconfig is, and the server task.
@@ -140,7 +142,8 @@ pub async fn start(
     let store = store::Store::connect(&config.etcd_endpoint)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        match handlers::bootstrap(&store, local_addr.port()).await {
+        let advertise = SocketAddr::new(advertise_ip(local_addr.ip()), local_addr.port());
+        match handlers::bootstrap(&store, advertise, config.cluster_dns).await {
             Ok(()) => break,
             Err(e) if tokio::time::Instant::now() < deadline && e.code == 503 => {
                 tracing::warn!(error = %e.message, "waiting for the datastore");
@@ -167,6 +170,22 @@ pub async fn start(
         local_addr,
         task,
     })
+}
+
+/// The address the `kubernetes` Service's endpoints name: the listening
+/// address, or for a wildcard listener the one outbound traffic would
+/// leave from (a UDP `connect` sends nothing), as the agent picks its own.
+fn advertise_ip(listen: std::net::IpAddr) -> std::net::IpAddr {
+    if !listen.is_unspecified() {
+        return listen;
+    }
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("192.0.2.1:9").map(|_| s))
+        .and_then(|s| s.local_addr());
+    match probe {
+        Ok(a) if !a.ip().is_unspecified() => a.ip(),
+        _ => std::net::IpAddr::from([127, 0, 0, 1]),
+    }
 }
 
 async fn serve(

@@ -222,6 +222,12 @@ fn columns(kind: &str) -> &'static [Column] {
             ("Message", "string", false),
         ],
         "Lease" => &[("Holder", "string", false)],
+        "EndpointSlice" => &[
+            ("AddressType", "string", false),
+            ("Ports", "string", false),
+            ("Endpoints", "string", false),
+        ],
+        "NetworkPolicy" => &[("Pod-Selector", "string", false)],
         _ => &[],
     }
 }
@@ -236,6 +242,102 @@ fn selector_text(obj: &Value, pointer: &str) -> String {
                 .join(",")
         })
         .unwrap_or_default()
+}
+
+/// kube's `listWithMoreString`: the first three, then how many more.
+fn list_with_more(items: Vec<String>, empty: &str) -> String {
+    const MAX: usize = 3;
+    if items.len() > MAX {
+        format!("{} + {} more...", items[..MAX].join(","), items.len() - MAX)
+    } else if items.is_empty() {
+        empty.to_string()
+    } else {
+        items.join(",")
+    }
+}
+
+/// A `metav1.LabelSelector` as kube's `FormatLabelSelector` writes it;
+/// `<none>` when it selects everything.
+fn label_selector_text(selector: Option<&Value>) -> String {
+    let Some(selector) = selector else {
+        return "<none>".into();
+    };
+    let mut parts: Vec<String> = selector
+        .get("matchLabels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+        .collect();
+    parts.sort();
+    for r in selector
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let key = str_at(r, "/key");
+        let values: Vec<&str> = r
+            .get("values")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        parts.push(match str_at(r, "/operator") {
+            "In" => format!("{key} in ({})", values.join(",")),
+            "NotIn" => format!("{key} notin ({})", values.join(",")),
+            "Exists" => key.to_string(),
+            "DoesNotExist" => format!("!{key}"),
+            op => format!("{key} {op} ({})", values.join(",")),
+        });
+    }
+    if parts.is_empty() {
+        "<none>".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+/// kube's `getServiceExternalIP` (wide, as the server prints).
+fn service_external_ip(svc: &Value) -> String {
+    let external: Vec<String> = svc
+        .pointer("/spec/externalIPs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    match str_at(svc, "/spec/type") {
+        "ExternalName" => str_at(svc, "/spec/externalName").to_string(),
+        "LoadBalancer" => {
+            let mut all: Vec<String> = svc
+                .pointer("/status/loadBalancer/ingress")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|i| {
+                    let ip = str_at(i, "/ip");
+                    let host = str_at(i, "/hostname");
+                    [ip, host]
+                        .into_iter()
+                        .find(|s| !s.is_empty())
+                        .map(str::to_string)
+                })
+                .collect();
+            // A set in kube: sorted, each once.
+            all.sort();
+            all.dedup();
+            all.extend(external);
+            if all.is_empty() {
+                "<pending>".into()
+            } else {
+                all.join(",")
+            }
+        }
+        _ if external.is_empty() => "<none>".into(),
+        _ => external.join(","),
+    }
 }
 
 fn containers(obj: &Value, pointer: &str, field: &str) -> String {
@@ -326,7 +428,7 @@ fn cells(kind: &str, obj: &Value) -> Vec<Value> {
             vec![
                 json!(str_at(obj, "/spec/type")),
                 or_none(str_at(obj, "/spec/clusterIP")),
-                json!("<none>"),
+                json!(service_external_ip(obj)),
                 or_none(&ports),
                 or_none(&selector),
             ]
@@ -392,35 +494,71 @@ fn cells(kind: &str, obj: &Value) -> Vec<Value> {
                 .map_or(0, Vec::len)
         )],
         "Endpoints" => {
-            let eps: Vec<String> = obj
+            // kube's formatEndpoints: ip:port per address and port (the
+            // ip alone in a subset without ports), ready addresses only.
+            let mut eps = Vec::new();
+            for subset in obj
                 .pointer("/subsets")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
-                .flat_map(|s| {
-                    let ports: Vec<i64> = s
-                        .get("ports")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|p| p.get("port").and_then(Value::as_i64))
-                        .collect();
-                    s.get("addresses")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                        .flat_map(move |a| {
-                            let ip = a
-                                .get("ip")
-                                .and_then(Value::as_str)
-                                .unwrap_or("")
-                                .to_string();
-                            ports.clone().into_iter().map(move |p| format!("{ip}:{p}"))
-                        })
-                })
-                .collect();
-            vec![or_none(&eps.join(","))]
+            {
+                let ports: Vec<i64> = subset
+                    .get("ports")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p.get("port").and_then(Value::as_i64))
+                    .collect();
+                for a in subset
+                    .get("addresses")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let ip = str_at(a, "/ip");
+                    if ports.is_empty() {
+                        eps.push(ip.to_string());
+                    }
+                    eps.extend(ports.iter().map(|p| format!("{ip}:{p}")));
+                }
+            }
+            vec![json!(list_with_more(eps, "<none>"))]
         }
+        "EndpointSlice" => {
+            let ports = obj
+                .pointer("/ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(
+                    |p| match (p.get("port").and_then(Value::as_i64), p.get("name")) {
+                        (Some(n), _) => n.to_string(),
+                        (None, Some(Value::String(name))) => name.clone(),
+                        (None, _) => "*".to_string(),
+                    },
+                )
+                .collect();
+            let addresses = obj
+                .pointer("/endpoints")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .flat_map(|e| {
+                    e.get("addresses")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                })
+                .map(|a| a.as_str().unwrap_or("").to_string())
+                .collect();
+            vec![
+                json!(str_at(obj, "/addressType")),
+                json!(list_with_more(ports, "<unset>")),
+                json!(list_with_more(addresses, "<unset>")),
+            ]
+        }
+        "NetworkPolicy" => vec![json!(label_selector_text(obj.pointer("/spec/podSelector")))],
         "Event" => vec![
             json!(str_at(obj, "/type")),
             json!(str_at(obj, "/reason")),
@@ -623,6 +761,73 @@ mod tests {
         assert_eq!(cells[4], "v1.32.0");
         assert_eq!(cells[6], "<none>");
         assert_eq!(cells[9], "containerd://1.6.20");
+    }
+
+    fn row(plural: &str, group: &str, obj: Value) -> Vec<Value> {
+        let res = crate::resources::find(group, "v1", plural).unwrap();
+        table(res, &obj)["rows"][0]["cells"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    #[test]
+    fn endpoint_slices_and_endpoints_print_as_kube_does() {
+        let endpoints: Vec<Value> = (1..=4)
+            .map(|i| json!({"addresses": [format!("10.42.0.{i}")]}))
+            .collect();
+        let slice = json!({"metadata": {"name": "web-abcde"}, "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}, {"name": "x"}], "endpoints": endpoints});
+        let cells = row("endpointslices", "discovery.k8s.io", slice);
+        assert_eq!(cells[1], "IPv4");
+        assert_eq!(cells[2], "8080,x");
+        assert_eq!(cells[3], "10.42.0.1,10.42.0.2,10.42.0.3 + 1 more...");
+        let empty = row(
+            "endpointslices",
+            "discovery.k8s.io",
+            json!({"metadata": {"name": "e"}, "addressType": "IPv4"}),
+        );
+        assert_eq!(
+            (&empty[2], &empty[3]),
+            (&json!("<unset>"), &json!("<unset>"))
+        );
+        let eps = json!({"metadata": {"name": "web"}, "subsets": [
+            {"addresses": [{"ip": "10.42.0.1"}, {"ip": "10.42.0.2"}], "notReadyAddresses": [{"ip": "10.42.0.9"}],
+             "ports": [{"port": 80}]}]});
+        assert_eq!(row("endpoints", "", eps)[1], "10.42.0.1:80,10.42.0.2:80");
+        let none = json!({"metadata": {"name": "web"}});
+        assert_eq!(row("endpoints", "", none)[1], "<none>");
+    }
+
+    #[test]
+    fn load_balancers_show_their_ingress_or_pending() {
+        let svc = |status: Value| {
+            json!({"metadata": {"name": "lb"}, "spec": {"type": "LoadBalancer", "clusterIP": "10.43.0.5",
+            "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}]}, "status": status})
+        };
+        assert_eq!(
+            row("services", "", svc(json!({"loadBalancer": {}})))[3],
+            "<pending>"
+        );
+        let ingress =
+            json!({"loadBalancer": {"ingress": [{"ip": "10.0.0.2"}, {"ip": "10.0.0.1"}]}});
+        assert_eq!(row("services", "", svc(ingress))[3], "10.0.0.1,10.0.0.2");
+        let plain = json!({"metadata": {"name": "c"}, "spec": {"type": "ClusterIP", "clusterIP": "10.43.0.6"}});
+        assert_eq!(row("services", "", plain)[3], "<none>");
+    }
+
+    #[test]
+    fn network_policies_print_their_pod_selector() {
+        let np = |sel: Value| json!({"metadata": {"name": "p"}, "spec": {"podSelector": sel}});
+        let all = row("networkpolicies", "networking.k8s.io", np(json!({})));
+        assert_eq!(all[1], "<none>");
+        let some = row(
+            "networkpolicies",
+            "networking.k8s.io",
+            np(json!({"matchLabels": {"app": "web"},
+            "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]})),
+        );
+        assert_eq!(some[1], "app=web,tier in (a,b)");
     }
 
     #[test]

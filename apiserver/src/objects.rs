@@ -286,6 +286,14 @@ impl Causes {
         }
     }
 
+    fn too_many(&mut self, field: &str, actual: usize, max: usize) {
+        self.push(
+            "FieldValueTooMany",
+            field,
+            format!("Too many: {actual}: must have at most {max} items"),
+        );
+    }
+
     fn len(&self) -> usize {
         self.0.len()
     }
@@ -304,6 +312,12 @@ fn text<'a>(v: &'a Value, key: &str) -> &'a str {
 
 /// Checks the name and the fields every object of `res` needs.
 pub fn validate(res: &Resource, obj: &Value) -> ApiResult<()> {
+    check(res, obj, None)
+}
+
+/// `validate`, and on an update (`current` given) kube's `ValidateUpdate`
+/// for the fields that may not change, all reported together.
+fn check(res: &Resource, obj: &Value, current: Option<&Value>) -> ApiResult<()> {
     let name = obj
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -330,7 +344,12 @@ pub fn validate(res: &Resource, obj: &Value) -> ApiResult<()> {
             let template = obj.pointer("/spec/template/spec");
             pod_spec(template, "spec.template.spec", &mut causes);
         }
+        "EndpointSlice" => endpoint_slice(obj, &mut causes),
+        "NetworkPolicy" => network_policy(obj.get("spec"), &mut causes),
         _ => {}
+    }
+    if let Some(current) = current {
+        immutable(res, current, obj, &mut causes);
     }
     if causes.0.is_empty() {
         Ok(())
@@ -339,6 +358,191 @@ pub fn validate(res: &Resource, obj: &Value) -> ApiResult<()> {
             res.group, res.kind, name, causes.0,
         ))
     }
+}
+
+/// The fields an update may not change.
+fn immutable(res: &Resource, current: &Value, new: &Value, causes: &mut Causes) {
+    if res.kind == "EndpointSlice" {
+        let (was, is) = (text(current, "addressType"), text(new, "addressType"));
+        if was != is {
+            causes.invalid("addressType", is, "field is immutable");
+        }
+    }
+}
+
+const PORT_RANGE: &str = "must be between 1 and 65535, inclusive";
+
+/// kube's `ValidateEndpointSlice` (discovery/v1): the address type, each
+/// endpoint's addresses (1 to 100, of that type), its names, and the ports
+/// (at most 100, each name unique).
+fn endpoint_slice(obj: &Value, causes: &mut Causes) {
+    const MAX_ENDPOINTS: usize = 1000;
+    const MAX_ADDRESSES: usize = 100;
+    const MAX_PORTS: usize = 100;
+    let address_type = text(obj, "addressType");
+    match address_type {
+        "" => causes.required("addressType", ""),
+        "IPv4" | "IPv6" | "FQDN" => {}
+        other => causes.not_supported("addressType", other, &["FQDN", "IPv4", "IPv6"]),
+    }
+    let endpoints = items(Some(obj), "endpoints");
+    if endpoints.len() > MAX_ENDPOINTS {
+        causes.too_many("endpoints", endpoints.len(), MAX_ENDPOINTS);
+    }
+    for (i, e) in endpoints.iter().enumerate() {
+        let at = format!("endpoints[{i}]");
+        let addresses = items(Some(e), "addresses");
+        if addresses.is_empty() {
+            causes.required(
+                &format!("{at}.addresses"),
+                "must contain at least 1 address",
+            );
+        } else if addresses.len() > MAX_ADDRESSES {
+            causes.too_many(&format!("{at}.addresses"), addresses.len(), MAX_ADDRESSES);
+        }
+        for (j, a) in addresses.iter().enumerate() {
+            let field = format!("{at}.addresses[{j}]");
+            let a = a.as_str().unwrap_or_default();
+            match address_type {
+                "IPv4" if a.parse::<std::net::Ipv4Addr>().is_err() => {
+                    causes.invalid(&field, a, "must be a valid IPv4 address")
+                }
+                "IPv6" if a.parse::<std::net::Ipv6Addr>().is_err() => {
+                    causes.invalid(&field, a, "must be a valid IPv6 address")
+                }
+                "FQDN" => {
+                    for err in subdomain_errors(a) {
+                        causes.invalid(&field, a, &err);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let hostname = text(e, "hostname");
+        if !hostname.is_empty() {
+            causes.label(&format!("{at}.hostname"), hostname);
+        }
+        let node = text(e, "nodeName");
+        if !node.is_empty() {
+            for err in subdomain_errors(node) {
+                causes.invalid(&format!("{at}.nodeName"), node, &err);
+            }
+        }
+    }
+    let ports = items(Some(obj), "ports");
+    if ports.len() > MAX_PORTS {
+        causes.too_many("ports", ports.len(), MAX_PORTS);
+    }
+    let mut names = HashSet::new();
+    for (i, p) in ports.iter().enumerate() {
+        let at = format!("ports[{i}]");
+        let name = text(p, "name");
+        if !name.is_empty() {
+            for err in label_errors(name) {
+                causes.invalid(&format!("{at}.name"), name, &err);
+            }
+        }
+        if !names.insert(name) {
+            causes.duplicate(&format!("{at}.name"), name);
+        }
+        protocol(p, &at, causes);
+        if let Some(n) = p.get("port").and_then(Value::as_i64)
+            && !(1..=65535).contains(&n)
+        {
+            causes.invalid_number(&format!("{at}.port"), n, PORT_RANGE);
+        }
+    }
+}
+
+/// A port's `protocol`: missing (defaulted to TCP) or one kube supports.
+fn protocol(port: &Value, at: &str, causes: &mut Causes) {
+    let protocol = text(port, "protocol");
+    if !matches!(protocol, "" | "TCP" | "UDP" | "SCTP") {
+        let field = format!("{at}.protocol");
+        causes.not_supported(&field, protocol, &["SCTP", "TCP", "UDP"]);
+    }
+}
+
+/// kube's `ValidateNetworkPolicySpec`, for the rules' shape: policy types,
+/// ports, and peers that name something.
+fn network_policy(spec: Option<&Value>, causes: &mut Causes) {
+    let types = items(spec, "policyTypes");
+    for (i, t) in types.iter().enumerate() {
+        let t = t.as_str().unwrap_or_default();
+        if !matches!(t, "Ingress" | "Egress") {
+            causes.not_supported(&format!("spec.policyTypes[{i}]"), t, &["Egress", "Ingress"]);
+        }
+    }
+    if types.len() > 2 {
+        causes.invalid(
+            "spec.policyTypes",
+            &format!("{types:?}"),
+            "may not specify more than two policyTypes",
+        );
+    }
+    for (rules, peers) in [("ingress", "from"), ("egress", "to")] {
+        for (i, rule) in items(spec, rules).iter().enumerate() {
+            let at = format!("spec.{rules}[{i}]");
+            for (j, p) in items(Some(rule), "ports").iter().enumerate() {
+                let at = format!("{at}.ports[{j}]");
+                protocol(p, &at, causes);
+                match p.get("port") {
+                    Some(Value::Number(n)) => {
+                        let n = n.as_i64().unwrap_or(0);
+                        if !(1..=65535).contains(&n) {
+                            causes.invalid_number(&format!("{at}.port"), n, PORT_RANGE);
+                        }
+                    }
+                    Some(Value::String(name)) => {
+                        for e in port_name_errors(name) {
+                            causes.invalid(&format!("{at}.port"), name, &e);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            for (j, peer) in items(Some(rule), peers).iter().enumerate() {
+                let at = format!("{at}.{peers}[{j}]");
+                let named = ["podSelector", "namespaceSelector", "ipBlock"]
+                    .iter()
+                    .filter(|k| peer.get(**k).is_some_and(|v| !v.is_null()))
+                    .count();
+                if named == 0 {
+                    causes.required(&at, "must specify a peer");
+                }
+                if let Some(block) = peer.get("ipBlock").filter(|b| !b.is_null()) {
+                    if named > 1 {
+                        causes.push(
+                            "FieldValueForbidden",
+                            &at,
+                            "Forbidden: may not specify both ipBlock and another peer".into(),
+                        );
+                    }
+                    let cidr = text(block, "cidr");
+                    if cidr.is_empty() {
+                        causes.required(&format!("{at}.ipBlock.cidr"), "");
+                    } else if !valid_cidr(cidr) {
+                        causes.invalid(
+                            &format!("{at}.ipBlock.cidr"),
+                            cidr,
+                            "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)",
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn valid_cidr(cidr: &str) -> bool {
+    let Some((ip, bits)) = cidr.split_once('/') else {
+        return false;
+    };
+    let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    bits.parse::<u8>().is_ok_and(|b| b <= max)
 }
 
 /// kube's `ValidatePodSpec` for what names things: volumes, containers
@@ -404,7 +608,6 @@ fn container(c: &Value, path: &str, volumes: &HashSet<&str>, causes: &mut Causes
                 causes.duplicate(&format!("{at}.name"), name);
             }
         }
-        const PORT_RANGE: &str = "must be between 1 and 65535, inclusive";
         match p.get("containerPort").and_then(Value::as_i64) {
             None | Some(0) => causes.required(&format!("{at}.containerPort"), ""),
             Some(n) if !(1..=65535).contains(&n) => {
@@ -419,11 +622,7 @@ fn container(c: &Value, path: &str, volumes: &HashSet<&str>, causes: &mut Causes
             causes.invalid_number(&format!("{at}.hostPort"), n, PORT_RANGE);
         }
         // Missing, it is defaulted (to TCP); an update may leave it out.
-        let protocol = text(p, "protocol");
-        if !matches!(protocol, "" | "TCP" | "UDP" | "SCTP") {
-            let field = format!("{at}.protocol");
-            causes.not_supported(&field, protocol, &["SCTP", "TCP", "UDP"]);
-        }
+        protocol(p, &at, causes);
     }
     let mut mount_points = HashSet::new();
     for (j, m) in items(Some(c), "volumeMounts").iter().enumerate() {
@@ -511,10 +710,11 @@ pub fn prepare_create(res: &Resource, obj: &mut Value, namespace: Option<&str>) 
 }
 
 /// Fills in, on an update, the defaults kube-apiserver's decoder sets on
-/// every write (not the ones only a create gets), then checks the object.
-pub fn prepare_update(res: &Resource, obj: &mut Value) -> ApiResult<()> {
+/// every write (not the ones only a create gets), then checks the object
+/// and what it may not change from `current`.
+pub fn prepare_update(res: &Resource, current: &Value, obj: &mut Value) -> ApiResult<()> {
     defaults(res, obj);
-    validate(res, obj)
+    check(res, obj, Some(current))
 }
 
 /// `v[key]`, made an empty object when missing or null; None when `v` is
@@ -598,6 +798,42 @@ fn defaults(res: &Resource, obj: &mut Value) {
         "Service" => {
             if let Some(spec) = child(obj, "spec") {
                 service_defaults(spec);
+            }
+        }
+        "EndpointSlice" => {
+            for port in items_mut(obj, "ports") {
+                default_to(port, "name", json!(""));
+                default_to(port, "protocol", json!("TCP"));
+            }
+        }
+        "NetworkPolicy" => {
+            let Some(spec) = child(obj, "spec") else {
+                return;
+            };
+            default_to(spec, "podSelector", json!({}));
+            for rules in ["ingress", "egress"] {
+                for rule in items_mut(spec, rules) {
+                    for port in items_mut(rule, "ports") {
+                        default_to(port, "protocol", json!("TCP"));
+                    }
+                }
+            }
+            // SetDefaults_NetworkPolicy: Ingress always, Egress when it
+            // has egress rules.
+            let no_types = spec
+                .get("policyTypes")
+                .and_then(Value::as_array)
+                .is_none_or(Vec::is_empty);
+            if no_types {
+                let mut types = vec![json!("Ingress")];
+                if spec
+                    .get("egress")
+                    .and_then(Value::as_array)
+                    .is_some_and(|e| !e.is_empty())
+                {
+                    types.push(json!("Egress"));
+                }
+                spec["policyTypes"] = json!(types);
             }
         }
         "Endpoints" => {
@@ -959,9 +1195,138 @@ mod tests {
         let group = match plural {
             "deployments" | "replicasets" => "apps",
             "leases" => "coordination.k8s.io",
+            "endpointslices" => "discovery.k8s.io",
+            "networkpolicies" => "networking.k8s.io",
             _ => "",
         };
         crate::resources::find(group, "v1", plural).unwrap()
+    }
+
+    /// The `field: message` of each cause `validate` finds in `obj`.
+    fn causes_of(plural: &str, obj: Value) -> Vec<String> {
+        match validate(resource(plural), &obj) {
+            Ok(()) => Vec::new(),
+            Err(e) => e.details.unwrap()["causes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{}: {}",
+                        c["field"].as_str().unwrap(),
+                        c["message"].as_str().unwrap()
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn endpoint_slices_are_checked_as_kube_checks_them() {
+        let slice = |body: Value| {
+            let mut s = json!({"metadata": {"name": "web-x"}});
+            s.as_object_mut()
+                .unwrap()
+                .extend(body.as_object().unwrap().clone());
+            s
+        };
+        assert_eq!(
+            causes_of(
+                "endpointslices",
+                slice(json!({"addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.42.0.5"], "nodeName": "n1"}],
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}))
+            ),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            causes_of("endpointslices", slice(json!({}))),
+            ["addressType: Required value"]
+        );
+        assert_eq!(
+            causes_of("endpointslices", slice(json!({"addressType": "IPv5"}))),
+            [
+                "addressType: Unsupported value: \"IPv5\": supported values: \"FQDN\", \"IPv4\", \"IPv6\""
+            ]
+        );
+        let many: Vec<String> = (0..101).map(|i| format!("10.42.0.{}", i % 250)).collect();
+        assert_eq!(
+            causes_of(
+                "endpointslices",
+                slice(json!({"addressType": "IPv4",
+                "endpoints": [{"addresses": []}, {"addresses": many}, {"addresses": ["x"]}]}))
+            ),
+            [
+                "endpoints[0].addresses: Required value: must contain at least 1 address",
+                "endpoints[1].addresses: Too many: 101: must have at most 100 items",
+                "endpoints[2].addresses[0]: Invalid value: \"x\": must be a valid IPv4 address",
+            ]
+        );
+        assert_eq!(
+            causes_of(
+                "endpointslices",
+                slice(json!({"addressType": "IPv4",
+                "ports": [{"name": "a", "port": 0}, {"name": "a", "protocol": "ICMP"}]}))
+            ),
+            [
+                "ports[0].port: Invalid value: 0: must be between 1 and 65535, inclusive",
+                "ports[1].name: Duplicate value: \"a\"",
+                "ports[1].protocol: Unsupported value: \"ICMP\": supported values: \"SCTP\", \"TCP\", \"UDP\"",
+            ]
+        );
+        let res = resource("endpointslices");
+        let old = slice(json!({"addressType": "IPv4"}));
+        assert!(prepare_update(res, &old, &mut old.clone()).is_ok());
+        let mut changed =
+            slice(json!({"addressType": "IPv6", "endpoints": [{"addresses": ["10.0.0.1"]}]}));
+        let e = prepare_update(res, &old, &mut changed).unwrap_err();
+        assert_eq!(e.code, 422);
+        assert_eq!(
+            e.message,
+            "EndpointSlice.discovery.k8s.io \"web-x\" is invalid: [endpoints[0].addresses[0]: Invalid value: \"10.0.0.1\": must be a valid IPv6 address, addressType: Invalid value: \"IPv6\": field is immutable]"
+        );
+        check_created(
+            "endpointslices",
+            slice(
+                json!({"addressType": "IPv4", "ports": [{"port": 53, "protocol": "UDP"}, {"name": "x", "port": 1}]}),
+            ),
+            &[
+                ("/ports/0/name", json!("")),
+                ("/ports/0/protocol", json!("UDP")),
+                ("/ports/1/protocol", json!("TCP")),
+            ],
+        );
+    }
+
+    #[test]
+    fn network_policies_are_defaulted_and_checked() {
+        check_created(
+            "networkpolicies",
+            json!({"metadata": {"name": "p"}, "spec": {"egress": [{"ports": [{"port": 53}]}]}}),
+            &[
+                ("/spec/podSelector", json!({})),
+                ("/spec/policyTypes", json!(["Ingress", "Egress"])),
+                ("/spec/egress/0/ports/0/protocol", json!("TCP")),
+            ],
+        );
+        check_created(
+            "networkpolicies",
+            json!({"metadata": {"name": "p"}, "spec": {"podSelector": {"matchLabels": {"app": "web"}}}}),
+            &[("/spec/policyTypes", json!(["Ingress"]))],
+        );
+        assert_eq!(
+            causes_of(
+                "networkpolicies",
+                json!({"metadata": {"name": "p"}, "spec": {"policyTypes": ["Sideways"],
+                "ingress": [{"from": [{}, {"ipBlock": {"cidr": "10.0.0.0/40"}}], "ports": [{"port": 70000}]}]}})
+            ),
+            [
+                "spec.policyTypes[0]: Unsupported value: \"Sideways\": supported values: \"Egress\", \"Ingress\"",
+                "spec.ingress[0].ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive",
+                "spec.ingress[0].from[0]: Required value: must specify a peer",
+                "spec.ingress[0].from[1].ipBlock.cidr: Invalid value: \"10.0.0.0/40\": must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)",
+            ]
+        );
     }
 
     /// Creates `body` as `plural` and checks each pointer's value (null:
@@ -1184,7 +1549,7 @@ mod tests {
     fn updates_get_the_decoders_defaults_but_not_the_creates() {
         let ns = resource("namespaces");
         let mut obj = json!({"metadata": {"name": "team", "labels": {"kubernetes.io/metadata.name": "other"}}});
-        prepare_update(ns, &mut obj).unwrap();
+        prepare_update(ns, &obj.clone(), &mut obj).unwrap();
         assert_eq!(
             obj["metadata"]["labels"]["kubernetes.io/metadata.name"],
             "team"
@@ -1192,7 +1557,7 @@ mod tests {
         assert_eq!(obj.get("status"), None);
         let pods = resource("pods");
         let mut pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x:1"}]}});
-        prepare_update(pods, &mut pod).unwrap();
+        prepare_update(pods, &pod.clone(), &mut pod).unwrap();
         assert_eq!(
             pod["spec"]["containers"][0]["imagePullPolicy"],
             "IfNotPresent"

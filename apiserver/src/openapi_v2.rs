@@ -67,6 +67,25 @@ const APPS_MESSAGES: &[&str] = &[
     "ReplicaSetCondition",
 ];
 const COORDINATION_MESSAGES: &[&str] = &["Lease", "LeaseSpec"];
+/// Those of `discovery.k8s.io/v1` (besides `discovery.EndpointPort`, named
+/// apart from core's) and `networking.k8s.io/v1`.
+const DISCOVERY_MESSAGES: &[&str] = &[
+    "EndpointSlice",
+    "Endpoint",
+    "EndpointConditions",
+    "EndpointHints",
+    "ForZone",
+    "ForNode",
+];
+const NETWORKING_MESSAGES: &[&str] = &[
+    "NetworkPolicy",
+    "NetworkPolicySpec",
+    "NetworkPolicyIngressRule",
+    "NetworkPolicyEgressRule",
+    "NetworkPolicyPeer",
+    "NetworkPolicyPort",
+    "IPBlock",
+];
 
 /// kube's definition prefix of a group-version's types: its group's first
 /// label (`coordination.k8s.io` → `io.k8s.api.coordination.v1`).
@@ -84,6 +103,12 @@ fn package(group: &str, version: &str) -> String {
 fn definition_name(message: &str) -> Option<String> {
     let prefix = match message {
         "Unknown" | "TypeMeta" => return None,
+        "discovery.EndpointPort" => {
+            return Some(format!(
+                "{}.EndpointPort",
+                package("discovery.k8s.io", "v1")
+            ));
+        }
         m if m.contains('.') => return None,
         "RawExtension" => "io.k8s.apimachinery.pkg.runtime".to_string(),
         "IntOrString" => "io.k8s.apimachinery.pkg.util.intstr".to_string(),
@@ -91,6 +116,8 @@ fn definition_name(message: &str) -> Option<String> {
         m if META_MESSAGES.contains(&m) => META.to_string(),
         m if APPS_MESSAGES.contains(&m) => package("apps", "v1"),
         m if COORDINATION_MESSAGES.contains(&m) => package("coordination.k8s.io", "v1"),
+        m if DISCOVERY_MESSAGES.contains(&m) => package("discovery.k8s.io", "v1"),
+        m if NETWORKING_MESSAGES.contains(&m) => package("networking.k8s.io", "v1"),
         _ => package("", "v1"),
     };
     Some(format!("{prefix}.{message}"))

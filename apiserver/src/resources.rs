@@ -218,10 +218,37 @@ pub static RESOURCES: &[Resource] = &[
         false,
         false,
     ),
+    res(
+        "discovery.k8s.io",
+        "EndpointSlice",
+        "endpointslices",
+        "endpointslice",
+        true,
+        &[],
+        "/registry/endpointslices/",
+        false,
+        false,
+    ),
+    res(
+        "networking.k8s.io",
+        "NetworkPolicy",
+        "networkpolicies",
+        "networkpolicy",
+        true,
+        &["netpol"],
+        "/registry/networkpolicies/",
+        false,
+        false,
+    ),
 ];
 
 /// The API groups other than core, with their one version.
-pub static GROUPS: &[&str] = &["apps", "coordination.k8s.io"];
+pub static GROUPS: &[&str] = &[
+    "apps",
+    "coordination.k8s.io",
+    "discovery.k8s.io",
+    "networking.k8s.io",
+];
 
 /// The resource `plural` of `group`/`version`.
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {

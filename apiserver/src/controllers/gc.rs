@@ -1,5 +1,6 @@
 //! The garbage collector (kube-controller-manager's, reduced to the kinds
-//! k3rs caches: Pods, ReplicaSets, Deployments, Nodes, and node Leases).
+//! k3rs caches: Pods, ReplicaSets, Deployments, Nodes, node Leases, Services
+//! and EndpointSlices).
 //!
 //! It follows `metadata.ownerReferences` both ways:
 //! - a dependent whose owners are all gone is deleted (background);
@@ -39,7 +40,7 @@ pub struct Kind {
     pub namespaced: bool,
 }
 
-pub const KINDS: [Kind; 5] = [
+pub const KINDS: [Kind; 7] = [
     Kind {
         kind: "Pod",
         api_version: "v1",
@@ -68,6 +69,18 @@ pub const KINDS: [Kind; 5] = [
         kind: "Lease",
         api_version: "coordination.k8s.io/v1",
         plural: "leases",
+        namespaced: true,
+    },
+    Kind {
+        kind: "Service",
+        api_version: "v1",
+        plural: "services",
+        namespaced: true,
+    },
+    Kind {
+        kind: "EndpointSlice",
+        api_version: "discovery.k8s.io/v1",
+        plural: "endpointslices",
         namespaced: true,
     },
 ];
@@ -249,6 +262,8 @@ fn informer<'a>(caches: &'a Caches, kind: &Kind) -> &'a Informer {
         "ReplicaSet" => &caches.replicasets,
         "Deployment" => &caches.deployments,
         "Node" => &caches.nodes,
+        "Service" => &caches.services,
+        "EndpointSlice" => &caches.endpointslices,
         _ => &caches.leases,
     }
 }

@@ -7,11 +7,20 @@
 //! - `gc`: deletes objects whose owners are gone (ownerReferences).
 //! - `node_lifecycle`: nodes without heartbeats turn Unknown and tainted;
 //!   their pods are evicted after their toleration.
+//! - `endpointslice`, `endpoints`: a selector Service's pods → its
+//!   EndpointSlices and legacy Endpoints.
+//! - `servicelb`: LoadBalancer Services get the nodes' addresses (K3s's
+//!   ServiceLB without pods).
+//! - `networkpolicy`: warns that NetworkPolicies are not enforced.
 
 pub mod deployment;
+pub mod endpoints;
+pub mod endpointslice;
 pub mod gc;
+pub mod networkpolicy;
 pub mod node_lifecycle;
 pub mod replicaset;
+pub mod servicelb;
 
 use std::time::Duration;
 
@@ -48,6 +57,10 @@ pub struct Caches {
     pub leases: Informer,
     pub replicasets: Informer,
     pub deployments: Informer,
+    pub services: Informer,
+    pub endpoints: Informer,
+    pub endpointslices: Informer,
+    pub networkpolicies: Informer,
 }
 
 impl Caches {
@@ -62,6 +75,18 @@ impl Caches {
             ),
             replicasets: Informer::start(client.clone(), "/apis/apps/v1/replicasets", ""),
             deployments: Informer::start(client.clone(), "/apis/apps/v1/deployments", ""),
+            services: Informer::start(client.clone(), "/api/v1/services", ""),
+            endpoints: Informer::start(client.clone(), "/api/v1/endpoints", ""),
+            endpointslices: Informer::start(
+                client.clone(),
+                "/apis/discovery.k8s.io/v1/endpointslices",
+                "",
+            ),
+            networkpolicies: Informer::start(
+                client.clone(),
+                "/apis/networking.k8s.io/v1/networkpolicies",
+                "",
+            ),
         }
     }
 
@@ -71,6 +96,10 @@ impl Caches {
         self.leases.wait_synced().await;
         self.replicasets.wait_synced().await;
         self.deployments.wait_synced().await;
+        self.services.wait_synced().await;
+        self.endpoints.wait_synced().await;
+        self.endpointslices.wait_synced().await;
+        self.networkpolicies.wait_synced().await;
     }
 }
 
@@ -81,6 +110,10 @@ pub fn start(client: Client, config: Config) {
     tokio::spawn(replicaset::run(client.clone(), caches.clone()));
     tokio::spawn(deployment::run(client.clone(), caches.clone()));
     tokio::spawn(gc::run(client.clone(), caches.clone()));
+    tokio::spawn(endpointslice::run(client.clone(), caches.clone()));
+    tokio::spawn(endpoints::run(client.clone(), caches.clone()));
+    tokio::spawn(servicelb::run(client.clone(), caches.clone()));
+    tokio::spawn(networkpolicy::run(client.clone(), caches.clone()));
     tokio::spawn(node_lifecycle::run(client, caches, config));
 }
 
