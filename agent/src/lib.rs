@@ -14,9 +14,11 @@
 //! - `logs`: the agent's HTTPS port, serving container logs (`cri_log`
 //!   reads the CRI log format) and exec, attach and port-forward
 //!   (`streams`).
+//! - `dns`: the cluster DNS at 10.43.0.10 (Services, pods, forwarding).
 
 pub mod cri;
 pub mod cri_log;
+pub mod dns;
 pub mod env;
 pub mod join;
 pub mod logs;
