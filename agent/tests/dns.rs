@@ -407,3 +407,62 @@ async fn a_burst_of_queries_finishes_promptly() {
     );
     println!("2,000 queries in {elapsed:?}");
 }
+
+/// The dummy link, made in a network namespace of this test's own (a
+/// thread that unshared its network namespace; the namespace goes with
+/// the thread): created, made again idempotently, bound and queried at
+/// 10.43.0.10:53.
+#[test]
+fn dummy_link_holds_the_cluster_dns_ip() {
+    let outcome = std::thread::spawn(|| {
+        // SAFETY: unshare affects only this thread's namespaces.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let ip = IpAddr::from([10, 43, 0, 10]);
+            let held = agent::dns::link::ensure(agent::dns::link::LINK_NAME, ip)
+                .await
+                .unwrap();
+            // Kernels without dummy links (this CI's) use the loopback link.
+            assert!(
+                held == agent::dns::link::LINK_NAME || held == "lo",
+                "{held}"
+            );
+            println!("the cluster DNS IP is on {held}");
+            // Again: nothing changes, no error.
+            let again = agent::dns::link::ensure(agent::dns::link::LINK_NAME, ip)
+                .await
+                .unwrap();
+            assert_eq!(again, held);
+            let (udp, tcp) = bind(SocketAddr::new(ip, 53)).await.unwrap();
+            let zone = Zone::new("cluster.local", vec![ip]).unwrap();
+            let (_tx, rx) = watch::channel(Arc::new(snapshot()));
+            let server = serve(
+                udp,
+                tcp,
+                zone,
+                rx,
+                Forwarder::new(vec![], 1, Duration::from_millis(100)),
+            )
+            .unwrap();
+            let m = ask_udp(server.udp, "web.default.svc.cluster.local.", RecordType::A).await;
+            assert_eq!(rdata(&m), ["10.43.0.20"]);
+            let m = ask_tcp(server.tcp, "ns.dns.cluster.local.", RecordType::A).await;
+            assert_eq!(rdata(&m), ["10.43.0.10"]);
+            agent::dns::link::remove(agent::dns::link::LINK_NAME)
+                .await
+                .unwrap();
+        });
+        Ok(())
+    })
+    .join()
+    .unwrap();
+    if let Err(e) = outcome {
+        println!("skipped: cannot make a network namespace ({e}); needs root");
+    }
+}

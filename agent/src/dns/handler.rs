@@ -123,7 +123,7 @@ impl RequestHandler for ClusterHandler {
                 (Vec::new(), Vec::new())
             }
             Lookup::Cname { cname, target } => {
-                let mut answers = vec![cname.clone()];
+                let mut answers = vec![Record::clone(cname)];
                 let qtype = query.query_type();
                 if matches!(qtype, RecordType::A | RecordType::AAAA)
                     && !self.zone.origin().zone_of(target)

@@ -4,7 +4,9 @@
 //! route to the node, which owns the address. No DNAT is involved.
 //!
 //! Created idempotently through netlink (rtnetlink): an existing link and
-//! address are kept, so an agent restart changes nothing.
+//! address are kept, so an agent restart changes nothing. A kernel built
+//! without the dummy driver (some VM kernels) gets the address on `lo`
+//! instead, which delivers it locally just the same.
 
 use std::net::IpAddr;
 
@@ -16,8 +18,12 @@ use rtnetlink::{Handle, LinkDummy, LinkUnspec};
 /// The link's name (at most 15 bytes, the kernel's limit).
 pub const LINK_NAME: &str = "k3rs-dns";
 
+/// Where the address goes when the kernel has no dummy links.
+const FALLBACK_LINK: &str = "lo";
+
 const ENODEV: i32 = 19;
 const EEXIST: i32 = 17;
+const EOPNOTSUPP: i32 = 95;
 
 /// The errno of a netlink error, if it is one.
 fn errno(e: &rtnetlink::Error) -> Option<i32> {
@@ -28,8 +34,9 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
 }
 
 /// Makes sure `name` exists as an up dummy link holding `ip` as a host
-/// address (/32 or /128).
-pub async fn ensure(name: &str, ip: IpAddr) -> Result<()> {
+/// address (/32 or /128); returns the name of the link that holds it
+/// (`lo` when the kernel has no dummy driver).
+pub async fn ensure(name: &str, ip: IpAddr) -> Result<String> {
     let (connection, handle, _) =
         rtnetlink::new_connection().context("cannot open a netlink socket")?;
     let task = tokio::spawn(connection);
@@ -47,7 +54,7 @@ async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>> {
     }
 }
 
-async fn ensure_with(handle: &Handle, name: &str, ip: IpAddr) -> Result<()> {
+async fn ensure_with(handle: &Handle, name: &str, ip: IpAddr) -> Result<String> {
     let index = match link_index(handle, name).await? {
         Some(index) => index,
         None => {
@@ -60,6 +67,19 @@ async fn ensure_with(handle: &Handle, name: &str, ip: IpAddr) -> Result<()> {
                 Ok(()) => {}
                 // Another agent run made it meanwhile.
                 Err(e) if errno(&e) == Some(EEXIST) => {}
+                Err(e) if errno(&e) == Some(EOPNOTSUPP) => {
+                    tracing::warn!(
+                        link = name,
+                        fallback = FALLBACK_LINK,
+                        "this kernel has no dummy links (CONFIG_DUMMY); putting the cluster DNS IP on the loopback link"
+                    );
+                    let index = link_index(handle, FALLBACK_LINK)
+                        .await?
+                        .context("the loopback link is missing")?;
+                    set_up(handle, FALLBACK_LINK, index).await?;
+                    add_address(handle, FALLBACK_LINK, index, ip).await?;
+                    return Ok(FALLBACK_LINK.to_string());
+                }
                 Err(e) => {
                     return Err(e).with_context(|| {
                         format!("cannot create dummy link {name} (needs CAP_NET_ADMIN)")
@@ -72,12 +92,22 @@ async fn ensure_with(handle: &Handle, name: &str, ip: IpAddr) -> Result<()> {
                 .with_context(|| format!("link {name} vanished after creation"))?
         }
     };
+    set_up(handle, name, index).await?;
+    add_address(handle, name, index, ip).await?;
+    Ok(name.to_string())
+}
+
+async fn set_up(handle: &Handle, name: &str, index: u32) -> Result<()> {
     handle
         .link()
         .set(LinkUnspec::new_with_index(index).up().build())
         .execute()
         .await
-        .with_context(|| format!("cannot set link {name} up"))?;
+        .with_context(|| format!("cannot set link {name} up"))
+}
+
+/// Adds `ip` as a host address of link `index`, unless it has it already.
+async fn add_address(handle: &Handle, name: &str, index: u32, ip: IpAddr) -> Result<()> {
     let prefix = if ip.is_ipv4() { 32 } else { 128 };
     let mut addresses = handle
         .address()

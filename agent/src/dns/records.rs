@@ -117,7 +117,7 @@ pub enum Lookup {
     NxDomain,
     /// An ExternalName Service: this CNAME, whose target is outside the
     /// zone; the server may resolve the target and add its records.
-    Cname { cname: Record, target: Name },
+    Cname { cname: Box<Record>, target: Name },
 }
 
 /// A Service's port (or an EndpointSlice's).
@@ -554,7 +554,10 @@ fn answer(zone: &Zone, name: &Name, qtype: RecordType, hits: Option<Vec<Hit>>) -
         };
         target.set_fqdn(true);
         let cname = Record::from_rdata(name.clone(), TTL, RData::CNAME(CNAME(target.clone())));
-        return Lookup::Cname { cname, target };
+        return Lookup::Cname {
+            cname: Box::new(cname),
+            target,
+        };
     }
     let mut answers = Vec::new();
     let mut additionals = Vec::new();
