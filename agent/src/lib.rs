@@ -15,9 +15,11 @@
 //!   reads the CRI log format) and exec, attach and port-forward
 //!   (`streams`).
 //! - `proxy`: the service proxy (kube-proxy's job) on nftables.
+//! - `dns`: the cluster DNS at 10.43.0.10 (Services, pods, forwarding).
 
 pub mod cri;
 pub mod cri_log;
+pub mod dns;
 pub mod env;
 pub mod join;
 pub mod logs;

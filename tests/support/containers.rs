@@ -112,6 +112,7 @@ impl Drop for Cleanup {
         quiet("ip", &["link", "delete", "cni0"]);
         // The node's network pieces the agent makes in the host's namespace.
         quiet("ip", &["link", "delete", "k3rs-dns"]);
+        quiet("ip", &["addr", "delete", "10.43.0.10/32", "dev", "lo"]);
         quiet("nft", &["delete", "table", "ip", "k3rs-proxy"]);
         quiet("nft", &["delete", "table", "ip", "k3rs-nat"]);
     }
