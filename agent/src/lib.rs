@@ -14,18 +14,23 @@
 //! - `logs`: the agent's HTTPS port, serving container logs (`cri_log`
 //!   reads the CRI log format) and exec, attach and port-forward
 //!   (`streams`).
+//! - `network`: the pod network on CRI (CNI bridge for the node's
+//!   podCIDR, routes to the other nodes', masquerade); `resolv`: pods'
+//!   DNS settings by dnsPolicy.
 
 pub mod cri;
 pub mod cri_log;
 pub mod env;
 pub mod join;
 pub mod logs;
+pub mod network;
 pub mod node;
 pub mod objects;
 pub mod pods;
 pub mod probes;
 pub mod process;
 pub mod pull_secrets;
+pub mod resolv;
 pub mod runtime;
 pub mod streams;
 pub mod supervisor;
@@ -38,6 +43,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+
+pub use network::NetworkConfig;
 
 /// How to run the agent.
 #[derive(Debug, Clone)]
@@ -60,6 +67,8 @@ pub struct Config {
     pub runtime: RuntimeChoice,
     /// K3s's registries.yaml (mirrors, TLS, credentials) for containerd.
     pub private_registry: PathBuf,
+    /// The cluster CIDR, DNS, and whether the pod network runs.
+    pub network: NetworkConfig,
 }
 
 /// How the node's containers run.
@@ -114,8 +123,12 @@ fn default_ip() -> IpAddr {
     }
 }
 
-/// The runtime `config` asks for, ready to run pods.
-async fn start_runtime(config: &Config, pods_dir: &Path) -> Result<Arc<dyn runtime::Runtime>> {
+/// The runtime `config` asks for, ready to run pods, and the CNI
+/// directories of the containerd the agent runs.
+async fn start_runtime(
+    config: &Config,
+    pods_dir: &Path,
+) -> Result<(Arc<dyn runtime::Runtime>, Option<cri::setup::CniDirs>)> {
     let choice = match &config.runtime {
         RuntimeChoice::Auto => auto_runtime(),
         other => other.clone(),
@@ -123,19 +136,27 @@ async fn start_runtime(config: &Config, pods_dir: &Path) -> Result<Arc<dyn runti
     let endpoint = match choice {
         RuntimeChoice::Process => {
             process::cleanup_orphans(pods_dir);
-            return Ok(Arc::new(process::ProcessRuntime));
+            return Ok((Arc::new(process::ProcessRuntime), None));
         }
         RuntimeChoice::Endpoint(socket) => Some(socket),
         _ => None,
     };
-    let cri = cri::setup::start(
+    let dns = resolv::ClusterDns {
+        nameserver: config.network.cluster_dns,
+        domain: config.network.cluster_domain.clone(),
+    };
+    let started = cri::setup::start(
         &config.dir,
         &config.node_name,
         endpoint.as_deref(),
         &config.private_registry,
+        dns,
     )
     .await?;
-    Ok(Arc::new(cri))
+    if started.cni.is_none() {
+        tracing::info!("the CRI endpoint's own CNI configuration gives pods their network");
+    }
+    Ok((Arc::new(started.runtime), started.cni))
 }
 
 /// containerd when it can run here, else host processes.
@@ -188,7 +209,7 @@ pub async fn run(config: Config) -> Result<()> {
     };
     let pods_dir = config.dir.join("pods");
     private_dir(&pods_dir)?;
-    let runtime = start_runtime(&config, &pods_dir).await?;
+    let (runtime, cni_dirs) = start_runtime(&config, &pods_dir).await?;
     let (supervisor, updates) = supervisor::Supervisor::new(pods_dir, runtime, ip.to_string());
     let sources = objects::ApiSources {
         client: joined.client.clone(),
@@ -225,6 +246,16 @@ pub async fn run(config: Config) -> Result<()> {
         .unwrap_or_default()
         .to_string();
     tokio::spawn(node::heartbeat(client.clone(), info, uid));
+    match cni_dirs {
+        Some(dirs) if config.network.pod_network => {
+            network::start(&client, &config.node_name, ip, &config.network, &dirs).await?;
+        }
+        Some(dirs) => tracing::info!(
+            conf_dir = %dirs.conf_dir.display(),
+            "the pod network is off (--flannel-backend none): put a CNI configuration there"
+        ),
+        None => {}
+    }
     tokio::spawn(pods::report(client.clone(), updates));
     pods::run(client, config.node_name, supervisor).await;
     Ok(())
