@@ -1120,6 +1120,60 @@ mod tests {
         }
     }
 
+    fn server(args: &[&str]) -> Result<ServerConfig> {
+        let mut argv = vec!["k3rs", "server", "--data-dir", "/tmp/k3rs-cli-test"];
+        argv.extend(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Server(a) => a.into_config(),
+            other => anyhow::bail!("not a server: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cluster_network_flags_parse_and_are_checked() {
+        let c = server(&["--node-name", "n"]).unwrap();
+        let controllers = c.api.unwrap().controllers.unwrap();
+        assert_eq!(controllers.cluster_cidr.to_string(), "10.42.0.0/16");
+        assert_eq!(controllers.node_cidr_mask_size, 24);
+        let network = c.agent.unwrap().network;
+        assert_eq!(network.cluster_dns.to_string(), "10.43.0.10");
+        assert_eq!(network.cluster_domain, "cluster.local");
+        assert!(network.pod_network);
+
+        let c = server(&[
+            "--node-name",
+            "n",
+            "--cluster-cidr",
+            "10.100.0.0/16",
+            "--kube-controller-manager-arg=node-cidr-mask-size=26",
+            "--cluster-dns",
+            "10.101.0.10",
+            "--cluster-domain",
+            "corp.internal",
+            "--flannel-backend",
+            "none",
+        ])
+        .unwrap();
+        let controllers = c.api.unwrap().controllers.unwrap();
+        assert_eq!(controllers.cluster_cidr.to_string(), "10.100.0.0/16");
+        assert_eq!(controllers.node_cidr_mask_size, 26);
+        let network = c.agent.unwrap().network;
+        assert_eq!(network.cluster_cidr.to_string(), "10.100.0.0/16");
+        assert_eq!(network.cluster_domain, "corp.internal");
+        assert!(!network.pod_network);
+
+        let err = |args: &[&str]| format!("{:#}", server(args).err().expect("refused"));
+        assert!(err(&["--node-cidr-mask-size", "8"]).contains("shorter than the cluster CIDR"));
+        assert!(err(&["--node-cidr-mask-size", "31"]).contains("at most 30"));
+        assert!(err(&["--cluster-cidr", "10.42.0.1/16"]).contains("host bits"));
+        assert!(
+            err(&["--kube-controller-manager-arg", "leader-elect=false"]).contains("not supported")
+        );
+        assert!(
+            err(&["--node-name", "n", "--cluster-domain", "Bad_Domain"]).contains("not a DNS name")
+        );
+    }
+
     #[test]
     fn defaults_and_flags_parse() {
         let c = parse_args(&["k3rs", "kine"]).unwrap();
