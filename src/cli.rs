@@ -170,6 +170,16 @@ pub struct ServerArgs {
     /// evicted, for pods that do not say (kube's DefaultTolerationSeconds).
     #[arg(long, default_value_t = 300)]
     pub default_not_ready_toleration_seconds: u64,
+
+    /// The size of each node's pod subnet, a prefix length (K3s also
+    /// takes it as --kube-controller-manager-arg=node-cidr-mask-size=N).
+    #[arg(long, default_value_t = apiserver::controllers::DEFAULT_NODE_CIDR_MASK_SIZE)]
+    pub node_cidr_mask_size: u8,
+
+    /// kube-controller-manager flags, as K3s passes them (FLAG=VALUE,
+    /// repeatable); only node-cidr-mask-size is understood.
+    #[arg(long = "kube-controller-manager-arg")]
+    pub kube_controller_manager_args: Vec<String>,
 }
 
 /// Flags describing the node an agent runs (K3s's names).
@@ -211,6 +221,40 @@ pub struct NodeArgs {
     /// the agent's containerd.
     #[arg(long, default_value = "/etc/k3rs/registries.yaml")]
     pub private_registry: PathBuf,
+
+    /// The pods' addresses, one subnet of it per node; the agent
+    /// masquerades pod traffic leaving it.
+    #[arg(long, env = "K3RS_CLUSTER_CIDR", default_value = apiserver::controllers::DEFAULT_CLUSTER_CIDR)]
+    pub cluster_cidr: ipnet::Ipv4Net,
+
+    /// The cluster DNS address written into pods' resolv.conf.
+    #[arg(long, env = "K3RS_CLUSTER_DNS", default_value = "10.43.0.10")]
+    pub cluster_dns: std::net::Ipv4Addr,
+
+    /// The cluster's DNS domain.
+    #[arg(long, env = "K3RS_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+
+    /// The pod network between nodes: `host-gw` (a route per node, the
+    /// nodes on one L2 network) or `none` (bring your own CNI).
+    #[arg(
+        long,
+        value_enum,
+        env = "K3RS_FLANNEL_BACKEND",
+        default_value = "host-gw"
+    )]
+    pub flannel_backend: FlannelBackend,
+
+    /// Do not run the service proxy (bring your own kube-proxy).
+    #[arg(long, env = "K3RS_DISABLE_KUBE_PROXY")]
+    pub disable_kube_proxy: bool,
+}
+
+/// The pod network backends (K3s's flag; vxlan and wireguard are not built).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlannelBackend {
+    HostGw,
+    None,
 }
 
 /// The container runtimes an agent can use.
@@ -252,6 +296,26 @@ impl NodeArgs {
             (Some(ContainerRuntime::Containerd), None) => agent::RuntimeChoice::Containerd,
             (None, None) => agent::RuntimeChoice::Auto,
         };
+        if !apiserver::objects::is_subdomain(&self.cluster_domain) {
+            bail!(
+                "--cluster-domain {:?} is not a DNS name (lowercase labels joined by dots)",
+                self.cluster_domain
+            );
+        }
+        if self.cluster_cidr != self.cluster_cidr.trunc() {
+            bail!(
+                "--cluster-cidr {} has host bits set: did you mean {}?",
+                self.cluster_cidr,
+                self.cluster_cidr.trunc()
+            );
+        }
+        let network = agent::NetworkConfig {
+            cluster_cidr: self.cluster_cidr,
+            cluster_dns: self.cluster_dns,
+            cluster_domain: self.cluster_domain,
+            pod_network: self.flannel_backend == FlannelBackend::HostGw,
+            service_proxy: !self.disable_kube_proxy,
+        };
         Ok(agent::Config {
             server,
             token,
@@ -263,6 +327,7 @@ impl NodeArgs {
             taints: self.node_taints,
             runtime,
             private_registry: self.private_registry,
+            network,
         })
     }
 }
@@ -372,11 +437,28 @@ impl ServerArgs {
         if !self.disable_apiserver {
             private_dirs.extend([server_dir.join("tls"), server_dir.join("cred")]);
         }
+        let mut mask = self.node_cidr_mask_size;
+        for arg in &self.kube_controller_manager_args {
+            match arg.split_once('=') {
+                Some(("node-cidr-mask-size" | "node-cidr-mask-size-ipv4", n)) => {
+                    mask = n.parse().with_context(|| {
+                        format!("--kube-controller-manager-arg {arg:?}: not a prefix length")
+                    })?;
+                }
+                _ => bail!(
+                    "--kube-controller-manager-arg {arg:?} is not supported: only node-cidr-mask-size=N is"
+                ),
+            }
+        }
+        apiserver::controllers::node_ipam::validate(self.node.cluster_cidr, mask)
+            .map_err(anyhow::Error::msg)?;
         let controllers = (!self.disable_controllers).then(|| apiserver::controllers::Config {
             node_monitor_grace: self.node_monitor_grace_period,
             default_toleration: std::time::Duration::from_secs(
                 self.default_not_ready_toleration_seconds,
             ),
+            cluster_cidr: self.node.cluster_cidr,
+            node_cidr_mask_size: mask,
         });
         let agent_dir = server_dir.with_file_name("agent");
         let agent = if self.disable_agent || self.disable_apiserver {
@@ -1047,6 +1129,60 @@ mod tests {
             Command::Kine(KineArgs { datastore: a, .. }) => a.into_config(),
             other => anyhow::bail!("not a serving command: {other:?}"),
         }
+    }
+
+    fn server(args: &[&str]) -> Result<ServerConfig> {
+        let mut argv = vec!["k3rs", "server", "--data-dir", "/tmp/k3rs-cli-test"];
+        argv.extend(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Server(a) => a.into_config(),
+            other => anyhow::bail!("not a server: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cluster_network_flags_parse_and_are_checked() {
+        let c = server(&["--node-name", "n"]).unwrap();
+        let controllers = c.api.unwrap().controllers.unwrap();
+        assert_eq!(controllers.cluster_cidr.to_string(), "10.42.0.0/16");
+        assert_eq!(controllers.node_cidr_mask_size, 24);
+        let network = c.agent.unwrap().network;
+        assert_eq!(network.cluster_dns.to_string(), "10.43.0.10");
+        assert_eq!(network.cluster_domain, "cluster.local");
+        assert!(network.pod_network);
+
+        let c = server(&[
+            "--node-name",
+            "n",
+            "--cluster-cidr",
+            "10.100.0.0/16",
+            "--kube-controller-manager-arg=node-cidr-mask-size=26",
+            "--cluster-dns",
+            "10.101.0.10",
+            "--cluster-domain",
+            "corp.internal",
+            "--flannel-backend",
+            "none",
+        ])
+        .unwrap();
+        let controllers = c.api.unwrap().controllers.unwrap();
+        assert_eq!(controllers.cluster_cidr.to_string(), "10.100.0.0/16");
+        assert_eq!(controllers.node_cidr_mask_size, 26);
+        let network = c.agent.unwrap().network;
+        assert_eq!(network.cluster_cidr.to_string(), "10.100.0.0/16");
+        assert_eq!(network.cluster_domain, "corp.internal");
+        assert!(!network.pod_network);
+
+        let err = |args: &[&str]| format!("{:#}", server(args).err().expect("refused"));
+        assert!(err(&["--node-cidr-mask-size", "8"]).contains("shorter than the cluster CIDR"));
+        assert!(err(&["--node-cidr-mask-size", "31"]).contains("at most 30"));
+        assert!(err(&["--cluster-cidr", "10.42.0.1/16"]).contains("host bits"));
+        assert!(
+            err(&["--kube-controller-manager-arg", "leader-elect=false"]).contains("not supported")
+        );
+        assert!(
+            err(&["--node-name", "n", "--cluster-domain", "Bad_Domain"]).contains("not a DNS name")
+        );
     }
 
     #[test]

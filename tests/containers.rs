@@ -44,9 +44,7 @@ fn prepare() -> Option<(Cleanup, tempfile::TempDir)> {
         return None;
     }
     let dir = tempfile::tempdir().unwrap();
-    let cleanup = Cleanup {
-        data_dir: dir.path().to_path_buf(),
-    };
+    let cleanup = Cleanup::new(dir.path());
     Some((cleanup, dir))
 }
 

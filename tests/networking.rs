@@ -73,7 +73,7 @@ fn in_client(server: &Server, script: &str) -> (bool, String) {
 fn fetch(server: &Server, url: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (ok, out) = in_client(server, &format!("wget -q -O- -T 3 {url}"));
+        let (ok, out) = in_client(server, &format!("timeout 5 wget -q -O- {url}"));
         if ok && out.starts_with("hello from web-") {
             return out;
         }
@@ -112,9 +112,7 @@ fn services_route_across_nodes() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let _cleanup = Cleanup {
-        data_dir: dir.path().to_path_buf(),
-    };
+    let _cleanup = Cleanup::new(dir.path());
     let data_dir = dir.path().join("data");
     let netns = Netns::create(2);
     let server = Server::with_agent(
@@ -274,7 +272,10 @@ fn services_route_across_nodes() {
     });
     let refused = |server: &Server| {
         let started = Instant::now();
-        let (ok, out) = in_client(server, &format!("wget -q -O- -T 5 http://{cluster_ip}/"));
+        let (ok, out) = in_client(
+            server,
+            &format!("timeout 5 wget -q -O- http://{cluster_ip}/"),
+        );
         (!ok && started.elapsed() < Duration::from_secs(4), out)
     };
     let deadline = Instant::now() + Duration::from_secs(30);

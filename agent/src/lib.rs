@@ -16,6 +16,9 @@
 //!   (`streams`).
 //! - `proxy`: the service proxy (kube-proxy's job) on nftables.
 //! - `dns`: the cluster DNS at 10.43.0.10 (Services, pods, forwarding).
+//! - `network`: the pod network on CRI (CNI bridge for the node's
+//!   podCIDR, routes to the other nodes', masquerade); `resolv`: pods'
+//!   DNS settings by dnsPolicy.
 
 pub mod cri;
 pub mod cri_log;
@@ -23,6 +26,7 @@ pub mod dns;
 pub mod env;
 pub mod join;
 pub mod logs;
+pub mod network;
 pub mod node;
 pub mod objects;
 pub mod pods;
@@ -30,6 +34,7 @@ pub mod probes;
 pub mod process;
 pub mod proxy;
 pub mod pull_secrets;
+pub mod resolv;
 pub mod runtime;
 pub mod streams;
 pub mod supervisor;
@@ -42,6 +47,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+
+pub use network::NetworkConfig;
 
 /// How to run the agent.
 #[derive(Debug, Clone)]
@@ -64,6 +71,8 @@ pub struct Config {
     pub runtime: RuntimeChoice,
     /// K3s's registries.yaml (mirrors, TLS, credentials) for containerd.
     pub private_registry: PathBuf,
+    /// The cluster CIDR, DNS, and whether the pod network runs.
+    pub network: NetworkConfig,
 }
 
 /// How the node's containers run.
@@ -118,8 +127,9 @@ fn default_ip() -> IpAddr {
     }
 }
 
-/// The runtime `config` asks for, ready to run pods.
-async fn start_runtime(config: &Config, pods_dir: &Path) -> Result<Arc<dyn runtime::Runtime>> {
+/// The runtime `config` asks for, ready to run pods, and the CNI
+/// directories of the containerd the agent runs.
+async fn start_runtime(config: &Config, pods_dir: &Path) -> Result<StartedRuntime> {
     let choice = match &config.runtime {
         RuntimeChoice::Auto => auto_runtime(),
         other => other.clone(),
@@ -127,19 +137,45 @@ async fn start_runtime(config: &Config, pods_dir: &Path) -> Result<Arc<dyn runti
     let endpoint = match choice {
         RuntimeChoice::Process => {
             process::cleanup_orphans(pods_dir);
-            return Ok(Arc::new(process::ProcessRuntime));
+            return Ok(StartedRuntime {
+                runtime: Arc::new(process::ProcessRuntime),
+                cni: None,
+                on_cri: false,
+            });
         }
         RuntimeChoice::Endpoint(socket) => Some(socket),
         _ => None,
     };
-    let cri = cri::setup::start(
+    let dns = resolv::ClusterDns {
+        nameserver: config.network.cluster_dns,
+        domain: config.network.cluster_domain.clone(),
+    };
+    let started = cri::setup::start(
         &config.dir,
         &config.node_name,
         endpoint.as_deref(),
         &config.private_registry,
+        dns,
     )
     .await?;
-    Ok(Arc::new(cri))
+    if started.cni.is_none() {
+        tracing::info!("the CRI endpoint's own CNI configuration gives pods their network");
+    }
+    Ok(StartedRuntime {
+        runtime: Arc::new(started.runtime),
+        cni: started.cni,
+        on_cri: true,
+    })
+}
+
+/// What `start_runtime` started.
+struct StartedRuntime {
+    runtime: Arc<dyn runtime::Runtime>,
+    /// Where the pod network's CNI configuration goes, for a containerd
+    /// of the agent's own (an existing CRI endpoint brings its own).
+    cni: Option<cri::setup::CniDirs>,
+    /// Pods run in sandboxes with network namespaces of their own.
+    on_cri: bool,
 }
 
 /// containerd when it can run here, else host processes.
@@ -161,6 +197,34 @@ fn auto_runtime() -> RuntimeChoice {
          and run the agent as root, or pass --container-runtime process to silence this"
     );
     RuntimeChoice::Process
+}
+
+/// The node's share of Services: the proxy (unless disabled) and the
+/// cluster DNS, both for pods in their own network namespaces; host
+/// processes share the host's and get neither.
+fn start_services(client: &apiserver::client::Client, config: &Config, ip: IpAddr) {
+    let network = &config.network;
+    if network.service_proxy {
+        let mut proxy = proxy::ProxyConfig::k3s_defaults(&config.node_name, vec![ip]);
+        proxy.cluster_cidr = proxy::Ipv4Cidr {
+            addr: network.cluster_cidr.network(),
+            prefix: network.cluster_cidr.prefix_len(),
+        };
+        proxy.cluster_dns_ip = Some(IpAddr::V4(network.cluster_dns));
+        proxy.nft = cri::containerd::find_on_path("nft").unwrap_or(proxy.nft);
+        tokio::spawn(proxy::run(client.clone(), proxy));
+    }
+    let dns = dns::DnsConfig {
+        listen_ip: IpAddr::V4(network.cluster_dns),
+        cluster_domain: network.cluster_domain.clone(),
+        ..dns::DnsConfig::default()
+    };
+    let client = client.clone();
+    tokio::spawn(async move {
+        if let Err(e) = dns::run(client, dns).await {
+            tracing::error!(error = %format!("{e:#}"), "the cluster DNS stopped");
+        }
+    });
 }
 
 /// Joins (retrying while the server is unreachable), registers the node and
@@ -192,7 +256,11 @@ pub async fn run(config: Config) -> Result<()> {
     };
     let pods_dir = config.dir.join("pods");
     private_dir(&pods_dir)?;
-    let runtime = start_runtime(&config, &pods_dir).await?;
+    let StartedRuntime {
+        runtime,
+        cni: cni_dirs,
+        on_cri,
+    } = start_runtime(&config, &pods_dir).await?;
     let (supervisor, updates) = supervisor::Supervisor::new(pods_dir, runtime, ip.to_string());
     let sources = objects::ApiSources {
         client: joined.client.clone(),
@@ -229,6 +297,19 @@ pub async fn run(config: Config) -> Result<()> {
         .unwrap_or_default()
         .to_string();
     tokio::spawn(node::heartbeat(client.clone(), info, uid));
+    match cni_dirs {
+        Some(dirs) if config.network.pod_network => {
+            network::start(&client, &config.node_name, ip, &config.network, &dirs).await?;
+        }
+        Some(dirs) => tracing::info!(
+            conf_dir = %dirs.conf_dir.display(),
+            "the pod network is off (--flannel-backend none): put a CNI configuration there"
+        ),
+        None => {}
+    }
+    if on_cri {
+        start_services(&client, &config, ip);
+    }
     tokio::spawn(pods::report(client.clone(), updates));
     pods::run(client, config.node_name, supervisor).await;
     Ok(())

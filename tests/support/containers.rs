@@ -92,9 +92,31 @@ pub fn busybox_image(cmd: &[&str]) -> Image {
 
 /// Removes what a containerd agent living in `data_dir` left: its
 /// containers' processes, its daemons, the mounts below the directory,
-/// the pods' cgroups and the CNI bridge.
+/// the pods' cgroups, the CNI bridge and the pod network's NAT table,
+/// and puts back the forwarding sysctls the agent turned on.
 pub struct Cleanup {
     pub data_dir: PathBuf,
+    /// The sysctls' values before the test.
+    sysctls: Vec<(&'static str, String)>,
+}
+
+/// What an agent in this network namespace turns on for its pods.
+const SYSCTLS: &[&str] = &[
+    "/proc/sys/net/ipv4/ip_forward",
+    "/proc/sys/net/bridge/bridge-nf-call-iptables",
+];
+
+impl Cleanup {
+    pub fn new(data_dir: &Path) -> Cleanup {
+        let sysctls = SYSCTLS
+            .iter()
+            .filter_map(|p| Some((*p, std::fs::read_to_string(p).ok()?)))
+            .collect();
+        Cleanup {
+            data_dir: data_dir.to_path_buf(),
+            sysctls,
+        }
+    }
 }
 
 impl Drop for Cleanup {
@@ -115,6 +137,9 @@ impl Drop for Cleanup {
         quiet("ip", &["addr", "delete", "10.43.0.10/32", "dev", "lo"]);
         quiet("nft", &["delete", "table", "ip", "k3rs-proxy"]);
         quiet("nft", &["delete", "table", "ip", "k3rs-nat"]);
+        for (path, value) in &self.sysctls {
+            let _ = std::fs::write(path, value);
+        }
     }
 }
 

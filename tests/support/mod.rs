@@ -267,7 +267,7 @@ fn dechunk(mut body: &str) -> String {
             break;
         }
         out.push_str(&rest[..size]);
-        body = &rest[size..].trim_start_matches("\r\n");
+        body = rest[size..].trim_start_matches("\r\n");
     }
     out
 }
@@ -464,7 +464,7 @@ pub async fn malformed_grpc(channel: Channel, for_how_long: Duration) -> usize {
             // Over the 1.5 MiB request limit, and over the 2 MiB decode limit.
             _ => vec![
                 0x0a;
-                if rng.next() % 2 == 0 {
+                if rng.next().is_multiple_of(2) {
                     1_700_000
                 } else {
                     3_000_000

@@ -176,9 +176,15 @@ pub(crate) fn toml_string(s: &str) -> String {
 
 /// Whether `program` is on PATH.
 pub fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|dir| is_executable(&dir.join(program))))
-        .unwrap_or(false)
+    find_on_path(program).is_some()
+}
+
+/// Where `program` is on PATH.
+pub fn find_on_path(program: &str) -> Option<PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|dir| dir.join(program))
+        .find(|path| is_executable(path))
 }
 
 fn is_executable(path: &Path) -> bool {

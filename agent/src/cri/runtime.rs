@@ -19,6 +19,7 @@ use serde_json::Value;
 use super::client::{Cri, go_error};
 use super::container::{self, CriContainer, ExitWatcher};
 use super::v1;
+use crate::resolv::{self, ClusterDns};
 use crate::runtime::{
     BoxFuture, Container, ContainerSpec, LogFormat, Runtime, Sandbox, SandboxSpec, StartError,
     StreamRequest,
@@ -43,12 +44,20 @@ pub struct CriRuntime {
     runtime_name: String,
     runtime_version: String,
     exits: Arc<ExitWatcher>,
+    /// The cluster DNS pods' resolv.conf names.
+    dns: ClusterDns,
 }
 
 impl CriRuntime {
     /// A runtime for node `node` on `cri`, whose name (from `Version`)
     /// prefixes container IDs.
-    pub fn new(cri: Cri, node: &str, runtime_name: &str, runtime_version: &str) -> CriRuntime {
+    pub fn new(
+        cri: Cri,
+        node: &str,
+        runtime_name: &str,
+        runtime_version: &str,
+        dns: ClusterDns,
+    ) -> CriRuntime {
         let exits = ExitWatcher::start(cri.clone(), node);
         CriRuntime {
             cri,
@@ -56,6 +65,7 @@ impl CriRuntime {
             runtime_name: runtime_name.to_string(),
             runtime_version: runtime_version.to_string(),
             exits,
+            dns,
         }
     }
 
@@ -142,14 +152,20 @@ impl Runtime for CriRuntime {
             let pod = &spec.pod;
             let uid = text(pod, "/metadata/uid");
             let (existing, attempt) = self.existing(uid).await?;
-            let config = sandbox_config(pod, spec.dir.clone(), &self.node, attempt);
+            let mut config = sandbox_config(pod, spec.dir.clone(), &self.node, attempt);
+            let dns = resolv::pod_dns(pod, &self.dns, &resolv::host_resolv_conf());
+            config.dns_config = Some(v1::DnsConfig {
+                servers: dns.nameservers,
+                searches: dns.searches,
+                options: dns.options,
+            });
             let id = match existing {
                 Some(id) => id,
                 None => self.run_sandbox(config.clone()).await?,
             };
             let ip = self.sandbox_ip(&id).await?;
             if !host_network(pod) {
-                let hosts = etc_hosts(pod, ip.as_deref());
+                let hosts = etc_hosts(pod, ip.as_deref(), &self.dns.domain);
                 if let Err(e) = tokio::fs::write(spec.dir.join("etc-hosts"), hosts).await {
                     return Err(StartError::start(format!(
                         "writing the pod's hosts file: {e}"
@@ -518,7 +534,7 @@ fn port_mappings(pod: &Value) -> Vec<v1::PortMapping> {
 
 /// The kubelet's managed `/etc/hosts`: loopback entries, the pod's own
 /// address under its hostname, then `hostAliases`.
-fn etc_hosts(pod: &Value, ip: Option<&str>) -> String {
+fn etc_hosts(pod: &Value, ip: Option<&str>, domain: &str) -> String {
     let mut hosts = String::from(
         "# Kubernetes-managed hosts file.\n\
          127.0.0.1\tlocalhost\n\
@@ -533,7 +549,7 @@ fn etc_hosts(pod: &Value, ip: Option<&str>) -> String {
         let fqdn = match text(pod, "/spec/subdomain") {
             "" => name.clone(),
             sub => format!(
-                "{name}.{sub}.{}.svc.cluster.local\t{name}",
+                "{name}.{sub}.{}.svc.{domain}\t{name}",
                 text(pod, "/metadata/namespace")
             ),
         };
@@ -586,7 +602,7 @@ mod tests {
             "metadata": {"name": "web-1", "namespace": "ns"},
             "spec": {"hostAliases": [{"ip": "10.1.2.3", "hostnames": ["a", "b"]}]},
         });
-        let hosts = etc_hosts(&pod, Some("10.42.0.9"));
+        let hosts = etc_hosts(&pod, Some("10.42.0.9"), "cluster.local");
         assert!(hosts.starts_with("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n"));
         assert!(hosts.contains("\n10.42.0.9\tweb-1\n"), "{hosts}");
         assert!(

@@ -1,26 +1,43 @@
 //! Everything a node needs before its first pod runs on CRI: the runtime
-//! (containerd started and kept by the agent, or an existing CRI socket),
-//! the CNI configuration its sandboxes get their network from, and the
-//! images imported locally (the sandbox image, the airgap tarballs).
+//! (containerd started and kept by the agent, or an existing CRI socket)
+//! and the images imported locally (the sandbox image, the airgap
+//! tarballs). The CNI configuration its sandboxes get their network from
+//! is written later, once the node's podCIDR is known (`network`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use serde_json::json;
 
 use super::Cri;
 use super::containerd::{self, Layout};
 use super::images;
 use super::registries::Registries;
 use super::runtime::CriRuntime;
+use crate::resolv::ClusterDns;
 
 /// Where Debian and most distributions install the CNI plugins.
 const CNI_BIN_DIRS: &[&str] = &["/usr/lib/cni", "/opt/cni/bin", "/usr/libexec/cni"];
-/// The pods' subnet on this node until the cluster hands out one per node.
-pub const DEFAULT_POD_SUBNET: &str = "10.42.0.0/24";
 /// How long an existing CRI socket may take to answer.
 const ENDPOINT_WAIT: Duration = Duration::from_secs(60);
+
+/// Where the agent's own containerd reads its CNI configuration.
+#[derive(Debug, Clone)]
+pub struct CniDirs {
+    /// containerd's CRI `conf_dir`, reloaded by containerd on change.
+    pub conf_dir: PathBuf,
+    /// Where the plugins are.
+    pub bin_dir: PathBuf,
+    /// host-local's addresses given out.
+    pub state_dir: PathBuf,
+}
+
+/// The runtime, and the CNI directories when the containerd is the
+/// agent's own (an existing CRI endpoint has its own network set-up).
+pub struct Started {
+    pub runtime: CriRuntime,
+    pub cni: Option<CniDirs>,
+}
 
 /// The CRI runtime of the agent living in `agent_dir`: `endpoint` if
 /// given, else a containerd of its own.
@@ -29,7 +46,9 @@ pub async fn start(
     node: &str,
     endpoint: Option<&Path>,
     private_registry: &Path,
-) -> Result<CriRuntime> {
+    dns: ClusterDns,
+) -> Result<Started> {
+    let mut cni = None;
     let cri = match endpoint {
         Some(socket) => connect(socket).await?,
         None => {
@@ -39,11 +58,11 @@ pub async fn start(
             let registries = Registries::load(private_registry)?;
             let layout = Layout::new(agent_dir, images::PAUSE_IMAGE, &cni_bin_dir)
                 .with_registries(registries);
-            write_cni_config(
-                &layout.cni_conf_dir(),
-                &agent_dir.join("cni"),
-                DEFAULT_POD_SUBNET,
-            )?;
+            cni = Some(CniDirs {
+                conf_dir: layout.cni_conf_dir(),
+                bin_dir: cni_bin_dir,
+                state_dir: agent_dir.join("cni"),
+            });
             containerd::start(layout).await?
         }
     };
@@ -54,7 +73,10 @@ pub async fn start(
             super::client::go_error(&e)
         )
     })?;
-    Ok(CriRuntime::new(cri, node, &name, &version))
+    Ok(Started {
+        runtime: CriRuntime::new(cri, node, &name, &version, dns),
+        cni,
+    })
 }
 
 /// A client of an existing CRI socket, once it answers.
@@ -100,54 +122,4 @@ fn cni_bin_dir() -> Option<PathBuf> {
         .iter()
         .map(PathBuf::from)
         .find(|d| d.join("bridge").is_file() && d.join("host-local").is_file())
-}
-
-/// A bridge network for the node's pods: `cni0`, addresses from
-/// `subnet` kept in `state_dir`, host ports when iptables is there.
-pub fn write_cni_config(conf_dir: &Path, state_dir: &Path, subnet: &str) -> Result<()> {
-    std::fs::create_dir_all(conf_dir)
-        .with_context(|| format!("cannot create {}", conf_dir.display()))?;
-    let mut plugins = vec![json!({
-        "type": "bridge",
-        "bridge": "cni0",
-        "isGateway": true,
-        "ipMasq": false,
-        "hairpinMode": true,
-        "ipam": {
-            "type": "host-local",
-            "ranges": [[{"subnet": subnet}]],
-            "routes": [{"dst": "0.0.0.0/0"}],
-            "dataDir": state_dir.join("ipam"),
-        },
-    })];
-    if containerd::on_path("iptables") {
-        plugins.push(json!({"type": "portmap", "capabilities": {"portMappings": true}}));
-    }
-    let conf = json!({"cniVersion": "0.4.0", "name": "k3rs", "plugins": plugins});
-    let path = conf_dir.join("10-k3rs.conflist");
-    let text = serde_json::to_string_pretty(&conf).context("encoding the CNI configuration")?;
-    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cni_config_is_a_bridge_with_host_local_addresses() {
-        let dir = tempfile::tempdir().unwrap();
-        write_cni_config(
-            &dir.path().join("net.d"),
-            &dir.path().join("cni"),
-            "10.42.0.0/24",
-        )
-        .unwrap();
-        let text = std::fs::read_to_string(dir.path().join("net.d/10-k3rs.conflist")).unwrap();
-        let conf: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(conf["plugins"][0]["type"], "bridge");
-        assert_eq!(
-            conf["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
-            "10.42.0.0/24"
-        );
-    }
 }

@@ -12,12 +12,14 @@
 //! - `servicelb`: LoadBalancer Services get the nodes' addresses (K3s's
 //!   ServiceLB without pods).
 //! - `networkpolicy`: warns that NetworkPolicies are not enforced.
+//! - `node_ipam`: gives each Node its `spec.podCIDR` from the cluster CIDR.
 
 pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod gc;
 pub mod networkpolicy;
+pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod replicaset;
 pub mod servicelb;
@@ -29,7 +31,7 @@ use tokio::sync::watch;
 use crate::client::Client;
 use crate::informer::Informer;
 
-/// Timing the tests shorten.
+/// Timing the tests shorten, and the pods' address range.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// A node whose Lease was not renewed for this long is NotReady/Unknown
@@ -38,13 +40,25 @@ pub struct Config {
     /// Toleration given to pods without one for the not-ready/unreachable
     /// taints (kube's DefaultTolerationSeconds admission: 300 s).
     pub default_toleration: Duration,
+    /// The pods' addresses, split into one subnet per node (K3s's
+    /// `--cluster-cidr`, 10.42.0.0/16).
+    pub cluster_cidr: ipnet::Ipv4Net,
+    /// The prefix length of each node's subnet (`--node-cidr-mask-size`, 24).
+    pub node_cidr_mask_size: u8,
 }
+
+/// K3s's default cluster CIDR.
+pub const DEFAULT_CLUSTER_CIDR: &str = "10.42.0.0/16";
+/// kube's default node mask for IPv4.
+pub const DEFAULT_NODE_CIDR_MASK_SIZE: u8 = 24;
 
 impl Default for Config {
     fn default() -> Config {
         Config {
             node_monitor_grace: Duration::from_secs(40),
             default_toleration: Duration::from_secs(300),
+            cluster_cidr: DEFAULT_CLUSTER_CIDR.parse().expect("a valid CIDR"),
+            node_cidr_mask_size: DEFAULT_NODE_CIDR_MASK_SIZE,
         }
     }
 }
@@ -114,6 +128,11 @@ pub fn start(client: Client, config: Config) {
     tokio::spawn(endpoints::run(client.clone(), caches.clone()));
     tokio::spawn(servicelb::run(client.clone(), caches.clone()));
     tokio::spawn(networkpolicy::run(client.clone(), caches.clone()));
+    tokio::spawn(node_ipam::run(
+        client.clone(),
+        caches.clone(),
+        config.clone(),
+    ));
     tokio::spawn(node_lifecycle::run(client, caches, config));
 }
 
