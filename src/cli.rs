@@ -136,11 +136,6 @@ pub struct ServerArgs {
     #[arg(long, env = "K3RS_BIND_ADDRESS", default_value = "0.0.0.0")]
     pub bind_address: std::net::IpAddr,
 
-    /// The cluster DNS Service's IP (Service kube-system/kube-dns), inside
-    /// the service CIDR (K3s's --cluster-dns).
-    #[arg(long, env = "K3RS_CLUSTER_DNS", default_value = "10.43.0.10")]
-    pub cluster_dns: std::net::Ipv4Addr,
-
     /// An etcd v3 endpoint (http://HOST:PORT, real etcd included) for the
     /// Kubernetes API instead of the embedded datastore, which then does not run.
     #[arg(long, env = "K3RS_DATASTORE_ENDPOINT")]
@@ -227,7 +222,8 @@ pub struct NodeArgs {
     #[arg(long, env = "K3RS_CLUSTER_CIDR", default_value = apiserver::controllers::DEFAULT_CLUSTER_CIDR)]
     pub cluster_cidr: ipnet::Ipv4Net,
 
-    /// The cluster DNS address written into pods' resolv.conf.
+    /// The cluster DNS address: pods' nameserver, served by every node, and
+    /// the ClusterIP of Service kube-system/kube-dns.
     #[arg(long, env = "K3RS_CLUSTER_DNS", default_value = "10.43.0.10")]
     pub cluster_dns: std::net::Ipv4Addr,
 
@@ -460,6 +456,7 @@ impl ServerArgs {
             cluster_cidr: self.node.cluster_cidr,
             node_cidr_mask_size: mask,
         });
+        let cluster_dns = self.node.cluster_dns;
         let agent_dir = server_dir.with_file_name("agent");
         let agent = if self.disable_agent || self.disable_apiserver {
             None
@@ -474,7 +471,7 @@ impl ServerArgs {
             server_dir,
             etcd_endpoint,
             controllers,
-            cluster_dns: self.cluster_dns,
+            cluster_dns,
         });
         Ok(ServerConfig {
             datastore,
