@@ -3,7 +3,8 @@
 //! on containerd. A client pod on node 1 reaches a web pod on node 2
 //! through its Service by name, by ClusterIP and by NodePort on either
 //! node; EndpointSlices follow readiness; a Service with no ready
-//! endpoint rejects; a headless Service resolves to its pods. Skipped,
+//! endpoint rejects; a headless Service resolves to its pods; a
+//! hostPort answers on its node's address. Skipped,
 //! saying why, on a machine that cannot run containers.
 
 mod support;
@@ -33,7 +34,7 @@ spec:
       - name: web
         image: k3rs.local/busybox:1
         command: [sh, -c, "mkdir -p /www && echo hello from $(hostname) > /www/index.html && touch /tmp/ready && exec httpd -f -p 8080 -h /www"]
-        ports: [{name: http, containerPort: 8080}]
+        ports: [{name: http, containerPort: 8080, hostPort: 8081}]
         readinessProbe: {exec: {command: [cat, /tmp/ready]}, periodSeconds: 1, failureThreshold: 1}
 ---
 apiVersion: v1
@@ -220,8 +221,9 @@ fn services_route_across_nodes() {
             hello
         );
     }
-    // Pod to pod across nodes, straight.
+    // Pod to pod across nodes, straight, and through the hostPort.
     assert_eq!(fetch(&server, &format!("http://{web_ip}:8080/")), hello);
+    assert_eq!(fetch(&server, "http://10.251.0.3:8081/"), hello);
 
     // The headless Service resolves to its pod; an unknown name does not.
     let (ok, out) = in_client(&server, "nslookup web-headless.default.svc.cluster.local");
