@@ -10,112 +10,16 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::api_server::Server;
 use support::containers::{Cleanup, busybox_image, missing};
+use support::netns::{Killed, Netns};
 
 const IMAGE: &str = "k3rs.local/busybox:1";
 const WAIT: Duration = Duration::from_secs(120);
-
-/// Network namespaces for agents, joined to the host by a bridge of the
-/// test's own; removed when dropped.
-struct Netns {
-    names: Vec<String>,
-    bridge: String,
-}
-
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-impl Netns {
-    /// `count` namespaces at 10.251.0.(N+1)/24 on a host bridge at
-    /// 10.251.0.1.
-    fn create(count: usize) -> Netns {
-        let tag = std::process::id() % 100_000;
-        let bridge = format!("k3rspn{tag}");
-        let mut netns = Netns {
-            names: Vec::new(),
-            bridge: bridge.clone(),
-        };
-        ip(&["link", "add", &bridge, "type", "bridge"]);
-        ip(&["addr", "add", "10.251.0.1/24", "dev", &bridge]);
-        ip(&["link", "set", &bridge, "up"]);
-        for n in 1..=count {
-            let name = format!("k3rspn{tag}-{n}");
-            let (host, inner) = (format!("k3rsph{tag}{n}"), format!("k3rspi{tag}{n}"));
-            ip(&["netns", "add", &name]);
-            netns.names.push(name.clone());
-            ip(&["link", "add", &host, "type", "veth", "peer", "name", &inner]);
-            ip(&["link", "set", &host, "master", &bridge, "up"]);
-            ip(&["link", "set", &inner, "netns", &name]);
-            let address = format!("10.251.0.{}/24", n + 1);
-            ip(&["-n", &name, "addr", "add", &address, "dev", &inner]);
-            ip(&["-n", &name, "link", "set", &inner, "up"]);
-            ip(&["-n", &name, "link", "set", "lo", "up"]);
-            ip(&["-n", &name, "route", "add", "default", "via", "10.251.0.1"]);
-        }
-        netns
-    }
-
-    /// `k3rs agent ARGS` inside namespace `n`, logging to `log`.
-    fn agent(&self, n: usize, args: &[&str], log: &Path) -> std::process::Child {
-        Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.names[n - 1]))
-            .arg(env!("CARGO_BIN_EXE_k3rs"))
-            .arg("agent")
-            .args(args)
-            .env("NO_COLOR", "1")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap()
-    }
-
-    /// k3rs's routes (proto 75) in namespace `n`.
-    fn k3rs_routes(&self, n: usize) -> String {
-        ip(&["-n", &self.names[n - 1], "route", "show", "proto", "75"])
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for name in &self.names {
-            let _ = Command::new("ip").args(["netns", "delete", name]).status();
-        }
-        let _ = Command::new("ip")
-            .args(["link", "delete", &self.bridge])
-            .status();
-    }
-}
-
-/// Kills a child when dropped.
-struct Killed(Option<std::process::Child>);
-
-impl Killed {
-    fn stop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 struct Cluster {
     server: Server,
@@ -235,7 +139,7 @@ fn pods_reach_each_other_across_nodes() {
             "containerd",
         ];
         let log = agent_dir.join("agent.log");
-        agents.push(Killed(Some(netns.agent(n, &args, &log))));
+        agents.push(Some(Killed(netns.agent(n, &args, &log))));
         cluster.agent_logs.push(log);
     }
 
@@ -344,7 +248,7 @@ fn pods_reach_each_other_across_nodes() {
 
     // n2 goes away: its route on n1 does too (the agent is stopped first,
     // or it would register its Node again).
-    agents[1].stop();
+    agents[1] = None;
     cluster.server.ok(&["delete", "node", "n2"]);
     let deadline = Instant::now() + WAIT;
     while netns.k3rs_routes(1).contains(&cidrs["n2"]) {

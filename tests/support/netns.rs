@@ -68,6 +68,17 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// k3rs's routes (proto 75) in namespace `n`.
+    pub fn k3rs_routes(&self, n: usize) -> String {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &self.names[n - 1], "route", "show", "proto", "75"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         for name in &self.names {
