@@ -270,3 +270,40 @@ fn replacing_is_atomic_and_stale_chains_go() {
         assert_eq!(keep(&partial), keep(&list_table()));
     });
 }
+
+/// Services that ask for one map key twice, and API names full of nft
+/// syntax: the kernel takes the transaction (it rejects a whole
+/// transaction that names a key twice).
+#[test]
+fn clashing_services_and_odd_names_still_apply() {
+    in_netns(|| {
+        let lb = |name: &str, ip: &str, node_port: u16| {
+            let mut s = service(
+                name,
+                ip,
+                json!({"type": "LoadBalancer", "externalIPs": ["10.43.0.1"],
+                       "ports": [{"port": 80, "nodePort": node_port}]}),
+            );
+            s["status"] = json!({"loadBalancer": {"ingress": [{"ip": "10.42.0.5"}]}});
+            s
+        };
+        let evil = "x\"; }\nflush ruleset\n{ ;";
+        let services = [
+            service("a", "10.43.0.1", json!({})),
+            lb("b", "10.43.0.2", 30080),
+            lb("c", "10.43.0.3", 30081),
+            service(
+                "d",
+                "10.43.0.4",
+                json!({"ports": [{"name": "p", "port": 80}, {"name": evil, "port": 80}]}),
+            ),
+        ];
+        let slices = [slice("a", "10.42.0.5"), slice("b", "10.42.0.6")];
+        let rs = ruleset(&services, &slices, &config());
+        assert_eq!(rs.conflicts.len(), 3, "{:?}", rs.conflicts);
+        let mut syncer = Syncer::new(PathBuf::from(NFT));
+        syncer.sync(&rs).unwrap();
+        syncer.sync_with(&rs, false).unwrap();
+        assert!(list_table().contains("10.42.0.5 . tcp . 80 : goto external-"));
+    });
+}

@@ -14,12 +14,15 @@ pub mod model;
 pub mod nft;
 pub mod rules;
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use apiserver::client::Client;
 use apiserver::informer::Informer;
+use futures_util::FutureExt;
 
 pub use rules::Ipv4Cidr;
 
@@ -94,9 +97,57 @@ pub fn ruleset(
 }
 
 /// Watches Services and EndpointSlices and keeps the table in step; runs
-/// until the task is dropped. Rules are left in place on exit (as
-/// kube-proxy leaves them): a restarted agent rebuilds them from the API.
+/// until the task is dropped, never returning on its own: a panic or an
+/// ended informer restarts the whole loop (new informers, a new [`Syncer`],
+/// so the next sync rebuilds the table), after a back-off. Rules are left
+/// in place on exit (as kube-proxy leaves them): a restarted agent rebuilds
+/// them from the API.
+///
+/// [`Syncer`]: nft::Syncer
 pub async fn run(client: Client, config: ProxyConfig) {
+    let mut restarts = 0u32;
+    loop {
+        let started = Instant::now();
+        let ended = AssertUnwindSafe(sync_loop(client.clone(), &config))
+            .catch_unwind()
+            .await;
+        // A loop that ran a while ended by bad luck, not a crash loop.
+        if started.elapsed() > MAX_RETRY * 4 {
+            restarts = 0;
+        }
+        restarts += 1;
+        let wait = backoff(restarts);
+        match ended {
+            Ok(()) => tracing::error!(
+                restart_in_s = wait.as_secs(),
+                "an informer of the service proxy ended; restarting the proxy"
+            ),
+            Err(panic) => tracing::error!(
+                panic = panic_message(&*panic),
+                restart_in_s = wait.as_secs(),
+                "the service proxy panicked; restarting it"
+            ),
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// 2s, 4s, … up to [`MAX_RETRY`].
+fn backoff(failures: u32) -> Duration {
+    (Duration::from_secs(1) * 2u32.pow(failures.clamp(1, 5))).min(MAX_RETRY)
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+/// One life of the proxy; returns only when an informer has ended (only a
+/// panic in it does that), since its cache would never change again.
+async fn sync_loop(client: Client, config: &ProxyConfig) {
     let services = Informer::start(client.clone(), "/api/v1/services", "");
     let slices = Informer::start(client, "/apis/discovery.k8s.io/v1/endpointslices", "");
     // A sync from a half-filled cache would reject Services whose slices
@@ -105,19 +156,22 @@ pub async fn run(client: Client, config: ProxyConfig) {
     slices.wait_synced().await;
     let mut svc_changes = services.changes();
     let mut slice_changes = slices.changes();
-    let mut syncer = Some(nft::Syncer::new(config.nft.clone()));
+    let mut syncer: Option<nft::Syncer> = None;
     let mut last: Option<rules::Ruleset> = None;
+    // Services told about their lost map keys, so each is warned once.
+    let mut warned: BTreeSet<String> = BTreeSet::new();
     let mut failures = 0u32;
     let mut forced = true;
-    let (mut svc_open, mut slice_open) = (true, true);
     loop {
         svc_changes.borrow_and_update();
         slice_changes.borrow_and_update();
         let (svcs, sls) = (services.list(), slices.list());
         let cfg = config.clone();
+        // None after a lost sync task: a new syncer knows nothing of the
+        // table, so its first sync deletes and rebuilds it.
         let mut s = syncer
             .take()
-            .expect("the syncer is put back after every sync");
+            .unwrap_or_else(|| nft::Syncer::new(config.nft.clone()));
         let previous = last.take();
         let joined = tokio::task::spawn_blocking(move || {
             let start = Instant::now();
@@ -133,41 +187,66 @@ pub async fn run(client: Client, config: ProxyConfig) {
             (s, rs, result, start.elapsed())
         })
         .await;
-        let Ok((s, rs, result, took)) = joined else {
-            tracing::error!("the proxy's sync task panicked; stopping the service proxy");
-            return;
-        };
-        syncer = Some(s);
-        let wait = match result {
-            None => {
-                last = Some(rs);
-                RESYNC
-            }
-            Some(Ok(())) => {
-                tracing::debug!(
-                    chains = rs.chains.len(),
-                    took_ms = took.as_millis() as u64,
-                    "service rules synced"
-                );
-                last = Some(rs);
-                failures = 0;
-                RESYNC
-            }
-            Some(Err(e)) => {
+        let wait = match joined {
+            Err(e) => {
                 failures += 1;
-                let wait = (Duration::from_secs(1) * 2u32.pow(failures.min(5))).min(MAX_RETRY);
-                tracing::warn!(error = %e, retry_in_s = wait.as_secs(), "syncing the service rules failed");
+                let wait = backoff(failures);
+                tracing::error!(error = %e, retry_in_s = wait.as_secs(),
+                    "the service proxy's sync task failed; rebuilding the table next time");
                 wait
             }
+            Ok((s, rs, result, took)) => {
+                syncer = Some(s);
+                warn_conflicts(&rs, &mut warned);
+                match result {
+                    None => {
+                        last = Some(rs);
+                        RESYNC
+                    }
+                    Some(Ok(())) => {
+                        tracing::debug!(
+                            chains = rs.chains.len(),
+                            took_ms = took.as_millis() as u64,
+                            "service rules synced"
+                        );
+                        last = Some(rs);
+                        failures = 0;
+                        RESYNC
+                    }
+                    Some(Err(e)) => {
+                        failures += 1;
+                        let wait = backoff(failures);
+                        tracing::warn!(error = %e, retry_in_s = wait.as_secs(), "syncing the service rules failed");
+                        wait
+                    }
+                }
+            }
         };
-        // `Err` from `changed`: the informer ended, which only a panic in
-        // it does; fall back to the timer rather than spin.
         let woke = tokio::select! {
-            r = svc_changes.changed(), if svc_open => r.map_err(|_| svc_open = false),
-            r = slice_changes.changed(), if slice_open => r.map_err(|_| slice_open = false),
-            _ = tokio::time::sleep(wait) => Err(()),
+            r = svc_changes.changed() => r.map(|_| true),
+            r = slice_changes.changed() => r.map(|_| true),
+            _ = tokio::time::sleep(wait) => Ok(false),
         };
-        forced = woke.is_err();
+        match woke {
+            Ok(changed) => forced = !changed || syncer.is_none(),
+            Err(_) => return,
+        }
         tokio::time::sleep(COALESCE).await;
     }
+}
+
+/// Warns once per Service that newly lost a map key to another; a Service
+/// that stops losing is forgotten, so a later clash is warned again.
+fn warn_conflicts(rs: &rules::Ruleset, warned: &mut BTreeSet<String>) {
+    for (service, lost) in &rs.conflicts {
+        if warned.insert(service.clone()) {
+            let lost: Vec<&str> = lost.iter().map(String::as_str).collect();
+            tracing::warn!(
+                service = %service,
+                lost = %lost.join("; "),
+                "a Service's address and port clash with another Service port's, which keeps them (ClusterIPs first, then the older Service)"
+            );
+        }
+    }
+    warned.retain(|s| rs.conflicts.contains_key(s));
 }

@@ -44,6 +44,10 @@ impl Protocol {
 pub struct ServicePort {
     pub namespace: String,
     pub service: String,
+    /// The Service's `metadata.creationTimestamp` (RFC 3339, UTC, whole
+    /// seconds, so text order is time order); `None` when absent. Older
+    /// Services win clashing map keys.
+    pub created: Option<String>,
     /// The port's name, empty for a Service's single unnamed port.
     pub port_name: String,
     pub protocol: Protocol,
@@ -132,6 +136,10 @@ pub fn service_ports(services: &[Value], skip_ip: Option<Ipv4Addr>) -> Vec<Servi
         let Some(name) = svc.pointer("/metadata/name").and_then(Value::as_str) else {
             continue;
         };
+        let created = svc
+            .pointer("/metadata/creationTimestamp")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         let external_ips = ipv4s(spec["externalIPs"].as_array().into_iter().flatten());
         let load_balancer_ips = ipv4s(
             svc.pointer("/status/loadBalancer/ingress")
@@ -169,6 +177,7 @@ pub fn service_ports(services: &[Value], skip_ip: Option<Ipv4Addr>) -> Vec<Servi
             let mut sp = ServicePort {
                 namespace: namespace.to_string(),
                 service: name.to_string(),
+                created: created.clone(),
                 port_name: p["name"].as_str().unwrap_or_default().to_string(),
                 protocol,
                 cluster_ip,

@@ -26,7 +26,7 @@
 //! do in kube-proxy. Chains no longer wanted are flushed, then deleted by a
 //! later sync (see [`render`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
@@ -94,6 +94,9 @@ pub struct Ruleset {
     pub no_endpoint_services: Vec<(String, String)>,
     pub no_endpoint_nodeports: Vec<(String, String)>,
     pub node_ips: Vec<Ipv4Addr>,
+    /// Services (`ns/name`) that lost a map key to another Service port,
+    /// with what they lost: their elements for it are left out.
+    pub conflicts: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// What an earlier transaction left in the table.
@@ -106,24 +109,141 @@ pub struct Installed {
 
 /// Builds the rules for `ports` and their endpoints (by
 /// [`ServicePort::id`]).
+///
+/// nft rejects a whole transaction whose element list names one key twice,
+/// so every `ip . proto . port` (and `proto . port`) key gets exactly one
+/// owner (see [`claim_order`]); the others' elements for it are left out
+/// and reported in [`Ruleset::conflicts`].
 pub fn generate(
     ports: &[ServicePort],
     endpoints: &BTreeMap<String, Vec<Endpoint>>,
     params: &Params,
 ) -> Ruleset {
+    let mut node_ips = params.node_ips.clone();
+    node_ips.sort();
+    node_ips.dedup();
     let mut rs = Ruleset {
-        node_ips: params.node_ips.clone(),
+        node_ips,
         ..Ruleset::default()
     };
-    for sp in ports {
+    let age = claim_order(ports);
+    let mut elements: Vec<(usize, Element)> = Vec::new();
+    for (i, sp) in ports.iter().enumerate() {
         let eps = endpoints.get(&sp.id()).map(Vec::as_slice).unwrap_or(&[]);
-        service_port(&mut rs, sp, &categorize(sp, eps), params);
+        let mut own = Vec::new();
+        service_port(&mut rs, &mut own, sp, &categorize(sp, eps), params);
+        elements.extend(own.into_iter().map(|e| (i, e)));
+    }
+    // The strongest claim per key: ClusterIPs before external and
+    // LoadBalancer IPs, then the older Service.
+    let claim = |i: usize, e: &Element| (e.external, age[i]);
+    let mut owner: HashMap<(bool, &str), (bool, usize, usize)> = HashMap::new();
+    for (i, e) in &elements {
+        let (ext, rank) = claim(*i, e);
+        owner
+            .entry((e.map.is_nodeport(), e.key.as_str()))
+            .and_modify(|o| {
+                if (ext, rank) < (o.0, o.1) {
+                    *o = (ext, rank, *i);
+                }
+            })
+            .or_insert((ext, rank, *i));
+    }
+    let mut seen: HashSet<(Map, &str)> = HashSet::new();
+    for (i, e) in &elements {
+        let (ext, rank, winner) = owner[&(e.map.is_nodeport(), e.key.as_str())];
+        if claim(*i, e) != (ext, rank) {
+            // A Service's external IP equal to its own ClusterIP is no
+            // clash worth a warning: the ClusterIP's element serves it.
+            if winner != *i {
+                let (sp, w) = (&ports[*i], &ports[winner]);
+                rs.conflicts
+                    .entry(format!("{}/{}", sp.namespace, sp.service))
+                    .or_default()
+                    .insert(format!(
+                        "{} taken by {}/{} port {}",
+                        e.key, w.namespace, w.service, w.port
+                    ));
+            }
+            continue;
+        }
+        // One owner may name a key twice (an IP both external and
+        // LoadBalancer): the verdicts are the same, keep the first.
+        if !seen.insert((e.map, e.key.as_str())) {
+            continue;
+        }
+        let list = match e.map {
+            Map::ServiceIps => &mut rs.service_ips,
+            Map::ServiceNodeports => &mut rs.service_nodeports,
+            Map::NoEndpointServices => &mut rs.no_endpoint_services,
+            Map::NoEndpointNodeports => &mut rs.no_endpoint_nodeports,
+        };
+        list.push((e.key.clone(), e.verdict.clone()));
     }
     rs
 }
 
+/// Each port's rank among clashing claims, lower winning: older Services
+/// first (by `creationTimestamp`, absent last), then by namespace and
+/// name, then the port's place in the Service (kube-proxy keeps no such
+/// order; this one makes the winner stable across syncs and nodes).
+fn claim_order(ports: &[ServicePort]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..ports.len()).collect();
+    // Stable: a Service's ports keep their order.
+    order.sort_by(|a, b| {
+        let key = |sp: &ServicePort| {
+            (
+                sp.created.is_none(),
+                sp.created.clone(),
+                sp.namespace.clone(),
+                sp.service.clone(),
+            )
+        };
+        key(&ports[*a]).cmp(&key(&ports[*b]))
+    });
+    let mut rank = vec![0; ports.len()];
+    for (r, i) in order.into_iter().enumerate() {
+        rank[i] = r;
+    }
+    rank
+}
+
+/// The verdict maps. The two Service-address maps share one key space
+/// (`ip . proto . port`), as do the two NodePort maps: a key's owner is
+/// chosen once per space, so the filter chain's reject never shadows
+/// another Service's working element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Map {
+    ServiceIps,
+    NoEndpointServices,
+    ServiceNodeports,
+    NoEndpointNodeports,
+}
+
+impl Map {
+    fn is_nodeport(self) -> bool {
+        matches!(self, Map::ServiceNodeports | Map::NoEndpointNodeports)
+    }
+}
+
+/// One map element a Service port asks for.
+#[derive(Debug)]
+struct Element {
+    map: Map,
+    key: String,
+    verdict: String,
+    /// From an external or LoadBalancer IP: a ClusterIP's claim is stronger.
+    external: bool,
+}
+
 /// kube-proxy's `syncProxyRules` body for one Service port.
-fn service_port(rs: &mut Ruleset, sp: &ServicePort, c: &Categorized, params: &Params) {
+fn service_port(
+    rs: &mut Ruleset,
+    elements: &mut Vec<Element>,
+    sp: &ServicePort,
+    c: &Categorized,
+    params: &Params,
+) {
     let id = sp.id();
     let proto = sp.protocol.as_str();
     let cluster_chain = format!("service-{}", hashed(&id));
@@ -151,34 +271,60 @@ fn service_port(rs: &mut Ruleset, sp: &ServicePort, c: &Categorized, params: &Pa
         ("goto reject-chain", "goto reject-chain")
     };
 
-    let key = |ip: Ipv4Addr, port: u16| format!("{ip} . {proto} . {port}");
+    let key = |ip: Ipv4Addr| format!("{ip} . {proto} . {}", sp.port);
+    let mut add = |map, key: String, verdict: String, external| {
+        elements.push(Element {
+            map,
+            key,
+            verdict,
+            external,
+        })
+    };
     if has_internal {
-        rs.service_ips.push((
-            key(sp.cluster_ip, sp.port),
+        add(
+            Map::ServiceIps,
+            key(sp.cluster_ip),
             format!("goto {internal_chain}"),
-        ));
+            false,
+        );
     } else {
-        rs.no_endpoint_services
-            .push((key(sp.cluster_ip, sp.port), internal_filter.into()));
+        add(
+            Map::NoEndpointServices,
+            key(sp.cluster_ip),
+            internal_filter.into(),
+            false,
+        );
     }
     for ip in sp.external_ips.iter().chain(&sp.load_balancer_ips) {
         if c.has_any {
-            rs.service_ips
-                .push((key(*ip, sp.port), format!("goto {external_chain}")));
+            add(
+                Map::ServiceIps,
+                key(*ip),
+                format!("goto {external_chain}"),
+                true,
+            );
         }
         if !has_external {
-            rs.no_endpoint_services
-                .push((key(*ip, sp.port), external_filter.into()));
+            add(
+                Map::NoEndpointServices,
+                key(*ip),
+                external_filter.into(),
+                true,
+            );
         }
     }
     if sp.node_port != 0 {
         let k = format!("{proto} . {}", sp.node_port);
         if c.has_any {
-            rs.service_nodeports
-                .push((k.clone(), format!("goto {external_chain}")));
+            add(
+                Map::ServiceNodeports,
+                k.clone(),
+                format!("goto {external_chain}"),
+                false,
+            );
         }
         if !has_external {
-            rs.no_endpoint_nodeports.push((k, external_filter.into()));
+            add(Map::NoEndpointNodeports, k, external_filter.into(), false);
         }
     }
 
@@ -287,20 +433,34 @@ fn endpoint_chain(id: &str, ep: &Endpoint) -> String {
 fn affinity_set(id: &str, ep: &Endpoint, timeout: u32) -> String {
     let name = format!("{id}__{}/{}", ep.ip, ep.port);
     let hash = short_hash(&format!("{name}@{timeout}"));
-    truncate(format!("affinity-{hash}-{name}"))
+    truncate(format!("affinity-{hash}-{}", clean(&name)))
 }
 
 /// `HASH-name`: the hash keeps truncated names unique and makes similar
-/// names tell apart at a glance (kube-proxy's `hashAndTruncate`).
+/// names tell apart at a glance (kube-proxy's `hashAndTruncate`). The hash
+/// is of the raw name, so names that [`clean`] makes alike stay apart.
 fn hashed(name: &str) -> String {
-    truncate(format!("{}-{name}", short_hash(name)))
+    truncate(format!("{}-{}", short_hash(name), clean(name)))
+}
+
+/// What of an API-given name may reach nft text: characters other than
+/// `[a-z0-9-./_]` become `_`, since a quote, brace, `;` or newline would be
+/// nft syntax (the API server's validation should already keep them out).
+fn clean(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '-' | '.' | '/' | '_' => c,
+            _ => '_',
+        })
+        .collect()
 }
 
 /// nft object names are at most 255 bytes (NFT_NAME_MAXLEN 256, with NUL).
 fn truncate(mut name: String) -> String {
     const MAX: usize = 255;
     if name.len() > MAX {
-        // Names are ASCII (DNS labels, digits, dots, slashes).
+        // ASCII only (hashes and [`clean`] names), so any index is a char
+        // boundary.
         name.truncate(MAX - 3);
         name.push_str("...");
     }
@@ -1005,6 +1165,203 @@ mod tests {
             installed_after(&after, Some(&next), &next.chains),
             Installed::default()
         );
+    }
+
+    /// Every element of every `add element` line, by map: nft rejects the
+    /// transaction if any map or set names one key twice.
+    fn assert_unique_keys(text: &str) {
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("add element ip k3rs-proxy ") else {
+                continue;
+            };
+            let (map, body) = rest.split_once(" { ").expect("an element list");
+            let body = body.strip_suffix(" }").expect("an element list");
+            let mut keys = BTreeSet::new();
+            for el in body.split(", ") {
+                let key = el.split(" : ").next().unwrap();
+                assert!(keys.insert(key), "{key} twice in {map}:\n{text}");
+            }
+        }
+    }
+
+    fn svc_at(name: &str, created: &str, spec: Value) -> Value {
+        json!({"metadata": {"name": name, "namespace": "d", "creationTimestamp": created}, "spec": spec})
+    }
+
+    fn lb(name: &str, created: &str, cluster_ip: &str, node_port: u16) -> Value {
+        let mut s = svc_at(
+            name,
+            created,
+            json!({"type": "LoadBalancer", "clusterIP": cluster_ip,
+                   "ports": [{"port": 80, "nodePort": node_port}]}),
+        );
+        // ServiceLB gives every LoadBalancer Service the nodes' addresses.
+        s["status"] =
+            json!({"loadBalancer": {"ingress": [{"ip": "192.168.5.10"}, {"ip": "192.168.5.11"}]}});
+        s
+    }
+
+    fn backed(service: &str) -> Value {
+        slice(
+            service,
+            json!([{"port": 8080}]),
+            &[("10.42.0.2", "n1", true)],
+        )
+    }
+
+    #[test]
+    fn two_load_balancers_on_one_port_keep_the_older() {
+        // The newer is listed first: the order of the cache does not matter.
+        let services = [
+            lb("new", "2024-05-02T00:00:00Z", "10.43.0.6", 30081),
+            lb("old", "2024-05-01T00:00:00Z", "10.43.0.5", 30080),
+        ];
+        let rs = ruleset(&services, &[backed("new"), backed("old")]);
+        let t = render(&rs, None, &BTreeSet::new());
+        assert_unique_keys(&t);
+        let old_ext = format!("external-{}", hashed("d/old/tcp/"));
+        has(&t, &format!("192.168.5.10 . tcp . 80 : goto {old_ext}"));
+        has(&t, &format!("192.168.5.11 . tcp . 80 : goto {old_ext}"));
+        // The newer keeps its ClusterIP and NodePort.
+        has(&t, "10.43.0.6 . tcp . 80 : goto service-");
+        has(&t, "tcp . 30081 : goto external-");
+        assert_eq!(
+            rs.conflicts.keys().collect::<Vec<_>>(),
+            vec!["d/new"],
+            "{rs:?}"
+        );
+        assert_eq!(rs.conflicts["d/new"].len(), 2, "{rs:?}");
+
+        // Without endpoints the newer one's reject must not shadow the
+        // older one's working element either.
+        let rs = ruleset(&services, &[backed("old")]);
+        let t = render(&rs, None, &BTreeSet::new());
+        assert_unique_keys(&t);
+        hasnt(&t, "192.168.5.10 . tcp . 80 : goto reject-chain");
+        has(&t, "10.43.0.6 . tcp . 80 : goto reject-chain");
+
+        // Equal timestamps: namespace, then name decide.
+        let services = [
+            lb("b", "2024-05-01T00:00:00Z", "10.43.0.6", 30081),
+            lb("a", "2024-05-01T00:00:00Z", "10.43.0.5", 30080),
+        ];
+        let rs = ruleset(&services, &[backed("a"), backed("b")]);
+        assert_unique_keys(&render(&rs, None, &BTreeSet::new()));
+        assert!(rs.conflicts.contains_key("d/b") && rs.conflicts.len() == 1);
+    }
+
+    #[test]
+    fn a_cluster_ip_beats_an_older_external_ip() {
+        let services = [
+            svc_at(
+                "ext",
+                "2020-01-01T00:00:00Z",
+                json!({"clusterIP": "10.43.0.6", "externalIPs": ["10.43.0.5"], "ports": [{"port": 80}]}),
+            ),
+            svc_at(
+                "web",
+                "2024-01-01T00:00:00Z",
+                json!({"clusterIP": "10.43.0.5", "ports": [{"port": 80}]}),
+            ),
+        ];
+        for slices in [vec![backed("ext"), backed("web")], vec![backed("ext")]] {
+            let rs = ruleset(&services, &slices);
+            let t = render(&rs, None, &BTreeSet::new());
+            assert_unique_keys(&t);
+            hasnt(&t, "10.43.0.5 . tcp . 80 : goto external-");
+            assert!(rs.conflicts.contains_key("d/ext"), "{rs:?}");
+        }
+        // A Service whose external IP is its own ClusterIP clashes with
+        // nobody: no warning, one element.
+        let own = svc(
+            "own",
+            json!({"clusterIP": "10.43.0.7", "externalIPs": ["10.43.0.7"], "ports": [{"port": 80}]}),
+        );
+        let rs = ruleset(&[own], &[backed("own")]);
+        assert_unique_keys(&render(&rs, None, &BTreeSet::new()));
+        assert!(rs.conflicts.is_empty(), "{rs:?}");
+    }
+
+    #[test]
+    fn one_service_two_ports_on_one_port() {
+        let s = svc(
+            "dup",
+            json!({"type": "NodePort", "clusterIP": "10.43.0.5", "externalIPs": ["192.0.2.9"],
+                   "ports": [{"name": "a", "port": 80, "nodePort": 30080},
+                             {"name": "b", "port": 80, "nodePort": 30080}]}),
+        );
+        let sl = slice(
+            "dup",
+            json!([{"name": "a", "port": 8080}, {"name": "b", "port": 8081}]),
+            &[("10.42.0.2", "n1", true)],
+        );
+        let rs = ruleset(&[s], &[sl]);
+        let t = render(&rs, None, &BTreeSet::new());
+        assert_unique_keys(&t);
+        // The first port wins.
+        has(
+            &t,
+            &format!(
+                "10.43.0.5 . tcp . 80 : goto service-{}",
+                hashed("d/dup/tcp/a")
+            ),
+        );
+        assert!(rs.conflicts.contains_key("d/dup"), "{rs:?}");
+        // An IP both external and LoadBalancer is one element.
+        let mut s = svc(
+            "both",
+            json!({"type": "LoadBalancer", "clusterIP": "10.43.0.6", "externalIPs": ["192.168.5.10"],
+                   "ports": [{"port": 80, "nodePort": 30081}]}),
+        );
+        s["status"] = json!({"loadBalancer": {"ingress": [{"ip": "192.168.5.10"}]}});
+        let rs = ruleset(&[s], &[]);
+        assert_unique_keys(&render(&rs, None, &BTreeSet::new()));
+        assert!(rs.conflicts.is_empty(), "{rs:?}");
+    }
+
+    #[test]
+    fn api_names_cannot_inject_nft_syntax() {
+        let evil = "x\"; }\nflush ruleset\n{ 'a' ;";
+        let mut s = svc(
+            "web",
+            json!({"type": "NodePort", "clusterIP": "10.43.0.5", "sessionAffinity": "ClientIP",
+                   "ports": [{"name": evil, "port": 80, "nodePort": 30080}]}),
+        );
+        s["metadata"]["namespace"] = json!("N S{;}");
+        let mut sl = slice(
+            "web",
+            json!([{"name": evil, "port": 8080}]),
+            &[("10.42.0.2", "n1", true)],
+        );
+        sl["metadata"]["namespace"] = json!("N S{;}");
+        let rs = ruleset(&[s], &[sl]);
+        assert!(!rs.chains.is_empty() && !rs.affinity_sets.is_empty());
+        let ok = |n: &str| {
+            n.bytes().all(|b| {
+                b.is_ascii_lowercase()
+                    || b.is_ascii_digit()
+                    || b.is_ascii_uppercase() // the hash's base32
+                    || b"-./_".contains(&b)
+            })
+        };
+        for name in rs.chains.keys().chain(rs.affinity_sets.keys()) {
+            assert!(ok(name), "{name:?}");
+        }
+        let t = render(&rs, None, &BTreeSet::new());
+        hasnt(&t, "flush ruleset");
+        hasnt(&t, "\"");
+        hasnt(&t, "'");
+        for line in t.lines() {
+            assert!(
+                ["add ", "flush ", "delete "]
+                    .iter()
+                    .any(|p| line.starts_with(p)),
+                "{line:?}"
+            );
+        }
+        // Non-ASCII is replaced, not cut mid-character.
+        let long = format!("{}é", "n".repeat(250));
+        assert!(hashed(&long).is_ascii());
     }
 
     #[test]
