@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agent::dns::clients::Clients;
 use agent::dns::forward::Forwarder;
 use agent::dns::records::{Snapshot, Zone};
 use agent::dns::{bind, serve};
@@ -75,7 +76,7 @@ fn main() {
         let (udp, tcp) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let zone = Zone::new("cluster.local", vec![IpAddr::from([10, 43, 0, 10])]).unwrap();
         let (_tx, rx) = watch::channel(Arc::new(snapshot()));
-        let server = serve(udp, tcp, zone, rx, Forwarder::new(vec![], 10, Duration::from_secs(1))).unwrap();
+        let server = serve(udp, tcp, zone, rx, Forwarder::new(vec![], 10, Duration::from_secs(1)), Arc::new(Clients::open())).unwrap();
         let addr = server.udp;
         let deadline = Instant::now() + Duration::from_secs(seconds);
         let tasks: Vec<_> = (0..clients)

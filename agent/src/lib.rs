@@ -202,7 +202,12 @@ fn auto_runtime() -> RuntimeChoice {
 /// The node's share of Services: the proxy (unless disabled) and the
 /// cluster DNS, both for pods in their own network namespaces; host
 /// processes share the host's and get neither.
-fn start_services(client: &apiserver::client::Client, config: &Config, ip: IpAddr) {
+fn start_services(
+    client: &apiserver::client::Client,
+    config: &Config,
+    ip: IpAddr,
+    nft: Option<std::path::PathBuf>,
+) {
     let network = &config.network;
     if network.service_proxy {
         let mut proxy = proxy::ProxyConfig::k3s_defaults(&config.node_name, vec![ip]);
@@ -211,20 +216,38 @@ fn start_services(client: &apiserver::client::Client, config: &Config, ip: IpAdd
             prefix: network.cluster_cidr.prefix_len(),
         };
         proxy.cluster_dns_ip = Some(IpAddr::V4(network.cluster_dns));
-        proxy.nft = cri::containerd::find_on_path("nft").unwrap_or(proxy.nft);
+        proxy.nft = nft.unwrap_or(proxy.nft);
         tokio::spawn(proxy::run(client.clone(), proxy));
     }
     let dns = dns::DnsConfig {
         listen_ip: IpAddr::V4(network.cluster_dns),
         cluster_domain: network.cluster_domain.clone(),
+        cluster_cidr: network.cluster_cidr,
         ..dns::DnsConfig::default()
     };
-    let client = client.clone();
-    tokio::spawn(async move {
-        if let Err(e) = dns::run(client, dns).await {
-            tracing::error!(error = %format!("{e:#}"), "the cluster DNS stopped");
+    tokio::spawn(run_dns(client.clone(), dns));
+}
+
+/// The cluster DNS, started again after a failure (the address taken, the
+/// link not made yet), 1 s after the first and up to 30 s apart.
+async fn run_dns(client: apiserver::client::Client, config: dns::DnsConfig) {
+    const FIRST: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(30);
+    let mut delay = FIRST;
+    loop {
+        let started = tokio::time::Instant::now();
+        let why = match dns::run(client.clone(), config.clone()).await {
+            Ok(()) => "the cluster DNS stopped".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        // A server that ran a while failed anew: start over from 1 s.
+        if started.elapsed() > MAX {
+            delay = FIRST;
         }
-    });
+        tracing::error!(error = %why, retry_in_s = delay.as_secs(), "the cluster DNS is down; pods cannot resolve names");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(MAX);
+    }
 }
 
 /// Joins (retrying while the server is unreachable), registers the node and
@@ -297,9 +320,19 @@ pub async fn run(config: Config) -> Result<()> {
         .unwrap_or_default()
         .to_string();
     tokio::spawn(node::heartbeat(client.clone(), info, uid));
+    // One nft for the NAT table and the proxy.
+    let nft = cri::containerd::find_on_path("nft");
     match cni_dirs {
         Some(dirs) if config.network.pod_network => {
-            network::start(&client, &config.node_name, ip, &config.network, &dirs).await?;
+            network::start(
+                &client,
+                &config.node_name,
+                ip,
+                &config.network,
+                &dirs,
+                nft.clone(),
+            )
+            .await?;
         }
         Some(dirs) => tracing::info!(
             conf_dir = %dirs.conf_dir.display(),
@@ -308,7 +341,7 @@ pub async fn run(config: Config) -> Result<()> {
         None => {}
     }
     if on_cri {
-        start_services(&client, &config, ip);
+        start_services(&client, &config, ip, nft);
     }
     tokio::spawn(pods::report(client.clone(), updates));
     pods::run(client, config.node_name, supervisor).await;

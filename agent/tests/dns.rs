@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use agent::dns::clients::Clients;
 use agent::dns::forward::Forwarder;
 use agent::dns::records::{Snapshot, Zone};
 use agent::dns::{Running, bind, serve};
@@ -116,7 +117,9 @@ async fn start(
     let zone = Zone::new("cluster.local", vec![IpAddr::from([10, 43, 0, 10])]).unwrap();
     let (tx, rx) = watch::channel(Arc::new(snapshot()));
     let forwarder = Forwarder::new(upstreams, max_forwards, timeout);
-    (serve(udp, tcp, zone, rx, forwarder).unwrap(), tx)
+    // The real filter: the client on 127.0.0.1 is the node itself.
+    let clients = Arc::new(Clients::new("10.42.0.0/16".parse().unwrap(), Vec::new()));
+    (serve(udp, tcp, zone, rx, forwarder, clients).unwrap(), tx)
 }
 
 fn query(id: u16, name: &str, qtype: RecordType) -> Vec<u8> {
@@ -448,6 +451,7 @@ fn dummy_link_holds_the_cluster_dns_ip() {
                 zone,
                 rx,
                 Forwarder::new(vec![], 1, Duration::from_millis(100)),
+                Arc::new(Clients::open()),
             )
             .unwrap();
             let m = ask_udp(server.udp, "web.default.svc.cluster.local.", RecordType::A).await;

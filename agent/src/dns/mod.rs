@@ -9,21 +9,24 @@
 //! name to the node's resolvers; `server` runs the UDP and TCP loops and
 //! bounds them.
 
+pub mod clients;
 pub mod forward;
 pub mod handler;
 pub mod link;
 pub mod records;
 pub mod server;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use apiserver::informer::Informer;
+use ipnet::Ipv4Net;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use clients::Clients;
 use forward::Forwarder;
 use handler::ClusterHandler;
 use records::{Snapshot, Zone};
@@ -43,6 +46,9 @@ pub struct DnsConfig {
     /// Whether to put `listen_ip` on the dummy link `k3rs-dns` first (it
     /// must be on some link of the node to be bound).
     pub create_link: bool,
+    /// The pods' addresses: they (and the node itself) may have other
+    /// names forwarded; anyone else is refused.
+    pub cluster_cidr: Ipv4Net,
 }
 
 impl Default for DnsConfig {
@@ -53,6 +59,7 @@ impl Default for DnsConfig {
             cluster_domain: "cluster.local".to_string(),
             upstreams: None,
             create_link: true,
+            cluster_cidr: Ipv4Net::new(Ipv4Addr::new(10, 42, 0, 0), 16).expect("a valid prefix"),
         }
     }
 }
@@ -73,13 +80,14 @@ impl Running {
 }
 
 /// Serves the cluster zone of `zone` from `snapshots`, forwarding other
-/// names with `forwarder`, on sockets already bound.
+/// names with `forwarder` for `clients`, on sockets already bound.
 pub fn serve(
     udp: UdpSocket,
     tcp: TcpListener,
     zone: Zone,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     forwarder: Forwarder,
+    clients: Arc<Clients>,
 ) -> Result<Running> {
     let udp_addr = udp.local_addr()?;
     let tcp_addr = tcp.local_addr()?;
@@ -87,6 +95,7 @@ pub fn serve(
     let cx = Arc::new(server::Context {
         handler: ClusterHandler::new(zone, snapshots, forwarder),
         stats: stats.clone(),
+        clients,
     });
     let mut tasks = JoinSet::new();
     tasks.spawn(server::serve_udp(Arc::new(udp), cx.clone()));
@@ -126,13 +135,7 @@ pub async fn run(client: apiserver::client::Client, config: DnsConfig) -> Result
             })?;
     }
     let addr = SocketAddr::new(config.listen_ip, config.port);
-    let (udp, tcp) = match bind(addr).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(%addr, error = %format!("{e:#}"), "the cluster DNS cannot listen; pods will not resolve names");
-            return Err(e);
-        }
-    };
+    let (udp, tcp) = bind(addr).await?;
     let upstreams = match config.upstreams {
         Some(u) => u,
         None => forward::system_upstreams(&[config.listen_ip]).unwrap_or_else(|e| {
@@ -143,9 +146,31 @@ pub async fn run(client: apiserver::client::Client, config: DnsConfig) -> Result
     tracing::info!(%addr, domain = %config.cluster_domain, ?upstreams, "cluster DNS listening");
     let zone = Zone::new(&config.cluster_domain, vec![config.listen_ip])?;
     let forwarder = Forwarder::new(upstreams, forward::MAX_IN_FLIGHT, forward::TIMEOUT);
+    let local = clients::local_addresses().await.unwrap_or_else(|e| {
+        tracing::warn!(error = %format!("{e:#}"), "cannot list the node's addresses");
+        Vec::new()
+    });
+    let clients = Arc::new(Clients::new(config.cluster_cidr, local));
+    let refresh = tokio::spawn(refresh_local(clients.clone()));
     let snapshots = watch_snapshots(client).await;
-    serve(udp, tcp, zone, snapshots, forwarder)?.wait().await;
+    serve(udp, tcp, zone, snapshots, forwarder, clients)?
+        .wait()
+        .await;
+    refresh.abort();
     Ok(())
+}
+
+/// Keeps `clients`' idea of the node's own addresses current.
+async fn refresh_local(clients: Arc<Clients>) {
+    loop {
+        tokio::time::sleep(clients::REFRESH).await;
+        match clients::local_addresses().await {
+            Ok(local) => clients.set_local(local),
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), "cannot list the node's addresses")
+            }
+        }
+    }
 }
 
 /// Starts the informers, waits for their first lists (answering before

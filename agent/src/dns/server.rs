@@ -21,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 
+use super::clients::Clients;
 use super::forward::ForwardError;
 use super::handler::{ClusterHandler, Encoded, error_response};
 
@@ -66,6 +67,7 @@ impl Stats {
 pub(super) struct Context {
     pub(super) handler: ClusterHandler,
     pub(super) stats: Arc<Stats>,
+    pub(super) clients: Arc<Clients>,
 }
 
 /// A FORMERR for a message whose header reads but whose rest does not.
@@ -112,6 +114,11 @@ impl Context {
             self.handler
                 .handle_request::<_, TokioTime>(&request, out.clone())
                 .await;
+            return out.take();
+        }
+        if !self.clients.may_forward(src.ip()) {
+            tracing::debug!(%src, "refusing to forward a name for a client outside the cluster");
+            error_response(&request, ResponseCode::Refused, out.clone()).await;
             return out.take();
         }
         let forwarded = match self.handler.forwarder.permit() {

@@ -3,9 +3,8 @@
 //! bridge), the check that the podCIDR is free on this node, and the
 //! masquerade of pod traffic leaving the cluster.
 
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
@@ -166,7 +165,10 @@ pub async fn check_overlap(handle: &Handle, pod_cidr: Ipv4Net, cluster: Ipv4Net)
 }
 
 /// The masquerade rules: pod traffic leaving the cluster CIDR takes the
-/// node's address; pod to pod, on any node, keeps its source.
+/// node's address; pod to pod, on any node, keeps its source. The forward
+/// chain accepts the cluster's traffic for this table only: a drop in
+/// another table (Docker's FORWARD policy) still drops it, which
+/// `forward_drops` looks for.
 pub fn nat_rules(cluster: Ipv4Net) -> String {
     format!(
         "table ip {NAT_TABLE}\n\
@@ -176,39 +178,119 @@ pub fn nat_rules(cluster: Ipv4Net) -> String {
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
          \t\tip saddr {cluster} ip daddr != {cluster} ip daddr != 224.0.0.0/4 masquerade\n\
          \t}}\n\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority filter; policy accept;\n\
+         \t\tip saddr {cluster} accept\n\
+         \t\tip daddr {cluster} accept\n\
+         \t}}\n\
          }}\n"
     )
 }
 
-/// Replaces k3rs's NAT table in one `nft` transaction.
-pub fn install_nat(cluster: Ipv4Net) -> Result<()> {
-    if !crate::cri::containerd::on_path("nft") {
-        bail!(
-            "nft is not on PATH: install nftables (apt-get install nftables) for the pod network"
+/// k3rs's NAT table, applied with one resolved `nft`.
+#[derive(Debug, Clone)]
+pub struct Nat {
+    pub nft: PathBuf,
+    pub cluster: Ipv4Net,
+}
+
+impl Nat {
+    /// The table for `cluster`, with the `nft` found on PATH.
+    pub fn new(nft: Option<PathBuf>, cluster: Ipv4Net) -> Result<Nat> {
+        let Some(nft) = nft else {
+            bail!(
+                "nft is not on PATH: install nftables (apt-get install nftables) for the pod network"
+            );
+        };
+        Ok(Nat { nft, cluster })
+    }
+
+    /// Replaces the table in one `nft` transaction.
+    pub fn install(&self) -> Result<()> {
+        crate::proxy::nft::run_script(&self.nft, &nat_rules(self.cluster))
+            .context("nft refused the masquerade rules")?;
+        Ok(())
+    }
+
+    /// Whether the table is there (a firewall reload flushes the whole
+    /// ruleset, ours with it).
+    pub fn present(&self) -> bool {
+        Command::new(&self.nft)
+            .args(["list", "table", "ip", NAT_TABLE])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Installs the table again if it is gone; returns whether it did.
+    pub fn repair(&self) -> Result<bool> {
+        if self.present() {
+            return Ok(false);
+        }
+        self.install()?;
+        Ok(true)
+    }
+}
+
+/// The first forward base chain with policy drop in `ruleset` (`nft list
+/// ruleset`), outside k3rs's tables, as "table FAMILY NAME chain NAME".
+pub fn nft_forward_drop(ruleset: &str) -> Option<String> {
+    let (mut table, mut chain) = (String::new(), "");
+    for line in ruleset.lines() {
+        let line = line.trim();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["table", family, name, ..] => table = format!("{family} {name}"),
+            ["chain", name, ..] => chain = name,
+            _ => {}
+        }
+        if line.starts_with("type filter hook forward")
+            && line.contains("policy drop")
+            && !table.ends_with(&format!(" {NAT_TABLE}"))
+        {
+            return Some(format!("table {table} chain {chain}"));
+        }
+    }
+    None
+}
+
+/// Whether `iptables -S FORWARD` says the FORWARD policy is DROP.
+pub fn iptables_forward_drop(listing: &str) -> bool {
+    listing.lines().next().map(str::trim) == Some("-P FORWARD DROP")
+}
+
+/// Warns when the host's firewall drops forwarded traffic (Docker sets
+/// FORWARD's policy to DROP): br_netfilter sends even traffic between pods
+/// of one bridge through it, and no accept of ours overrides that drop.
+pub fn warn_forward_drop(nft: &std::path::Path, cluster: Ipv4Net) {
+    let run = |program: &std::path::Path, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let mut found = run(nft, &["list", "ruleset"])
+        .as_deref()
+        .and_then(nft_forward_drop);
+    if found.is_none()
+        && let Some(iptables) = crate::cri::containerd::find_on_path("iptables")
+        && run(&iptables, &["-S", "FORWARD"]).is_some_and(|l| iptables_forward_drop(&l))
+    {
+        found = Some("iptables chain FORWARD".to_string());
+    }
+    if let Some(chain) = found {
+        tracing::warn!(
+            firewall = %chain,
+            cluster_cidr = %cluster,
+            "the host's firewall drops forwarded traffic (policy drop), pods' traffic with it; \
+             accept the cluster's traffic there as flannel does: \
+             iptables -I FORWARD -s {cluster} -j ACCEPT && iptables -I FORWARD -d {cluster} -j ACCEPT"
         );
     }
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot run nft")?;
-    child
-        .stdin
-        .take()
-        .context("nft's stdin")?
-        .write_all(nat_rules(cluster).as_bytes())
-        .context("writing to nft")?;
-    let out = child.wait_with_output().context("waiting for nft")?;
-    if !out.status.success() {
-        bail!(
-            "nft refused the masquerade rules: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    tracing::info!(table = NAT_TABLE, cluster_cidr = %cluster, "masquerading pod traffic that leaves the cluster");
-    Ok(())
 }
 
 #[cfg(test)]
@@ -246,5 +328,24 @@ mod tests {
             "ip saddr 10.42.0.0/16 ip daddr != 10.42.0.0/16 ip daddr != 224.0.0.0/4 masquerade"
         ));
         assert!(rules.contains("type nat hook postrouting priority srcnat;"));
+        assert!(
+            rules.contains("\t\tip saddr 10.42.0.0/16 accept\n\t\tip daddr 10.42.0.0/16 accept\n")
+        );
+    }
+
+    #[test]
+    fn a_forward_drop_policy_outside_k3rs_is_found() {
+        let docker = "table ip k3rs-nat {\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n\t}\n}\n\
+            table ip filter {\n\tchain DOCKER {\n\t}\n\tchain FORWARD {\n\t\ttype filter hook forward priority filter; policy drop;\n\t\tcounter jump DOCKER-USER\n\t}\n}\n";
+        assert_eq!(
+            nft_forward_drop(docker).as_deref(),
+            Some("table ip filter chain FORWARD")
+        );
+        let open = "table inet fw {\n\tchain fwd {\n\t\ttype filter hook forward priority filter; policy accept;\n\t}\n}\n";
+        assert_eq!(nft_forward_drop(open), None);
+        assert!(iptables_forward_drop(
+            "-P FORWARD DROP\n-A FORWARD -j DOCKER-USER\n"
+        ));
+        assert!(!iptables_forward_drop("-P FORWARD ACCEPT\n"));
     }
 }

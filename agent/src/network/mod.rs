@@ -10,6 +10,7 @@ pub mod host;
 pub mod routes;
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -54,13 +55,16 @@ const WAIT_LOG: Duration = Duration::from_secs(15);
 const WAIT_POLL: Duration = Duration::from_millis(500);
 
 /// Waits for the node's podCIDR, sets the node up for it and starts
-/// keeping the routes to the other nodes; pods can start once it returns.
+/// keeping the routes to the other nodes (and the NAT table, which a
+/// firewall reload removes); pods can start once it returns. `nft` is the
+/// binary the service proxy uses too.
 pub async fn start(
     client: &Client,
     node: &str,
     node_ip: IpAddr,
     config: &NetworkConfig,
     cni_dirs: &CniDirs,
+    nft: Option<PathBuf>,
 ) -> Result<Ipv4Net> {
     let pod_cidr = wait_for_pod_cidr(client, node).await;
     if !config.cluster_cidr.contains(&pod_cidr) {
@@ -74,7 +78,10 @@ pub async fn start(
     tokio::spawn(connection);
     host::check_overlap(&handle, pod_cidr, config.cluster_cidr).await?;
     host::enable_forwarding()?;
-    host::install_nat(config.cluster_cidr)?;
+    let nat = host::Nat::new(nft, config.cluster_cidr)?;
+    nat.install()?;
+    tracing::info!(table = host::NAT_TABLE, cluster_cidr = %config.cluster_cidr, "masquerading pod traffic that leaves the cluster");
+    host::warn_forward_drop(&nat.nft, config.cluster_cidr);
     let portmap = crate::cri::containerd::on_path("iptables");
     if !portmap {
         tracing::warn!(
@@ -95,7 +102,7 @@ pub async fn start(
         IpAddr::V4(ip) => Some(ip),
         IpAddr::V6(_) => None,
     };
-    tokio::spawn(routes::run(handle, nodes, node.to_string(), my_ip));
+    tokio::spawn(routes::run(handle, nodes, node.to_string(), my_ip, nat));
     Ok(pod_cidr)
 }
 

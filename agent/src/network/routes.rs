@@ -4,7 +4,7 @@
 //! Nodes informer; a restarted agent rebuilds them from the API, removing
 //! the tagged routes no node wants any more.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
@@ -16,6 +16,8 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
 use serde_json::Value;
+
+use super::host::{NAT_TABLE, Nat};
 
 /// The `proto` of k3rs's routes (`ip route` shows `proto 75`): a number
 /// iproute2's rt_protos leaves unassigned.
@@ -127,8 +129,10 @@ fn message(cidr: Ipv4Net, via: Option<Ipv4Addr>) -> RouteMessage {
 
 /// Brings k3rs's routes to `wanted`; a route that cannot be added (its
 /// node not on a directly connected network: host-gw needs one L2
-/// network) is logged and retried at the next sync.
-pub async fn sync(handle: &Handle, wanted: &Desired) -> Result<()> {
+/// network) is logged and retried at the next sync. Only k3rs's own
+/// routes are replaced: a prefix someone else routes is left alone, with
+/// one warning (kept in `taken`) until it is free.
+pub async fn sync(handle: &Handle, wanted: &Desired, taken: &mut BTreeSet<Ipv4Net>) -> Result<()> {
     let existing = ours(handle).await?;
     let (stale, missing) = diff(&existing, wanted);
     for cidr in stale {
@@ -138,15 +142,29 @@ pub async fn sync(handle: &Handle, wanted: &Desired) -> Result<()> {
             Err(e) => tracing::warn!(pod_cidr = %cidr, error = %e, "removing a route failed"),
         }
     }
+    taken.retain(|cidr| wanted.contains_key(cidr));
     for (cidr, via) in missing {
-        match handle
-            .route()
-            .add(message(cidr, Some(via)))
-            .replace()
-            .execute()
-            .await
-        {
-            Ok(()) => tracing::info!(pod_cidr = %cidr, via = %via, "routing a node's pods"),
+        let add = handle.route().add(message(cidr, Some(via)));
+        // An exclusive add unless the route there is ours.
+        let add = if existing.contains_key(&cidr) {
+            add.replace()
+        } else {
+            add
+        };
+        match add.execute().await {
+            Ok(()) => {
+                taken.remove(&cidr);
+                tracing::info!(pod_cidr = %cidr, via = %via, "routing a node's pods");
+            }
+            Err(e) if errno(&e) == Some(EEXIST) => {
+                if taken.insert(cidr) {
+                    tracing::warn!(
+                        pod_cidr = %cidr, via = %via,
+                        "another route for this node's pod CIDR exists (not k3rs's): leaving it; \
+                         pods of that node are unreachable from here until it is removed"
+                    );
+                }
+            }
             Err(e) => tracing::warn!(
                 pod_cidr = %cidr, via = %via, error = %e,
                 "adding the route to a node's pods failed: host-gw needs every node on one network"
@@ -156,17 +174,45 @@ pub async fn sync(handle: &Handle, wanted: &Desired) -> Result<()> {
     Ok(())
 }
 
-/// Keeps the routes in sync with the Nodes until the process ends.
-pub async fn run(handle: Handle, nodes: Informer, me: String, my_ip: Option<Ipv4Addr>) {
+const EEXIST: i32 = 17;
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+/// Keeps the routes in sync with the Nodes, and k3rs's NAT table in
+/// place, until the process ends.
+pub async fn run(handle: Handle, nodes: Informer, me: String, my_ip: Option<Ipv4Addr>, nat: Nat) {
     nodes.wait_synced().await;
     let mut changes = nodes.changes();
+    let mut taken = BTreeSet::new();
     loop {
         let wanted = desired(&nodes.list(), &me, my_ip);
-        if let Err(e) = sync(&handle, &wanted).await {
+        if let Err(e) = sync(&handle, &wanted, &mut taken).await {
             tracing::warn!(error = %format!("{e:#}"), "syncing the routes to other nodes failed");
         }
+        let nat = nat.clone();
+        match tokio::task::spawn_blocking(move || nat.repair()).await {
+            Ok(Ok(true)) => tracing::warn!(
+                table = NAT_TABLE,
+                "k3rs's NAT table was gone (a firewall reload?): installed it again"
+            ),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %format!("{e:#}"), "reinstalling k3rs's NAT table failed; pods cannot leave the cluster")
+            }
+            Err(e) => tracing::error!(error = %e, "checking k3rs's NAT table failed"),
+        }
         // A periodic pass also repairs routes someone else removed.
-        let _ = tokio::time::timeout(RESYNC, changes.changed()).await;
+        match tokio::time::timeout(RESYNC, changes.changed()).await {
+            Ok(Ok(())) | Err(_) => {}
+            // The informer is gone: no changes will come, only the
+            // periodic pass (without the sleep, a hot loop).
+            Ok(Err(_)) => tokio::time::sleep(RESYNC).await,
+        }
     }
 }
 
