@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::api_server::{Server, WAIT, until, until_text};
 use support::containers::{Cleanup, busybox_image, missing};
-use support::netns::{Killed, Netns};
+use support::netns::Netns;
 
 const IMAGE: &str = "k3rs.local/busybox:1";
 
@@ -492,38 +492,12 @@ fn two_agents_in_their_own_network_namespaces() {
     };
     let data_dir = dir.path().join("data");
     let netns = Netns::create(2);
-    let server = Server::with_agent(
-        &data_dir,
-        &["--disable-agent", "--bind-address", "10.251.0.1"],
-    );
-    let token = std::fs::read_to_string(data_dir.join("server/tls/token")).unwrap();
-    let url = server.ok(&[
-        "config",
-        "view",
-        "-o",
-        "jsonpath={.clusters[0].cluster.server}",
-    ]);
+    let server = Netns::server(&data_dir);
     let mut agents = Vec::new();
     for n in 1..=2 {
         let agent_dir = dir.path().join(format!("n{n}"));
         airgap(&agent_dir);
-        let ip = format!("10.251.0.{}", n + 1);
-        let name = format!("n{n}");
-        let args = [
-            "--server",
-            url.as_str(),
-            "--token",
-            token.trim(),
-            "--data-dir",
-            agent_dir.to_str().unwrap(),
-            "--node-name",
-            &name,
-            "--node-ip",
-            &ip,
-            "--container-runtime",
-            "containerd",
-        ];
-        agents.push(Killed(netns.agent(n, &args, &agent_dir.join("agent.log"))));
+        agents.push(netns.join_agent(n, &server, &data_dir, &agent_dir));
     }
     until_text(
         &server,

@@ -9,13 +9,12 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::api_server::{Server, until, until_text};
-use support::containers::{Cleanup, busybox_image, missing};
-use support::netns::{Killed, Netns};
+use support::containers::{Cleanup, airgap_busybox, missing};
+use support::netns::Netns;
 
 const IMAGE: &str = "k3rs.local/busybox:1";
 
@@ -97,15 +96,6 @@ fn endpoints(slices: &Value) -> Vec<Value> {
         .collect()
 }
 
-/// Each agent's airgap image: busybox, whose command the pods set.
-fn airgap(agent_dir: &Path) {
-    let images = agent_dir.join("agent/images");
-    std::fs::create_dir_all(&images).unwrap();
-    busybox_image(&["sleep", "3600"])
-        .write_docker_archive(IMAGE, &images.join("busybox.tar"))
-        .unwrap();
-}
-
 #[test]
 fn services_route_across_nodes() {
     if let Some(why) = missing() {
@@ -116,37 +106,12 @@ fn services_route_across_nodes() {
     let _cleanup = Cleanup::new(dir.path());
     let data_dir = dir.path().join("data");
     let netns = Netns::create(2);
-    let server = Server::with_agent(
-        &data_dir,
-        &["--disable-agent", "--bind-address", "10.251.0.1"],
-    );
-    let token = std::fs::read_to_string(data_dir.join("server/tls/token")).unwrap();
-    let url = server.ok(&[
-        "config",
-        "view",
-        "-o",
-        "jsonpath={.clusters[0].cluster.server}",
-    ]);
+    let server = Netns::server(&data_dir);
     let mut agents = Vec::new();
     for n in 1..=2 {
         let agent_dir = dir.path().join(format!("n{n}"));
-        airgap(&agent_dir);
-        let (ip, name) = (format!("10.251.0.{}", n + 1), format!("n{n}"));
-        let args = [
-            "--server",
-            url.as_str(),
-            "--token",
-            token.trim(),
-            "--data-dir",
-            agent_dir.to_str().unwrap(),
-            "--node-name",
-            &name,
-            "--node-ip",
-            &ip,
-            "--container-runtime",
-            "containerd",
-        ];
-        agents.push(Killed(netns.agent(n, &args, &agent_dir.join("agent.log"))));
+        airgap_busybox(&agent_dir, IMAGE);
+        agents.push(netns.join_agent(n, &server, &data_dir, &agent_dir));
     }
     until_text(
         &server,

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::api_server::Server;
-use support::containers::{Cleanup, busybox_image, missing};
-use support::netns::{Killed, Netns};
+use support::containers::{Cleanup, airgap_busybox, missing};
+use support::netns::Netns;
 
 const IMAGE: &str = "k3rs.local/busybox:1";
 const WAIT: Duration = Duration::from_secs(120);
@@ -99,17 +99,7 @@ fn pods_reach_each_other_across_nodes() {
     let _cleanup = Cleanup::new(dir.path());
     let netns = Netns::create(2);
     let data_dir = dir.path().join("data");
-    let server = Server::with_agent(
-        &data_dir,
-        &["--disable-agent", "--bind-address", "10.251.0.1"],
-    );
-    let token = std::fs::read_to_string(data_dir.join("server/tls/token")).unwrap();
-    let url = server.ok(&[
-        "config",
-        "view",
-        "-o",
-        "jsonpath={.clusters[0].cluster.server}",
-    ]);
+    let server = Netns::server(&data_dir);
     let mut cluster = Cluster {
         server,
         agent_logs: Vec::new(),
@@ -117,29 +107,14 @@ fn pods_reach_each_other_across_nodes() {
     let mut agents = Vec::new();
     for n in 1..=2 {
         let agent_dir = dir.path().join(format!("n{n}"));
-        let images = agent_dir.join("agent/images");
-        std::fs::create_dir_all(&images).unwrap();
-        busybox_image(&["sleep", "3600"])
-            .write_docker_archive(IMAGE, &images.join("busybox.tar"))
-            .unwrap();
-        let address = format!("10.251.0.{}", n + 1);
-        let name = format!("n{n}");
-        let args = [
-            "--server",
-            url.as_str(),
-            "--token",
-            token.trim(),
-            "--data-dir",
-            agent_dir.to_str().unwrap(),
-            "--node-name",
-            &name,
-            "--node-ip",
-            &address,
-            "--container-runtime",
-            "containerd",
-        ];
+        airgap_busybox(&agent_dir, IMAGE);
+        agents.push(Some(netns.join_agent(
+            n,
+            &cluster.server,
+            &data_dir,
+            &agent_dir,
+        )));
         let log = agent_dir.join("agent.log");
-        agents.push(Some(Killed(netns.agent(n, &args, &log))));
         cluster.agent_logs.push(log);
     }
 

@@ -90,6 +90,16 @@ pub fn busybox_image(cmd: &[&str]) -> Image {
     }
 }
 
+/// An agent's airgap directory below `agent_dir` holding busybox as
+/// `image`, whose command the pods set.
+pub fn airgap_busybox(agent_dir: &Path, image: &str) {
+    let images = agent_dir.join("agent/images");
+    std::fs::create_dir_all(&images).unwrap();
+    busybox_image(&["sleep", "3600"])
+        .write_docker_archive(image, &images.join("busybox.tar"))
+        .unwrap();
+}
+
 /// Removes what a containerd agent living in `data_dir` left: its
 /// containers' processes, its daemons, the mounts below the directory,
 /// the pods' cgroups, the CNI bridge and the pod network's NAT table,

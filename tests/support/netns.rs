@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use super::api_server::Server;
+
 /// Network namespaces for agents, joined to the host by a bridge of the
 /// test's own; removed when dropped, with what lives in them.
 pub struct Netns {
@@ -69,6 +71,50 @@ impl Netns {
 }
 
 impl Netns {
+    /// `k3rs server` for agents in these namespaces: no agent of its own,
+    /// listening on the host's end of the test bridge.
+    pub fn server(data_dir: &Path) -> Server {
+        Server::with_agent(
+            data_dir,
+            &["--disable-agent", "--bind-address", "10.251.0.1"],
+        )
+    }
+
+    /// Node `nN` (at 10.251.0.(N+1), on containerd) in namespace `n`,
+    /// joined to `server`, whose data directory is `data_dir`; the agent's
+    /// own directory is `agent_dir`, its log `agent_dir/agent.log`.
+    pub fn join_agent(
+        &self,
+        n: usize,
+        server: &Server,
+        data_dir: &Path,
+        agent_dir: &Path,
+    ) -> Killed {
+        let token = std::fs::read_to_string(data_dir.join("server/tls/token")).unwrap();
+        let url = server.ok(&[
+            "config",
+            "view",
+            "-o",
+            "jsonpath={.clusters[0].cluster.server}",
+        ]);
+        let (ip, name) = (format!("10.251.0.{}", n + 1), format!("n{n}"));
+        let args = [
+            "--server",
+            url.as_str(),
+            "--token",
+            token.trim(),
+            "--data-dir",
+            agent_dir.to_str().unwrap(),
+            "--node-name",
+            &name,
+            "--node-ip",
+            &ip,
+            "--container-runtime",
+            "containerd",
+        ];
+        Killed(self.agent(n, &args, &agent_dir.join("agent.log")))
+    }
+
     /// k3rs's routes (proto 75) in namespace `n`.
     pub fn k3rs_routes(&self, n: usize) -> String {
         let out = std::process::Command::new("ip")
