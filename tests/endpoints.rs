@@ -337,7 +337,9 @@ ports: [{name: "", port: 80, protocol: TCP}]
             "-o",
             r#"jsonpath={.items[?(@.involvedObject.name=="lb2")].message}"#,
         ]);
-        events.contains("already used by LoadBalancer Service default/lb;").then_some(())
+        events
+            .contains("already used by LoadBalancer Service default/lb;")
+            .then_some(())
     });
     let pending = server.ok(&[
         "get",
