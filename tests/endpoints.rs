@@ -327,6 +327,58 @@ ports: [{name: "", port: 80, protocol: TCP}]
     });
     let svc_table = server.ok(&["get", "service", "lb"]);
     assert!(svc_table.contains(&node_ip), "{svc_table}");
+    // A younger LoadBalancer on the same port stays pending, told why;
+    // it gets the port once the holder is gone.
+    server.ok(&["create", "service", "loadbalancer", "lb2", "--tcp=80:9090"]);
+    until(&server, "the port conflict event", || {
+        let events = server.ok(&[
+            "get",
+            "events",
+            "-o",
+            r#"jsonpath={.items[?(@.involvedObject.name=="lb2")].message}"#,
+        ]);
+        events
+            .contains("already used by LoadBalancer Service default/lb;")
+            .then_some(())
+    });
+    let pending = server.ok(&[
+        "get",
+        "service",
+        "lb2",
+        "-o",
+        "jsonpath={.status.loadBalancer.ingress[*].ip}",
+    ]);
+    assert_eq!(pending, "");
+    server.ok(&["delete", "service", "lb"]);
+    until(&server, "the freed port's ingress", || {
+        let ip = server.ok(&[
+            "get",
+            "service",
+            "lb2",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[*].ip}",
+        ]);
+        (ip == node_ip).then_some(())
+    });
+    // A deleted Service's cluster IP is free again.
+    let fixed = "apiVersion: v1\nkind: Service\nmetadata: {name: fixed}\n\
+                 spec: {clusterIP: 10.43.77.77, ports: [{port: 80}]}\n";
+    apply(&server, dir.path(), "fixed", fixed);
+    server.ok(&["delete", "service", "fixed"]);
+    apply(&server, dir.path(), "fixed", fixed);
+    // An invalid Service is refused in kube's words.
+    let (ok, _, err) = server.kubectl(&[
+        "create",
+        "service",
+        "clusterip",
+        "twice",
+        "--tcp=80:8080",
+        "--tcp=80:8081",
+    ]);
+    assert!(
+        !ok && err.contains("spec.ports[1]: Duplicate value: core.ServicePort{"),
+        "{err}"
+    );
 
     // kube-dns and the kubernetes Service's own endpoints.
     let dns = server.ok(&[

@@ -44,8 +44,10 @@ async fn take(store: &Store, key: &str, svc: &Value) -> ApiResult<bool> {
 }
 
 async fn release_key(store: &Store, key: &str) {
-    if let Ok(Some(current)) = store.get(key).await {
-        let _ = store.delete(key, crate::store::revision_of(&current)).await;
+    // The reservation has no metadata to carry a resourceVersion, so the
+    // revision the delete compares against is read beside it.
+    if let Ok(Some((_, revision))) = store.get_revision(key).await {
+        let _ = store.delete(key, revision).await;
     }
 }
 

@@ -1440,6 +1440,12 @@ async fn write_fixed(
                 Err(e) => return Err(e),
             }
         };
+        // An EndpointSlice's addressType is immutable (prepare_update
+        // refuses the change), so a new one means a new object.
+        if current["addressType"] != obj["addressType"] {
+            store.delete(&key, store::revision_of(&current)).await?;
+            continue;
+        }
         let mut next = current.clone();
         for f in fields {
             next[*f] = obj[*f].clone();
@@ -1447,10 +1453,6 @@ async fn write_fixed(
         objects::prepare_update(res, &current, &mut next)?;
         if next == current {
             return Ok(());
-        }
-        if current["addressType"] != next["addressType"] {
-            store.delete(&key, store::revision_of(&current)).await?;
-            continue;
         }
         if let Swap::Done(_) = store
             .swap(&key, &next, store::revision_of(&current))

@@ -161,7 +161,11 @@ pub async fn start(
     });
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&pki)?));
     if let Some(c) = config.controllers {
-        controllers::start(client::Client::in_process(api.clone()), c);
+        controllers::start(
+            client::Client::in_process(api.clone()),
+            api.store.clone(),
+            c,
+        );
     }
     let task = tokio::spawn(serve(listener, acceptor, api, shutdown));
     Ok(Running {

@@ -345,6 +345,7 @@ fn check(res: &Resource, obj: &Value, current: Option<&Value>) -> ApiResult<()> 
             pod_spec(template, "spec.template.spec", &mut causes);
         }
         "EndpointSlice" => endpoint_slice(obj, &mut causes),
+        "Service" => service(obj.get("spec"), &mut causes),
         "NetworkPolicy" => network_policy(obj.get("spec"), &mut causes),
         _ => {}
     }
@@ -461,6 +462,158 @@ fn protocol(port: &Value, at: &str, causes: &mut Causes) {
         let field = format!("{at}.protocol");
         causes.not_supported(&field, protocol, &["SCTP", "TCP", "UDP"]);
     }
+}
+
+/// kube's `ValidateService` (on the defaulted object), in its order: the
+/// ports (names, numbers, protocols), session affinity, external IPs, the
+/// type, node ports, and no (port, protocol) twice.
+fn service(spec: Option<&Value>, causes: &mut Causes) {
+    let spec_type = spec.map_or("", |s| text(s, "type"));
+    let headless = spec.is_some_and(|s| text(s, "clusterIP") == "None");
+    let ports = items(spec, "ports");
+    if ports.is_empty() && !headless && spec_type != "ExternalName" {
+        causes.required("spec.ports", "");
+    }
+    let mut names = HashSet::new();
+    for (i, p) in ports.iter().enumerate() {
+        let at = format!("spec.ports[{i}]");
+        let name = text(p, "name");
+        if name.is_empty() {
+            if ports.len() > 1 {
+                causes.required(&format!("{at}.name"), "");
+            }
+        } else {
+            for e in label_errors(name) {
+                causes.invalid(&format!("{at}.name"), name, &e);
+            }
+            if !names.insert(name) {
+                causes.duplicate(&format!("{at}.name"), name);
+            }
+        }
+        let port = number(p, "port");
+        if !(1..=65535).contains(&port) {
+            causes.invalid_number(&format!("{at}.port"), port, PORT_RANGE);
+        }
+        protocol(p, &at, causes);
+    }
+    let affinity = spec.map_or("", |s| text(s, "sessionAffinity"));
+    match affinity {
+        "" | "None" => {}
+        "ClientIP" => {
+            let field = "spec.sessionAffinityConfig.clientIP.timeoutSeconds";
+            let timeout =
+                spec.and_then(|s| s.pointer("/sessionAffinityConfig/clientIP/timeoutSeconds"));
+            match timeout.and_then(Value::as_i64) {
+                None => causes.required(field, "when session affinity type is ClientIP"),
+                Some(t) if !(1..=MAX_AFFINITY_SECONDS).contains(&t) => causes.invalid_number(
+                    field,
+                    t,
+                    &format!("must be greater than 0 and less than {MAX_AFFINITY_SECONDS}"),
+                ),
+                Some(_) => {}
+            }
+        }
+        other => causes.not_supported("spec.sessionAffinity", other, &["ClientIP", "None"]),
+    }
+    for (i, ip) in items(spec, "externalIPs").iter().enumerate() {
+        let field = format!("spec.externalIPs[{i}]");
+        let ip = ip.as_str().unwrap_or_default();
+        match ip.parse::<std::net::IpAddr>() {
+            Err(_) => causes.invalid(
+                &field,
+                ip,
+                "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+            ),
+            Ok(addr) => {
+                for e in special_ip_errors(addr, ip) {
+                    causes.invalid(&field, ip, &e);
+                }
+            }
+        }
+    }
+    const TYPES: [&str; 4] = ["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"];
+    if !spec_type.is_empty() && !TYPES.contains(&spec_type) {
+        causes.not_supported("spec.type", spec_type, &TYPES);
+    }
+    if spec_type == "ClusterIP" {
+        for (i, p) in ports.iter().enumerate() {
+            if number(p, "nodePort") != 0 {
+                causes.push(
+                    "FieldValueForbidden",
+                    &format!("spec.ports[{i}].nodePort"),
+                    "Forbidden: may not be used when `type` is 'ClusterIP'".into(),
+                );
+            }
+        }
+    }
+    // A node port is unique per protocol; so is a Service port.
+    let mut node_ports = HashSet::new();
+    for (i, p) in ports.iter().enumerate() {
+        let node_port = number(p, "nodePort");
+        if node_port != 0 && !node_ports.insert((text(p, "protocol"), node_port)) {
+            causes.push(
+                "FieldValueDuplicate",
+                &format!("spec.ports[{i}].nodePort"),
+                format!("Duplicate value: {node_port}"),
+            );
+        }
+    }
+    let mut pairs = HashSet::new();
+    for (i, p) in ports.iter().enumerate() {
+        let (protocol, port) = (text(p, "protocol"), number(p, "port"));
+        if !pairs.insert((protocol, port)) {
+            // kube prints the key, a core.ServicePort, with Go's %#v.
+            let key = format!(
+                "core.ServicePort{{Name:\"\", Protocol:{}, AppProtocol:(*string)(nil), Port:{port}, \
+                 TargetPort:intstr.IntOrString{{Type:0, IntVal:0, StrVal:\"\"}}, NodePort:0}}",
+                go_quote(protocol)
+            );
+            causes.push(
+                "FieldValueDuplicate",
+                &format!("spec.ports[{i}]"),
+                format!("Duplicate value: {key}"),
+            );
+        }
+    }
+}
+
+/// kube's `core.MaxClientIPServiceAffinitySeconds`: one day.
+const MAX_AFFINITY_SECONDS: i64 = 86400;
+
+/// `v[key]` as a number; 0 (Go's zero value) when missing or no integer.
+fn number(v: &Value, key: &str) -> i64 {
+    v.get(key).and_then(Value::as_i64).unwrap_or(0)
+}
+
+/// kube's `ValidateNonSpecialIP` for external IPs: the unspecified,
+/// loopback and link-local addresses are refused.
+fn special_ip_errors(ip: std::net::IpAddr, text: &str) -> Vec<String> {
+    use std::net::IpAddr;
+    let mut errors = Vec::new();
+    if ip.is_unspecified() {
+        errors.push(format!("may not be unspecified ({text})"));
+    }
+    if ip.is_loopback() {
+        errors.push("may not be in the loopback range (127.0.0.0/8, ::1/128)".into());
+    }
+    let (link_local, link_local_multicast) = match ip {
+        IpAddr::V4(v4) => (v4.is_link_local(), v4.octets()[..3] == [224, 0, 0]),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            (
+                v6.is_unicast_link_local(),
+                o[0] == 0xff && o[1] & 0x0f == 0x02,
+            )
+        }
+    };
+    if link_local {
+        errors.push("may not be in the link-local range (169.254.0.0/16, fe80::/10)".into());
+    }
+    if link_local_multicast {
+        errors
+            .push("may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)".into());
+    }
+    errors
 }
 
 /// kube's `ValidateNetworkPolicySpec`, for the rules' shape: policy types,
@@ -1798,6 +1951,102 @@ mod tests {
             ),
         ];
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn services_are_checked_as_kube_does() {
+        let svc = |spec: Value| {
+            let mut obj = json!({"metadata": {"name": "web"}, "spec": spec});
+            defaults(resource("services"), &mut obj);
+            obj
+        };
+        let ok = svc(json!({"type": "NodePort", "ports": [
+            {"name": "http", "port": 80, "nodePort": 30080},
+            {"name": "dns", "port": 80, "protocol": "UDP", "nodePort": 30080}]}));
+        validate(resource("services"), &ok).unwrap();
+        validate(resource("services"), &svc(json!({"ports": [{"port": 80}]}))).unwrap();
+
+        let got = causes(
+            "services",
+            svc(json!({"type": "NodePort", "ports": [
+                {"name": "Web", "port": 80, "nodePort": 30080},
+                {"port": 80, "protocol": "TCP", "nodePort": 30080},
+                {"name": "web", "port": 70000, "protocol": "ICMP"},
+                {"name": "web", "port": 81}]})),
+        );
+        let got: Vec<(&str, &str)> = got.iter().map(|c| (c.1.as_str(), c.2.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "spec.ports[0].name",
+                    format!("Invalid value: \"Web\": {LABEL_ERROR}").as_str()
+                ),
+                ("spec.ports[1].name", "Required value"),
+                (
+                    "spec.ports[2].port",
+                    "Invalid value: 70000: must be between 1 and 65535, inclusive"
+                ),
+                (
+                    "spec.ports[2].protocol",
+                    "Unsupported value: \"ICMP\": supported values: \"SCTP\", \"TCP\", \"UDP\""
+                ),
+                ("spec.ports[3].name", "Duplicate value: \"web\""),
+                ("spec.ports[1].nodePort", "Duplicate value: 30080"),
+                (
+                    "spec.ports[1]",
+                    "Duplicate value: core.ServicePort{Name:\"\", Protocol:\"TCP\", AppProtocol:(*string)(nil), Port:80, TargetPort:intstr.IntOrString{Type:0, IntVal:0, StrVal:\"\"}, NodePort:0}"
+                ),
+            ]
+        );
+
+        let got = causes(
+            "services",
+            svc(json!({"type": "Balanced", "ports": [{"port": 80}],
+                "sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 86401}},
+                "externalIPs": ["0.0.0.0", "127.0.0.1", "not-an-ip", "203.0.113.9"]})),
+        );
+        let got: Vec<(&str, &str)> = got.iter().map(|c| (c.1.as_str(), c.2.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                    "Invalid value: 86401: must be greater than 0 and less than 86400"
+                ),
+                (
+                    "spec.externalIPs[0]",
+                    "Invalid value: \"0.0.0.0\": may not be unspecified (0.0.0.0)"
+                ),
+                (
+                    "spec.externalIPs[1]",
+                    "Invalid value: \"127.0.0.1\": may not be in the loopback range (127.0.0.0/8, ::1/128)"
+                ),
+                (
+                    "spec.externalIPs[2]",
+                    "Invalid value: \"not-an-ip\": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"
+                ),
+                (
+                    "spec.type",
+                    "Unsupported value: \"Balanced\": supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""
+                ),
+            ]
+        );
+        // A headless or ExternalName Service needs no ports; others do.
+        validate(resource("services"), &svc(json!({"clusterIP": "None"}))).unwrap();
+        let got = causes("services", svc(json!({})));
+        assert_eq!(
+            (got[0].1.as_str(), got[0].2.as_str()),
+            ("spec.ports", "Required value")
+        );
+        let got = causes(
+            "services",
+            svc(json!({"ports": [{"port": 80, "nodePort": 30001}]})),
+        );
+        assert_eq!(
+            got[0].2,
+            "Forbidden: may not be used when `type` is 'ClusterIP'"
+        );
     }
 
     #[test]

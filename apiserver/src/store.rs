@@ -151,6 +151,25 @@ impl Store {
         resp.kvs.first().map(decode).transpose()
     }
 
+    /// The value at `key` with its mod revision, for values without
+    /// `metadata` (a reservation under `/registry/k3rs/`), which `get`
+    /// cannot give a revision.
+    pub async fn get_revision(&self, key: &str) -> ApiResult<Option<(Value, i64)>> {
+        let resp = self
+            .kv
+            .clone()
+            .range(RangeRequest {
+                key: key.as_bytes().to_vec().into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        match resp.kvs.first() {
+            Some(kv) => Ok(Some((decode(kv)?, kv.mod_revision))),
+            None => Ok(None),
+        }
+    }
+
     /// Up to `limit` objects (0: all) under `prefix` from `start` (a full
     /// key), at `revision` (0: the current one).
     pub async fn list(

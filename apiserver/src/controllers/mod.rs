@@ -118,7 +118,9 @@ impl Caches {
 }
 
 /// Starts the scheduler and every controller; they run until the process ends.
-pub fn start(client: Client, config: Config) {
+/// `store` is the datastore itself, for what must be unique across
+/// servers (node IPAM's subnet reservations).
+pub fn start(client: Client, store: crate::store::Store, config: Config) {
     let caches = Caches::start(&client);
     tokio::spawn(crate::scheduler::run(client.clone(), caches.clone()));
     tokio::spawn(replicaset::run(client.clone(), caches.clone()));
@@ -130,6 +132,7 @@ pub fn start(client: Client, config: Config) {
     tokio::spawn(networkpolicy::run(client.clone(), caches.clone()));
     tokio::spawn(node_ipam::run(
         client.clone(),
+        store,
         caches.clone(),
         config.clone(),
     ));

@@ -1,11 +1,13 @@
 //! Node IPAM (kube-controller-manager's range allocator): every Node
 //! without `spec.podCIDR` gets the lowest free `/mask` subnet of the
 //! cluster CIDR, written with an update carrying the node's
-//! resourceVersion, so a node can never be given two subnets, and the
-//! in-flight allocations count as used so one subnet is never handed out
-//! twice. A subnet is free again once its node is gone; a node whose
-//! podCIDR was set by hand keeps it and its subnet counts as used.
-
+//! resourceVersion, so a node can never be given two subnets. Each subnet
+//! is first reserved under its own datastore key
+//! (`/registry/k3rs/podcidrs/<net>-<len>`, naming the node), created only
+//! if absent, so servers running this controller side by side never hand
+//! one subnet to two nodes. A reservation whose node is gone, or holds
+//! another subnet, is freed; a node whose podCIDR was set by hand keeps
+//! it, and its subnet is reserved for it too.
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use serde_json::{Value, json};
 
 use super::{Caches, Config};
 use crate::client::{Client, resource_path};
+use crate::store::{Store, Swap};
 
 /// A round runs at least this often even without a change.
 const TICK: Duration = Duration::from_secs(30);
@@ -84,6 +87,78 @@ fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
         .unwrap_or_default()
 }
 
+const RESERVATIONS: &str = "/registry/k3rs/podcidrs/";
+/// Subnets tried for one node when other servers take them first.
+const RESERVE_TRIES: usize = 16;
+
+/// A subnet's reservation key (a `/` would be a key level).
+fn reservation_key(cidr: Ipv4Net) -> String {
+    format!("{RESERVATIONS}{}-{}", cidr.network(), cidr.prefix_len())
+}
+
+fn reservation_cidr(key: &str) -> Option<Ipv4Net> {
+    let (net, len) = key.strip_prefix(RESERVATIONS)?.rsplit_once('-')?;
+    Ipv4Net::new(net.parse().ok()?, len.parse().ok()?).ok()
+}
+
+/// A subnet reserved in the datastore, and for which node.
+#[derive(Debug, Clone, PartialEq)]
+struct Reservation {
+    cidr: Ipv4Net,
+    node: String,
+    uid: String,
+}
+
+/// Whether `r` still holds, given its node as last read (`None`: gone):
+/// the same node (by uid), waiting for a subnet or holding this one.
+fn holds(r: &Reservation, node: Option<&Value>) -> bool {
+    node.is_some_and(|n| {
+        text(n, "/metadata/uid") == r.uid && (!has_cidr(n) || node_cidr(n) == Some(r.cidr))
+    })
+}
+
+async fn reservations(store: &Store) -> Result<Vec<Reservation>, String> {
+    let listed = store.list_all(RESERVATIONS).await.map_err(|e| e.message)?;
+    Ok(listed
+        .into_iter()
+        .filter_map(|(key, v)| {
+            Some(Reservation {
+                cidr: reservation_cidr(&key)?,
+                node: text(&v, "/node").to_string(),
+                uid: text(&v, "/uid").to_string(),
+            })
+        })
+        .collect())
+}
+
+/// Creates `cidr`'s reservation for `node` if no one holds it: true when
+/// it is now the node's.
+async fn reserve(store: &Store, cidr: Ipv4Net, node: &Value) -> Result<bool, String> {
+    let owner = json!({"node": text(node, "/metadata/name"), "uid": text(node, "/metadata/uid")});
+    match store.swap(&reservation_key(cidr), &owner, 0).await {
+        Ok(Swap::Done(_)) => Ok(true),
+        Ok(Swap::Mismatch(_)) => Ok(false),
+        Err(e) => Err(e.message),
+    }
+}
+
+/// Frees `r` if it is still the one stored (another server may have
+/// freed it and someone reserved the subnet again).
+async fn release(store: &Store, r: &Reservation) {
+    let key = reservation_key(r.cidr);
+    match store.get_revision(&key).await {
+        Ok(Some((v, revision))) if text(&v, "/uid") == r.uid => {
+            if let Err(e) = store.delete(&key, revision).await {
+                tracing::warn!(pod_cidr = %r.cidr, error = %e.message, "freeing a pod CIDR reservation failed");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(pod_cidr = %r.cidr, error = %e.message, "reading a pod CIDR reservation failed")
+        }
+    }
+}
+
 /// Nodes waiting for a subnet, oldest first (kube's queue order).
 fn pending(nodes: &[Value]) -> Vec<&Value> {
     let mut waiting: Vec<&Value> = nodes.iter().filter(|n| !has_cidr(n)).collect();
@@ -108,7 +183,7 @@ struct Allocator {
 }
 
 impl Allocator {
-    async fn round(&mut self, client: &Client, caches: &Caches, config: &Config) {
+    async fn round(&mut self, client: &Client, store: &Store, caches: &Caches, config: &Config) {
         let nodes = caches.nodes.list();
         // An allocation leaves the expectations once the cache shows the
         // node with a subnet, or shows it gone or replaced.
@@ -120,16 +195,46 @@ impl Allocator {
         });
         let live: HashSet<&str> = nodes.iter().map(|n| text(n, "/metadata/uid")).collect();
         self.told_full.retain(|uid| live.contains(uid.as_str()));
+        // Without the reservations no subnet can be given safely.
+        let reserved = match reservations(store).await {
+            Ok(r) => self.reconcile(client, store, &nodes, r, config).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the pod CIDR reservations failed");
+                return;
+            }
+        };
         let mut used: Vec<Ipv4Net> = nodes.iter().filter_map(node_cidr).collect();
+        used.extend(reserved);
         used.extend(self.written.values().map(|(_, c)| *c));
         for node in pending(&nodes) {
             let name = text(node, "/metadata/name");
             if self.written.contains_key(name) {
                 continue;
             }
-            let Some(cidr) = allocate(config.cluster_cidr, config.node_cidr_mask_size, &used)
-            else {
-                self.cidr_not_available(client, node, config).await;
+            let mut mine = None;
+            for _ in 0..RESERVE_TRIES {
+                let Some(cidr) = allocate(config.cluster_cidr, config.node_cidr_mask_size, &used)
+                else {
+                    break;
+                };
+                // Taken or not, no other node of this round gets it.
+                used.push(cidr);
+                match reserve(store, cidr, node).await {
+                    Ok(true) => {
+                        mine = Some(cidr);
+                        break;
+                    }
+                    Ok(false) => continue,
+                    Err(e) => {
+                        tracing::warn!(node = name, pod_cidr = %cidr, error = %e, "reserving a pod CIDR failed");
+                        break;
+                    }
+                }
+            }
+            let Some(cidr) = mine else {
+                if allocate(config.cluster_cidr, config.node_cidr_mask_size, &used).is_none() {
+                    self.cidr_not_available(client, node, config).await;
+                }
                 // Every later node finds the range just as full.
                 continue;
             };
@@ -138,12 +243,80 @@ impl Allocator {
                     tracing::info!(node = name, pod_cidr = %cidr, "allocated the node's pod CIDR");
                     self.written
                         .insert(name.to_string(), (text(node, "/metadata/uid").into(), cidr));
-                    used.push(cidr);
                 }
-                Assigned::AlreadySet(Some(theirs)) => used.push(theirs),
-                Assigned::AlreadySet(None) | Assigned::Gone | Assigned::Failed => {}
+                outcome => {
+                    if let Assigned::AlreadySet(Some(theirs)) = outcome {
+                        used.push(theirs);
+                    }
+                    let r = Reservation {
+                        cidr,
+                        node: name.to_string(),
+                        uid: text(node, "/metadata/uid").to_string(),
+                    };
+                    release(store, &r).await;
+                }
             }
         }
+    }
+
+    /// Frees the reservations whose node is gone or holds another subnet
+    /// (read again when the cache does not vouch for it: another server
+    /// may have reserved for a node this cache has not seen yet), and
+    /// reserves the subnets nodes hold without one (set by hand, or before
+    /// reservations). Returns the subnets reserved.
+    async fn reconcile(
+        &mut self,
+        client: &Client,
+        store: &Store,
+        nodes: &[Value],
+        reserved: Vec<Reservation>,
+        config: &Config,
+    ) -> Vec<Ipv4Net> {
+        let mut kept = Vec::new();
+        for r in reserved {
+            let cached = nodes.iter().find(|n| text(n, "/metadata/name") == r.node);
+            let held = if holds(&r, cached) {
+                true
+            } else {
+                let path = resource_path("v1", "nodes", None, Some(&r.node));
+                match client.get(&path).await {
+                    Ok(node) => holds(&r, Some(&node)),
+                    Err(e) if e.is_not_found() => false,
+                    Err(e) => {
+                        tracing::debug!(node = %r.node, error = %e, "reading a node failed; keeping its reservation");
+                        true
+                    }
+                }
+            };
+            if held {
+                kept.push(r);
+            } else {
+                tracing::info!(node = %r.node, pod_cidr = %r.cidr, "freeing the pod CIDR of a node that no longer holds it");
+                release(store, &r).await;
+            }
+        }
+        for node in nodes {
+            let Some(cidr) = node_cidr(node).filter(|c| overlaps(*c, config.cluster_cidr)) else {
+                continue;
+            };
+            if kept.iter().any(|r| r.cidr == cidr) {
+                continue;
+            }
+            match reserve(store, cidr, node).await {
+                Ok(true) => kept.push(Reservation {
+                    cidr,
+                    node: text(node, "/metadata/name").to_string(),
+                    uid: text(node, "/metadata/uid").to_string(),
+                }),
+                Ok(false) => tracing::warn!(
+                    node = text(node, "/metadata/name"),
+                    pod_cidr = %cidr,
+                    "the node's pod CIDR is reserved for another node"
+                ),
+                Err(e) => tracing::warn!(error = %e, "reserving a node's pod CIDR failed"),
+            }
+        }
+        kept.into_iter().map(|r| r.cidr).collect()
     }
 
     /// kube's event for a node the cluster CIDR has no room for.
@@ -217,12 +390,12 @@ async fn assign(client: &Client, mut node: Value, cidr: Ipv4Net) -> Assigned {
 
 /// Allocates until the process ends: a round on every node change and
 /// every [`TICK`].
-pub async fn run(client: Client, caches: Caches, config: Config) {
+pub async fn run(client: Client, store: Store, caches: Caches, config: Config) {
     caches.nodes.wait_synced().await;
     let mut changes = [caches.nodes.changes()];
     let mut allocator = Allocator::default();
     loop {
-        allocator.round(&client, &caches, &config).await;
+        allocator.round(&client, &store, &caches, &config).await;
         super::wait_for_change(&mut changes, TICK, DEBOUNCE).await;
     }
 }
@@ -264,6 +437,34 @@ mod tests {
         // A freed subnet (its node deleted) is given again.
         used.remove(0);
         assert_eq!(allocate(cluster, 31, &used), Some(net("10.42.0.0/31")));
+    }
+
+    #[test]
+    fn reservations_name_their_subnet_and_hold_while_their_node_does() {
+        let cidr = net("10.42.3.0/24");
+        let key = reservation_key(cidr);
+        assert_eq!(key, "/registry/k3rs/podcidrs/10.42.3.0-24");
+        assert_eq!(reservation_cidr(&key), Some(cidr));
+        assert_eq!(reservation_cidr("/registry/k3rs/podcidrs/garbage"), None);
+        let r = Reservation {
+            cidr,
+            node: "n1".into(),
+            uid: "u1".into(),
+        };
+        let node = |uid: &str, cidr: Option<&str>| {
+            let mut n = json!({"metadata": {"name": "n1", "uid": uid}, "spec": {}});
+            if let Some(c) = cidr {
+                n["spec"]["podCIDR"] = json!(c);
+            }
+            n
+        };
+        // Waiting for its subnet, or holding it: kept.
+        assert!(holds(&r, Some(&node("u1", None))));
+        assert!(holds(&r, Some(&node("u1", Some("10.42.3.0/24")))));
+        // Gone, replaced by a namesake, or holding another subnet: freed.
+        assert!(!holds(&r, None));
+        assert!(!holds(&r, Some(&node("u2", None))));
+        assert!(!holds(&r, Some(&node("u1", Some("10.42.4.0/24")))));
     }
 
     #[test]

@@ -2,12 +2,16 @@
 //! `status.loadBalancer.ingress` lists the addresses of the Ready nodes
 //! (their ExternalIPs, else their InternalIPs), kept current as nodes come
 //! and go; the node proxy answers on those addresses. A Service that stops
-//! being a LoadBalancer has the status cleared.
+//! being a LoadBalancer has the status cleared. A Service with a
+//! `loadBalancerClass` belongs to another controller: its status is left
+//! alone. As K3s's ServiceLB (whose per-node pods bind each port), a
+//! (port, protocol) serves one Service: the oldest claims it, a younger one
+//! stays pending with a Warning Event naming the holder.
 //!
-//! [`ingress`] and [`status_for`] decide (pure, tested below); `run` writes
-//! the status subresource.
+//! [`ingress`], [`conflicts`] and [`status_for`] decide (pure, tested
+//! below); `run` writes the status subresource.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::{Value, json};
 
@@ -17,11 +21,17 @@ use super::replicaset::{
 };
 use crate::client::{Client, resource_path};
 
+const COMPONENT: &str = "service-lb-controller";
+pub const CONFLICT_REASON: &str = "PortConflict";
+
 pub async fn run(client: Client, caches: Caches) {
     caches.nodes.wait_synced().await;
     caches.services.wait_synced().await;
     let mut changes = [caches.nodes.changes(), caches.services.changes()];
     let mut expectations = Expectations::default();
+    // Blocked Services warned about (uid → message), so each conflict is
+    // told once per process.
+    let mut warned: HashMap<String, String> = HashMap::new();
     loop {
         let nodes = caches.nodes.list();
         let ingress = ingress(&nodes);
@@ -31,12 +41,37 @@ pub async fn run(client: Client, caches: Caches) {
             .map(|s| str_at(s, "/metadata/uid").to_string())
             .collect();
         expectations.retain(&live);
+        let blocked = conflicts(&services);
+        warned.retain(|uid, message| blocked.get(uid) == Some(message));
         for svc in &services {
             let uid = str_at(svc, "/metadata/uid");
+            if let Some(message) = blocked.get(uid)
+                && !warned.contains_key(uid)
+            {
+                tracing::info!(service = %str_at(svc, "/metadata/name"), %message, "load balancer pending");
+                let mut svc = svc.clone();
+                svc["kind"] = json!("Service");
+                svc["apiVersion"] = json!("v1");
+                super::record_event(
+                    &client,
+                    &svc,
+                    "Warning",
+                    CONFLICT_REASON,
+                    message,
+                    COMPONENT,
+                )
+                .await;
+                warned.insert(uid.to_string(), message.clone());
+            }
             if is_terminating(svc) || !expectations.satisfied(uid) {
                 continue;
             }
-            let Some(status) = status_for(svc, &ingress) else {
+            let ingress: &[Value] = if blocked.contains_key(uid) {
+                &[]
+            } else {
+                &ingress
+            };
+            let Some(status) = status_for(svc, ingress) else {
                 continue;
             };
             let (ns, name) = key_of(svc);
@@ -107,17 +142,79 @@ pub fn ingress(nodes: &[Value]) -> Vec<Value> {
         .collect()
 }
 
-/// The status `svc` should have, `None` when it has it: the node addresses
-/// for a LoadBalancer of no other class, nothing for other types.
+/// Whether `svc` is a load balancer this controller serves.
+fn ours(svc: &Value) -> bool {
+    str_at(svc, "/spec/type") == "LoadBalancer" && str_at(svc, "/spec/loadBalancerClass").is_empty()
+}
+
+/// The LoadBalancer Services left pending because an older one (by
+/// creationTimestamp, then namespace/name) holds one of their (port,
+/// protocol) pairs: uid → the message saying which. A blocked Service
+/// claims none of its ports.
+pub fn conflicts(services: &[Value]) -> HashMap<String, String> {
+    let mut candidates: Vec<&Value> = services
+        .iter()
+        .filter(|s| ours(s) && !is_terminating(s))
+        .collect();
+    candidates.sort_by_key(|s| {
+        (
+            str_at(s, "/metadata/creationTimestamp"),
+            str_at(s, "/metadata/namespace"),
+            str_at(s, "/metadata/name"),
+        )
+    });
+    let pairs = |s: &Value| -> Vec<(i64, String)> {
+        s.pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                let port = p.get("port").and_then(Value::as_i64)?;
+                let protocol = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+                Some((port, protocol.to_string()))
+            })
+            .collect()
+    };
+    let mut claimed: HashMap<(i64, String), String> = HashMap::new();
+    let mut blocked = HashMap::new();
+    for svc in candidates {
+        let mine = pairs(svc);
+        let clash = mine
+            .iter()
+            .find_map(|pair| claimed.get(pair).map(|holder| (pair, holder)));
+        if let Some(((port, protocol), holder)) = clash {
+            let message = format!(
+                "port {port}/{protocol} is already used by LoadBalancer Service {holder}; \
+                 this Service gets no load balancer address until the port is free"
+            );
+            blocked.insert(str_at(svc, "/metadata/uid").to_string(), message);
+            continue;
+        }
+        let (ns, name) = key_of(svc);
+        for pair in mine {
+            claimed.insert(pair, format!("{ns}/{name}"));
+        }
+    }
+    blocked
+}
+
+/// The status `svc` should have, `None` when it has it: `ingress` for a
+/// LoadBalancer of no other class, nothing for other types; a Service of
+/// another class is left to its controller.
 pub fn status_for(svc: &Value, ingress: &[Value]) -> Option<Value> {
+    if !str_at(svc, "/spec/loadBalancerClass").is_empty() {
+        return None;
+    }
     let current = svc
         .pointer("/status/loadBalancer/ingress")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let ours = str_at(svc, "/spec/type") == "LoadBalancer"
-        && str_at(svc, "/spec/loadBalancerClass").is_empty();
-    let want: Vec<Value> = if ours { ingress.to_vec() } else { Vec::new() };
+    let want: Vec<Value> = if ours(svc) {
+        ingress.to_vec()
+    } else {
+        Vec::new()
+    };
     if current == want {
         return None;
     }
@@ -193,7 +290,73 @@ mod tests {
             status_for(&plain, &ing).unwrap(),
             json!({"loadBalancer": {}})
         );
-        let classed = json!({"spec": {"type": "LoadBalancer", "loadBalancerClass": "x.io/lb"}});
+        // Another class's status is its controller's: left as it is.
+        let classed = json!({"spec": {"type": "LoadBalancer", "loadBalancerClass": "x.io/lb"},
+                             "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.1"}]}}});
         assert!(status_for(&classed, &ing).is_none());
+        assert!(status_for(&classed, &[]).is_none());
+    }
+
+    fn lb(name: &str, created: &str, ports: Value) -> Value {
+        json!({"metadata": {"name": name, "namespace": "default", "uid": name, "creationTimestamp": created},
+               "spec": {"type": "LoadBalancer", "ports": ports}})
+    }
+
+    #[test]
+    fn the_oldest_load_balancer_holds_a_port() {
+        let services = [
+            lb(
+                "young",
+                "2026-01-02T00:00:00Z",
+                json!([{"port": 80, "protocol": "TCP"}]),
+            ),
+            lb(
+                "old",
+                "2026-01-01T00:00:00Z",
+                json!([{"port": 80, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}]),
+            ),
+            // Same time: namespace/name decides.
+            lb(
+                "b-twin",
+                "2026-01-01T00:00:00Z",
+                json!([{"port": 443, "protocol": "TCP"}]),
+            ),
+            lb(
+                "a-twin",
+                "2026-01-01T00:00:00Z",
+                json!([{"port": 443, "protocol": "TCP"}]),
+            ),
+            // Another protocol on the same port is no conflict.
+            lb(
+                "tcp-dns",
+                "2026-01-03T00:00:00Z",
+                json!([{"port": 53, "protocol": "TCP"}]),
+            ),
+            // Neither another class nor a ClusterIP Service claims ports.
+            json!({"metadata": {"name": "classed", "namespace": "default", "uid": "classed", "creationTimestamp": "2025-01-01T00:00:00Z"},
+                   "spec": {"type": "LoadBalancer", "loadBalancerClass": "x.io/lb", "ports": [{"port": 8080, "protocol": "TCP"}]}}),
+            json!({"metadata": {"name": "plain", "namespace": "default", "uid": "plain", "creationTimestamp": "2025-01-01T00:00:00Z"},
+                   "spec": {"type": "ClusterIP", "ports": [{"port": 8080, "protocol": "TCP"}]}}),
+            lb(
+                "web",
+                "2026-01-04T00:00:00Z",
+                json!([{"port": 8080, "protocol": "TCP"}]),
+            ),
+        ];
+        let blocked = conflicts(&services);
+        let mut uids: Vec<&str> = blocked.keys().map(String::as_str).collect();
+        uids.sort();
+        assert_eq!(uids, ["b-twin", "young"]);
+        assert_eq!(
+            blocked["young"],
+            "port 80/TCP is already used by LoadBalancer Service default/old; \
+             this Service gets no load balancer address until the port is free"
+        );
+        assert!(blocked["b-twin"].contains("default/a-twin"));
+        // A blocked Service stays pending (no ingress) and claims nothing:
+        // with the holder gone it gets the port.
+        let status = status_for(&services[0], &[]);
+        assert!(status.is_none() || status == Some(json!({"loadBalancer": {}})));
+        assert!(conflicts(&services[..1]).is_empty());
     }
 }
