@@ -71,7 +71,7 @@ fn services_get_endpoints_that_follow_their_pods() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::with_agent(
         &dir.path().join("data"),
-        &["--container-runtime", "process"],
+        &["--container-runtime", "process", "--agent-port", "0"],
     );
     until(&server, "the node", || {
         server
