@@ -4,7 +4,8 @@
 //! through its Service by name, by ClusterIP and by NodePort on either
 //! node; EndpointSlices follow readiness; a Service with no ready
 //! endpoint rejects; a headless Service resolves to its pods; a
-//! hostPort answers on its node's address. Skipped,
+//! hostPort answers on its node's address; `externalTrafficPolicy:
+//! Local` and `sessionAffinity: ClientIP` hold. Skipped,
 //! saying why, on a machine that cannot run containers.
 
 mod support;
@@ -61,6 +62,43 @@ spec:
   - name: client
     image: k3rs.local/busybox:1
     command: [sleep, "3600"]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-local}
+spec:
+  type: NodePort
+  externalTrafficPolicy: Local
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sticky}
+spec:
+  selector: {app: sticky}
+  sessionAffinity: ClientIP
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: sticky-1, labels: {app: sticky}}
+spec:
+  nodeSelector: {kubernetes.io/hostname: n1}
+  containers:
+  - name: web
+    image: k3rs.local/busybox:1
+    command: [sh, -c, "mkdir -p /www && echo $(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: sticky-2, labels: {app: sticky}}
+spec:
+  nodeSelector: {kubernetes.io/hostname: n2}
+  containers:
+  - name: web
+    image: k3rs.local/busybox:1
+    command: [sh, -c, "mkdir -p /www && echo $(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www"]
 "#;
 
 /// `sh -c SCRIPT` in the client pod: (success, stdout + stderr).
@@ -86,6 +124,23 @@ fn fetch(server: &Server, url: &str) -> String {
     }
 }
 
+/// Fetches `url` from the client pod, retrying while the network settles;
+/// any non-empty answer.
+fn fetch_any(server: &Server, url: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ok, out) = in_client(server, &format!("timeout 5 wget -q -O- {url}"));
+        if ok && !out.is_empty() {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} from the client pod: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// The web Service's EndpointSlice endpoints.
 fn endpoints(slices: &Value) -> Vec<Value> {
     slices["items"]
@@ -94,6 +149,21 @@ fn endpoints(slices: &Value) -> Vec<Value> {
         .flatten()
         .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
         .collect()
+}
+
+/// An HTTP GET of `/` from this (the host's) namespace, off the cluster:
+/// the answer's body, or None when nothing answered within 3 s.
+fn get_from_outside(address: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let address: std::net::SocketAddr = address.parse().unwrap();
+    let mut tcp = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(3)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    tcp.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).ok()?;
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
 }
 
 #[test]
@@ -230,6 +300,35 @@ fn services_route_across_nodes() {
         println!("{what}: 200 connections in {:?}", started.elapsed());
     }
 
+    // externalTrafficPolicy: Local: from off the cluster, only the node
+    // with an endpoint answers; the other drops.
+    let local_port = server.ok(&[
+        "get",
+        "svc",
+        "web-local",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get_from_outside(&format!("10.251.0.3:{local_port}")).as_deref() != Some(hello.as_str()) {
+        assert!(Instant::now() < deadline, "eTP Local: no answer from n2");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(get_from_outside(&format!("10.251.0.2:{local_port}")), None);
+
+    // sessionAffinity ClientIP: one client keeps reaching one of the two
+    // pods (by chance, ten answers from two pods agree once in 512).
+    until_text(
+        &server,
+        "both sticky pods ready",
+        &["get", "pods", "-l", "app=sticky", "--no-headers"],
+        |o| o.matches(" 1/1 ").count() == 2,
+    );
+    let first = fetch_any(&server, "http://sticky/");
+    for _ in 0..9 {
+        assert_eq!(fetch_any(&server, "http://sticky/"), first);
+    }
+
     // Readiness: a pod that stops being ready leaves the Service.
     server.ok(&["exec", &web_pod, "--", "rm", "/tmp/ready"]);
     until(&server, "the endpoint not ready", &slice_args, |v| {
@@ -276,5 +375,6 @@ fn services_route_across_nodes() {
     }
     server.ok(&["delete", "pod", "client", "--grace-period=1"]);
     server.ok(&["delete", "deployment", "web"]);
+    server.ok(&["delete", "pod", "sticky-1", "sticky-2", "--grace-period=1"]);
     drop(agents);
 }
