@@ -365,7 +365,13 @@ ports: [{name: "", port: 80, protocol: TCP}]
                  spec: {clusterIP: 10.43.77.77, ports: [{port: 80}]}\n";
     apply(&server, dir.path(), "fixed", fixed);
     server.ok(&["delete", "service", "fixed"]);
-    apply(&server, dir.path(), "fixed", fixed);
+    let file = dir.path().join("fixed.yaml");
+    until(&server, "the fixed cluster IP free again", || {
+        server
+            .kubectl(&["apply", "-f", file.to_str().unwrap()])
+            .0
+            .then_some(())
+    });
     // An invalid Service is refused in kube's words.
     let (ok, _, err) = server.kubectl(&[
         "create",

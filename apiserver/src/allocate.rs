@@ -45,10 +45,32 @@ async fn take(store: &Store, key: &str, svc: &Value) -> ApiResult<bool> {
 
 async fn release_key(store: &Store, key: &str) {
     // The reservation has no metadata to carry a resourceVersion, so the
-    // revision the delete compares against is read beside it.
-    if let Ok(Some((_, revision))) = store.get_revision(key).await {
-        let _ = store.delete(key, revision).await;
+    // revision the delete compares against is read beside it. A failed
+    // read or a lost race is tried again: a reservation left behind would
+    // keep the address taken for good.
+    for _ in 0..5 {
+        let revision = match store.get_revision(key).await {
+            Ok(Some((_, revision))) => revision,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(key, error = %e.message, "reading a reservation to release it failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        match store.delete(key, revision).await {
+            Ok(Swap::Done(_)) | Ok(Swap::Mismatch(None)) => return,
+            Ok(Swap::Mismatch(Some(_))) => continue,
+            Err(e) => {
+                tracing::debug!(key, error = %e.message, "releasing a reservation failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
     }
+    tracing::warn!(
+        key,
+        "a Service's address or port could not be released; it stays taken"
+    );
 }
 
 fn invalid(svc: &Value, field: &str, message: String) -> ApiError {

@@ -170,7 +170,7 @@ pub fn desired(svc: &Value, pods: &[Value], current: Option<&Value>) -> Option<V
 }
 
 async fn reconcile_all(client: &Client, caches: &Caches, expectations: &mut Expectations) {
-    let pods = caches.pods.list();
+    let pods = super::by_namespace(caches.pods.list());
     let services = caches.services.list();
     let live: HashSet<String> = services
         .iter()
@@ -184,7 +184,8 @@ async fn reconcile_all(client: &Client, caches: &Caches, expectations: &mut Expe
         }
         let (ns, name) = key_of(svc);
         let current = caches.endpoints.get(Some(&ns), &name);
-        let Some(next) = desired(svc, &pods, current.as_ref()) else {
+        let ns_pods = pods.get(&ns).map(Vec::as_slice).unwrap_or_default();
+        let Some(next) = desired(svc, ns_pods, current.as_ref()) else {
             continue;
         };
         let collection = resource_path("v1", "endpoints", Some(&ns), None);

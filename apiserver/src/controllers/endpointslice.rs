@@ -385,8 +385,8 @@ pub fn reconcile(svc: &Value, pods: &[Value], existing: &[Value]) -> Changes {
 // Carrying the changes out.
 
 async fn reconcile_all(client: &Client, caches: &Caches, expectations: &mut Expectations) {
-    let pods = caches.pods.list();
-    let slices = caches.endpointslices.list();
+    let pods = super::by_namespace(caches.pods.list());
+    let slices = super::by_namespace(caches.endpointslices.list());
     let services = caches.services.list();
     let live: HashSet<String> = services
         .iter()
@@ -400,16 +400,18 @@ async fn reconcile_all(client: &Client, caches: &Caches, expectations: &mut Expe
         }
         let (ns, name) = key_of(svc);
         let existing: Vec<Value> = slices
-            .iter()
+            .get(&ns)
+            .into_iter()
+            .flatten()
             .filter(|s| {
-                str_at(s, "/metadata/namespace") == ns
-                    && s.pointer("/metadata/labels").is_some_and(|l| {
-                        l[SERVICE_NAME_LABEL] == name && l[MANAGED_BY_LABEL] == MANAGED_BY
-                    })
+                s.pointer("/metadata/labels").is_some_and(|l| {
+                    l[SERVICE_NAME_LABEL] == name && l[MANAGED_BY_LABEL] == MANAGED_BY
+                })
             })
             .cloned()
             .collect();
-        let changes = reconcile(svc, &pods, &existing);
+        let ns_pods = pods.get(&ns).map(Vec::as_slice).unwrap_or_default();
+        let changes = reconcile(svc, ns_pods, &existing);
         carry_out(client, caches, expectations, &uid, &ns, changes).await;
     }
 }

@@ -24,6 +24,7 @@ pub mod node_lifecycle;
 pub mod replicaset;
 pub mod servicelb;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -137,6 +138,22 @@ pub fn start(client: Client, store: crate::store::Store, config: Config) {
         config.clone(),
     ));
     tokio::spawn(node_lifecycle::run(client, caches, config));
+}
+
+/// `objects` by namespace, so that a controller matching each Service
+/// against pods reads only its namespace's (one pass, not one per Service).
+pub(crate) fn by_namespace(
+    objects: Vec<serde_json::Value>,
+) -> HashMap<String, Vec<serde_json::Value>> {
+    let mut grouped: HashMap<String, Vec<serde_json::Value>> = HashMap::new();
+    for object in objects {
+        let ns = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        grouped.entry(ns).or_default().push(object);
+    }
+    grouped
 }
 
 /// Records an Event about `object` (what `kubectl describe` shows), as
