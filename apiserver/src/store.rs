@@ -139,16 +139,7 @@ impl Store {
 
     /// The object at `key`.
     pub async fn get(&self, key: &str) -> ApiResult<Option<Value>> {
-        let resp = self
-            .kv
-            .clone()
-            .range(RangeRequest {
-                key: key.as_bytes().to_vec().into(),
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        resp.kvs.first().map(decode).transpose()
+        Ok(self.get_revision(key).await?.map(|(value, _)| value))
     }
 
     /// The value at `key` with its mod revision, for values without
